@@ -1,0 +1,10 @@
+// The test root of KFlow.Core: every test file's `tests`, run by Expecto from the command line.
+module KFlow.Core.Tests.Main
+
+open Expecto
+
+[<Tests>]
+let all = testList "Core" [ OffsetTests.tests ]
+
+[<EntryPoint>]
+let main argv = runTestsWithCLIArgs [] argv all
