@@ -17,7 +17,9 @@ let configuration = "Release"
 
 /// Runs a program with the console inherited; returns its exit code.
 let run (workDir: string) (program: string) (args: string list) =
-    let psi = ProcessStartInfo(program, WorkingDirectory = workDir, UseShellExecute = false)
+    let psi =
+        ProcessStartInfo(program, WorkingDirectory = workDir, UseShellExecute = false)
+
     args |> List.iter psi.ArgumentList.Add
     use p = Process.Start psi
     p.WaitForExit()
@@ -26,6 +28,7 @@ let run (workDir: string) (program: string) (args: string list) =
 /// Runs a program and fails the build, naming the command, when it exits non-zero.
 let exec (program: string) (args: string list) =
     let code = run root program args
+
     if code <> 0 then
         eprintfn "\nbuild.fsx: '%s %s' failed with exit code %d." program (String.Join(" ", args)) code
         exit code
@@ -33,7 +36,13 @@ let exec (program: string) (args: string list) =
 /// Runs a program and returns what it printed on stdout.
 let capture (program: string) (args: string list) =
     let psi =
-        ProcessStartInfo(program, WorkingDirectory = root, UseShellExecute = false, RedirectStandardOutput = true)
+        ProcessStartInfo(
+            program,
+            WorkingDirectory = root,
+            UseShellExecute = false,
+            RedirectStandardOutput = true
+        )
+
     args |> List.iter psi.ArgumentList.Add
     use p = Process.Start psi
     let out = p.StandardOutput.ReadToEnd()
@@ -56,6 +65,7 @@ let ensureFeed () =
             |> Array.tryPick (function
                 | [| flags; url |] when flags.StartsWith "E" -> Some url
                 | _ -> None)
+
         match enabled with
         | Some url -> Environment.SetEnvironmentVariable("KFLOW_NUGET_SOURCE", url)
         | None ->
@@ -90,70 +100,107 @@ let testProjects () =
     Directory.GetDirectories(Path.Combine(root, "tests"))
     |> Array.filter (fun d ->
         let name = Path.GetFileName d
-        File.Exists(Path.Combine(d, name + ".fsproj")) || File.Exists(Path.Combine(d, name + ".csproj")))
+
+        File.Exists(Path.Combine(d, name + ".fsproj"))
+        || File.Exists(Path.Combine(d, name + ".csproj")))
     |> Array.sort
 
-type Counts = { Passed: int; Failed: int; Skipped: int }
+type Counts = {
+    Passed: int
+    Failed: int
+    Skipped: int
+}
 
 /// Reads Expecto's --nunit-summary file: total, failures, errors, ignored/not-run.
 let readSummary (file: string) =
     let results = XDocument.Load(file).Root
+
     let attr (name: string) =
         match results.Attribute(XName.Get name) with
         | null -> 0
         | a when String.IsNullOrWhiteSpace a.Value -> 0
         | a -> int a.Value
+
     let failed = attr "failures" + attr "errors"
     let skipped = attr "ignored" + attr "not-run" + attr "skipped"
-    { Passed = attr "total" - failed - skipped; Failed = failed; Skipped = skipped }
+
+    {
+        Passed = attr "total" - failed - skipped
+        Failed = failed
+        Skipped = skipped
+    }
 
 /// Runs every test project and prints one final line `N passed, N failed`.
 let test (args: string list) =
     build ()
     let resultsDir = Path.Combine(artifacts, "test-results")
     Directory.CreateDirectory resultsDir |> ignore
+
     let counts =
         testProjects ()
         |> Array.map (fun dir ->
             let name = Path.GetFileName dir
             let dll = Path.Combine(dir, "bin", configuration, "net10.0", name + ".dll")
             let summary = Path.Combine(resultsDir, name + ".xml")
-            if File.Exists summary then File.Delete summary
+
+            if File.Exists summary then
+                File.Delete summary
+
             printfn "\n=== %s" name
             let code = run root "dotnet" ([ dll; "--nunit-summary"; summary ] @ args)
+
             if File.Exists summary then
                 let c = readSummary summary
+
                 if c.Passed + c.Failed + c.Skipped = 0 then
                     eprintfn "build.fsx: %s ran no test; counted as one failure." name
                     { c with Failed = 1 }
                 // A non-zero exit with no failed test (e.g. a crash after the run) still fails.
-                elif code <> 0 && c.Failed = 0 then { c with Failed = 1 }
-                else c
+                elif code <> 0 && c.Failed = 0 then
+                    { c with Failed = 1 }
+                else
+                    c
             else
-                eprintfn "build.fsx: %s exited with %d and wrote no summary; counted as one failure." name code
+                eprintfn
+                    "build.fsx: %s exited with %d and wrote no summary; counted as one failure."
+                    name
+                    code
+
                 { Passed = 0; Failed = 1; Skipped = 0 })
         |> Array.fold
-            (fun a c -> { Passed = a.Passed + c.Passed; Failed = a.Failed + c.Failed; Skipped = a.Skipped + c.Skipped })
+            (fun a c -> {
+                Passed = a.Passed + c.Passed
+                Failed = a.Failed + c.Failed
+                Skipped = a.Skipped + c.Skipped
+            })
             { Passed = 0; Failed = 0; Skipped = 0 }
     // Expecto leaves a colour-reset code on the next line: start ours on a fresh one.
     if counts.Skipped > 0 then
         printfn "\n%d passed, %d failed, %d skipped" counts.Passed counts.Failed counts.Skipped
     else
         printfn "\n%d passed, %d failed" counts.Passed counts.Failed
-    if counts.Failed > 0 then exit 1
+
+    if counts.Failed > 0 then
+        exit 1
 
 /// Runs the embedded Kafka cluster for local development until Ctrl+C (args go to the program,
 /// e.g. `--brokers 3 --topic orders:8`).
 let devCluster (args: string list) =
     build ()
-    let dll = Path.Combine(root, "src", "KFlow.DevCluster", "bin", configuration, "net10.0", "KFlow.DevCluster.dll")
+
+    let dll =
+        Path.Combine(root, "src", "KFlow.DevCluster", "bin", configuration, "net10.0", "KFlow.DevCluster.dll")
+
     exit (run root "dotnet" (dll :: args))
 
 /// Runs the benchmarks (args go to the program, e.g. `--only ledger`); results go to
 /// artifacts/bench-results.json.
 let bench (args: string list) =
     build ()
-    let dll = Path.Combine(root, "bench", "KFlow.Bench", "bin", configuration, "net10.0", "KFlow.Bench.dll")
+
+    let dll =
+        Path.Combine(root, "bench", "KFlow.Bench", "bin", configuration, "net10.0", "KFlow.Bench.dll")
+
     exec "dotnet" (dll :: args)
 
 let private formatted = [ "src"; "tests"; "bench"; "build.fsx" ]
@@ -168,16 +215,20 @@ let formatCheck () =
     restore ()
     exec "dotnet" ([ "fantomas"; "--check" ] @ formatted)
 
-let targets: (string * string * (string list -> unit)) list =
-    [ "build", "restore tools and packages, build the solution (Release)", (fun _ -> build ())
-      "test", "build, run every test project, print 'N passed, N failed'", test
-      "dev-cluster", "run an embedded Kafka cluster until Ctrl+C (--brokers N --topic name:partitions)", devCluster
-      "bench", "run the benchmarks, write artifacts/bench-results.json (--only NAME)", bench
-      "format", "format the F# sources with fantomas", (fun _ -> format ())
-      "format-check", "fail if an F# source is not formatted", (fun _ -> formatCheck ()) ]
+let targets: (string * string * (string list -> unit)) list = [
+    "build", "restore tools and packages, build the solution (Release)", (fun _ -> build ())
+    "test", "build, run every test project, print 'N passed, N failed'", test
+    "dev-cluster",
+    "run an embedded Kafka cluster until Ctrl+C (--brokers N --topic name:partitions)",
+    devCluster
+    "bench", "run the benchmarks, write artifacts/bench-results.json (--only NAME)", bench
+    "format", "format the F# sources with fantomas", (fun _ -> format ())
+    "format-check", "fail if an F# source is not formatted", (fun _ -> formatCheck ())
+]
 
 let usage () =
     eprintfn "usage: dotnet fsi build.fsx <target> [args]\n\ntargets:"
+
     for name, description, _ in targets do
         eprintfn "  %-13s %s" name description
 
