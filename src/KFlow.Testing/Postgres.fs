@@ -16,7 +16,9 @@ open KFlow.Testing.PostgresTools
 /// Members are thread-safe.
 /// </remarks>
 [<Sealed>]
-type PostgresServer internal (connectionString: string, port: int, cluster: PostgresCluster.Cluster option, timeout: TimeSpan) =
+type PostgresServer
+    internal (connectionString: string, port: int, cluster: PostgresCluster.Cluster option, timeout: TimeSpan)
+    =
     let gate = obj ()
     let mutable running = true
     let mutable disposed = false
@@ -33,7 +35,9 @@ type PostgresServer internal (connectionString: string, port: int, cluster: Post
 
     let checkNotDisposed () =
         if disposed then
-            raise (ObjectDisposedException(nameof PostgresServer, "This PostgreSQL server has been disposed."))
+            raise (
+                ObjectDisposedException(nameof PostgresServer, "This PostgreSQL server has been disposed.")
+            )
 
     /// Drops pooled connections to this server: after a stop they are all broken.
     let clearPool () =
@@ -52,8 +56,7 @@ type PostgresServer internal (connectionString: string, port: int, cluster: Post
                         try
                             PostgresCluster.kill cluster
                             []
-                        with e ->
-                            [ message; $"Killing the postmaster failed too: {e.Message}" ]
+                        with e -> [ message; $"Killing the postmaster failed too: {e.Message}" ]
                 else
                     []
 
@@ -64,8 +67,7 @@ type PostgresServer internal (connectionString: string, port: int, cluster: Post
                 try
                     PostgresCluster.delete cluster
                     []
-                with e ->
-                    [ $"Could not delete {cluster.Root}: {e.Message}" ]
+                with e -> [ $"Could not delete {cluster.Root}: {e.Message}" ]
 
             stopProblems @ deleteProblems
 
@@ -142,10 +144,14 @@ type PostgresServer internal (connectionString: string, port: int, cluster: Post
                     cleanup ())
 
         if not (List.isEmpty problems) then
-            invalidOp ("The throwaway PostgreSQL server was not fully cleaned up:\n" + String.Join("\n", problems))
+            invalidOp (
+                "The throwaway PostgreSQL server was not fully cleaned up:\n"
+                + String.Join("\n", problems)
+            )
 
     /// Disposes from a pool thread (stopping takes a few hundred milliseconds).
-    member this.DisposeAsync() = ValueTask(Task.Run(fun () -> this.Dispose()))
+    member this.DisposeAsync() =
+        ValueTask(Task.Run(fun () -> this.Dispose()))
 
     /// Makes sure the server is cleaned up when the process ends normally, even if never disposed.
     member internal this.CleanUpAtProcessExit() =
@@ -202,7 +208,11 @@ module Postgres =
             PostgresCluster.create env binDirectory tempRoot options.Settings options.Timeout
 
         let rec attempt n =
-            let port = if options.Port = 0 then freeLoopbackPort () else options.Port
+            let port =
+                if options.Port = 0 then
+                    freeLoopbackPort ()
+                else
+                    options.Port
 
             match PostgresCluster.start port options.Timeout cluster with
             | Ok() -> port
@@ -210,7 +220,11 @@ module Postgres =
                 // pg_ctl may have given up while the server was still starting: make sure it is gone.
                 PostgresCluster.stop PostgresCluster.Immediate options.Timeout cluster |> ignore
 
-                if options.Port = 0 && n < portAttempts && message.Contains "Address already in use" then
+                if
+                    options.Port = 0
+                    && n < portAttempts
+                    && message.Contains "Address already in use"
+                then
                     attempt (n + 1)
                 else
                     let asUser =

@@ -11,34 +11,38 @@ open KFlow.Testing.PostgresTools
 
 /// A cluster's files: `<Root>/data` (the data directory) and `<Root>/server.log`.
 [<NoEquality; NoComparison>]
-type Cluster =
-    {
-        Environment: PostgresEnvironment
-        BinDirectory: string
-        Root: string
-        DataDirectory: string
-        LogFile: string
-    }
+type Cluster = {
+    Environment: PostgresEnvironment
+    BinDirectory: string
+    Root: string
+    DataDirectory: string
+    LogFile: string
+}
 
 /// Test settings: durability is traded for speed, and the server is reachable on loopback TCP only.
-let private testSettings =
-    [
-        "listen_addresses", "127.0.0.1"
-        "unix_socket_directories", ""
-        "fsync", "off"
-        "synchronous_commit", "off"
-        "full_page_writes", "off"
-    ]
+let private testSettings = [
+    "listen_addresses", "127.0.0.1"
+    "unix_socket_directories", ""
+    "fsync", "off"
+    "synchronous_commit", "off"
+    "full_page_writes", "off"
+]
 
 let private quote (value: string) = "'" + value.Replace("'", "''") + "'"
 
-let private program cluster name = Path.Combine(cluster.BinDirectory, name)
+let private program cluster name =
+    Path.Combine(cluster.BinDirectory, name)
 
 /// The last lines of the server log, or a note saying why there are none.
 let logTail (lines: int) (cluster: Cluster) =
     try
         use stream =
-            new FileStream(cluster.LogFile, FileMode.Open, FileAccess.Read, FileShare.ReadWrite ||| FileShare.Delete)
+            new FileStream(
+                cluster.LogFile,
+                FileMode.Open,
+                FileAccess.Read,
+                FileShare.ReadWrite ||| FileShare.Delete
+            )
 
         use reader = new StreamReader(stream)
         let all = reader.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries)
@@ -54,8 +58,7 @@ let delete (cluster: Cluster) =
         try
             if Directory.Exists cluster.Root then
                 Directory.Delete(cluster.Root, true)
-        with
-        | :? IOException when n > 1 ->
+        with :? IOException when n > 1 ->
             Thread.Sleep 100
             attempt (n - 1)
 
@@ -72,17 +75,19 @@ let create env binDirectory (tempRoot: string) (settings: (string * string) list
     let root =
         Path.Combine(Path.GetFullPath tempRoot, "kflow-pg-" + Guid.NewGuid().ToString("N").Substring(0, 12))
 
-    Directory.CreateDirectory(root, UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute)
+    Directory.CreateDirectory(
+        root,
+        UnixFileMode.UserRead ||| UnixFileMode.UserWrite ||| UnixFileMode.UserExecute
+    )
     |> ignore
 
-    let cluster =
-        {
-            Environment = env
-            BinDirectory = binDirectory
-            Root = root
-            DataDirectory = Path.Combine(root, "data")
-            LogFile = Path.Combine(root, "server.log")
-        }
+    let cluster = {
+        Environment = env
+        BinDirectory = binDirectory
+        Root = root
+        DataDirectory = Path.Combine(root, "data")
+        LogFile = Path.Combine(root, "server.log")
+    }
 
     try
         if env.IsRoot then
@@ -107,11 +112,10 @@ let create env binDirectory (tempRoot: string) (settings: (string * string) list
 
             invalidOp $"initdb failed with exit code {initdb.ExitCode}{asUser}:\n{initdb.Output.Trim()}"
 
-        let lines =
-            [
-                yield "\n# Added by KFlow.Testing: a throwaway cluster for tests."
-                for name, value in testSettings @ settings -> $"{name} = {quote value}"
-            ]
+        let lines = [
+            yield "\n# Added by KFlow.Testing: a throwaway cluster for tests."
+            for name, value in testSettings @ settings -> $"{name} = {quote value}"
+        ]
 
         File.AppendAllLines(Path.Combine(cluster.DataDirectory, "postgresql.conf"), lines)
         cluster
@@ -125,12 +129,18 @@ let create env binDirectory (tempRoot: string) (settings: (string * string) list
 
 /// The connection string of the cluster's superuser database on the given port.
 let connectionString (port: int) =
-    NpgsqlConnectionStringBuilder(Host = "127.0.0.1", Port = port, Username = ServerUser, Database = "postgres")
+    NpgsqlConnectionStringBuilder(
+        Host = "127.0.0.1",
+        Port = port,
+        Username = ServerUser,
+        Database = "postgres"
+    )
         .ConnectionString
 
 /// Opens a connection and runs `select 1` until it works or the deadline passes; the last error if not.
 let waitForConnections (connectionString: string) (deadline: DateTime) : Result<unit, exn> =
-    let once = NpgsqlConnectionStringBuilder(connectionString, Pooling = false, Timeout = 5)
+    let once =
+        NpgsqlConnectionStringBuilder(connectionString, Pooling = false, Timeout = 5)
 
     let rec attempt () =
         let outcome =
@@ -163,15 +173,20 @@ let start (port: int) (timeout: TimeSpan) (cluster: Cluster) : Result<unit, stri
     let deadline = DateTime.UtcNow + timeout
 
     let pgCtl =
-        runAsServerUser cluster.Environment cluster.Root (timeout + TimeSpan.FromSeconds 10.0) (program cluster "pg_ctl") [
-            "start"
-            "--pgdata=" + cluster.DataDirectory
-            "--log=" + cluster.LogFile
-            "--wait"
-            "--timeout=" + seconds timeout
-            "-o"
-            $"-p {port}"
-        ]
+        runAsServerUser
+            cluster.Environment
+            cluster.Root
+            (timeout + TimeSpan.FromSeconds 10.0)
+            (program cluster "pg_ctl")
+            [
+                "start"
+                "--pgdata=" + cluster.DataDirectory
+                "--log=" + cluster.LogFile
+                "--wait"
+                "--timeout=" + seconds timeout
+                "-o"
+                $"-p {port}"
+            ]
 
     let serverLog () =
         $"Last lines of the server log ({cluster.LogFile}):\n{logTail 30 cluster}"
@@ -181,7 +196,8 @@ let start (port: int) (timeout: TimeSpan) (cluster: Cluster) : Result<unit, stri
     else
         match waitForConnections (connectionString port) deadline with
         | Ok() -> Ok()
-        | Error e -> Error $"The server started but refused connections until the timeout: {e.Message}\n{serverLog ()}"
+        | Error e ->
+            Error $"The server started but refused connections until the timeout: {e.Message}\n{serverLog ()}"
 
 /// How a server is stopped: `Fast` rolls back sessions and checkpoints; `Immediate` just quits (crash-like).
 type StopMode =
@@ -196,13 +212,18 @@ let stop (mode: StopMode) (timeout: TimeSpan) (cluster: Cluster) : Result<unit, 
         | Immediate -> "immediate"
 
     let pgCtl =
-        runAsServerUser cluster.Environment cluster.Root (timeout + TimeSpan.FromSeconds 10.0) (program cluster "pg_ctl") [
-            "stop"
-            "--pgdata=" + cluster.DataDirectory
-            "--mode=" + modeName
-            "--wait"
-            "--timeout=" + seconds timeout
-        ]
+        runAsServerUser
+            cluster.Environment
+            cluster.Root
+            (timeout + TimeSpan.FromSeconds 10.0)
+            (program cluster "pg_ctl")
+            [
+                "stop"
+                "--pgdata=" + cluster.DataDirectory
+                "--mode=" + modeName
+                "--wait"
+                "--timeout=" + seconds timeout
+            ]
 
     if pgCtl.ExitCode = 0 then
         Ok()

@@ -23,15 +23,14 @@ let ServerUser = "postgres"
 
 /// What the throwaway server reads from its surroundings; a parameter so tests can fake it.
 [<NoEquality; NoComparison>]
-type PostgresEnvironment =
-    {
-        /// Reads an environment variable; None when it is unset or blank.
-        Variable: string -> string option
-        /// Where distribution packages put versioned binaries: `<PackageRoot>/<version>/bin`.
-        PackageRoot: string
-        /// Whether this process runs as root; the server then runs as the `postgres` user.
-        IsRoot: bool
-    }
+type PostgresEnvironment = {
+    /// Reads an environment variable; None when it is unset or blank.
+    Variable: string -> string option
+    /// Where distribution packages put versioned binaries: `<PackageRoot>/<version>/bin`.
+    PackageRoot: string
+    /// Whether this process runs as root; the server then runs as the `postgres` user.
+    IsRoot: bool
+}
 
 /// The real environment of this process.
 [<RequireQualifiedAccess>]
@@ -43,12 +42,11 @@ module PostgresEnvironment =
         | value -> Some value
 
     /// This process's variables, /usr/lib/postgresql, and whether the effective user is root.
-    let current () =
-        {
-            Variable = variable
-            PackageRoot = "/usr/lib/postgresql"
-            IsRoot = Environment.IsPrivilegedProcess
-        }
+    let current () = {
+        Variable = variable
+        PackageRoot = "/usr/lib/postgresql"
+        IsRoot = Environment.IsPrivilegedProcess
+    }
 
 /// The sentence every "binaries not found" error ends with.
 let installHint =
@@ -135,10 +133,20 @@ let run (workingDirectory: string) (timeout: TimeSpan) (program: string) (argume
         info.ArgumentList.Add argument
 
     let output = StringBuilder()
-    let append (line: string) = lock output (fun () -> output.AppendLine line |> ignore)
+
+    let append (line: string) =
+        lock output (fun () -> output.AppendLine line |> ignore)
+
     use proc = new Process(StartInfo = info)
-    proc.OutputDataReceived.Add(fun e -> if not (isNull e.Data) then append e.Data)
-    proc.ErrorDataReceived.Add(fun e -> if not (isNull e.Data) then append e.Data)
+
+    proc.OutputDataReceived.Add(fun e ->
+        if not (isNull e.Data) then
+            append e.Data)
+
+    proc.ErrorDataReceived.Add(fun e ->
+        if not (isNull e.Data) then
+            append e.Data)
+
     proc.Start() |> ignore
     proc.BeginOutputReadLine()
     proc.BeginErrorReadLine()
@@ -153,7 +161,11 @@ let run (workingDirectory: string) (timeout: TimeSpan) (program: string) (argume
         raise (TimeoutException $"'{command}' did not finish within {timeout}. Output so far:\n{output}")
 
     proc.WaitForExit() // drains the asynchronous readers
-    { ExitCode = proc.ExitCode; Output = lock output (fun () -> output.ToString()) }
+
+    {
+        ExitCode = proc.ExitCode
+        Output = lock output (fun () -> output.ToString())
+    }
 
 let private runuserPath () =
     [ "/usr/sbin/runuser"; "/sbin/runuser"; "/usr/bin/runuser"; "/bin/runuser" ]
@@ -172,7 +184,8 @@ let runAsServerUser (env: PostgresEnvironment) workingDirectory timeout program 
 
 /// Gives a directory to the `postgres` user (only called when root), so initdb and the server can use it.
 let giveToServerUser (directory: string) =
-    let result = run directory (TimeSpan.FromSeconds 30.0) "chown" [ ServerUser + ":"; directory ]
+    let result =
+        run directory (TimeSpan.FromSeconds 30.0) "chown" [ ServerUser + ":"; directory ]
 
     if result.ExitCode <> 0 then
         invalidOp

@@ -12,11 +12,16 @@ open KFlow.Testing
 open KFlow.Testing.PostgresTools
 
 /// Options for tests about the throwaway server itself: KFLOW_TEST_PG must not replace it.
-let private throwawayOnly = { PostgresOptions.defaults with AllowExternalServer = false }
+let private throwawayOnly = {
+    PostgresOptions.defaults with
+        AllowExternalServer = false
+}
 
 /// The real environment with some variables replaced (and all others unset).
-let private environmentWith (variables: (string * string) list) =
-    { PostgresEnvironment.current () with Variable = fun name -> Map.tryFind name (Map variables) }
+let private environmentWith (variables: (string * string) list) = {
+    PostgresEnvironment.current () with
+        Variable = fun name -> Map.tryFind name (Map variables)
+}
 
 let private execute (connectionString: string) (sql: string) =
     use connection = new NpgsqlConnection(connectionString)
@@ -34,7 +39,8 @@ let private scalar (connectionString: string) (sql: string) : obj =
     | value -> value
 
 /// A table name no other test (or external server's user) has.
-let private freshTable () = "kflow_test_" + Guid.NewGuid().ToString("N").Substring(0, 12)
+let private freshTable () =
+    "kflow_test_" + Guid.NewGuid().ToString("N").Substring(0, 12)
 
 /// Whether a process with this id exists and is not a zombie (Linux: /proc/<pid>/stat).
 let private processAlive (pid: int) =
@@ -93,9 +99,15 @@ let private serverTests =
             execute server.ConnectionString $"create table {table} (id int primary key, name text not null)"
 
             try
-                execute server.ConnectionString $"insert into {table} values (1, 'one'), (2, 'two'), (3, 'three')"
+                execute
+                    server.ConnectionString
+                    $"insert into {table} values (1, 'one'), (2, 'two'), (3, 'three')"
+
                 let count = scalar server.ConnectionString $"select count(*) from {table}" :?> int64
-                let name = scalar server.ConnectionString $"select name from {table} where id = 2" :?> string
+
+                let name =
+                    scalar server.ConnectionString $"select name from {table} where id = 2" :?> string
+
                 Expect.equal count 3L "three rows"
                 Expect.equal name "two" "the row with id 2"
             finally
@@ -123,18 +135,27 @@ let private serverTests =
             Expect.isFalse server.IsRunning "stopped"
 
             match connectionFailure server.ConnectionString with
-            | Some e -> Expect.isTrue (isConnectionError e) $"a connection error, not {e.GetType().Name}: {e.Message}"
+            | Some e ->
+                Expect.isTrue (isConnectionError e) $"a connection error, not {e.GetType().Name}: {e.Message}"
             | None -> failtest "a connection worked while the server was stopped"
 
             server.Start()
             Expect.isTrue server.IsRunning "running again"
             Expect.equal server.Port port "same port after Start"
-            Expect.equal (scalar server.ConnectionString $"select count(*) from {table}" :?> int64) 2L "rows kept"
+
+            Expect.equal
+                (scalar server.ConnectionString $"select count(*) from {table}" :?> int64)
+                2L
+                "rows kept"
 
             execute server.ConnectionString $"insert into {table} values (3)"
             server.Restart()
             Expect.equal server.Port port "same port after Restart"
-            Expect.equal (scalar server.ConnectionString $"select count(*) from {table}" :?> int64) 3L "rows kept"
+
+            Expect.equal
+                (scalar server.ConnectionString $"select count(*) from {table}" :?> int64)
+                3L
+                "rows kept"
         }
 
         test "disposing stops the server, frees its port and deletes its directory" {
@@ -171,7 +192,10 @@ let private serverTests =
             Expect.notEqual first.DataDirectory second.DataDirectory "different data directories"
             let table = freshTable ()
             execute first.ConnectionString $"create table {table} (id int)"
-            let exists (server: PostgresServer) = scalar server.ConnectionString $"select to_regclass('{table}') is not null" :?> bool
+
+            let exists (server: PostgresServer) =
+                scalar server.ConnectionString $"select to_regclass('{table}') is not null" :?> bool
+
             Expect.isTrue (exists first) "the table is in the first server"
             Expect.isFalse (exists second) "but not in the second"
         }
@@ -180,18 +204,49 @@ let private serverTests =
             let tempRoot = Directory.CreateTempSubdirectory("kflow-pg-test-").FullName
 
             try
-                let options =
-                    { throwawayOnly with TempRoot = Some tempRoot; Settings = [ "shared_buffers", "plenty" ] }
+                let options = {
+                    throwawayOnly with
+                        TempRoot = Some tempRoot
+                        Settings = [ "shared_buffers", "plenty" ]
+                }
 
                 if PostgresEnvironment.current().IsRoot then
                     PostgresTools.giveToServerUser tempRoot
 
                 let e = Expect.throwsC (fun () -> Postgres.startWith options |> ignore) id
-                Expect.isTrue (e :? InvalidOperationException) $"an InvalidOperationException, not {e.GetType().Name}"
-                Expect.stringContains e.Message "shared_buffers" "the server log's complaint is in the message"
+
+                Expect.isTrue
+                    (e :? InvalidOperationException)
+                    $"an InvalidOperationException, not {e.GetType().Name}"
+
+                Expect.stringContains
+                    e.Message
+                    "shared_buffers"
+                    "the server log's complaint is in the message"
+
                 Expect.isEmpty (Directory.GetFileSystemEntries tempRoot) "the cluster's directory was removed"
             finally
                 Directory.Delete(tempRoot, true)
+        }
+
+        test "a port already taken is reported with the server log" {
+            use first = Postgres.startWith throwawayOnly
+
+            let e =
+                Expect.throwsC
+                    (fun () -> Postgres.startWith { throwawayOnly with Port = first.Port } |> ignore)
+                    id
+
+            Expect.isTrue
+                (e :? InvalidOperationException)
+                $"an InvalidOperationException, not {e.GetType().Name}"
+
+            Expect.stringContains
+                e.Message
+                "Address already in use"
+                "the server log's complaint is in the message"
+
+            Expect.isNone (connectionFailure first.ConnectionString) "the first server still answers"
         }
 
         test "uses the server in KFLOW_TEST_PG instead of a throwaway one" {
@@ -202,13 +257,18 @@ let private serverTests =
             Expect.equal external.ConnectionString real.ConnectionString "the given connection string"
             Expect.equal external.Port real.Port "the port of the given connection string"
             Expect.isNull (box external.DataDirectory) "no data directory"
-            Expect.stringStarts (string (scalar external.ConnectionString "select version()")) "PostgreSQL" "answers"
+
+            Expect.stringStarts
+                (string (scalar external.ConnectionString "select version()"))
+                "PostgreSQL"
+                "answers"
+
             let e = Expect.throwsC (fun () -> external.Restart()) id
             Expect.isTrue (e :? InvalidOperationException) "restart is refused"
             Expect.stringContains e.Message "throwaway" "the message says fault tests need a throwaway server"
             Expect.throwsT<InvalidOperationException> external.Stop "stop is refused"
             (external :> IDisposable).Dispose()
-            Expect.isTrue (connectionFailure real.ConnectionString).IsNone "disposing it leaves the server running"
+            Expect.isNone (connectionFailure real.ConnectionString) "disposing it leaves the server running"
 
             use own = Postgres.startFrom env throwawayOnly
             Expect.isTrue own.IsThrowaway "AllowExternalServer = false ignores KFLOW_TEST_PG"
@@ -224,18 +284,51 @@ let private setupTests =
         }
 
         test "refuses a timeout that is not positive" {
-            expectArgumentError { throwawayOnly with Timeout = TimeSpan.Zero } "PostgresOptions.Timeout"
+            expectArgumentError
+                {
+                    throwawayOnly with
+                        Timeout = TimeSpan.Zero
+                }
+                "PostgresOptions.Timeout"
         }
 
         test "refuses bad settings and settings it manages itself" {
-            expectArgumentError { throwawayOnly with Settings = [ "bad name", "1" ] } "not a PostgreSQL setting name"
-            expectArgumentError { throwawayOnly with Settings = [ "port", "5432" ] } "PostgresOptions.Port"
-            expectArgumentError { throwawayOnly with Settings = [ "work_mem", "1\n2" ] } "one line"
+            expectArgumentError
+                {
+                    throwawayOnly with
+                        Settings = [ "bad name", "1" ]
+                }
+                "not a PostgreSQL setting name"
+
+            expectArgumentError
+                {
+                    throwawayOnly with
+                        Settings = [ "port", "5432" ]
+                }
+                "PostgresOptions.Port"
+
+            expectArgumentError
+                {
+                    throwawayOnly with
+                        Settings = [ "work_mem", "1\n2" ]
+                }
+                "one line"
         }
 
         test "refuses blank or missing directories" {
-            expectArgumentError { throwawayOnly with BinDirectory = Some " " } "PostgresOptions.BinDirectory"
-            expectArgumentError { throwawayOnly with TempRoot = Some "/nonexistent/kflow" } "PostgresOptions.TempRoot"
+            expectArgumentError
+                {
+                    throwawayOnly with
+                        BinDirectory = Some " "
+                }
+                "PostgresOptions.BinDirectory"
+
+            expectArgumentError
+                {
+                    throwawayOnly with
+                        TempRoot = Some "/nonexistent/kflow"
+                }
+                "PostgresOptions.TempRoot"
         }
 
         test "the C# With methods build the same options" {
@@ -248,11 +341,12 @@ let private setupTests =
 
             Expect.equal
                 built
-                { PostgresOptions.defaults with
-                    Port = 5433
-                    Timeout = TimeSpan.FromSeconds 5.0
-                    Settings = [ "work_mem", "8MB" ]
-                    AllowExternalServer = false
+                {
+                    PostgresOptions.defaults with
+                        Port = 5433
+                        Timeout = TimeSpan.FromSeconds 5.0
+                        Settings = [ "work_mem", "8MB" ]
+                        AllowExternalServer = false
                 }
                 "same options"
         }
@@ -260,15 +354,27 @@ let private setupTests =
         test "says which package to install when KFLOW_PG_BIN points nowhere" {
             let env = environmentWith [ BinVariable, "/nonexistent/kflow/bin" ]
             let e = Expect.throwsC (fun () -> Postgres.startFrom env throwawayOnly |> ignore) id
-            Expect.isTrue (e :? InvalidOperationException) $"an InvalidOperationException, not {e.GetType().Name}"
+
+            Expect.isTrue
+                (e :? InvalidOperationException)
+                $"an InvalidOperationException, not {e.GetType().Name}"
+
             Expect.stringContains e.Message "KFLOW_PG_BIN is '/nonexistent/kflow/bin'" "names the variable"
             Expect.stringContains e.Message "apt-get install postgresql-15" "names the package"
         }
 
         test "says which package to install when no PostgreSQL is installed" {
-            let env = { environmentWith [] with PackageRoot = "/nonexistent/postgresql" }
+            let env = {
+                environmentWith [] with
+                    PackageRoot = "/nonexistent/postgresql"
+            }
+
             let e = Expect.throwsC (fun () -> Postgres.startFrom env throwawayOnly |> ignore) id
-            Expect.isTrue (e :? InvalidOperationException) $"an InvalidOperationException, not {e.GetType().Name}"
+
+            Expect.isTrue
+                (e :? InvalidOperationException)
+                $"an InvalidOperationException, not {e.GetType().Name}"
+
             Expect.stringContains e.Message "apt-get install postgresql-15" "names the package"
             Expect.stringContains e.Message "KFLOW_TEST_PG" "mentions the alternative"
         }
@@ -284,8 +390,15 @@ let private setupTests =
                         for program in [ "initdb"; "pg_ctl"; "postgres" ] do
                             File.WriteAllText(Path.Combine(bin, program), "")
 
-                let env = { environmentWith [] with PackageRoot = packages }
-                Expect.equal (locateBinaries env None) (Path.Combine(packages, "15", "bin")) "15 is the highest complete"
+                let env = {
+                    environmentWith [] with
+                        PackageRoot = packages
+                }
+
+                Expect.equal
+                    (locateBinaries env None)
+                    (Path.Combine(packages, "15", "bin"))
+                    "15 is the highest complete"
             finally
                 Directory.Delete(packages, true)
         }
