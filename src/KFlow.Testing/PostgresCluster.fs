@@ -106,7 +106,8 @@ let create env binDirectory (tempRoot: string) (settings: (string * string) list
         if initdb.ExitCode <> 0 then
             let asUser =
                 if env.IsRoot then
-                    $" (run as the '{ServerUser}' user because this process is root)"
+                    $" (run as the '{ServerUser}' user because this process is root; that user must be able to \
+                       reach {root}: set PostgresOptions.TempRoot or TMPDIR to a directory it can reach, e.g. /tmp)"
                 else
                     ""
 
