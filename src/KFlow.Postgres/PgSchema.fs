@@ -108,7 +108,7 @@ module PgSchema =
 
         let! columns = task {
             use command = new NpgsqlCommand(columnsSql, connection)
-            command.Parameters.Add(NpgsqlParameter(Value = oid)) |> ignore
+            command.Parameters.Add(NpgsqlParameter(Value = oid, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Oid)) |> ignore
             use! reader = command.ExecuteReaderAsync()
             let columns = ResizeArray()
 
@@ -138,7 +138,7 @@ module PgSchema =
 
         let! uniqueKeys = task {
             use command = new NpgsqlCommand(uniqueKeysSql, connection)
-            command.Parameters.Add(NpgsqlParameter(Value = oid)) |> ignore
+            command.Parameters.Add(NpgsqlParameter(Value = oid, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Oid)) |> ignore
             use! reader = command.ExecuteReaderAsync()
             let keys = ResizeArray()
 

@@ -10,7 +10,7 @@ open Npgsql
 open KFlow.Postgres
 open KFlow.Postgres.Tests.TestDatabase
 
-let private scalar (s: PgScalar) = { Name = string s; Scalar = s; IsArray = false }
+let private scalarType (s: PgScalar) = { Name = string s; Scalar = s; IsArray = false }
 let private arrayOf (s: PgScalar) = { Name = string s + "[]"; Scalar = s; IsArray = true }
 
 let private json (text: string) =
@@ -18,6 +18,7 @@ let private json (text: string) =
     document.RootElement.Clone()
 
 /// A column of the round-trip table: its name, SQL type, and how to read it back.
+[<NoEquality; NoComparison>]
 type private Column = {
     Name: string
     Declaration: string
@@ -67,7 +68,7 @@ let private readBack (table: string) : Map<int, Map<string, obj>> =
     connection.Open()
     let names = fields |> String.concat ", "
     use command = new NpgsqlCommand($"SELECT {names} FROM {table} ORDER BY id", connection)
-    use reader = command.ExecuteReader()
+    use reader = command.ExecuteReader(Data.CommandBehavior.Default)
 
     [
         while reader.Read() do
@@ -116,7 +117,7 @@ let private expectRow (row: Map<string, obj>) (expected: (string * obj) list) (w
 let private normalization =
     testList "normalize" [
         test "null, DBNull, None and ValueNone are NULL; Some x is x" {
-            let t = scalar PgScalar.Int4
+            let t = scalarType PgScalar.Int4
             Expect.isNull (PgValue.normalize t null) "null"
             Expect.isNull (PgValue.normalize t DBNull.Value) "DBNull"
             Expect.isNull (PgValue.normalize t (box (None: int option))) "None"
@@ -126,7 +127,7 @@ let private normalization =
         }
 
         test "timestamptz values are converted to UTC" {
-            let t = scalar PgScalar.TimestampTz
+            let t = scalarType PgScalar.TimestampTz
             let instant = DateTimeOffset(2024, 1, 1, 12, 0, 0, TimeSpan.FromHours -5.0)
             let written = PgValue.normalize t (box instant) :?> DateTime
             Expect.equal written (DateTime(2024, 1, 1, 17, 0, 0, DateTimeKind.Utc)) "same instant"
@@ -134,25 +135,25 @@ let private normalization =
         }
 
         test "JSON elements are read as the column's type" {
-            Expect.equal (PgValue.normalize (scalar PgScalar.Int8) (json "9007199254740993")) (box 9007199254740993L) "int8"
-            Expect.equal (PgValue.normalize (scalar PgScalar.Numeric) (json "1.25")) (box 1.25m) "numeric"
-            Expect.equal (PgValue.normalize (scalar PgScalar.Text) (json "\"é\"")) (box "é") "text"
-            Expect.equal (PgValue.normalize (scalar PgScalar.Text) (json "12")) (box "12") "number as text"
-            Expect.equal (PgValue.normalize (scalar PgScalar.Bool) (json "false")) (box false) "bool"
-            Expect.equal (PgValue.normalize (scalar PgScalar.Jsonb) (json """{"a":1}""")) (box """{"a":1}""") "jsonb"
-            Expect.equal (PgValue.normalize (scalar PgScalar.Uuid) (json $"\"{guid}\"")) (box guid) "uuid"
+            Expect.equal (PgValue.normalize (scalarType PgScalar.Int8) (json "9007199254740993")) (box 9007199254740993L) "int8"
+            Expect.equal (PgValue.normalize (scalarType PgScalar.Numeric) (json "1.25")) (box 1.25m) "numeric"
+            Expect.equal (PgValue.normalize (scalarType PgScalar.Text) (json "\"é\"")) (box "é") "text"
+            Expect.equal (PgValue.normalize (scalarType PgScalar.Text) (json "12")) (box "12") "number as text"
+            Expect.equal (PgValue.normalize (scalarType PgScalar.Bool) (json "false")) (box false) "bool"
+            Expect.equal (PgValue.normalize (scalarType PgScalar.Jsonb) (json """{"a":1}""")) (box """{"a":1}""") "jsonb"
+            Expect.equal (PgValue.normalize (scalarType PgScalar.Uuid) (json $"\"{guid}\"")) (box guid) "uuid"
 
             Expect.equal
-                (PgValue.normalize (scalar PgScalar.TimestampTz) (json "\"2024-01-02T03:04:05+02:00\""))
+                (PgValue.normalize (scalarType PgScalar.TimestampTz) (json "\"2024-01-02T03:04:05+02:00\""))
                 (box (DateTime(2024, 1, 2, 1, 4, 5, DateTimeKind.Utc)))
                 "timestamptz with an offset"
 
             Expect.equal
-                (PgValue.normalize (scalar PgScalar.TimestampTz) (json "\"2024-01-02T03:04:05\""))
+                (PgValue.normalize (scalarType PgScalar.TimestampTz) (json "\"2024-01-02T03:04:05\""))
                 (box (DateTime(2024, 1, 2, 3, 4, 5, DateTimeKind.Utc)))
                 "timestamptz without an offset is UTC"
 
-            Expect.isNull (PgValue.normalize (scalar PgScalar.Int4) (json "null")) "JSON null"
+            Expect.isNull (PgValue.normalize (scalarType PgScalar.Int4) (json "null")) "JSON null"
 
             Expect.equal
                 (PgValue.normalize (arrayOf PgScalar.Int4) (json "[1, null, 3]"))
@@ -163,12 +164,12 @@ let private normalization =
         }
 
         test "any other value for a jsonb column is serialized" {
-            let written = PgValue.normalize (scalar PgScalar.Jsonb) (box {| a = 1; b = "x" |})
+            let written = PgValue.normalize (scalarType PgScalar.Jsonb) (box {| a = 1; b = "x" |})
             Expect.equal written (box """{"a":1,"b":"x"}""") "System.Text.Json"
         }
 
         test "a JSON value of the wrong kind is refused, naming the kind and type" {
-            let e = Expect.throwsC (fun () -> PgValue.normalize (scalar PgScalar.Int4) (json "\"x\"") |> ignore) id
+            let e = Expect.throwsC (fun () -> PgValue.normalize (scalarType PgScalar.Int4) (json "\"x\"") |> ignore) id
             Expect.stringContains e.Message "String" "the JSON kind"
             Expect.stringContains e.Message "Int4" "the column type"
         }
@@ -266,7 +267,8 @@ let private roundTrips =
                 record[name] <- given
 
             writeNow writer [ record :> IDictionary<string, obj> ]
-            expectRow (readBack table)[1] (full |> List.map (fun (name, _, back) -> name, back)) "dictionary"
+            let rows = readBack table
+            expectRow rows[1] (full |> List.map (fun (name, _, back) -> name, back)) "dictionary"
         }
 
         test "a value that does not fit its column faults the write, naming the column" {
