@@ -64,8 +64,20 @@ module UpsertConfig =
     /// The configuration with other retry options.
     let withRetry (retry: RetryOptions) (config: UpsertConfig<'a>) = { config with Retry = retry }
 
+/// How a writer sends a batch (chosen at start-up from the fields' types).
+[<RequireQualifiedAccess>]
+type UpsertMethod =
+    /// One INSERT ... SELECT FROM unnest(one array parameter per field): one statement, one round
+    /// trip. Used when no field is an array column (unnest would flatten those).
+    | Unnest
+    /// A temp table (ON COMMIT DROP), binary COPY into it, then INSERT ... SELECT from it, in one
+    /// transaction. Used when a field is an array column.
+    | Copy
+
 /// The SQL of one writer, built once from quoted identifiers.
 type internal UpsertStatements = {
+    Method: UpsertMethod
+    Unnest: string
     CreateStage: string
     Copy: string
     Insert: string
@@ -101,6 +113,7 @@ type UpsertWriter<'a>
     let types = columns |> Array.map (fun c -> Option.get c.Type)
     let dbTypes = types |> Array.map PgValue.dbType
     let mutable disposed = false
+    let mutable retries = 0L
 
     /// The records' values, checked and normalized once (not again on a retry).
     let prepare (batch: 'a list) : obj[][] =
@@ -173,7 +186,8 @@ type UpsertWriter<'a>
         ()
     }
 
-    let attempt (rows: obj[][]) () : Task = task {
+    /// One attempt of the Copy method: temp table, binary COPY, INSERT, commit.
+    let attemptCopy (rows: obj[][]) () : Task = task {
         use! connection = dataSource.OpenConnectionAsync()
         use! transaction = connection.BeginTransactionAsync()
 
@@ -194,7 +208,46 @@ type UpsertWriter<'a>
         do! transaction.CommitAsync()
     }
 
+    /// One attempt of the Unnest method: the batch as one array per field, one statement.
+    let attemptUnnest (rows: obj[][]) (fieldArrays: obj[][]) () : Task = task {
+        use! connection = dataSource.OpenConnectionAsync()
+        use command = new NpgsqlCommand(statements.Unnest, connection)
+
+        for i in 0 .. columns.Length - 1 do
+            command.Parameters.Add(NpgsqlParameter(NpgsqlDbType = (NpgsqlDbType.Array ||| dbTypes[i]), Value = fieldArrays[i]))
+            |> ignore
+
+        let! failure = task {
+            try
+                let! _ = command.ExecuteNonQueryAsync()
+                return None
+            with
+            | :? InvalidCastException
+            | :? NotSupportedException
+            | :? ArgumentException as error -> return Some error
+        }
+
+        match failure with
+        | None -> ()
+        | Some error ->
+            // A value Npgsql cannot write: find its column and record with the Copy method's field-by-field
+            // writes into a temp table that is rolled back; raise the original error if that passes.
+            use! transaction = connection.BeginTransactionAsync()
+
+            do! task {
+                use command = new NpgsqlCommand(statements.CreateStage, connection, transaction)
+                let! _ = command.ExecuteNonQueryAsync()
+                ()
+            }
+
+            do! copyRows connection rows
+            do! transaction.RollbackAsync()
+            ExceptionDispatchInfo.Capture(error).Throw()
+    }
+
     let onTransient (error: exn) =
+        Threading.Interlocked.Increment &retries |> ignore
+
         if PgRetry.connectionLost error then
             dataSource.Clear()
 
@@ -203,6 +256,12 @@ type UpsertWriter<'a>
 
     /// The server, without the password: Host, Port, Database, Username.
     member _.Server = server
+
+    /// How many times a batch was retried after a transient failure, since the writer was made.
+    member _.Retries = Threading.Interlocked.Read &retries
+
+    /// How batches are sent: Unnest (one statement), or Copy when a field is an array column.
+    member _.Method = statements.Method
 
     /// The written columns' names, in field order.
     member _.Fields = columns |> Array.map _.Name |> List.ofArray
@@ -233,7 +292,14 @@ type UpsertWriter<'a>
                         transient
                     )
 
-                do! PgRetry.run retry onTransient describe (attempt rows)
+                let attempt =
+                    match statements.Method with
+                    | UpsertMethod.Copy -> attemptCopy rows
+                    | UpsertMethod.Unnest ->
+                        let fieldArrays = Array.init columns.Length (fun i -> rows |> Array.map (fun row -> row[i]))
+                        attemptUnnest rows fieldArrays
+
+                do! PgRetry.run retry onTransient describe attempt
             }
 
     /// Disposes the data source if the writer made it from a connection string.
@@ -297,7 +363,8 @@ module UpsertWriter =
 
         PgRetry.validate config.Retry
 
-    let private statementsFor (table: PgIdentifier) (fields: string list) (keys: string list) =
+    let private statementsFor (table: PgIdentifier) (fieldColumns: PgColumn list) (keys: string list) =
+        let fields = fieldColumns |> List.map _.Name
         let ordinal =
             Seq.initInfinite (fun i -> if i = 0 then "kflow_ordinal" else $"kflow_ordinal_{i}")
             |> Seq.find (fun name -> not (List.contains name fields))
@@ -317,7 +384,20 @@ module UpsertWriter =
                    |> List.map (fun f -> $"{PgIdentifier.quote f} = EXCLUDED.{PgIdentifier.quote f}")
                    |> String.concat ", ")
 
+        let method =
+            if fieldColumns |> List.exists (fun c -> c.Type |> Option.exists _.IsArray) then
+                UpsertMethod.Copy
+            else
+                UpsertMethod.Unnest
+
+        let parameters = fields |> List.mapi (fun i _ -> $"${i + 1}") |> String.concat ", "
+
         {
+            Method = method
+            Unnest =
+                $"INSERT INTO {table.Sql} ({columns}) SELECT DISTINCT ON ({keyColumns}) {columns} \
+                  FROM unnest({parameters}) WITH ORDINALITY AS kflow_rows ({columns}, {ordinal}) \
+                  ORDER BY {keyColumns}, {ordinal} DESC ON CONFLICT ({keyColumns}) {onConflict}"
             CreateStage =
                 $"CREATE TEMP TABLE kflow_stage ON COMMIT DROP AS SELECT 0::int4 AS {ordinal}, {columns} \
                   FROM {table.Sql} WITH NO DATA"
@@ -399,7 +479,7 @@ module UpsertWriter =
                     Array.ofList columns,
                     config.Row,
                     config.Retry,
-                    statementsFor table config.Fields config.Keys
+                    statementsFor table columns config.Keys
                 )
         with error ->
             if owns then

@@ -53,17 +53,24 @@ let private columns = [
     { Name = "ajb"; Declaration = "jsonb[]"; Read = reading<string[]> }
 ]
 
+/// The scalar columns (no array): a table of these is written with the Unnest method.
+let private scalarColumns = columns |> List.filter (fun c -> not (c.Declaration.EndsWith "[]"))
+
 let private fields = "id" :: (columns |> List.map _.Name)
 
-/// A fresh table with an integer key and every supported type.
-let private roundTripTable () =
+/// A fresh table with an integer key and the given columns.
+let private tableOf (columns: Column list) =
     let table = freshTable ()
     let declarations = columns |> List.map (fun c -> $"{c.Name} {c.Declaration}") |> String.concat ", "
     execute $"CREATE TABLE {table} (id integer PRIMARY KEY, {declarations})"
     table
 
+/// A fresh table with an integer key and every supported type.
+let private roundTripTable () = tableOf columns
+
 /// The table's rows as maps from column name to value read back (null for NULL), by id.
-let private readBack (table: string) : Map<int, Map<string, obj>> =
+let private readBackOf (columns: Column list) (table: string) : Map<int, Map<string, obj>> =
+    let fields = "id" :: (columns |> List.map _.Name)
     use connection = new NpgsqlConnection(connectionString ())
     connection.Open()
     let names = fields |> String.concat ", "
@@ -80,6 +87,8 @@ let private readBack (table: string) : Map<int, Map<string, obj>> =
             id, values
     ]
     |> Map.ofList
+
+let private readBack = readBackOf columns
 
 let private utc = DateTime(2024, 2, 29, 13, 45, 12, 345, DateTimeKind.Utc)
 let private guid = Guid "6f1c2b0e-4f7a-4d3e-9a51-0c3e2d1b7a90"
@@ -186,9 +195,25 @@ let private normalization =
 let private roundTrips =
     testSequenced
     <| testList "round trip" [
-        test "every supported type, nulls and unicode come back as written" {
+        test "every supported scalar type, nulls and unicode come back as written by the Unnest method" {
+            let table = tableOf scalarColumns
+            let fields = "id" :: (scalarColumns |> List.map _.Name)
+            let writer = writerFor (configFor table fields [ "id" ])
+            Expect.equal writer.Method UpsertMethod.Unnest "no array field: one statement"
+            let names = set (scalarColumns |> List.map _.Name)
+            let given = full |> List.filter (fun (name, _, _) -> names.Contains name)
+            let values = box 1 :: (given |> List.map (fun (_, value, _) -> value))
+            let nulls = box 2 :: (scalarColumns |> List.mapi (fun i _ -> if i % 2 = 0 then null else box DBNull.Value))
+            writeNow writer [ Array.ofList values; Array.ofList nulls ]
+            let rows = readBackOf scalarColumns table
+            expectRow rows[1] (given |> List.map (fun (name, _, back) -> name, back)) "all values"
+            expectRow rows[2] (scalarColumns |> List.map (fun c -> c.Name, null)) "nulls"
+        }
+
+        test "every supported type with arrays, nulls and unicode come back as written by the Copy method" {
             let table = roundTripTable ()
             let writer = writerFor (configFor table fields [ "id" ])
+            Expect.equal writer.Method UpsertMethod.Copy "array fields: temp table and COPY"
             let full' = box 1 :: (full |> List.map (fun (_, given, _) -> given))
             let nulls = box 2 :: (columns |> List.mapi (fun i _ -> if i % 2 = 0 then null else box DBNull.Value))
             let options = box 3 :: (columns |> List.map (fun _ -> box (None: string option)))
@@ -271,12 +296,16 @@ let private roundTrips =
             expectRow rows[1] (full |> List.map (fun (name, _, back) -> name, back)) "dictionary"
         }
 
-        test "a value that does not fit its column faults the write, naming the column" {
+        test "a value that does not fit its column faults the write, naming the column, with either method" {
             let table = roundTripTable ()
-            let writer = writerFor (configFor table [ "id"; "i4" ] [ "id" ])
-            let e = faultOf "wrong type" (fun () -> UpsertWriter.write writer [ [| box 1; box "not a number" |] ])
-            Expect.stringContains e.Message "\"i4\"" "names the column"
-            Expect.equal (scalar<int64> $"SELECT count(*) FROM {table}") 0L "nothing written"
+
+            for fields in [ [ "id"; "i4" ]; [ "id"; "i4"; "ai" ] ] do
+                let writer = writerFor (configFor table fields [ "id" ])
+                let values = [| box 1; box "not a number"; box [| 1 |] |] |> Array.truncate fields.Length
+                let e = faultOf "wrong type" (fun () -> UpsertWriter.write writer [ values ])
+                Expect.stringContains e.Message "\"i4\"" $"{writer.Method}: names the column"
+                Expect.stringContains e.Message "record 0" $"{writer.Method}: names the record"
+                Expect.equal (scalar<int64> $"SELECT count(*) FROM {table}") 0L $"{writer.Method}: nothing written"
         }
     ]
 

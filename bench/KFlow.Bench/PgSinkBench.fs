@@ -1,0 +1,177 @@
+// Benchmark of the PostgreSQL upsert sink (issue 6): rows per second for 1,000,000 rows of 5 columns in
+// batches of 1,000, next to a raw binary COPY of the same rows (the ceiling) and a naive per-row upsert.
+module KFlow.Bench.PgSinkBench
+
+open System
+open System.Diagnostics
+open Npgsql
+open NpgsqlTypes
+open KFlow.Postgres
+open KFlow.Testing
+
+/// Rows in the sink and raw COPY runs.
+let private rowCount = 1_000_000
+
+/// Records per sink batch.
+let private batchSize = 1_000
+
+/// Rows in the naive run (per-row statements are slow; the rate is extrapolated from these).
+let private naiveRowCount = 20_000
+
+let private epoch = DateTime(2024, 1, 1, 0, 0, 0, DateTimeKind.Utc)
+
+/// A value as a field of a record (never null here).
+let private field (value: 'T) : obj = Unchecked.nonNull (box value)
+
+/// Row i: id bigint, name text, qty integer, price double precision, at timestamptz.
+let private record (i: int) : obj[] = [|
+    field (int64 i)
+    field $"customer-{i % 10_000}"
+    field (i % 1_000)
+    field (float i * 0.01)
+    field (epoch.AddSeconds(float i))
+|]
+
+let private fields = [ "id"; "name"; "qty"; "price"; "at" ]
+
+let private execute (connectionString: string) (sql: string) =
+    use connection = new NpgsqlConnection(connectionString)
+    connection.Open()
+    use command = new NpgsqlCommand(sql, connection)
+    command.ExecuteNonQuery() |> ignore
+
+let private count (connectionString: string) (table: string) =
+    use connection = new NpgsqlConnection(connectionString)
+    connection.Open()
+    use command = new NpgsqlCommand($"SELECT count(*) FROM {table}", connection)
+    command.ExecuteScalar() :?> int64
+
+/// A fresh empty table of the benchmark's shape, keyed by id.
+let private freshTable (connectionString: string) (name: string) =
+    execute
+        connectionString
+        $"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id bigint PRIMARY KEY, name text NOT NULL, \
+          qty integer NOT NULL, price double precision NOT NULL, at timestamptz NOT NULL)"
+
+let private rate (rows: int) (elapsed: TimeSpan) = float rows / elapsed.TotalSeconds
+
+/// The sink: rowCount records in batches of batchSize, one after the other.
+let private sink (connectionString: string) =
+    freshTable connectionString "bench_sink"
+    let batches = List.init (rowCount / batchSize) (fun b -> List.init batchSize (fun i -> record (b * batchSize + i)))
+
+    let config =
+        UpsertConfig.create (PgConnection.ConnectionString connectionString) "bench_sink" fields [ "id" ] id
+
+    use writer = (UpsertWriter.create config).GetAwaiter().GetResult()
+    // Warm-up: one batch of other keys (connection, type resolution), then the timed run.
+    (UpsertWriter.write writer [ record -1 ]).GetAwaiter().GetResult()
+    let watch = Stopwatch.StartNew()
+
+    for batch in batches do
+        (UpsertWriter.write writer batch).GetAwaiter().GetResult()
+
+    let elapsed = watch.Elapsed
+
+    if count connectionString "bench_sink" <> int64 rowCount + 1L then
+        failwith "the sink benchmark lost rows"
+
+    rate rowCount elapsed
+
+/// Raw binary COPY of the same rows into an empty table, in one stream and one transaction.
+let private rawCopy (connectionString: string) =
+    freshTable connectionString "bench_copy"
+    let rows = Array.init rowCount record
+    use connection = new NpgsqlConnection(connectionString)
+    connection.Open()
+    let watch = Stopwatch.StartNew()
+    use transaction = connection.BeginTransaction()
+
+    do
+        use importer =
+            connection.BeginBinaryImport("COPY bench_copy (id, name, qty, price, at) FROM STDIN (FORMAT BINARY)")
+
+        for row in rows do
+            importer.StartRow()
+            importer.Write(unbox<int64> row[0], NpgsqlDbType.Bigint)
+            importer.Write(unbox<string> row[1], NpgsqlDbType.Text)
+            importer.Write(unbox<int> row[2], NpgsqlDbType.Integer)
+            importer.Write(unbox<float> row[3], NpgsqlDbType.Double)
+            importer.Write(unbox<DateTime> row[4], NpgsqlDbType.TimestampTz)
+
+        importer.Complete() |> ignore
+
+    transaction.Commit()
+    let elapsed = watch.Elapsed
+
+    if count connectionString "bench_copy" <> int64 rowCount then
+        failwith "the raw COPY benchmark lost rows"
+
+    rate rowCount elapsed
+
+/// A naive upsert: one prepared INSERT ... ON CONFLICT per row, a transaction per batch of batchSize.
+let private naive (connectionString: string) =
+    freshTable connectionString "bench_naive"
+    use connection = new NpgsqlConnection(connectionString)
+    connection.Open()
+
+    use command =
+        new NpgsqlCommand(
+            "INSERT INTO bench_naive (id, name, qty, price, at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, qty = EXCLUDED.qty, price = EXCLUDED.price, \
+             at = EXCLUDED.at",
+            connection
+        )
+
+    let parameters = [|
+        NpgsqlParameter<int64>(NpgsqlDbType = NpgsqlDbType.Bigint) :> NpgsqlParameter
+        NpgsqlParameter<string>(NpgsqlDbType = NpgsqlDbType.Text)
+        NpgsqlParameter<int>(NpgsqlDbType = NpgsqlDbType.Integer)
+        NpgsqlParameter<float>(NpgsqlDbType = NpgsqlDbType.Double)
+        NpgsqlParameter<DateTime>(NpgsqlDbType = NpgsqlDbType.TimestampTz)
+    |]
+
+    command.Parameters.AddRange parameters
+    command.Prepare()
+    let watch = Stopwatch.StartNew()
+
+    for b in 0 .. naiveRowCount / batchSize - 1 do
+        use transaction = connection.BeginTransaction()
+        command.Transaction <- transaction
+
+        for i in b * batchSize .. (b + 1) * batchSize - 1 do
+            let row = record i
+
+            for p in 0 .. row.Length - 1 do
+                parameters[p].Value <- row[p]
+
+            command.ExecuteNonQuery() |> ignore
+
+        transaction.Commit()
+
+    let elapsed = watch.Elapsed
+
+    if count connectionString "bench_naive" <> int64 naiveRowCount then
+        failwith "the naive benchmark lost rows"
+
+    rate naiveRowCount elapsed
+
+/// <summary>Runs the three measurements on a throwaway PostgreSQL (or KFLOW_TEST_PG) and returns
+/// pg_sink_rows_per_s, pg_raw_copy_rows_per_s, pg_naive_rows_per_s and ratio_pg_sink_vs_copy.</summary>
+/// <remarks>The naive rate is measured on 20,000 rows (a rate, so it extrapolates to 1,000,000).</remarks>
+let run () : (string * float) list =
+    use server = Postgres.start ()
+    let connectionString = server.ConnectionString
+    let copyRate = rawCopy connectionString
+    let sinkRate = sink connectionString
+    let naiveRate = naive connectionString
+
+    for table in [ "bench_sink"; "bench_copy"; "bench_naive" ] do
+        execute connectionString $"DROP TABLE IF EXISTS {table}"
+
+    [
+        "pg_sink_rows_per_s", sinkRate
+        "pg_raw_copy_rows_per_s", copyRate
+        "pg_naive_rows_per_s", naiveRate
+        "ratio_pg_sink_vs_copy", sinkRate / copyRate
+    ]
