@@ -6,6 +6,7 @@ open System
 open System.Collections.Generic
 open System.Runtime.ExceptionServices
 open System.Text.Json
+open System.Threading
 open System.Threading.Tasks
 open Npgsql
 open NpgsqlTypes
@@ -78,6 +79,7 @@ type UpsertMethod =
 type internal UpsertStatements = {
     Method: UpsertMethod
     Unnest: string
+    UnnestInsert: string
     CreateStage: string
     Copy: string
     Insert: string
@@ -114,6 +116,9 @@ type UpsertWriter<'a>
     let dbTypes = types |> Array.map PgValue.dbType
     let mutable disposed = false
     let mutable retries = 0L
+    // Batches still to upsert directly (no insert-first try), and the current length of that run.
+    let mutable upsertOnlyBatches = 0
+    let mutable conflictPenalty = 0
 
     /// The records' values, checked and normalized once (not again on a retry).
     let prepare (batch: 'a list) : obj[][] =
@@ -211,25 +216,55 @@ type UpsertWriter<'a>
     /// One attempt of the Unnest method: the batch as one array per field, one statement.
     let attemptUnnest (rows: obj[][]) (fieldArrays: obj[][]) () : Task = task {
         use! connection = dataSource.OpenConnectionAsync()
-        use command = new NpgsqlCommand(statements.Unnest, connection)
 
-        for i in 0 .. columns.Length - 1 do
-            command.Parameters.Add(NpgsqlParameter(NpgsqlDbType = (NpgsqlDbType.Array ||| dbTypes[i]), Value = fieldArrays[i]))
-            |> ignore
+        /// Runs one statement over the batch's arrays: Ok true, Ok false on a unique violation when
+        /// `conflictIsFine`, Error for a value Npgsql cannot write.
+        let execute (sql: string) (conflictIsFine: bool) = task {
+            use command = new NpgsqlCommand(sql, connection)
 
-        let! failure = task {
+            for i in 0 .. columns.Length - 1 do
+                command.Parameters.Add(
+                    NpgsqlParameter(NpgsqlDbType = (NpgsqlDbType.Array ||| dbTypes[i]), Value = fieldArrays[i])
+                )
+                |> ignore
+
             try
                 let! _ = command.ExecuteNonQueryAsync()
-                return None
+                return Ok true
             with
+            | :? PostgresException as error when conflictIsFine && error.SqlState = PostgresErrorCodes.UniqueViolation ->
+                return Ok false
             | :? InvalidCastException
             | :? NotSupportedException
-            | :? ArgumentException as error -> return Some error
+            | :? ArgumentException as error -> return Error error
         }
 
-        match failure with
-        | None -> ()
-        | Some error ->
+        // Insert first while batches bring new keys (a plain INSERT is much cheaper than ON CONFLICT);
+        // after a conflict, upsert directly for a number of batches that doubles while conflicts go on.
+        let optimistic = Volatile.Read &upsertOnlyBatches <= 0
+
+        if not optimistic then
+            Interlocked.Decrement &upsertOnlyBatches |> ignore
+
+        let! inserted = if optimistic then execute statements.UnnestInsert true else Task.FromResult(Ok false)
+
+        let! outcome =
+            match inserted with
+            | Ok true ->
+                Volatile.Write(&conflictPenalty, 0)
+                Task.FromResult(Ok true)
+            | Ok false ->
+                if optimistic then
+                    let penalty = min 1024 (max 1 (2 * Volatile.Read &conflictPenalty))
+                    Volatile.Write(&conflictPenalty, penalty)
+                    Volatile.Write(&upsertOnlyBatches, penalty)
+
+                execute statements.Unnest false
+            | Error error -> Task.FromResult(Error error)
+
+        match outcome with
+        | Ok _ -> ()
+        | Error error ->
             // A value Npgsql cannot write: find its column and record with the Copy method's field-by-field
             // writes into a temp table that is rolled back; raise the original error if that passes.
             use! transaction = connection.BeginTransactionAsync()
@@ -398,6 +433,10 @@ module UpsertWriter =
                 $"INSERT INTO {table.Sql} ({columns}) SELECT DISTINCT ON ({keyColumns}) {columns} \
                   FROM unnest({parameters}) WITH ORDINALITY AS kflow_rows ({columns}, {ordinal}) \
                   ORDER BY {keyColumns}, {ordinal} DESC ON CONFLICT ({keyColumns}) {onConflict}"
+            UnnestInsert =
+                $"INSERT INTO {table.Sql} ({columns}) SELECT DISTINCT ON ({keyColumns}) {columns} \
+                  FROM unnest({parameters}) WITH ORDINALITY AS kflow_rows ({columns}, {ordinal}) \
+                  ORDER BY {keyColumns}, {ordinal} DESC"
             CreateStage =
                 $"CREATE TEMP TABLE kflow_stage ON COMMIT DROP AS SELECT 0::int4 AS {ordinal}, {columns} \
                   FROM {table.Sql} WITH NO DATA"
