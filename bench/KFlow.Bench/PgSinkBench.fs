@@ -62,7 +62,9 @@ let private rate (rows: int) (elapsed: TimeSpan) = float rows / elapsed.TotalSec
 /// The sink: rowCount records in batches of batchSize, one after the other.
 let private sink (connectionString: string) =
     freshTable connectionString "bench_sink"
-    let batches = List.init (rowCount / batchSize) (fun b -> List.init batchSize (fun i -> record (b * batchSize + i)))
+
+    let batches =
+        List.init (rowCount / batchSize) (fun b -> List.init batchSize (fun i -> record (b * batchSize + i)))
 
     let config =
         UpsertConfig.create (PgConnection.ConnectionString connectionString) "bench_sink" fields [ "id" ] id
@@ -93,7 +95,9 @@ let private rawCopy (connectionString: string) =
 
     do
         use importer =
-            connection.BeginBinaryImport("COPY bench_copy (id, name, qty, price, at) FROM STDIN (FORMAT BINARY)")
+            connection.BeginBinaryImport(
+                "COPY bench_copy (id, name, qty, price, at) FROM STDIN (FORMAT BINARY)"
+            )
 
         for row in rows do
             importer.StartRow()
@@ -169,7 +173,8 @@ let run () : (string * float) list =
     let connectionString = server.ConnectionString
 
     let copyRates, sinkRates =
-        List.init rounds (fun _ -> rawCopy connectionString, sink connectionString) |> List.unzip
+        List.init rounds (fun _ -> rawCopy connectionString, sink connectionString)
+        |> List.unzip
 
     let copyRate = List.max copyRates
     let sinkRate = List.max sinkRates

@@ -20,7 +20,8 @@ type PgIdentifier = {
 
     /// The quoted SQL form, e.g. "public"."my_table".
     member identifier.Sql =
-        let quote (part: string) = "\"" + part.Replace("\"", "\"\"") + "\""
+        let quote (part: string) =
+            "\"" + part.Replace("\"", "\"\"") + "\""
 
         match identifier.Schema with
         | Some schema -> quote schema + "." + quote identifier.Name
@@ -37,7 +38,8 @@ type PgIdentifier = {
 module PgIdentifier =
 
     /// A name in double quotes, with inner quotes doubled: safe to place in SQL whatever it holds.
-    let quote (name: string) = "\"" + name.Replace("\"", "\"\"") + "\""
+    let quote (name: string) =
+        "\"" + name.Replace("\"", "\"\"") + "\""
 
     /// Splits "schema.table" (parts optionally in double quotes) into its parts; raises on bad syntax.
     let private parts (text: string) =
@@ -91,7 +93,12 @@ module PgIdentifier =
             fail "a quote is not closed"
 
         if current.Length = 0 then
-            fail (if partStarted then "a part is empty" else "the name is empty")
+            fail (
+                if partStarted then
+                    "a part is empty"
+                else
+                    "the name is empty"
+            )
 
         result.Add(current.ToString())
         List.ofSeq result

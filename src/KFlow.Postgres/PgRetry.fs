@@ -80,8 +80,12 @@ module PgRetry =
     /// Whether a failure is transient: retrying the whole transaction may succeed.
     let rec isTransient (error: exn) =
         match error with
-        | :? PostgresException as e -> e.SqlState.StartsWith "08" || transientStates.Contains e.SqlState || e.IsTransient
-        | :? NpgsqlException as e -> e.IsTransient || (not (isNull e.InnerException) && isTransient e.InnerException)
+        | :? PostgresException as e ->
+            e.SqlState.StartsWith "08"
+            || transientStates.Contains e.SqlState
+            || e.IsTransient
+        | :? NpgsqlException as e ->
+            e.IsTransient || (not (isNull e.InnerException) && isTransient e.InnerException)
         | :? IOException
         | :? SocketException
         | :? TimeoutException -> true
@@ -100,7 +104,12 @@ module PgRetry =
     /// The delay before retry number `retry` (1 for the first retry), with ±20% jitter.
     let delay (options: RetryOptions) (retry: int) =
         let exponent = min 30 (retry - 1)
-        let baseMs = min options.MaxDelay.TotalMilliseconds (options.FirstDelay.TotalMilliseconds * 2.0 ** float exponent)
+
+        let baseMs =
+            min
+                options.MaxDelay.TotalMilliseconds
+                (options.FirstDelay.TotalMilliseconds * 2.0 ** float exponent)
+
         let jitter = 0.8 + 0.4 * Random.Shared.NextDouble()
         TimeSpan.FromMilliseconds(baseMs * jitter)
 
@@ -122,6 +131,7 @@ module PgRetry =
 
             while not finished do
                 tries <- tries + 1
+
                 let! outcome = task {
                     try
                         do! attempt ()

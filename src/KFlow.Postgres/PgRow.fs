@@ -17,7 +17,12 @@ module PgRow =
 
         fun (record: IDictionary<string, obj>) ->
             if isNull record then
-                raise (ArgumentNullException("record", "A record to upsert is null; the batch must not hold nulls."))
+                raise (
+                    ArgumentNullException(
+                        "record",
+                        "A record to upsert is null; the batch must not hold nulls."
+                    )
+                )
 
             fields
             |> Array.map (fun field ->

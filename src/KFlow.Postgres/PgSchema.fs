@@ -71,7 +71,8 @@ module PgSchema =
         | "c" -> "a composite type"
         | other -> $"a relation of kind '{other}'"
 
-    let private fail (message: string) = raise (InvalidOperationException message)
+    let private fail (message: string) =
+        raise (InvalidOperationException message)
 
     /// <summary>Reads the table's columns and unique keys; raises if it does not exist or is not a table.</summary>
     /// <param name="connection">An open connection.</param>
@@ -108,7 +109,10 @@ module PgSchema =
 
         let! columns = task {
             use command = new NpgsqlCommand(columnsSql, connection)
-            command.Parameters.Add(NpgsqlParameter(Value = oid, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Oid)) |> ignore
+
+            command.Parameters.Add(NpgsqlParameter(Value = oid, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Oid))
+            |> ignore
+
             use! reader = command.ExecuteReaderAsync()
             let columns = ResizeArray()
 
@@ -138,7 +142,10 @@ module PgSchema =
 
         let! uniqueKeys = task {
             use command = new NpgsqlCommand(uniqueKeysSql, connection)
-            command.Parameters.Add(NpgsqlParameter(Value = oid, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Oid)) |> ignore
+
+            command.Parameters.Add(NpgsqlParameter(Value = oid, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Oid))
+            |> ignore
+
             use! reader = command.ExecuteReaderAsync()
             let keys = ResizeArray()
 
@@ -162,7 +169,8 @@ module PgSchema =
         }
     }
 
-    let private listed (names: string seq) = names |> Seq.map (fun n -> "\"" + n + "\"") |> String.concat ", "
+    let private listed (names: string seq) =
+        names |> Seq.map (fun n -> "\"" + n + "\"") |> String.concat ", "
 
     /// <summary>Checks that the table can take upserts of these fields keyed by these keys.</summary>
     /// <returns>The fields' columns, in the order of the fields.</returns>
@@ -218,7 +226,9 @@ module PgSchema =
             let present =
                 match table.UniqueKeys with
                 | [] -> "it has none"
-                | keys -> "it has " + (keys |> List.map (fun k -> "(" + listed k + ")") |> String.concat ", ")
+                | keys ->
+                    "it has "
+                    + (keys |> List.map (fun k -> "(" + listed k + ")") |> String.concat ", ")
 
             fail
                 $"Table {table.Name} has no primary key or unique constraint on exactly ({listed keys}) \

@@ -175,7 +175,11 @@ module PgValue =
             box (DateTime.SpecifyKind(value, DateTimeKind.Unspecified))
         | JsonValueKind.String, PgScalar.TimestampTz ->
             let value =
-                DateTimeOffset.Parse(json.GetString(), CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal)
+                DateTimeOffset.Parse(
+                    json.GetString(),
+                    CultureInfo.InvariantCulture,
+                    DateTimeStyles.AssumeUniversal
+                )
 
             box value.UtcDateTime
         | JsonValueKind.String, PgScalar.Date ->

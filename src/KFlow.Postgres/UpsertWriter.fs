@@ -45,14 +45,21 @@ type UpsertConfig<'a> = {
 module UpsertConfig =
 
     /// A configuration with the default retry options.
-    let create (connection: PgConnection) (table: string) (fields: string list) (keys: string list) (row: 'a -> obj[]) = {
-        Connection = connection
-        Table = table
-        Fields = fields
-        Keys = keys
-        Row = row
-        Retry = PgRetry.defaults
-    }
+    let create
+        (connection: PgConnection)
+        (table: string)
+        (fields: string list)
+        (keys: string list)
+        (row: 'a -> obj[])
+        =
+        {
+            Connection = connection
+            Table = table
+            Fields = fields
+            Keys = keys
+            Row = row
+            Retry = PgRetry.defaults
+        }
 
     /// A configuration for records that are dictionaries keyed by field name (PgRow.ofDictionary).
     let ofDictionaries connection table fields keys : UpsertConfig<IDictionary<string, obj>> =
@@ -224,7 +231,10 @@ type UpsertWriter<'a>
 
             for i in 0 .. columns.Length - 1 do
                 command.Parameters.Add(
-                    NpgsqlParameter(NpgsqlDbType = (NpgsqlDbType.Array ||| dbTypes[i]), Value = fieldArrays[i])
+                    NpgsqlParameter(
+                        NpgsqlDbType = (NpgsqlDbType.Array ||| dbTypes[i]),
+                        Value = fieldArrays[i]
+                    )
                 )
                 |> ignore
 
@@ -232,7 +242,9 @@ type UpsertWriter<'a>
                 let! _ = command.ExecuteNonQueryAsync()
                 return Ok true
             with
-            | :? PostgresException as error when conflictIsFine && error.SqlState = PostgresErrorCodes.UniqueViolation ->
+            | :? PostgresException as error when
+                conflictIsFine && error.SqlState = PostgresErrorCodes.UniqueViolation
+                ->
                 return Ok false
             | :? InvalidCastException
             | :? NotSupportedException
@@ -246,7 +258,11 @@ type UpsertWriter<'a>
         if not optimistic then
             Interlocked.Decrement &upsertOnlyBatches |> ignore
 
-        let! inserted = if optimistic then execute statements.UnnestInsert true else Task.FromResult(Ok false)
+        let! inserted =
+            if optimistic then
+                execute statements.UnnestInsert true
+            else
+                Task.FromResult(Ok false)
 
         let! outcome =
             match inserted with
@@ -311,7 +327,9 @@ type UpsertWriter<'a>
     /// </remarks>
     member _.Write(batch: 'a list) : Task =
         if disposed then
-            Task.FromException(ObjectDisposedException(nameof UpsertWriter, "This upsert writer has been disposed."))
+            Task.FromException(
+                ObjectDisposedException(nameof UpsertWriter, "This upsert writer has been disposed.")
+            )
         elif List.isEmpty batch then
             Task.CompletedTask
         else
@@ -331,7 +349,9 @@ type UpsertWriter<'a>
                     match statements.Method with
                     | UpsertMethod.Copy -> attemptCopy rows
                     | UpsertMethod.Unnest ->
-                        let fieldArrays = Array.init columns.Length (fun i -> rows |> Array.map (fun row -> row[i]))
+                        let fieldArrays =
+                            Array.init columns.Length (fun i -> rows |> Array.map (fun row -> row[i]))
+
                         attemptUnnest rows fieldArrays
 
                 do! PgRetry.run retry onTransient describe attempt
@@ -360,12 +380,16 @@ type UpsertWriter<'a>
 [<RequireQualifiedAccess>]
 module UpsertWriter =
 
-    let private invalid (message: string) = raise (ArgumentException(message, "config"))
+    let private invalid (message: string) =
+        raise (ArgumentException(message, "config"))
 
     /// The connection's description without its password.
     let private describeServer (connectionString: string) =
         let builder = NpgsqlConnectionStringBuilder(connectionString)
-        let orDefault (value: string) = if String.IsNullOrEmpty value then "(default)" else value
+
+        let orDefault (value: string) =
+            if String.IsNullOrEmpty value then "(default)" else value
+
         $"Host={orDefault builder.Host}; Port={builder.Port}; Database={orDefault builder.Database}; \
           Username={orDefault builder.Username}"
 
@@ -388,7 +412,9 @@ module UpsertWriter =
         | [] -> ()
         | missing ->
             let names = missing |> String.concat ", "
-            invalid $"Key column(s) {names} are not in UpsertConfig.Fields; every key is written, so add them to Fields."
+
+            invalid
+                $"Key column(s) {names} are not in UpsertConfig.Fields; every key is written, so add them to Fields."
 
         if List.distinct config.Keys <> config.Keys then
             invalid "UpsertConfig.Keys names a column more than once; name each key column once."
@@ -400,12 +426,15 @@ module UpsertWriter =
 
     let private statementsFor (table: PgIdentifier) (fieldColumns: PgColumn list) (keys: string list) =
         let fields = fieldColumns |> List.map _.Name
+
         let ordinal =
             Seq.initInfinite (fun i -> if i = 0 then "kflow_ordinal" else $"kflow_ordinal_{i}")
             |> Seq.find (fun name -> not (List.contains name fields))
             |> PgIdentifier.quote
 
-        let quoted names = names |> List.map PgIdentifier.quote |> String.concat ", "
+        let quoted names =
+            names |> List.map PgIdentifier.quote |> String.concat ", "
+
         let columns = quoted fields
         let keyColumns = quoted keys
         let stage = "pg_temp.kflow_stage"
@@ -484,7 +513,8 @@ module UpsertWriter =
 
             let describe (error: exn) (tries: int) (transient: bool) : exn =
                 match error with
-                | :? InvalidOperationException as error -> InvalidOperationException($"{error.Message} (Server: {server})", error)
+                | :? InvalidOperationException as error ->
+                    InvalidOperationException($"{error.Message} (Server: {server})", error)
                 | _ ->
                     let attempts = if tries > 1 then $" after {tries} attempts" else ""
 
@@ -497,7 +527,9 @@ module UpsertWriter =
             do!
                 PgRetry.run
                     config.Retry
-                    (fun error -> if PgRetry.connectionLost error then dataSource.Clear())
+                    (fun error ->
+                        if PgRetry.connectionLost error then
+                            dataSource.Clear())
                     describe
                     load
 

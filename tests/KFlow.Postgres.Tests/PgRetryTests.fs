@@ -46,7 +46,10 @@ let tests =
 
             for retry, expected in [ 1, 100.0; 2, 200.0; 3, 400.0; 4, 800.0; 5, 1000.0; 40, 1000.0 ] do
                 let delay = (PgRetry.delay options retry).TotalMilliseconds
-                Expect.isTrue (delay >= 0.8 * expected && delay <= 1.2 * expected) $"retry {retry}: {delay} ms"
+
+                Expect.isTrue
+                    (delay >= 0.8 * expected && delay <= 1.2 * expected)
+                    $"retry {retry}: {delay} ms"
         }
 
         test "a transient failure is retried until the attempt succeeds" {
@@ -73,7 +76,10 @@ let tests =
 
             let e =
                 Expect.throwsC
-                    (fun () -> (PgRetry.run quick ignore (fun e n t -> exn ($"{n} {t}", e)) attempt).GetAwaiter().GetResult())
+                    (fun () ->
+                        (PgRetry.run quick ignore (fun e n t -> exn ($"{n} {t}", e)) attempt)
+                            .GetAwaiter()
+                            .GetResult())
                     id
 
             Expect.equal calls 1 "no retry"
@@ -89,7 +95,10 @@ let tests =
 
             let e =
                 Expect.throwsC
-                    (fun () -> (PgRetry.run quick ignore (fun e n t -> exn ($"{n} {t}", e)) attempt).GetAwaiter().GetResult())
+                    (fun () ->
+                        (PgRetry.run quick ignore (fun e n t -> exn ($"{n} {t}", e)) attempt)
+                            .GetAwaiter()
+                            .GetResult())
                     id
 
             Expect.equal calls 4 "MaxAttempts"

@@ -30,7 +30,10 @@ let tests =
 
         test "a JSON value that is not an object is refused" {
             use document = JsonDocument.Parse "[1, 2]"
-            let e = Expect.throwsC (fun () -> PgRow.ofJson [ "a" ] document.RootElement |> ignore) id
+
+            let e =
+                Expect.throwsC (fun () -> PgRow.ofJson [ "a" ] document.RootElement |> ignore) id
+
             Expect.stringContains e.Message "takes objects" "says what it takes"
         }
     ]

@@ -57,12 +57,21 @@ let tests =
             let table = freshTable ()
             execute $"CREATE TABLE {table} (k int, v text)"
             let e = createFault (configFor table [ "k"; "v" ] [ "k" ])
-            expectMessage e [ table; "no primary key or unique constraint"; "ADD PRIMARY KEY (\"k\")"; "it has none" ]
+
+            expectMessage e [
+                table
+                "no primary key or unique constraint"
+                "ADD PRIMARY KEY (\"k\")"
+                "it has none"
+            ]
         }
 
         test "a unique key on other columns, or a partial one, does not count" {
             let table = freshTable ()
-            execute $"CREATE TABLE {table} (k int, v int UNIQUE, w int); CREATE UNIQUE INDEX ON {table} (k) WHERE w > 0"
+
+            execute
+                $"CREATE TABLE {table} (k int, v int UNIQUE, w int); CREATE UNIQUE INDEX ON {table} (k) WHERE w > 0"
+
             let e = createFault (configFor table [ "k"; "v" ] [ "k" ])
             expectMessage e [ "no primary key or unique constraint on exactly (\"k\")"; "it has (\"v\")" ]
         }
@@ -77,7 +86,10 @@ let tests =
 
         test "a NOT NULL column without a default missing from the fields is reported" {
             let table = freshTable ()
-            execute $"CREATE TABLE {table} (k int PRIMARY KEY, required text NOT NULL, defaulted int NOT NULL DEFAULT 0)"
+
+            execute
+                $"CREATE TABLE {table} (k int PRIMARY KEY, required text NOT NULL, defaulted int NOT NULL DEFAULT 0)"
+
             let e = createFault (configFor table [ "k" ] [ "k" ])
             expectMessage e [ "\"required\""; "NOT NULL"; "Add them to Fields" ]
             Expect.isFalse (e.Message.Contains "\"defaulted\"") "a column with a default is fine"
@@ -92,7 +104,10 @@ let tests =
 
         test "a view is not a table" {
             let table = freshTable ()
-            execute $"CREATE TABLE {table} (k int PRIMARY KEY); CREATE VIEW {table}_v AS SELECT * FROM {table}"
+
+            execute
+                $"CREATE TABLE {table} (k int PRIMARY KEY); CREATE VIEW {table}_v AS SELECT * FROM {table}"
+
             let e = createFault (configFor $"{table}_v" [ "k" ] [ "k" ])
             expectMessage e [ "a view, not a table" ]
         }
@@ -110,7 +125,10 @@ let tests =
 
             check
                 (configFor "t" [ "k" ] [ "k" ]
-                 |> UpsertConfig.withRetry { PgRetry.defaults with MaxAttempts = 0 })
+                 |> UpsertConfig.withRetry {
+                     PgRetry.defaults with
+                         MaxAttempts = 0
+                 })
                 "MaxAttempts"
         }
     ]

@@ -10,8 +10,17 @@ open Npgsql
 open KFlow.Postgres
 open KFlow.Postgres.Tests.TestDatabase
 
-let private scalarType (s: PgScalar) = { Name = string s; Scalar = s; IsArray = false }
-let private arrayOf (s: PgScalar) = { Name = string s + "[]"; Scalar = s; IsArray = true }
+let private scalarType (s: PgScalar) = {
+    Name = string s
+    Scalar = s
+    IsArray = false
+}
+
+let private arrayOf (s: PgScalar) = {
+    Name = string s + "[]"
+    Scalar = s
+    IsArray = true
+}
 
 let private json (text: string) =
     use document = JsonDocument.Parse text
@@ -26,42 +35,138 @@ type private Column = {
 }
 
 let private reading<'t> : NpgsqlDataReader -> int -> obj =
-    fun reader i -> if reader.IsDBNull i then null else box (reader.GetFieldValue<'t> i)
+    fun reader i ->
+        if reader.IsDBNull i then
+            null
+        else
+            box (reader.GetFieldValue<'t> i)
 
 let private columns = [
-    { Name = "t"; Declaration = "text"; Read = reading<string> }
-    { Name = "vc"; Declaration = "varchar(40)"; Read = reading<string> }
-    { Name = "i2"; Declaration = "smallint"; Read = reading<int16> }
-    { Name = "i4"; Declaration = "integer"; Read = reading<int> }
-    { Name = "i8"; Declaration = "bigint"; Read = reading<int64> }
-    { Name = "num"; Declaration = "numeric"; Read = reading<decimal> }
-    { Name = "f4"; Declaration = "real"; Read = reading<float32> }
-    { Name = "f8"; Declaration = "double precision"; Read = reading<float> }
-    { Name = "b"; Declaration = "boolean"; Read = reading<bool> }
-    { Name = "ts"; Declaration = "timestamp"; Read = reading<DateTime> }
-    { Name = "tstz"; Declaration = "timestamptz"; Read = reading<DateTime> }
-    { Name = "d"; Declaration = "date"; Read = reading<DateOnly> }
-    { Name = "u"; Declaration = "uuid"; Read = reading<Guid> }
-    { Name = "j"; Declaration = "jsonb"; Read = reading<string> }
-    { Name = "js"; Declaration = "json"; Read = reading<string> }
-    { Name = "by"; Declaration = "bytea"; Read = reading<byte[]> }
-    { Name = "ai"; Declaration = "integer[]"; Read = reading<Nullable<int>[]> }
-    { Name = "at"; Declaration = "text[]"; Read = reading<string[]> }
-    { Name = "anum"; Declaration = "numeric[]"; Read = reading<decimal[]> }
-    { Name = "atstz"; Declaration = "timestamptz[]"; Read = reading<DateTime[]> }
-    { Name = "au"; Declaration = "uuid[]"; Read = reading<Guid[]> }
-    { Name = "ajb"; Declaration = "jsonb[]"; Read = reading<string[]> }
+    {
+        Name = "t"
+        Declaration = "text"
+        Read = reading<string>
+    }
+    {
+        Name = "vc"
+        Declaration = "varchar(40)"
+        Read = reading<string>
+    }
+    {
+        Name = "i2"
+        Declaration = "smallint"
+        Read = reading<int16>
+    }
+    {
+        Name = "i4"
+        Declaration = "integer"
+        Read = reading<int>
+    }
+    {
+        Name = "i8"
+        Declaration = "bigint"
+        Read = reading<int64>
+    }
+    {
+        Name = "num"
+        Declaration = "numeric"
+        Read = reading<decimal>
+    }
+    {
+        Name = "f4"
+        Declaration = "real"
+        Read = reading<float32>
+    }
+    {
+        Name = "f8"
+        Declaration = "double precision"
+        Read = reading<float>
+    }
+    {
+        Name = "b"
+        Declaration = "boolean"
+        Read = reading<bool>
+    }
+    {
+        Name = "ts"
+        Declaration = "timestamp"
+        Read = reading<DateTime>
+    }
+    {
+        Name = "tstz"
+        Declaration = "timestamptz"
+        Read = reading<DateTime>
+    }
+    {
+        Name = "d"
+        Declaration = "date"
+        Read = reading<DateOnly>
+    }
+    {
+        Name = "u"
+        Declaration = "uuid"
+        Read = reading<Guid>
+    }
+    {
+        Name = "j"
+        Declaration = "jsonb"
+        Read = reading<string>
+    }
+    {
+        Name = "js"
+        Declaration = "json"
+        Read = reading<string>
+    }
+    {
+        Name = "by"
+        Declaration = "bytea"
+        Read = reading<byte[]>
+    }
+    {
+        Name = "ai"
+        Declaration = "integer[]"
+        Read = reading<Nullable<int>[]>
+    }
+    {
+        Name = "at"
+        Declaration = "text[]"
+        Read = reading<string[]>
+    }
+    {
+        Name = "anum"
+        Declaration = "numeric[]"
+        Read = reading<decimal[]>
+    }
+    {
+        Name = "atstz"
+        Declaration = "timestamptz[]"
+        Read = reading<DateTime[]>
+    }
+    {
+        Name = "au"
+        Declaration = "uuid[]"
+        Read = reading<Guid[]>
+    }
+    {
+        Name = "ajb"
+        Declaration = "jsonb[]"
+        Read = reading<string[]>
+    }
 ]
 
 /// The scalar columns (no array): a table of these is written with the Unnest method.
-let private scalarColumns = columns |> List.filter (fun c -> not (c.Declaration.EndsWith "[]"))
+let private scalarColumns =
+    columns |> List.filter (fun c -> not (c.Declaration.EndsWith "[]"))
 
 let private fields = "id" :: (columns |> List.map _.Name)
 
 /// A fresh table with an integer key and the given columns.
 let private tableOf (columns: Column list) =
     let table = freshTable ()
-    let declarations = columns |> List.map (fun c -> $"{c.Name} {c.Declaration}") |> String.concat ", "
+
+    let declarations =
+        columns |> List.map (fun c -> $"{c.Name} {c.Declaration}") |> String.concat ", "
+
     execute $"CREATE TABLE {table} (id integer PRIMARY KEY, {declarations})"
     table
 
@@ -74,7 +179,10 @@ let private readBackOf (columns: Column list) (table: string) : Map<int, Map<str
     use connection = new NpgsqlConnection(connectionString ())
     connection.Open()
     let names = fields |> String.concat ", "
-    use command = new NpgsqlCommand($"SELECT {names} FROM {table} ORDER BY id", connection)
+
+    use command =
+        new NpgsqlCommand($"SELECT {names} FROM {table} ORDER BY id", connection)
+
     use reader = command.ExecuteReader(Data.CommandBehavior.Default)
 
     [
@@ -144,12 +252,26 @@ let private normalization =
         }
 
         test "JSON elements are read as the column's type" {
-            Expect.equal (PgValue.normalize (scalarType PgScalar.Int8) (json "9007199254740993")) (box 9007199254740993L) "int8"
+            Expect.equal
+                (PgValue.normalize (scalarType PgScalar.Int8) (json "9007199254740993"))
+                (box 9007199254740993L)
+                "int8"
+
             Expect.equal (PgValue.normalize (scalarType PgScalar.Numeric) (json "1.25")) (box 1.25m) "numeric"
             Expect.equal (PgValue.normalize (scalarType PgScalar.Text) (json "\"é\"")) (box "é") "text"
-            Expect.equal (PgValue.normalize (scalarType PgScalar.Text) (json "12")) (box "12") "number as text"
+
+            Expect.equal
+                (PgValue.normalize (scalarType PgScalar.Text) (json "12"))
+                (box "12")
+                "number as text"
+
             Expect.equal (PgValue.normalize (scalarType PgScalar.Bool) (json "false")) (box false) "bool"
-            Expect.equal (PgValue.normalize (scalarType PgScalar.Jsonb) (json """{"a":1}""")) (box """{"a":1}""") "jsonb"
+
+            Expect.equal
+                (PgValue.normalize (scalarType PgScalar.Jsonb) (json """{"a":1}"""))
+                (box """{"a":1}""")
+                "jsonb"
+
             Expect.equal (PgValue.normalize (scalarType PgScalar.Uuid) (json $"\"{guid}\"")) (box guid) "uuid"
 
             Expect.equal
@@ -169,16 +291,25 @@ let private normalization =
                 (box [| Nullable 1; Nullable(); Nullable 3 |])
                 "array with a null"
 
-            Expect.equal (PgValue.normalize (arrayOf PgScalar.Text) (json "[\"a\"]")) (box [| "a" |]) "text array"
+            Expect.equal
+                (PgValue.normalize (arrayOf PgScalar.Text) (json "[\"a\"]"))
+                (box [| "a" |])
+                "text array"
         }
 
         test "any other value for a jsonb column is serialized" {
-            let written = PgValue.normalize (scalarType PgScalar.Jsonb) (box {| a = 1; b = "x" |})
+            let written =
+                PgValue.normalize (scalarType PgScalar.Jsonb) (box {| a = 1; b = "x" |})
+
             Expect.equal written (box """{"a":1,"b":"x"}""") "System.Text.Json"
         }
 
         test "a JSON value of the wrong kind is refused, naming the kind and type" {
-            let e = Expect.throwsC (fun () -> PgValue.normalize (scalarType PgScalar.Int4) (json "\"x\"") |> ignore) id
+            let e =
+                Expect.throwsC
+                    (fun () -> PgValue.normalize (scalarType PgScalar.Int4) (json "\"x\"") |> ignore)
+                    id
+
             Expect.stringContains e.Message "String" "the JSON kind"
             Expect.stringContains e.Message "Int4" "the column type"
         }
@@ -186,7 +317,12 @@ let private normalization =
         test "catalog types are recognised, unsupported ones are not" {
             Expect.isSome (PgValue.tryType "int4" null "integer") "int4"
             Expect.isSome (PgValue.tryType "varchar" null "character varying(3)") "varchar"
-            Expect.equal (PgValue.tryType "_uuid" "uuid" "uuid[]" |> Option.map _.IsArray) (Some true) "uuid[]"
+
+            Expect.equal
+                (PgValue.tryType "_uuid" "uuid" "uuid[]" |> Option.map _.IsArray)
+                (Some true)
+                "uuid[]"
+
             Expect.isNone (PgValue.tryType "money" null "money") "money"
             Expect.isNone (PgValue.tryType "_point" "point" "point[]") "point[]"
         }
@@ -203,7 +339,12 @@ let private roundTrips =
             let names = set (scalarColumns |> List.map _.Name)
             let given = full |> List.filter (fun (name, _, _) -> names.Contains name)
             let values = box 1 :: (given |> List.map (fun (_, value, _) -> value))
-            let nulls = box 2 :: (scalarColumns |> List.mapi (fun i _ -> if i % 2 = 0 then null else box DBNull.Value))
+
+            let nulls =
+                box 2
+                :: (scalarColumns
+                    |> List.mapi (fun i _ -> if i % 2 = 0 then null else box DBNull.Value))
+
             writeNow writer [ Array.ofList values; Array.ofList nulls ]
             let rows = readBackOf scalarColumns table
             expectRow rows[1] (given |> List.map (fun (name, _, back) -> name, back)) "all values"
@@ -215,7 +356,11 @@ let private roundTrips =
             let writer = writerFor (configFor table fields [ "id" ])
             Expect.equal writer.Method UpsertMethod.Copy "array fields: temp table and COPY"
             let full' = box 1 :: (full |> List.map (fun (_, given, _) -> given))
-            let nulls = box 2 :: (columns |> List.mapi (fun i _ -> if i % 2 = 0 then null else box DBNull.Value))
+
+            let nulls =
+                box 2
+                :: (columns |> List.mapi (fun i _ -> if i % 2 = 0 then null else box DBNull.Value))
+
             let options = box 3 :: (columns |> List.map (fun _ -> box (None: string option)))
             writeNow writer [ Array.ofList full'; Array.ofList nulls; Array.ofList options ]
             let rows = readBack table
@@ -228,7 +373,11 @@ let private roundTrips =
             let table = roundTripTable ()
 
             let writer =
-                writerFor (UpsertConfig.ofJson (PgConnection.ConnectionString(connectionString ())) table fields [ "id" ])
+                writerFor (
+                    UpsertConfig.ofJson (PgConnection.ConnectionString(connectionString ())) table fields [
+                        "id"
+                    ]
+                )
 
             let record =
                 json (
@@ -282,7 +431,11 @@ let private roundTrips =
 
             let writer =
                 writerFor (
-                    UpsertConfig.ofDictionaries (PgConnection.ConnectionString(connectionString ())) table fields [ "id" ]
+                    UpsertConfig.ofDictionaries
+                        (PgConnection.ConnectionString(connectionString ()))
+                        table
+                        fields
+                        [ "id" ]
                 )
 
             let record = Dictionary<string, obj>()
@@ -301,11 +454,18 @@ let private roundTrips =
 
             for fields in [ [ "id"; "i4" ]; [ "id"; "i4"; "ai" ] ] do
                 let writer = writerFor (configFor table fields [ "id" ])
-                let values = [| box 1; box "not a number"; box [| 1 |] |] |> Array.truncate fields.Length
+
+                let values =
+                    [| box 1; box "not a number"; box [| 1 |] |] |> Array.truncate fields.Length
+
                 let e = faultOf "wrong type" (fun () -> UpsertWriter.write writer [ values ])
                 Expect.stringContains e.Message "\"i4\"" $"{writer.Method}: names the column"
                 Expect.stringContains e.Message "record 0" $"{writer.Method}: names the record"
-                Expect.equal (scalar<int64> $"SELECT count(*) FROM {table}") 0L $"{writer.Method}: nothing written"
+
+                Expect.equal
+                    (scalar<int64> $"SELECT count(*) FROM {table}")
+                    0L
+                    $"{writer.Method}: nothing written"
         }
     ]
 

@@ -10,12 +10,11 @@ open KFlow.Postgres
 /// The project's server: a throwaway cluster of its own (fault tests restart it, so KFLOW_TEST_PG is
 /// not used). Started once; the tests using it are in testSequenced lists.
 let private shared =
-    lazy (
-        Postgres.startWith {
+    lazy
+        (Postgres.startWith {
             PostgresOptions.defaults with
                 AllowExternalServer = false
-        }
-    )
+        })
 
 /// The running shared server.
 let server () = shared.Value

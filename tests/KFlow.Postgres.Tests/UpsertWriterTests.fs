@@ -19,7 +19,8 @@ let private keyValueTable () =
     execute $"CREATE TABLE {table} (k int PRIMARY KEY, v text, n bigint)"
     table
 
-let private keyValueWriter (table: string) = writerFor (configFor table [ "k"; "v"; "n" ] [ "k" ])
+let private keyValueWriter (table: string) =
+    writerFor (configFor table [ "k"; "v"; "n" ] [ "k" ])
 
 let private row (k: int) (v: string) (n: int64) = [| box k; box v; box n |]
 
@@ -28,7 +29,8 @@ let private contents (table: string) =
     query $"SELECT k, v, n FROM {table} ORDER BY k"
     |> List.map (fun r -> unbox<int> r[0], string r[1], unbox<int64> r[2])
 
-let private count (table: string) = scalar<int64> $"SELECT count(*) FROM {table}"
+let private count (table: string) =
+    scalar<int64> $"SELECT count(*) FROM {table}"
 
 /// Makes the table's inserts take a while, so a test can act while a batch is in its transaction.
 let private slowInserts (table: string) =
@@ -43,7 +45,8 @@ let private waitForInsert (table: string) =
     let pattern = $"INSERT INTO \"{table}\"%%"
 
     let running () =
-        scalar<int64> $"SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '{pattern}'" > 0L
+        scalar<int64>
+            $"SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '{pattern}'" > 0L
 
     while not (running ()) do
         if DateTime.UtcNow > deadline then
@@ -66,14 +69,22 @@ let private lastWinsProperty =
             maxTest = 25
     }
 
-    testPropertyWithConfig config "the last record per key in a batch wins, whatever the duplicates"
-    <| fun (records: (byte * int) list) ->
+    testPropertyWithConfig
+        config
+        "batches leave the table holding the last record per key, whatever the duplicates"
+    <| fun (batches: (byte * int) list list) ->
         let table = table.Value
         execute $"TRUNCATE {table}"
         let writer = keyValueWriter table
-        let batch = records |> List.map (fun (k, n) -> row (int k % 10) $"v{n}" (int64 n))
-        writeNow writer batch
-        let expected = records |> List.map (fun (k, n) -> int k % 10, ($"v{n}", int64 n)) |> Map.ofList
+
+        for batch in batches do
+            writeNow writer (batch |> List.map (fun (k, n) -> row (int k % 10) $"v{n}" (int64 n)))
+
+        let expected =
+            batches
+            |> List.concat
+            |> List.fold (fun model (k, n) -> Map.add (int k % 10) ($"v{n}", int64 n) model) Map.empty
+
         let actual = contents table |> List.map (fun (k, v, n) -> k, (v, n)) |> Map.ofList
         actual = expected
 
@@ -81,17 +92,31 @@ let private semantics =
     testList "semantics" [
         test "a batch of 100,000 records is written completely" {
             let table = freshTable ()
-            execute $"CREATE TABLE {table} (k int PRIMARY KEY, v text, n bigint, at timestamptz, f double precision)"
+
+            execute
+                $"CREATE TABLE {table} (k int PRIMARY KEY, v text, n bigint, at timestamptz, f double precision)"
+
             let writer = writerFor (configFor table [ "k"; "v"; "n"; "at"; "f" ] [ "k" ])
             let start = DateTime(2024, 1, 1, 0, 0, 0, DateTimeKind.Utc)
 
             let batch = [
-                for i in 1..100_000 -> [| box i; box $"value {i}"; box (int64 i * 3L); box (start.AddSeconds(float i)); box (float i / 2.0) |]
+                for i in 1..100_000 ->
+                    [|
+                        box i
+                        box $"value {i}"
+                        box (int64 i * 3L)
+                        box (start.AddSeconds(float i))
+                        box (float i / 2.0)
+                    |]
             ]
 
             writeNow writer batch
             Expect.equal (count table) 100_000L "every record"
-            Expect.equal (scalar<decimal> $"SELECT sum(n) FROM {table}") (3m * 100_000m * 100_001m / 2m) "every value"
+
+            Expect.equal
+                (scalar<decimal> $"SELECT sum(n) FROM {table}")
+                (3m * 100_000m * 100_001m / 2m)
+                "every value"
         }
 
         test "records with the same key in one batch: the last one wins" {
@@ -108,11 +133,21 @@ let private semantics =
             execute $"CREATE TABLE {table} (k int PRIMARY KEY, tags text[])"
             let writer = writerFor (configFor table [ "k"; "tags" ] [ "k" ])
             Expect.equal writer.Method UpsertMethod.Copy "Copy"
-            let batch = [ [| box 1; box [| "a" |] |]; [| box 2; box [| "b" |] |]; [| box 1; box [| "c"; "d" |] |] ]
+
+            let batch = [
+                [| box 1; box [| "a" |] |]
+                [| box 2; box [| "b" |] |]
+                [| box 1; box [| "c"; "d" |] |]
+            ]
+
             writeNow writer batch
             writeNow writer batch
             let rows = query $"SELECT k, tags FROM {table} ORDER BY k"
-            Expect.equal rows [ [| box 1; box [| "c"; "d" |] |]; [| box 2; box [| "b" |] |] ] "last per key, once"
+
+            Expect.equal
+                rows
+                [ [| box 1; box [| "c"; "d" |] |]; [| box 2; box [| "b" |] |] ]
+                "last per key, once"
         }
 
         test "a later batch overwrites the rows of its keys and keeps the others" {
@@ -156,7 +191,8 @@ let private semantics =
             let writes = [|
                 for w in 1..6 ->
                     UpsertWriter.write writer [
-                        for k in (if w % 2 = 0 then [ 1..200 ] else List.rev [ 1..200 ]) -> row k $"w{w}" (int64 w)
+                        for k in (if w % 2 = 0 then [ 1..200 ] else List.rev [ 1..200 ]) ->
+                            row k $"w{w}" (int64 w)
                     ]
             |]
 
@@ -176,7 +212,11 @@ let private semantics =
             let table = freshTable ()
             execute $"CREATE TABLE {table} (k int PRIMARY KEY, v text NOT NULL)"
             let writer = writerFor (configFor table [ "k"; "v" ] [ "k" ])
-            let e = faultOf "not null" (fun () -> UpsertWriter.write writer [ [| box 1; box "ok" |]; [| box 2; null |] ])
+
+            let e =
+                faultOf "not null" (fun () ->
+                    UpsertWriter.write writer [ [| box 1; box "ok" |]; [| box 2; null |] ])
+
             Expect.isTrue (e :? PgSinkException) "PgSinkException"
             Expect.isFalse (e :?> PgSinkException).IsTransient "not transient"
             Expect.stringContains e.Message table "names the table"
@@ -187,8 +227,13 @@ let private semantics =
 let private passwords =
     testList "password" [
         test "the password is not in a start-up error" {
-            let connection = PgConnection.ConnectionString(connectionString () + $";Password={secret}")
-            let e = faultOf "missing table" (fun () -> UpsertWriter.create (UpsertConfig.create connection "no_such" [ "k" ] [ "k" ] id))
+            let connection =
+                PgConnection.ConnectionString(connectionString () + $";Password={secret}")
+
+            let e =
+                faultOf "missing table" (fun () ->
+                    UpsertWriter.create (UpsertConfig.create connection "no_such" [ "k" ] [ "k" ] id))
+
             Expect.stringContains e.Message "Host=127.0.0.1" "names the server"
             Expect.isFalse (e.ToString().Contains secret) "no password"
         }
@@ -226,7 +271,11 @@ let private passwords =
                 )
 
             Expect.isFalse (writer.Server.Contains secret) "description"
-            let e = faultOf "bad value" (fun () -> UpsertWriter.write writer [ [| box 1; box "v"; box "not a number" |] ])
+
+            let e =
+                faultOf "bad value" (fun () ->
+                    UpsertWriter.write writer [ [| box 1; box "v"; box "not a number" |] ])
+
             Expect.isFalse (e.ToString().Contains secret) "no password in a write error"
         }
     ]
@@ -239,7 +288,12 @@ let private faults =
             writeNow writer [ for k in 1..500 -> row k "before" 1L ]
             server().Restart()
             writeNow writer [ for k in 501..1000 -> row k "after" 2L ]
-            Expect.isGreaterThanOrEqual writer.Retries 1L "the pooled connection was broken, and the batch retried"
+
+            Expect.isGreaterThanOrEqual
+                writer.Retries
+                1L
+                "the pooled connection was broken, and the batch retried"
+
             Expect.equal (count table) 1000L "both batches"
         }
 
@@ -248,18 +302,30 @@ let private faults =
                 let table = keyValueTable ()
                 execute $"ALTER TABLE {table} ADD COLUMN a int[]"
                 slowInserts table
-                let fields = if withArray then [ "k"; "v"; "n"; "a" ] else [ "k"; "v"; "n" ]
+
+                let fields =
+                    if withArray then
+                        [ "k"; "v"; "n"; "a" ]
+                    else
+                        [ "k"; "v"; "n" ]
+
                 let writer = writerFor (configFor table fields [ "k" ])
 
                 let batch = [
-                    for k in 1..2000 -> Array.append (row k "during" 1L) (if withArray then [| box [| k |] |] else [||])
+                    for k in 1..2000 ->
+                        Array.append (row k "during" 1L) (if withArray then [| box [| k |] |] else [||])
                 ]
 
                 let write = UpsertWriter.write writer batch
                 waitForInsert table
                 server().Restart()
                 write.GetAwaiter().GetResult()
-                Expect.isGreaterThanOrEqual writer.Retries 1L $"{writer.Method}: the restart hit the batch, which was retried"
+
+                Expect.isGreaterThanOrEqual
+                    writer.Retries
+                    1L
+                    $"{writer.Method}: the restart hit the batch, which was retried"
+
                 Expect.equal (count table) 2000L $"{writer.Method}: the whole batch, once"
         }
 
@@ -271,7 +337,10 @@ let private faults =
             let stream =
                 Task.Run<unit>(fun () -> task {
                     for b in 0 .. batches - 1 do
-                        do! UpsertWriter.write writer [ for k in 1..250 -> row (b * 250 + k) $"b{b}" (int64 b) ]
+                        do!
+                            UpsertWriter.write writer [
+                                for k in 1..250 -> row (b * 250 + k) $"b{b}" (int64 b)
+                            ]
                 })
 
             for _ in 1..3 do
