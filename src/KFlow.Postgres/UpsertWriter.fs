@@ -239,6 +239,9 @@ type UpsertWriter<'a>
                 |> ignore
 
             try
+                // Prepared statements persist on Npgsql's pooled physical connections: parsed and
+                // planned once per connection, not once per batch.
+                do! command.PrepareAsync()
                 let! _ = command.ExecuteNonQueryAsync()
                 return Ok true
             with
