@@ -212,12 +212,16 @@ let run () : (string * float) list =
     use server = Postgres.start ()
     let connectionString = server.ConnectionString
 
-    let copyRates, sinkRates =
-        List.init rounds (fun _ -> rawCopy connectionString, sink connectionString)
-        |> List.unzip
+    let measured =
+        List.init rounds (fun _ ->
+            rawCopy connectionString, rawCopyBatched connectionString, sink connectionString)
 
-    let copyRate = List.max copyRates
-    let sinkRate = List.max sinkRates
+    let copyRate = measured |> List.map (fun (copy, _, _) -> copy) |> List.max
+
+    let batchedCopyRate =
+        measured |> List.map (fun (_, batched, _) -> batched) |> List.max
+
+    let sinkRate = measured |> List.map (fun (_, _, sink) -> sink) |> List.max
     let naiveRate = naive connectionString
 
     for table in [ "bench_sink"; "bench_copy"; "bench_copy_batched"; "bench_naive" ] do
