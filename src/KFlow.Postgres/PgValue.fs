@@ -14,17 +14,17 @@ open NpgsqlTypes
 type PgScalar =
     /// text, varchar, char: string.
     | Text
-    /// smallint: int16 (or any integer that fits).
+    /// smallint: int16 (or any integer that fits; converted, OverflowException if it does not).
     | Int2
     /// integer: int32 (or any integer that fits).
     | Int4
     /// bigint: int64 (or any integer that fits).
     | Int8
-    /// numeric: decimal (or an integer).
+    /// numeric: decimal (or an integer or float, converted).
     | Numeric
     /// real: float32.
     | Float4
-    /// double precision: float.
+    /// double precision: float (or an integer or float32, converted).
     | Float8
     /// boolean: bool.
     | Bool
@@ -169,10 +169,9 @@ module PgValue =
         | JsonValueKind.True, PgScalar.Bool -> box true
         | JsonValueKind.False, PgScalar.Bool -> box false
         | JsonValueKind.String, PgScalar.Timestamp ->
-            let value =
-                DateTime.Parse(json.GetString(), CultureInfo.InvariantCulture, DateTimeStyles.RoundtripKind)
-
-            box (DateTime.SpecifyKind(value, DateTimeKind.Unspecified))
+            // The wall-clock time as written; an offset, if any, is ignored.
+            let value = DateTimeOffset.Parse(json.GetString(), CultureInfo.InvariantCulture)
+            box value.DateTime
         | JsonValueKind.String, PgScalar.TimestampTz ->
             let value =
                 DateTimeOffset.Parse(
@@ -216,6 +215,19 @@ module PgValue =
         | :? JsonNode as node -> box (node.ToJsonString())
         | other -> box (JsonSerializer.Serialize other)
 
+    /// Matches the .NET integer types.
+    let private (|Integral|_|) (value: obj) =
+        match value with
+        | :? int16
+        | :? int
+        | :? int64
+        | :? byte
+        | :? sbyte
+        | :? uint16
+        | :? uint32
+        | :? uint64 -> Some()
+        | _ -> None
+
     /// A scalar value in the form Npgsql writes for the column (null stays null).
     let private normalizeScalar (scalar: PgScalar) (value: obj) : obj =
         match value with
@@ -228,6 +240,16 @@ module PgValue =
             | value ->
                 match scalar, value with
                 | (PgScalar.Jsonb | PgScalar.Json), _ -> jsonText value
+                | PgScalar.Int2, (:? int16) -> value
+                | PgScalar.Int4, (:? int) -> value
+                | PgScalar.Int8, (:? int64) -> value
+                | PgScalar.Numeric, (:? decimal) -> value
+                | PgScalar.Float8, (:? float) -> value
+                | PgScalar.Int2, Integral -> box (Convert.ToInt16 value)
+                | PgScalar.Int4, Integral -> box (Convert.ToInt32 value)
+                | PgScalar.Int8, Integral -> box (Convert.ToInt64 value)
+                | PgScalar.Numeric, (Integral | :? float | :? float32) -> box (Convert.ToDecimal value)
+                | PgScalar.Float8, (Integral | :? float32) -> box (Convert.ToDouble value)
                 | PgScalar.TimestampTz, (:? DateTimeOffset as instant) -> box instant.UtcDateTime
                 | PgScalar.TimestampTz, (:? DateTime as time) when time.Kind = DateTimeKind.Local ->
                     box (time.ToUniversalTime())
@@ -257,7 +279,9 @@ module PgValue =
     /// null, DBNull, None and ValueNone are NULL; Some x is x. A JsonElement is read as the column's
     /// type (strings for timestamps, uuids and base64 bytea; JSON null is NULL). json/jsonb take JSON
     /// text, a JsonElement/Document/Node, or any value (serialized with System.Text.Json). For
-    /// timestamptz, DateTimeOffset and local DateTime values are converted to UTC. Other values go to
+    /// timestamptz, DateTimeOffset and local DateTime values are converted to UTC. Integers are converted
+    /// to an integer column's type (OverflowException if they do not fit), integers and floats to
+    /// numeric and double precision. Other values go to
     /// Npgsql as they are.
     /// </remarks>
     let normalize (pgType: PgType) (value: obj) : obj =

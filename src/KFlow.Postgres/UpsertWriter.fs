@@ -1,5 +1,5 @@
-// The upsert sink's writer: a batch in, one transaction out (binary COPY into a temp table, then one
-// INSERT ... ON CONFLICT DO UPDATE where the last record per key wins), retried on transient failures.
+// The upsert sink's writer: a batch in, one atomic upsert out (INSERT ... SELECT FROM unnest(arrays)
+// ... ON CONFLICT DO UPDATE, the last record per key winning), retried on transient failures.
 namespace KFlow.Postgres
 
 open System
@@ -94,15 +94,18 @@ type internal UpsertStatements = {
 
 /// <summary>Writes batches of records into a table as upserts. Thread-safe; make it with UpsertWriter.create.</summary>
 /// <remarks>
-/// Each batch is one transaction on a pooled connection:
+/// Each batch is written atomically on a pooled connection, the last record per key winning
+/// (<c>SELECT DISTINCT ON (keys) … ORDER BY keys, ordinal DESC</c>):
 /// <list type="number">
-/// <item>create a temp table (ON COMMIT DROP) with the fields' column types and an ordinal;</item>
-/// <item>binary COPY the batch into it;</item>
-/// <item><c>INSERT INTO table (fields) SELECT DISTINCT ON (keys) … ORDER BY keys, ordinal DESC
-/// ON CONFLICT (keys) DO UPDATE SET …</c>: the last record per key wins;</item>
-/// <item>commit.</item>
+/// <item>Unnest method (no array field): one prepared statement
+/// <c>INSERT INTO table (fields) SELECT DISTINCT ON (keys) … FROM unnest($1, …) WITH ORDINALITY …
+/// ON CONFLICT (keys) DO UPDATE SET …</c>, one array parameter per field. While batches bring only new
+/// keys, the statement is first tried without ON CONFLICT (much cheaper); after a unique violation the
+/// writer upserts directly for 1, 2, 4 … 1024 batches before trying again.</item>
+/// <item>Copy method (an array field): in one transaction, a temp table (ON COMMIT DROP) with the
+/// fields' types, a binary COPY of the batch into it, then the same INSERT … SELECT from it.</item>
 /// </list>
-/// The Task succeeds only once the commit succeeded. Transient failures (connection lost, server
+/// The Task succeeds only once the batch is committed. Transient failures (connection lost, server
 /// restarting, serialization failure, deadlock) are retried with backoff; other failures and the
 /// last transient one fault the Task with a PgSinkException, and nothing of the batch is committed.
 /// </remarks>
@@ -320,7 +323,7 @@ type UpsertWriter<'a>
     /// The written columns' names, in field order.
     member _.Fields = columns |> Array.map _.Name |> List.ofArray
 
-    /// <summary>Writes a batch in one transaction; the Task succeeds once it is committed.</summary>
+    /// <summary>Writes a batch atomically; the Task succeeds once it is committed.</summary>
     /// <remarks>
     /// An empty batch does nothing. For records with the same key, the last one in the batch wins.
     /// Writing the same batch again leaves the table as it was. The Task faults with ArgumentException

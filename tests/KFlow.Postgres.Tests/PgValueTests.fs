@@ -284,6 +284,11 @@ let private normalization =
                 (box (DateTime(2024, 1, 2, 3, 4, 5, DateTimeKind.Utc)))
                 "timestamptz without an offset is UTC"
 
+            Expect.equal
+                (PgValue.normalize (scalarType PgScalar.Timestamp) (json "\"2024-01-02T03:04:05+02:00\""))
+                (box (DateTime(2024, 1, 2, 3, 4, 5, DateTimeKind.Unspecified)))
+                "timestamp keeps the wall-clock time"
+
             Expect.isNull (PgValue.normalize (scalarType PgScalar.Int4) (json "null")) "JSON null"
 
             Expect.equal
@@ -295,6 +300,21 @@ let private normalization =
                 (PgValue.normalize (arrayOf PgScalar.Text) (json "[\"a\"]"))
                 (box [| "a" |])
                 "text array"
+        }
+
+        test "integers are converted to the column's integer type, and refused when they do not fit" {
+            Expect.equal (PgValue.normalize (scalarType PgScalar.Int8) (box 5)) (box 5L) "int to bigint"
+            Expect.equal (PgValue.normalize (scalarType PgScalar.Int2) (box 5L)) (box 5s) "bigint to smallint"
+            Expect.equal (PgValue.normalize (scalarType PgScalar.Numeric) (box 5)) (box 5m) "int to numeric"
+
+            Expect.equal
+                (PgValue.normalize (scalarType PgScalar.Float8) (box 1.5f))
+                (box 1.5)
+                "real to double"
+
+            Expect.throwsT<OverflowException>
+                (fun () -> PgValue.normalize (scalarType PgScalar.Int4) (box Int64.MaxValue) |> ignore)
+                "too big for integer"
         }
 
         test "any other value for a jsonb column is serialized" {
@@ -447,6 +467,39 @@ let private roundTrips =
             writeNow writer [ record :> IDictionary<string, obj> ]
             let rows = readBack table
             expectRow rows[1] (full |> List.map (fun (name, _, back) -> name, back)) "dictionary"
+        }
+
+        test "integers of other widths are written to integer, numeric and double columns" {
+            let table = freshTable ()
+
+            execute
+                $"CREATE TABLE {table} (id bigint PRIMARY KEY, i2 smallint, num numeric, f8 double precision)"
+
+            let writer = writerFor (configFor table [ "id"; "i2"; "num"; "f8" ] [ "id" ])
+            writeNow writer [ [| box 7; box 3L; box 42; box 2 |] ]
+            let row = query $"SELECT id, i2, num, f8 FROM {table}" |> List.exactlyOne
+            Expect.equal row [| box 7L; box 3s; box 42m; box 2.0 |] "converted"
+        }
+
+        test "a DateTime whose Kind does not fit the timestamp column faults the write, naming the column" {
+            let table = freshTable ()
+            execute $"CREATE TABLE {table} (id int PRIMARY KEY, ts timestamp, tstz timestamptz)"
+            let writer = writerFor (configFor table [ "id"; "ts"; "tstz" ] [ "id" ])
+            let utc = DateTime(2024, 1, 1, 0, 0, 0, DateTimeKind.Utc)
+            let unspecified = DateTime(2024, 1, 1, 0, 0, 0, DateTimeKind.Unspecified)
+
+            let e =
+                faultOf "UTC to timestamp" (fun () ->
+                    UpsertWriter.write writer [ [| box 1; box utc; box utc |] ])
+
+            Expect.stringContains e.Message "\"ts\"" "timestamp refuses Kind Utc"
+
+            let e =
+                faultOf "Unspecified to timestamptz" (fun () ->
+                    UpsertWriter.write writer [ [| box 1; box unspecified; box unspecified |] ])
+
+            Expect.stringContains e.Message "\"tstz\"" "timestamptz refuses Kind Unspecified"
+            Expect.equal (scalar<int64> $"SELECT count(*) FROM {table}") 0L "nothing written"
         }
 
         test "a value that does not fit its column faults the write, naming the column, with either method" {
