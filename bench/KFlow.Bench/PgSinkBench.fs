@@ -4,6 +4,7 @@ module KFlow.Bench.PgSinkBench
 
 open System
 open System.Diagnostics
+open System.Threading.Tasks
 open Npgsql
 open NpgsqlTypes
 open KFlow.Postgres
@@ -21,6 +22,9 @@ let private naiveRowCount = 20_000
 /// Runs of the sink and of the raw COPY, alternated; the best of each is reported (the machine is
 /// shared, so a single run mostly measures the neighbours).
 let private rounds = 3
+
+/// Concurrent streams of batches in the concurrent sink run (as the runtime writes partitions).
+let private concurrentStreams = 4
 
 let private epoch = DateTime(2024, 1, 1, 0, 0, 0, DateTimeKind.Utc)
 
@@ -60,23 +64,36 @@ let private freshTable (connectionString: string) (name: string) =
 let private rate (rows: int) (elapsed: TimeSpan) = float rows / elapsed.TotalSeconds
 
 /// The sink: rowCount records in batches of batchSize, one after the other.
-let private sink (connectionString: string) =
+let private sink (streams: int) (connectionString: string) =
     freshTable connectionString "bench_sink"
 
     let batches =
         List.init (rowCount / batchSize) (fun b -> List.init batchSize (fun i -> record (b * batchSize + i)))
 
+    // Stream s writes batches s, s + streams, s + 2 × streams, … one after the other.
+    let parts =
+        batches
+        |> List.indexed
+        |> List.groupBy (fun (i, _) -> i % streams)
+        |> List.map (snd >> List.map snd)
+
     let config =
         UpsertConfig.create (PgConnection.ConnectionString connectionString) "bench_sink" fields [ "id" ] id
 
     use writer = (UpsertWriter.create config).GetAwaiter().GetResult()
-    // Warm-up: one batch of other keys (connection, type resolution), then the timed run.
+    // Warm-up: one batch of another key (connection, type resolution), then the timed run.
     (UpsertWriter.write writer [ record -1 ]).GetAwaiter().GetResult()
     let watch = Stopwatch.StartNew()
 
-    for batch in batches do
-        (UpsertWriter.write writer batch).GetAwaiter().GetResult()
+    let writes =
+        parts
+        |> List.map (fun part ->
+            Task.Run(fun () ->
+                for batch in part do
+                    (UpsertWriter.write writer batch).GetAwaiter().GetResult()))
+        |> Array.ofList
 
+    Task.WaitAll writes
     let elapsed = watch.Elapsed
 
     if count connectionString "bench_sink" <> int64 rowCount + 1L then
@@ -205,7 +222,8 @@ let private naive (connectionString: string) =
 /// <summary>Runs the measurements on a throwaway PostgreSQL (or KFLOW_TEST_PG) and returns
 /// pg_sink_rows_per_s, pg_raw_copy_rows_per_s, pg_naive_rows_per_s and ratio_pg_sink_vs_copy, then
 /// pg_raw_copy_batched_rows_per_s and ratio_pg_sink_vs_batched_copy (COPY with the sink's batches and
-/// commits: the ceiling for batches of 1,000).</summary>
+/// commits: the ceiling for batches of 1,000), pg_sink_concurrent_rows_per_s (the same batches written by
+/// 4 concurrent streams, as the runtime writes partitions) and ratio_pg_sink_concurrent_vs_copy.</summary>
 /// <remarks>The sink and the raw COPYs each run 3 times, alternated, and the best run of each counts. The
 /// naive rate is measured on 20,000 rows (a rate, so it extrapolates to 1,000,000). About a minute.</remarks>
 let run () : (string * float) list =
@@ -214,14 +232,21 @@ let run () : (string * float) list =
 
     let measured =
         List.init rounds (fun _ ->
-            rawCopy connectionString, rawCopyBatched connectionString, sink connectionString)
+            rawCopy connectionString,
+            rawCopyBatched connectionString,
+            sink 1 connectionString,
+            sink concurrentStreams connectionString)
 
-    let copyRate = measured |> List.map (fun (copy, _, _) -> copy) |> List.max
+    let copyRate = measured |> List.map (fun (copy, _, _, _) -> copy) |> List.max
 
     let batchedCopyRate =
-        measured |> List.map (fun (_, batched, _) -> batched) |> List.max
+        measured |> List.map (fun (_, batched, _, _) -> batched) |> List.max
 
-    let sinkRate = measured |> List.map (fun (_, _, sink) -> sink) |> List.max
+    let sinkRate = measured |> List.map (fun (_, _, sink, _) -> sink) |> List.max
+
+    let concurrentRate =
+        measured |> List.map (fun (_, _, _, concurrent) -> concurrent) |> List.max
+
     let naiveRate = naive connectionString
 
     for table in [ "bench_sink"; "bench_copy"; "bench_copy_batched"; "bench_naive" ] do
@@ -234,4 +259,6 @@ let run () : (string * float) list =
         "ratio_pg_sink_vs_copy", sinkRate / copyRate
         "pg_raw_copy_batched_rows_per_s", batchedCopyRate
         "ratio_pg_sink_vs_batched_copy", sinkRate / batchedCopyRate
+        "pg_sink_concurrent_rows_per_s", concurrentRate
+        "ratio_pg_sink_concurrent_vs_copy", concurrentRate / copyRate
     ]
