@@ -179,6 +179,21 @@ let private semantics =
             Expect.equal (count table) 3L "keys 1, 2, 3"
         }
 
+        test "a writer on the caller's data source leaves it open when disposed" {
+            let table = keyValueTable ()
+            use dataSource = Npgsql.NpgsqlDataSource.Create(connectionString ())
+
+            let config =
+                UpsertConfig.create (PgConnection.DataSource dataSource) table [ "k"; "v"; "n" ] [ "k" ] id
+
+            do
+                use writer = writerFor config
+                writeNow writer [ row 1 "a" 1L ]
+
+            use command = dataSource.CreateCommand $"SELECT count(*) FROM {table}"
+            Expect.equal (command.ExecuteScalar() :?> int64) 1L "the data source still works"
+        }
+
         test "an empty batch completes at once" {
             let writer = keyValueWriter (keyValueTable ())
             Expect.isTrue (UpsertWriter.write writer []).IsCompletedSuccessfully "completed"
