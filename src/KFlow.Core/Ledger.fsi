@@ -75,5 +75,10 @@ module Ledger =
     /// How many delivered offsets of a partition are still open (0 when not assigned).
     val openCount: tp: TopicPartition -> ledger: Ledger -> int
 
+    /// <summary>The open offsets of a partition with their open parts, in increasing offset order
+    /// (empty when not assigned).</summary>
+    /// <remarks>For diagnostics and tests: it costs O(open offsets), unlike the other functions.</remarks>
+    val openOffsets: tp: TopicPartition -> ledger: Ledger -> (int64 * int) list
+
     /// The assigned partitions, in topic-partition order.
     val assigned: ledger: Ledger -> TopicPartition list
