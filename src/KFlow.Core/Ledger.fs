@@ -27,13 +27,17 @@ module internal Ring =
     [<Literal>]
     let DigitMask = 15L
 
-    let inline digit (slot: int64) (level: int) = int ((slot >>> (Bits * level)) &&& DigitMask)
+    let inline digit (slot: int64) (level: int) =
+        int ((slot >>> (Bits * level)) &&& DigitMask)
 
     /// The mask at a slot (0 when absent).
     let rec get (node: obj) (level: int) (slot: int64) : uint64 =
-        if isNull node then 0UL
-        elif level = 0 then (node :?> uint64[]).[int (slot &&& DigitMask)]
-        else get (node :?> obj[]).[digit slot level] (level - 1) slot
+        if isNull node then
+            0UL
+        elif level = 0 then
+            (node :?> uint64[]).[int (slot &&& DigitMask)]
+        else
+            get (node :?> obj[]).[digit slot level] (level - 1) slot
 
     let private allZero (a: uint64[]) =
         let mutable i = 0
@@ -125,21 +129,22 @@ module internal Ring =
 /// delivered into) and of the ring's masks (earlier blocks); an open offset has one part unless
 /// Multi says otherwise.
 [<NoEquality; NoComparison>]
-type internal PartitionState =
-    { TopicPartition: TopicPartition
-      Epoch: int
-      /// The lowest offset the next delivery may have.
-      NextAtLeast: int64
-      /// The first open offset, or NextAtLeast when none is open.
-      CommitPoint: int64
-      OpenCount: int
-      TailBlock: int64
-      TailMask: uint64
-      /// The ring holds 16^Depth blocks; every block it holds lies in [CommitPoint/64, that + 16^Depth).
-      Depth: int
-      Root: obj
-      /// Open offsets with more than one open part.
-      Multi: Map<int64, int> }
+type internal PartitionState = {
+    TopicPartition: TopicPartition
+    Epoch: int
+    /// The lowest offset the next delivery may have.
+    NextAtLeast: int64
+    /// The first open offset, or NextAtLeast when none is open.
+    CommitPoint: int64
+    OpenCount: int
+    TailBlock: int64
+    TailMask: uint64
+    /// The ring holds 16^Depth blocks; every block it holds lies in [CommitPoint/64, that + 16^Depth).
+    Depth: int
+    Root: obj
+    /// Open offsets with more than one open part.
+    Multi: Map<int64, int>
+}
 
 [<Sealed>]
 type Ledger internal (partitions: PartitionState[], nextEpoch: int) =
@@ -179,19 +184,23 @@ module Ledger =
         if startOffset < 0L then
             invalidArgWith
                 "startOffset"
-                (sprintf "The start offset of %O must be ≥ 0 (got %d); pass the committed offset." tp startOffset)
+                (sprintf
+                    "The start offset of %O must be ≥ 0 (got %d); pass the committed offset."
+                    tp
+                    startOffset)
 
-        let state =
-            { TopicPartition = tp
-              Epoch = ledger.NextEpoch
-              NextAtLeast = startOffset
-              CommitPoint = startOffset
-              OpenCount = 0
-              TailBlock = startOffset >>> 6
-              TailMask = 0UL
-              Depth = 1
-              Root = null
-              Multi = Map.empty }
+        let state = {
+            TopicPartition = tp
+            Epoch = ledger.NextEpoch
+            NextAtLeast = startOffset
+            CommitPoint = startOffset
+            OpenCount = 0
+            TailBlock = startOffset >>> 6
+            TailMask = 0UL
+            Depth = 1
+            Root = null
+            Multi = Map.empty
+        }
 
         let partitions =
             Array.append (without tp ledger.Partitions) [| state |]
@@ -256,29 +265,35 @@ module Ledger =
 
                 let s' =
                     if block = s.TailBlock then
-                        { s with
-                            NextAtLeast = offset + 1L
-                            CommitPoint = commitPoint
-                            OpenCount = s.OpenCount + 1
-                            TailMask = s.TailMask ||| bit }
+                        {
+                            s with
+                                NextAtLeast = offset + 1L
+                                CommitPoint = commitPoint
+                                OpenCount = s.OpenCount + 1
+                                TailMask = s.TailMask ||| bit
+                        }
                     elif s.TailMask = 0UL then
-                        { s with
-                            NextAtLeast = offset + 1L
-                            CommitPoint = commitPoint
-                            OpenCount = s.OpenCount + 1
-                            TailBlock = block
-                            TailMask = bit }
+                        {
+                            s with
+                                NextAtLeast = offset + 1L
+                                CommitPoint = commitPoint
+                                OpenCount = s.OpenCount + 1
+                                TailBlock = block
+                                TailMask = bit
+                        }
                     else
                         let struct (depth, root) = pushTail s
 
-                        { s with
-                            NextAtLeast = offset + 1L
-                            CommitPoint = commitPoint
-                            OpenCount = s.OpenCount + 1
-                            TailBlock = block
-                            TailMask = bit
-                            Depth = depth
-                            Root = root }
+                        {
+                            s with
+                                NextAtLeast = offset + 1L
+                                CommitPoint = commitPoint
+                                OpenCount = s.OpenCount + 1
+                                TailBlock = block
+                                TailMask = bit
+                                Depth = depth
+                                Root = root
+                        }
 
                 Ok(struct (replaceAt i s' ledger, { Position = position; Epoch = s.Epoch }))
 
@@ -313,7 +328,12 @@ module Ledger =
             let capacity = 1L <<< (Ring.Bits * s.Depth)
             let level = s.Depth - 1
             let found = Ring.firstFrom s.Root level 0L ((block + 1L) &&& (capacity - 1L))
-            let slot = if found >= 0L then found else Ring.firstFrom s.Root level 0L 0L
+
+            let slot =
+                if found >= 0L then
+                    found
+                else
+                    Ring.firstFrom s.Root level 0L 0L
 
             if slot >= 0L then
                 let block' = block + ((slot - block) &&& (capacity - 1L))
@@ -325,41 +345,59 @@ module Ledger =
     /// Replaces the open parts of an open offset with `remaining` (≥ 0).
     let private withParts (s: PartitionState) (offset: int64) (parts: int) (remaining: int) =
         if remaining > 0 then
-            if remaining = parts then s
-            elif remaining = 1 then { s with Multi = Map.remove offset s.Multi }
-            else { s with Multi = Map.add offset remaining s.Multi }
+            if remaining = parts then
+                s
+            elif remaining = 1 then
+                {
+                    s with
+                        Multi = Map.remove offset s.Multi
+                }
+            else
+                {
+                    s with
+                        Multi = Map.add offset remaining s.Multi
+                }
         else
             let block = offset >>> 6
             let bit = 1UL <<< int (offset &&& 63L)
             let multi = if parts > 1 then Map.remove offset s.Multi else s.Multi
 
             if s.OpenCount = 1 then
-                { s with
-                    CommitPoint = s.NextAtLeast
-                    OpenCount = 0
-                    TailMask = 0UL
-                    Depth = 1
-                    Root = null
-                    Multi = multi }
+                {
+                    s with
+                        CommitPoint = s.NextAtLeast
+                        OpenCount = 0
+                        TailMask = 0UL
+                        Depth = 1
+                        Root = null
+                        Multi = multi
+                }
             else
                 let s' =
                     if block = s.TailBlock then
-                        { s with
-                            OpenCount = s.OpenCount - 1
-                            TailMask = s.TailMask &&& ~~~bit
-                            Multi = multi }
+                        {
+                            s with
+                                OpenCount = s.OpenCount - 1
+                                TailMask = s.TailMask &&& ~~~bit
+                                Multi = multi
+                        }
                     else
                         let capacity = 1L <<< (Ring.Bits * s.Depth)
                         let slot = block &&& (capacity - 1L)
                         let mask = Ring.get s.Root (s.Depth - 1) slot
 
-                        { s with
-                            OpenCount = s.OpenCount - 1
-                            Root = Ring.set s.Root (s.Depth - 1) slot (mask &&& ~~~bit)
-                            Multi = multi }
+                        {
+                            s with
+                                OpenCount = s.OpenCount - 1
+                                Root = Ring.set s.Root (s.Depth - 1) slot (mask &&& ~~~bit)
+                                Multi = multi
+                        }
 
                 if offset = s.CommitPoint then
-                    { s' with CommitPoint = nextOpenAbove s' offset }
+                    {
+                        s' with
+                            CommitPoint = nextOpenAbove s' offset
+                    }
                 else
                     s'
 
@@ -391,7 +429,11 @@ module Ledger =
                         | _ -> 1
 
                 let s' = withParts s offset parts (change parts)
-                if obj.ReferenceEquals(s, s') then Ok ledger else Ok(replaceAt i s' ledger)
+
+                if obj.ReferenceEquals(s, s') then
+                    Ok ledger
+                else
+                    Ok(replaceAt i s' ledger)
 
     let fork (parts: int) (token: Token) (ledger: Ledger) =
         if parts < 0 then
@@ -435,17 +477,19 @@ module Ledger =
             if s.TailMask <> 0UL then
                 blocks.Add(struct (s.TailBlock, s.TailMask))
 
-            [ for struct (block, mask) in blocks |> Seq.sortBy (fun struct (b, _) -> b) do
-                  for bit in 0..63 do
-                      if mask &&& (1UL <<< bit) <> 0UL then
-                          let offset = (block <<< 6) + int64 bit
+            [
+                for struct (block, mask) in blocks |> Seq.sortBy (fun struct (b, _) -> b) do
+                    for bit in 0..63 do
+                        if mask &&& (1UL <<< bit) <> 0UL then
+                            let offset = (block <<< 6) + int64 bit
 
-                          let parts =
-                              match s.Multi.TryGetValue offset with
-                              | true, n -> n
-                              | _ -> 1
+                            let parts =
+                                match s.Multi.TryGetValue offset with
+                                | true, n -> n
+                                | _ -> 1
 
-                          offset, parts ]
+                            offset, parts
+            ]
 
     let assigned (ledger: Ledger) =
         ledger.Partitions |> Array.map (fun s -> s.TopicPartition) |> List.ofArray

@@ -7,9 +7,7 @@ namespace KFlow
 /// assignment of the same partition are refused with <c>StaleEpoch</c>, so completions that arrive
 /// after a revoke can never move a newer assignment's commit point.</remarks>
 [<Struct>]
-type Token =
-    { Position: Position
-      Epoch: int }
+type Token = { Position: Position; Epoch: int }
 
 /// Why a ledger operation was refused. The ledger never throws for these and never ignores them.
 type LedgerError =
