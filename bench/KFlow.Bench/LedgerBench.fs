@@ -1,0 +1,166 @@
+// The ledger micro-benchmark: deliver + complete with a random completion order among 10,000 open
+// offsets (offsets with occasional gaps), the immutable Ledger against the mutable SortedSet
+// baseline, in the same process, runs interleaved.
+module KFlow.Bench.LedgerBench
+
+open System
+open System.Diagnostics
+open KFlow
+
+/// What one benchmark run is made of.
+type Workload = {
+    /// Open offsets kept at all times. Default 10,000.
+    Window: int
+    /// Messages per measured run; each is one deliver and one complete (two operations).
+    Messages: int
+    /// Which open token each message completes (an index into the window).
+    Picks: int[]
+    /// The offset step after each delivery: 1, or 2 now and then (a transaction marker).
+    Steps: int64[]
+}
+
+/// A seeded workload, the same for both implementations.
+let workload (window: int) (messages: int) =
+    let random = Random 42
+
+    {
+        Window = window
+        Messages = messages
+        Picks = Array.init messages (fun _ -> random.Next window)
+        Steps = Array.init messages (fun _ -> if random.Next 16 = 0 then 2L else 1L)
+    }
+
+let private tp = TopicPartition.create "bench" 0
+
+let private refused (e: LedgerError) =
+    failwithf "The benchmark's ledger refused an operation: %A" e
+
+/// One run of the immutable ledger; returns (seconds, final commit point).
+let runLedger (w: Workload) =
+    let tokens = Array.zeroCreate<Token> w.Window
+    let mutable ledger = Ledger.empty |> Ledger.assign tp 0L
+    let mutable offset = 0L
+
+    for i in 0 .. w.Window - 1 do
+        match Ledger.deliver { TopicPartition = tp; Offset = offset } ledger with
+        | Ok(struct (l, t)) ->
+            ledger <- l
+            tokens[i] <- t
+        | Error e -> refused e
+
+        offset <- offset + 1L
+
+    let mutable checksum = 0L
+    let watch = Stopwatch.StartNew()
+
+    for i in 0 .. w.Messages - 1 do
+        let slot = w.Picks[i]
+
+        match Ledger.complete tokens[slot] ledger with
+        | Ok l -> ledger <- l
+        | Error e -> refused e
+
+        match Ledger.deliver { TopicPartition = tp; Offset = offset } ledger with
+        | Ok(struct (l, t)) ->
+            ledger <- l
+            tokens[slot] <- t
+        | Error e -> refused e
+
+        offset <- offset + w.Steps[i]
+
+        if i &&& 63 = 0 then
+            checksum <- checksum + (Ledger.commitPoint tp ledger |> ValueOption.get)
+
+    watch.Stop()
+    watch.Elapsed.TotalSeconds, struct (checksum, (Ledger.commitPoint tp ledger |> ValueOption.get))
+
+/// One run of the mutable baseline; returns (seconds, final commit point).
+let runBaseline (w: Workload) =
+    let tokens = Array.zeroCreate<Token> w.Window
+    let ledger = BaselineLedger()
+    ledger.Assign(tp, 0L)
+    let mutable offset = 0L
+
+    for i in 0 .. w.Window - 1 do
+        match ledger.Deliver { TopicPartition = tp; Offset = offset } with
+        | Ok t -> tokens[i] <- t
+        | Error e -> refused e
+
+        offset <- offset + 1L
+
+    let mutable checksum = 0L
+    let watch = Stopwatch.StartNew()
+
+    for i in 0 .. w.Messages - 1 do
+        let slot = w.Picks[i]
+
+        match ledger.Complete tokens[slot] with
+        | Ok() -> ()
+        | Error e -> refused e
+
+        match ledger.Deliver { TopicPartition = tp; Offset = offset } with
+        | Ok t -> tokens[slot] <- t
+        | Error e -> refused e
+
+        offset <- offset + w.Steps[i]
+
+        if i &&& 63 = 0 then
+            checksum <- checksum + (ledger.CommitPoint tp |> ValueOption.get)
+
+    watch.Stop()
+    watch.Elapsed.TotalSeconds, struct (checksum, (ledger.CommitPoint tp |> ValueOption.get))
+
+let private median (xs: float list) =
+    let sorted = List.sort xs
+    sorted[sorted.Length / 2]
+
+/// Runs the benchmark (warm-up, then `runs` interleaved measured runs of each), prints a table and
+/// returns the figures to record.
+let run () =
+    let window = 10_000
+    let runs = 5
+    let w = workload window 2_000_000
+    let ops = float (2 * w.Messages)
+
+    // Warm-up: tiered JIT and the GC settle; the answers must agree.
+    let warm = workload window 300_000
+    let _, ledgerAnswer = runLedger warm
+    let _, baselineAnswer = runBaseline warm
+
+    if ledgerAnswer <> baselineAnswer then
+        failwithf "The ledger and the baseline disagree: %A vs %A" ledgerAnswer baselineAnswer
+
+    let ledgerRates = ResizeArray()
+    let baselineRates = ResizeArray()
+
+    for _ in 1..runs do
+        GC.Collect()
+        let seconds, _ = runLedger w
+        ledgerRates.Add(ops / seconds)
+        GC.Collect()
+        let seconds, _ = runBaseline w
+        baselineRates.Add(ops / seconds)
+
+    let ledgerMedian = median (List.ofSeq ledgerRates)
+    let baselineMedian = median (List.ofSeq baselineRates)
+    let ledgerBest = Seq.max ledgerRates
+    let baselineBest = Seq.max baselineRates
+
+    printfn "Ledger: deliver + complete, random completion order among %d open offsets" window
+    printfn "%d runs of %.0f operations each, after a warm-up\n" runs ops
+    printfn "| %-38s | %15s | %15s |" "implementation" "median ops/s" "best ops/s"
+    printfn "|%s|%s|%s|" (String('-', 40)) (String('-', 17)) (String('-', 17))
+    printfn "| %-38s | %15.0f | %15.0f |" "Ledger (immutable)" ledgerMedian ledgerBest
+    printfn "| %-38s | %15.0f | %15.0f |" "baseline (mutable SortedSet)" baselineMedian baselineBest
+
+    printfn
+        "| %-38s | %15.2f | %15.2f |"
+        "ratio ledger / baseline"
+        (ledgerMedian / baselineMedian)
+        (ledgerBest / baselineBest)
+
+    [
+        "ledger_ops_per_s", ledgerMedian
+        "ledger_baseline_ops_per_s", baselineMedian
+        "ratio_ledger_vs_baseline", ledgerMedian / baselineMedian
+    ]
