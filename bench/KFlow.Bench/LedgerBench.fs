@@ -35,7 +35,8 @@ let private tp = TopicPartition.create "bench" 0
 let private refused (e: LedgerError) =
     failwithf "The benchmark's ledger refused an operation: %A" e
 
-/// One run of the immutable ledger; returns (seconds, final commit point).
+/// One run of the immutable ledger; returns seconds, bytes allocated per operation, and a checksum
+/// of commit points with the final one.
 let runLedger (w: Workload) =
     let tokens = Array.zeroCreate<Token> w.Window
     let mutable ledger = Ledger.empty |> Ledger.assign tp 0L
@@ -51,6 +52,7 @@ let runLedger (w: Workload) =
         offset <- offset + 1L
 
     let mutable checksum = 0L
+    let allocated = GC.GetAllocatedBytesForCurrentThread()
     let watch = Stopwatch.StartNew()
 
     for i in 0 .. w.Messages - 1 do
@@ -72,9 +74,16 @@ let runLedger (w: Workload) =
             checksum <- checksum + (Ledger.commitPoint tp ledger |> ValueOption.get)
 
     watch.Stop()
-    watch.Elapsed.TotalSeconds, struct (checksum, (Ledger.commitPoint tp ledger |> ValueOption.get))
 
-/// One run of the mutable baseline; returns (seconds, final commit point).
+    let bytesPerOp =
+        float (GC.GetAllocatedBytesForCurrentThread() - allocated)
+        / float (2 * w.Messages)
+
+    watch.Elapsed.TotalSeconds,
+    bytesPerOp,
+    struct (checksum, (Ledger.commitPoint tp ledger |> ValueOption.get))
+
+/// One run of the mutable baseline; returns what runLedger returns.
 let runBaseline (w: Workload) =
     let tokens = Array.zeroCreate<Token> w.Window
     let ledger = BaselineLedger()
@@ -89,6 +98,7 @@ let runBaseline (w: Workload) =
         offset <- offset + 1L
 
     let mutable checksum = 0L
+    let allocated = GC.GetAllocatedBytesForCurrentThread()
     let watch = Stopwatch.StartNew()
 
     for i in 0 .. w.Messages - 1 do
@@ -108,7 +118,12 @@ let runBaseline (w: Workload) =
             checksum <- checksum + (ledger.CommitPoint tp |> ValueOption.get)
 
     watch.Stop()
-    watch.Elapsed.TotalSeconds, struct (checksum, (ledger.CommitPoint tp |> ValueOption.get))
+
+    let bytesPerOp =
+        float (GC.GetAllocatedBytesForCurrentThread() - allocated)
+        / float (2 * w.Messages)
+
+    watch.Elapsed.TotalSeconds, bytesPerOp, struct (checksum, (ledger.CommitPoint tp |> ValueOption.get))
 
 let private median (xs: float list) =
     let sorted = List.sort xs
@@ -124,22 +139,26 @@ let run () =
 
     // Warm-up: tiered JIT and the GC settle; the answers must agree.
     let warm = workload window 300_000
-    let _, ledgerAnswer = runLedger warm
-    let _, baselineAnswer = runBaseline warm
+    let _, _, ledgerAnswer = runLedger warm
+    let _, _, baselineAnswer = runBaseline warm
 
     if ledgerAnswer <> baselineAnswer then
         failwithf "The ledger and the baseline disagree: %A vs %A" ledgerAnswer baselineAnswer
 
     let ledgerRates = ResizeArray()
     let baselineRates = ResizeArray()
+    let mutable ledgerBytes = 0.0
+    let mutable baselineBytes = 0.0
 
     for _ in 1..runs do
         GC.Collect()
-        let seconds, _ = runLedger w
+        let seconds, bytes, _ = runLedger w
         ledgerRates.Add(ops / seconds)
+        ledgerBytes <- bytes
         GC.Collect()
-        let seconds, _ = runBaseline w
+        let seconds, bytes, _ = runBaseline w
         baselineRates.Add(ops / seconds)
+        baselineBytes <- bytes
 
     let ledgerMedian = median (List.ofSeq ledgerRates)
     let baselineMedian = median (List.ofSeq baselineRates)
@@ -148,16 +167,23 @@ let run () =
 
     printfn "Ledger: deliver + complete, random completion order among %d open offsets" window
     printfn "%d runs of %.0f operations each, after a warm-up\n" runs ops
-    printfn "| %-38s | %15s | %15s |" "implementation" "median ops/s" "best ops/s"
-    printfn "|%s|%s|%s|" (String('-', 40)) (String('-', 17)) (String('-', 17))
-    printfn "| %-38s | %15.0f | %15.0f |" "Ledger (immutable)" ledgerMedian ledgerBest
-    printfn "| %-38s | %15.0f | %15.0f |" "baseline (mutable SortedSet)" baselineMedian baselineBest
+    printfn "| %-30s | %13s | %13s | %12s |" "implementation" "median ops/s" "best ops/s" "bytes/op"
+    printfn "|%s|%s|%s|%s|" (String('-', 32)) (String('-', 15)) (String('-', 15)) (String('-', 14))
+    printfn "| %-30s | %13.0f | %13.0f | %12.1f |" "Ledger (immutable)" ledgerMedian ledgerBest ledgerBytes
 
     printfn
-        "| %-38s | %15.2f | %15.2f |"
+        "| %-30s | %13.0f | %13.0f | %12.1f |"
+        "baseline (mutable SortedSet)"
+        baselineMedian
+        baselineBest
+        baselineBytes
+
+    printfn
+        "| %-30s | %13.2f | %13.2f | %12s |"
         "ratio ledger / baseline"
         (ledgerMedian / baselineMedian)
         (ledgerBest / baselineBest)
+        ""
 
     [
         "ledger_ops_per_s", ledgerMedian

@@ -411,7 +411,7 @@ let example () =
         |> Result.bind (Ledger.complete t100)
         |> Result.defaultWith (failwithf "refused: %A")
 
-    let before = Ledger.commitPoint orders ledger // ValueSome 101L: one part of 101 is open
+    let before = Ledger.commitPoint orders ledger // ValueSome 101L: 101 has two open parts
 
     let after =
         ledger
@@ -620,7 +620,7 @@ let tests =
         testList "docs" [
             test "the example in docs/ledger.md gives the commit points its comments state" {
                 let before, after, again = example ()
-                Expect.equal before (ValueSome 101L) "one part of 101 is open"
+                Expect.equal before (ValueSome 101L) "101 has two open parts"
                 Expect.equal after (Ok(ValueSome 106L)) "all done"
 
                 match again with
