@@ -342,8 +342,8 @@ module Ledger =
             else
                 (s.TailBlock <<< 6) + int64 (BitOperations.TrailingZeroCount s.TailMask)
 
-    /// Replaces the open parts of an open offset with `remaining` (≥ 0).
-    let private withParts (s: PartitionState) (offset: int64) (parts: int) (remaining: int) =
+    /// Replaces the open parts of an open offset (whose block's mask is `mask`) with `remaining` (≥ 0).
+    let private withParts (s: PartitionState) (offset: int64) (mask: uint64) (parts: int) (remaining: int) =
         if remaining > 0 then
             if remaining = parts then
                 s
@@ -384,7 +384,6 @@ module Ledger =
                     else
                         let capacity = 1L <<< (Ring.Bits * s.Depth)
                         let slot = block &&& (capacity - 1L)
-                        let mask = Ring.get s.Root (s.Depth - 1) slot
 
                         {
                             s with
@@ -411,13 +410,16 @@ module Ledger =
             let s = ledger.Partitions.[i]
             let offset = token.Position.Offset
 
+            // Offsets outside [commit point, next expected) are not open; inside, the block's mask says.
+            let mask =
+                if offset < s.CommitPoint || offset >= s.NextAtLeast then
+                    0UL
+                else
+                    maskOf s (offset >>> 6)
+
             if s.Epoch <> token.Epoch then
                 Error(StaleEpoch(token, s.Epoch))
-            elif
-                offset < s.CommitPoint
-                || offset >= s.NextAtLeast
-                || maskOf s (offset >>> 6) &&& (1UL <<< int (offset &&& 63L)) = 0UL
-            then
+            elif mask &&& (1UL <<< int (offset &&& 63L)) = 0UL then
                 Error(NotOpen token)
             else
                 let parts =
@@ -428,7 +430,7 @@ module Ledger =
                         | true, n -> n
                         | _ -> 1
 
-                let s' = withParts s offset parts (change parts)
+                let s' = withParts s offset mask parts (change parts)
 
                 if obj.ReferenceEquals(s, s') then
                     Ok ledger
