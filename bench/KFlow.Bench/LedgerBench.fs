@@ -189,4 +189,6 @@ let run () =
         "ledger_ops_per_s", ledgerMedian
         "ledger_baseline_ops_per_s", baselineMedian
         "ratio_ledger_vs_baseline", ledgerMedian / baselineMedian
+        "ledger_bytes_per_op", ledgerBytes
+        "ledger_baseline_bytes_per_op", baselineBytes
     ]

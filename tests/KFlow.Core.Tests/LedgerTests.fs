@@ -380,6 +380,58 @@ let private refusesWithErrors (commands: Command list) =
         if actual <> expected then
             failtestf "%A is finally refused with %A, expected %A" token actual expected
 
+/// The benchmark's workload in miniature: a window of open offsets completed in random order while
+/// new ones (with gaps) arrive, long enough for the ring to wrap around and to grow, compared with the
+/// model after every step.
+let private slidingWindow (seed: int) (window: FsCheck.PositiveInt) =
+    let window = 1 + window.Get % 400
+    let random = Random seed
+    let tp = Generators.partitions.[0]
+    let tokens = ResizeArray<Token>()
+    let mutable ledger = Ledger.empty |> Ledger.assign tp 0L
+    let mutable model = Model.empty |> Model.assign tp 0L
+    let mutable offset = 0L
+
+    for step in 1..6_000 do
+        if tokens.Count >= window || (tokens.Count > 0 && random.Next 3 = 0) then
+            let i = random.Next tokens.Count
+            let token = tokens.[i]
+            tokens.[i] <- tokens.[tokens.Count - 1]
+            tokens.RemoveAt(tokens.Count - 1)
+            ledger <- Expect.ok (Ledger.complete token ledger) "complete"
+            model <- Expect.ok (Model.complete token model) "model complete"
+        else
+            let position = Position.create tp offset
+            let struct (l, token) = Expect.ok (Ledger.deliver position ledger) "deliver"
+            ledger <- l
+            model <- Expect.ok (Model.deliver position model) "model deliver" |> fst
+            tokens.Add token
+
+            offset <-
+                offset
+                + (if random.Next 20 = 0 then
+                       1L + int64 (random.Next 3_000)
+                   else
+                       1L)
+
+        let expected = Model.commitPoint tp model |> Option.get
+
+        if
+            Ledger.commitPoint tp ledger <> ValueSome expected
+            || Ledger.openCount tp ledger <> tokens.Count
+        then
+            failtestf
+                "step %d: commit point %A, open %d; the model's %d, open %d"
+                step
+                (Ledger.commitPoint tp ledger)
+                (Ledger.openCount tp ledger)
+                expected
+                tokens.Count
+
+        if step % 500 = 0 then
+            let _, _, _, _, modelOpen = (observeModel model).PerPartition.[0]
+            Expect.equal (Ledger.openOffsets tp ledger) modelOpen (sprintf "step %d: the open offsets" step)
+
 let tp0 = TopicPartition.create "orders" 0
 
 let private deliverAt offset ledger =
@@ -459,6 +511,10 @@ let tests =
                 Config.fsCheck
                 "agrees with a naive reference model after every command"
                 modelBased
+            testPropertyWithConfig
+                { Config.fsCheck with maxTest = 30 }
+                "agrees with the model over a long sliding window of random completions"
+                slidingWindow
             testPropertyWithConfig Config.fsCheck "commit point never passes an open offset" neverPassesOpen
             testPropertyWithConfig
                 Config.fsCheck
