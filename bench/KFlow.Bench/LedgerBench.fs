@@ -129,11 +129,11 @@ let private median (xs: float list) =
     let sorted = List.sort xs
     sorted[sorted.Length / 2]
 
-/// Runs the benchmark (warm-up, then `runs` interleaved measured runs of each), prints a table and
-/// returns the figures to record.
+/// Runs the benchmark (warm-up, then 7 interleaved measured runs of each), prints a table and
+/// returns the figures to record (best runs; medians alongside).
 let run () =
     let window = 10_000
-    let runs = 5
+    let runs = 7
     let w = workload window 2_000_000
     let ops = float (2 * w.Messages)
 
@@ -185,10 +185,14 @@ let run () =
         (ledgerBest / baselineBest)
         ""
 
+    // The keys hold the best run of each: on a shared machine the least disturbed run is the best
+    // estimate of what each implementation costs; the medians are recorded next to them.
     [
-        "ledger_ops_per_s", ledgerMedian
-        "ledger_baseline_ops_per_s", baselineMedian
-        "ratio_ledger_vs_baseline", ledgerMedian / baselineMedian
+        "ledger_ops_per_s", ledgerBest
+        "ledger_baseline_ops_per_s", baselineBest
+        "ratio_ledger_vs_baseline", ledgerBest / baselineBest
+        "ledger_ops_per_s_median", ledgerMedian
+        "ledger_baseline_ops_per_s_median", baselineMedian
         "ledger_bytes_per_op", ledgerBytes
         "ledger_baseline_bytes_per_op", baselineBytes
     ]
