@@ -4,7 +4,7 @@ module KFlow.Core.Tests.Main
 open Expecto
 
 [<Tests>]
-let all = testList "Core" [ OffsetTests.tests ]
+let all = testList "Core" [ OffsetTests.tests; LedgerTests.tests ]
 
 [<EntryPoint>]
 let main argv = runTestsWithCLIArgs [] argv all
