@@ -15,7 +15,7 @@ type Node =
     | StageNode of Stage<obj, obj>
     | DemuxNode of Demux
     | AsyncMapNode of name: string * parallelism: int * run: (obj -> Task<obj>)
-    | SinkNode of name: string * write: (obj -> Task<unit>)
+    | SinkNode of name: string * write: (obj -> Task)
 
 and [<NoEquality; NoComparison>] Demux = {
     Key: Envelope<obj> -> string
@@ -117,7 +117,7 @@ module Pipe =
 
         append (AsyncMapNode("mapAsync", parallelism, run)) pipe
 
-    let sink (name: string) (write: 'a -> Task<unit>) (pipe: Pipe<'i, 'a>) : Pipe<'i, Sunk> =
+    let sink (name: string) (write: 'a -> Task) (pipe: Pipe<'i, 'a>) : Pipe<'i, Sunk> =
         if String.IsNullOrWhiteSpace name then
             invalidArgWith "name" "A sink needs a non-empty name; it names the sink in reports and failures."
 

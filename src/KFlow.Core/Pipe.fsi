@@ -28,7 +28,7 @@ type Node =
     | AsyncMapNode of name: string * parallelism: int * run: (obj -> Task<obj>)
     /// A described sink effect: the interpreter runs `write` on each arriving value (usually a batch);
     /// the envelope's tokens complete when it succeeds, none when it fails.
-    | SinkNode of name: string * write: (obj -> Task<unit>)
+    | SinkNode of name: string * write: (obj -> Task)
 
 /// A demux node.
 and [<NoEquality; NoComparison>] Demux = {
@@ -123,7 +123,7 @@ module Pipe =
 
     /// A sink named `name`: each arriving value (usually a batch from an aggregate) is written by
     /// `write`; its tokens complete when the write succeeds. Nothing flows past a sink.
-    val sink: name: string -> write: ('a -> Task<unit>) -> pipe: Pipe<'i, 'a> -> Pipe<'i, Sunk>
+    val sink: name: string -> write: ('a -> Task) -> pipe: Pipe<'i, 'a> -> Pipe<'i, Sunk>
 
     /// The default demux options.
     val demuxOptions: DemuxOptions

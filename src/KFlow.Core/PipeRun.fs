@@ -9,7 +9,7 @@ open System.Threading.Tasks
 type SinkRequest = {
     Sink: string
     Envelope: Envelope<obj>
-    Write: obj -> Task<unit>
+    Write: obj -> Task
 }
 
 [<NoEquality; NoComparison>]

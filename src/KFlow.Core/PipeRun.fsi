@@ -13,7 +13,7 @@ type SinkRequest = {
     /// The value to write and the tokens it holds.
     Envelope: Envelope<obj>
     /// The write itself.
-    Write: obj -> Task<unit>
+    Write: obj -> Task
 }
 
 /// A stage (or key function, or async map) that threw: its input stays unfinished, so its offset

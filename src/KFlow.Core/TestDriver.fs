@@ -50,7 +50,7 @@ type internal DriverState<'i, 'o> = {
     Committed: Map<TopicPartition, int64>
     History: Commit list
     Calls: Map<int, SinkCall>
-    Writes: Map<int, obj -> Task<unit>>
+    Writes: Map<int, obj -> Task>
     Outputs: Envelope<obj> list
     Failures: StageFailure list
     Refused: LedgerError list

@@ -4,7 +4,15 @@ module KFlow.Core.Tests.Main
 open Expecto
 
 [<Tests>]
-let all = testList "Core" [ OffsetTests.tests ]
+let all =
+    testList "Core" [
+        OffsetTests.tests
+        StageTests.tests
+        AggregateTests.tests
+        ChunksTests.tests
+        PipeTests.tests
+        TestDriverTests.tests
+    ]
 
 [<EntryPoint>]
 let main argv = runTestsWithCLIArgs [] argv all
