@@ -13,6 +13,7 @@ type DriverOptions = {
     SinkMode: SinkMode
     AutoCommit: bool
     Start: DateTimeOffset
+    AsyncMode: AsyncMode
 }
 
 type SinkStatus =
@@ -29,6 +30,15 @@ type SinkCall = {
     Tokens: Token list
     Status: SinkStatus
     Refused: LedgerError list
+}
+
+[<NoComparison>]
+type AsyncCall = {
+    Id: int
+    Stage: string
+    Input: obj
+    Tokens: Token list
+    Status: SinkStatus
 }
 
 type Commit = {
@@ -51,6 +61,9 @@ type internal DriverState<'i, 'o> = {
     History: Commit list
     Calls: Map<int, SinkCall>
     Writes: Map<int, obj -> Task>
+    AsyncCalls: Map<int, AsyncCall>
+    /// The run's own id and the function of every Pending async call.
+    AsyncRuns: Map<int, int * (obj -> Task<obj>)>
     Outputs: Envelope<obj> list
     Failures: StageFailure list
     Refused: LedgerError list
@@ -68,6 +81,7 @@ module TestDriver =
         SinkMode = Automatic
         AutoCommit = true
         Start = DateTimeOffset.UnixEpoch
+        AsyncMode = RunInline
     }
 
     let create (options: DriverOptions) (pipe: Pipe<'i, 'o>) =
@@ -75,7 +89,7 @@ module TestDriver =
             {
                 Options = options
                 Pipe = pipe
-                Run = PipeRun.start pipe
+                Run = PipeRun.startWith options.AsyncMode pipe
                 Ledger = Ledger.empty
                 Now = options.Start
                 Next = Map.empty
@@ -83,6 +97,8 @@ module TestDriver =
                 History = []
                 Calls = Map.empty
                 Writes = Map.empty
+                AsyncCalls = Map.empty
+                AsyncRuns = Map.empty
                 Outputs = []
                 Failures = []
                 Refused = []
@@ -212,6 +228,25 @@ module TestDriver =
                 | Automatic -> execute id s
                 | Manual -> s)
 
+        let s =
+            (s, effects.Calls)
+            ||> List.fold (fun s request ->
+                let id = s.AsyncCalls.Count + 1
+
+                let call = {
+                    Id = id
+                    Stage = request.Stage
+                    Input = request.Envelope.Value
+                    Tokens = request.Envelope.Tokens
+                    Status = Pending
+                }
+
+                {
+                    s with
+                        AsyncCalls = Map.add id call s.AsyncCalls
+                        AsyncRuns = Map.add id (request.Id, request.Run) s.AsyncRuns
+                })
+
         autoCommit s
 
     let private push (event: Event<obj>) (s: DriverState<'i, 'o>) =
@@ -310,10 +345,53 @@ module TestDriver =
                     Writes = Map.remove callId s.Writes
             })
 
+    let private pendingAsync callId (s: DriverState<'i, 'o>) =
+        match Map.tryFind callId s.AsyncCalls, Map.tryFind callId s.AsyncRuns with
+        | Some c, Some run when c.Status = Pending -> c, run
+        | Some c, _ -> invalidArgWith "callId" (sprintf "Async call %d is %A, not Pending." callId c.Status)
+        | None, _ -> invalidArgWith "callId" (sprintf "There is no async call %d." callId)
+
+    let private resume callId (status: SinkStatus) result (s: DriverState<'i, 'o>) =
+        let call, (runId, _) = pendingAsync callId s
+        let run, effects = PipeRun.resume s.Now runId result s.Run
+
+        {
+            s with
+                Run = run
+                AsyncCalls = Map.add callId { call with Status = status } s.AsyncCalls
+                AsyncRuns = Map.remove callId s.AsyncRuns
+        }
+        |> apply effects
+
+    let runAsync callId driver =
+        driver
+        |> lift (fun s ->
+            let call, (_, run) = pendingAsync callId s
+
+            match
+                (try
+                    Ok((run call.Input).GetAwaiter().GetResult())
+                 with ex ->
+                     Error ex)
+            with
+            | Ok value -> resume callId Succeeded (Ok value) s
+            | Error ex -> resume callId (Failed ex.Message) (Error ex) s)
+
+    let failAsync callId (reason: string) driver =
+        driver |> lift (resume callId (Failed reason) (Error(exn reason)))
+
     let rec succeedAll (driver: TestDriver<'i, 'o>) =
-        match driver.State.Calls |> Seq.tryFind (fun (KeyValue(_, c)) -> c.Status = Pending) with
-        | Some(KeyValue(id, _)) -> succeed id driver |> succeedAll
-        | None -> driver
+        let oldestPending (calls: Map<int, 'c>) (status: 'c -> SinkStatus) =
+            calls
+            |> Seq.tryFind (fun (KeyValue(_, c)) -> status c = Pending)
+            |> Option.map (fun kv -> kv.Key)
+
+        match oldestPending driver.State.AsyncCalls (fun c -> c.Status) with
+        | Some id -> runAsync id driver |> succeedAll
+        | None ->
+            match oldestPending driver.State.Calls (fun c -> c.Status) with
+            | Some id -> succeed id driver |> succeedAll
+            | None -> driver
 
     let commit driver = driver |> lift storeCommits
 
@@ -328,9 +406,17 @@ module TestDriver =
 
             let s = {
                 s with
-                    Run = PipeRun.start s.Pipe
+                    Run = PipeRun.startWith s.Options.AsyncMode s.Pipe
                     Calls = s.Calls |> Map.map (fun _ c -> abandon c)
                     Writes = Map.empty
+                    AsyncCalls =
+                        s.AsyncCalls
+                        |> Map.map (fun _ c ->
+                            if c.Status = Pending then
+                                { c with Status = Abandoned }
+                            else
+                                c)
+                    AsyncRuns = Map.empty
             }
 
             (s, Map.keys s.Next |> List.ofSeq) ||> List.fold (fun s tp -> assignState tp s))
@@ -354,6 +440,9 @@ module TestDriver =
 
     let sinkCalls (driver: TestDriver<'i, 'o>) =
         driver.State.Calls |> Map.values |> List.ofSeq
+
+    let asyncCalls (driver: TestDriver<'i, 'o>) =
+        driver.State.AsyncCalls |> Map.values |> List.ofSeq
 
     let pending (driver: TestDriver<'i, 'o>) =
         sinkCalls driver |> List.filter (fun c -> c.Status = Pending)

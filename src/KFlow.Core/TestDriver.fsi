@@ -20,9 +20,12 @@ type DriverOptions = {
     AutoCommit: bool
     /// The virtual clock's start. Default the Unix epoch.
     Start: DateTimeOffset
+    /// How async maps run: RunInline (during the feed) or Defer (calls stay Pending until
+    /// TestDriver.runAsync or failAsync; at most `parallelism` in flight per node). Default RunInline.
+    AsyncMode: AsyncMode
 }
 
-/// Where a sink write stands.
+/// Where a sink write (or a deferred async call) stands.
 type SinkStatus =
     /// Requested, not answered yet (Manual mode).
     | Pending
@@ -50,6 +53,21 @@ type SinkCall = {
     Refused: LedgerError list
 }
 
+/// One deferred async map call (AsyncMode = Defer).
+[<NoComparison>]
+type AsyncCall = {
+    /// Its number, from 1, in request order.
+    Id: int
+    /// The async node's name.
+    Stage: string
+    /// The input value (boxed).
+    Input: obj
+    /// The tokens its input holds.
+    Tokens: Token list
+    /// Pending, Succeeded (its result went on), Failed (its input stays unfinished) or Abandoned (crash).
+    Status: SinkStatus
+}
+
 /// A commit point stored for a partition.
 type Commit = {
     /// The partition.
@@ -67,7 +85,7 @@ type TestDriver<'i, 'o>
 /// Driving a pipe in tests. Every operation returns a new driver.
 [<RequireQualifiedAccess>]
 module TestDriver =
-    /// The default options: Automatic sinks, AutoCommit true, clock at the Unix epoch.
+    /// The default options: Automatic sinks, AutoCommit true, clock at the Unix epoch, async maps inline.
     val options: DriverOptions
 
     /// A driver of the pipe with no partition assigned.
@@ -106,7 +124,15 @@ module TestDriver =
     /// Fails a Pending sink write without running it: none of its tokens completes.
     val fail: callId: int -> reason: string -> driver: TestDriver<'i, 'o> -> TestDriver<'i, 'o>
 
-    /// Runs every Pending sink write, in request order (including writes they lead to).
+    /// Runs a Pending async call (Defer mode) and passes its result on (in input order). ArgumentException
+    /// if the call is not Pending.
+    val runAsync: callId: int -> driver: TestDriver<'i, 'o> -> TestDriver<'i, 'o>
+
+    /// Fails a Pending async call without running it: its input stays unfinished (its offset open).
+    val failAsync: callId: int -> reason: string -> driver: TestDriver<'i, 'o> -> TestDriver<'i, 'o>
+
+    /// Until nothing is Pending: runs the oldest Pending async call, or else succeeds the oldest
+    /// Pending sink write (so also the calls and writes they lead to).
     val succeedAll: driver: TestDriver<'i, 'o> -> TestDriver<'i, 'o>
 
     /// Stores the ledger's commit point of every assigned partition.
@@ -115,7 +141,7 @@ module TestDriver =
     /// <summary>Crashes and restarts.</summary>
     /// <remarks>
     /// 1. All pipe state is dropped (stages back to their initial state, no substream).
-    /// 2. Pending writes become Abandoned.
+    /// 2. Pending writes and async calls become Abandoned.
     /// 3. Every assigned partition is assigned again under a new epoch, from its stored commit point;
     ///    the pipe receives Assigned for each.
     /// Nothing is re-fed: call replay (or feed) to read again from the commit points.
@@ -137,6 +163,9 @@ module TestDriver =
 
     /// Every sink write requested, in request order.
     val sinkCalls: driver: TestDriver<'i, 'o> -> SinkCall list
+
+    /// Every deferred async call, in request order.
+    val asyncCalls: driver: TestDriver<'i, 'o> -> AsyncCall list
 
     /// The sink writes still Pending, in request order.
     val pending: driver: TestDriver<'i, 'o> -> SinkCall list
