@@ -5,48 +5,6 @@ namespace KFlow
 open System
 open System.Threading.Tasks
 
-type SinkMode =
-    | Automatic
-    | Manual
-
-type DriverOptions = {
-    SinkMode: SinkMode
-    AutoCommit: bool
-    Start: DateTimeOffset
-    AsyncMode: AsyncMode
-}
-
-type SinkStatus =
-    | Pending
-    | Succeeded
-    | Failed of reason: string
-    | Abandoned
-
-[<NoComparison>]
-type SinkCall = {
-    Id: int
-    Sink: string
-    Value: obj
-    Tokens: Token list
-    Status: SinkStatus
-    Refused: LedgerError list
-}
-
-[<NoComparison>]
-type AsyncCall = {
-    Id: int
-    Stage: string
-    Input: obj
-    Tokens: Token list
-    Status: SinkStatus
-}
-
-type Commit = {
-    TopicPartition: TopicPartition
-    Offset: int64
-    Epoch: int
-}
-
 /// The driver's state; lists are newest first.
 [<NoEquality; NoComparison>]
 type internal DriverState<'i, 'o> = {
@@ -62,6 +20,8 @@ type internal DriverState<'i, 'o> = {
     Calls: Map<int, SinkCall>
     Writes: Map<int, obj -> Task>
     AsyncCalls: Map<int, AsyncCall>
+    NextSink: int
+    NextAsync: int
     /// The run's own id and the function of every Pending async call.
     AsyncRuns: Map<int, int * (obj -> Task<obj>)>
     Outputs: Envelope<obj> list
@@ -98,6 +58,8 @@ module TestDriver =
                 Calls = Map.empty
                 Writes = Map.empty
                 AsyncCalls = Map.empty
+                NextSink = 1
+                NextAsync = 1
                 AsyncRuns = Map.empty
                 Outputs = []
                 Failures = []
@@ -207,7 +169,7 @@ module TestDriver =
         let s =
             (s, effects.Sinks)
             ||> List.fold (fun s request ->
-                let id = s.Calls.Count + 1
+                let id = s.NextSink
 
                 let call = {
                     Id = id
@@ -221,6 +183,7 @@ module TestDriver =
                 let s = {
                     s with
                         Calls = Map.add id call s.Calls
+                        NextSink = id + 1
                         Writes = Map.add id request.Write s.Writes
                 }
 
@@ -231,7 +194,7 @@ module TestDriver =
         let s =
             (s, effects.Calls)
             ||> List.fold (fun s request ->
-                let id = s.AsyncCalls.Count + 1
+                let id = s.NextAsync
 
                 let call = {
                     Id = id
@@ -244,6 +207,7 @@ module TestDriver =
                 {
                     s with
                         AsyncCalls = Map.add id call s.AsyncCalls
+                        NextAsync = id + 1
                         AsyncRuns = Map.add id (request.Id, request.Run) s.AsyncRuns
                 })
 
@@ -381,17 +345,11 @@ module TestDriver =
         driver |> lift (resume callId (Failed reason) (Error(exn reason)))
 
     let rec succeedAll (driver: TestDriver<'i, 'o>) =
-        let oldestPending (calls: Map<int, 'c>) (status: 'c -> SinkStatus) =
-            calls
-            |> Seq.tryFind (fun (KeyValue(_, c)) -> status c = Pending)
-            |> Option.map (fun kv -> kv.Key)
-
-        match oldestPending driver.State.AsyncCalls (fun c -> c.Status) with
-        | Some id -> runAsync id driver |> succeedAll
-        | None ->
-            match oldestPending driver.State.Calls (fun c -> c.Status) with
-            | Some id -> succeed id driver |> succeedAll
-            | None -> driver
+        // Only Pending calls have an entry in AsyncRuns / Writes; the smallest key is the oldest.
+        match Seq.tryHead (Map.keys driver.State.AsyncRuns), Seq.tryHead (Map.keys driver.State.Writes) with
+        | Some id, _ -> runAsync id driver |> succeedAll
+        | None, Some id -> succeed id driver |> succeedAll
+        | None, None -> driver
 
     let commit driver = driver |> lift storeCommits
 
