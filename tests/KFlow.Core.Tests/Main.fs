@@ -11,6 +11,7 @@ let all =
         AggregateTests.tests
         ChunksTests.tests
         PipeTests.tests
+        PipeRunTests.tests
         TestDriverTests.tests
         ConceptsTests.tests
     ]
