@@ -239,6 +239,35 @@ let tests =
             Expect.equal (TestDriver.liveSubstreams d) 0 "dropped once idle"
             Expect.equal (TestDriver.committed tp d) 1L "finished"
         }
+        test "split ... join runs the stages between per key, and the stages after join on the merged stream" {
+            let d =
+                Pipe.source<string>
+                |> Pipe.split keyOf
+                |> Pipe.aggregate (Buffer.count 2)
+                |> Pipe.map (String.concat "+")
+                |> Pipe.join
+                |> Pipe.aggregate (Buffer.count 2)
+                |> TestDriver.start
+                |> TestDriver.assign tp
+                |> feed [ "a:1"; "b:1"; "a:2"; "b:2" ]
+
+            Expect.equal
+                (TestDriver.outputs d |> List.map (fun e -> e.Value))
+                [ [ "a:1+a:2"; "b:1+b:2" ] ]
+                "merged after join"
+
+            Expect.equal (TestDriver.committed tp d) 4L "all finished"
+        }
+        test "a split without join runs to the end of the pipe; a join without split is refused" {
+            let pipe = Pipe.source<string> |> Pipe.split keyOf |> Pipe.map id
+
+            Expect.equal
+                ((Pipe.describe pipe).Trim())
+                (String.concat Environment.NewLine [ "demux (idle after 00:01:00)"; "  map"; "join" ])
+                "closed at the end"
+
+            Expect.throwsT<ArgumentException> (fun () -> Pipe.source<int> |> Pipe.join |> ignore) "no split"
+        }
         test "a pipe is a walkable value: its nodes and outline" {
             let pipe =
                 Pipe.source<string>
