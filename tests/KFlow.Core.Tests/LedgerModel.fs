@@ -232,11 +232,11 @@ let step (run: Run) (command: Command) : Run * (Outcome * Outcome) list =
                 Model = snd state
         },
         List.ofSeq all
-    | Complete pick ->
+    | Command.Complete pick ->
         match pickToken pick with
         | None -> run, []
         | Some token -> onToken (Ledger.complete token run.Ledger) (Model.complete token run.Model)
-    | Fork(pick, parts) ->
+    | Command.Fork(pick, parts) ->
         match pickToken pick with
         | None -> run, []
         | Some token -> onToken (Ledger.fork parts token run.Ledger) (Model.fork parts token run.Model)
