@@ -24,9 +24,11 @@ let common: IReadOnlyDictionary<string, string> =
     :> _
 
 /// Consumer settings on top of `common`.
-/// * session.timeout.ms 6000 (default 45000): a member that dies without leaving is evicted after
-///   6 s; the mock cluster accepts it (a real broker's group.min.session.timeout.ms is 6000).
-/// * heartbeat.interval.ms 500 (default 3000): members learn of a rebalance within half a second.
+/// * session.timeout.ms 2000 (default 45000): the mock cluster holds every rebalance (a member
+///   joining or leaving) for about the session timeout, so this takes rebalances from ~44 s to
+///   ~1-2 s, and evicts a member that died without leaving after 2 s. The mock accepts it; a real
+///   broker's group.min.session.timeout.ms (6000) would refuse it.
+/// * heartbeat.interval.ms 200 (default 3000): a tenth of the session timeout.
 /// * fetch.wait.max.ms 50 (default 500) and fetch.error.backoff.ms 50 (default 500).
 /// * auto.offset.reset earliest (default latest): a new group reads what the test produced.
 /// * partition.assignment.strategy cooperative-sticky is NOT set: callers choose the protocol.
@@ -35,8 +37,8 @@ let consumer: IReadOnlyDictionary<string, string> =
 
     for k, v in
         [
-            "session.timeout.ms", "6000"
-            "heartbeat.interval.ms", "500"
+            "session.timeout.ms", "2000"
+            "heartbeat.interval.ms", "200"
             "fetch.wait.max.ms", "50"
             "fetch.error.backoff.ms", "50"
             "auto.offset.reset", "earliest"
