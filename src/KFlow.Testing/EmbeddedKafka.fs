@@ -49,6 +49,18 @@ type EmbeddedKafkaOptions = {
         LogLevel = 3
     }
 
+    /// A copy with another broker count (C#; F# uses `{ o with Brokers = n }`).
+    member this.WithBrokers(brokers: int) = { this with Brokers = brokers }
+
+    /// A copy with another group initial rebalance delay.
+    member this.WithGroupInitialRebalanceDelay(delay: TimeSpan) = {
+        this with
+            GroupInitialRebalanceDelay = delay
+    }
+
+    /// A copy with another librdkafka log level (0-7).
+    member this.WithLogLevel(level: int) = { this with LogLevel = level }
+
 /// A running embedded Kafka cluster. Dispose it to stop the brokers and free their ports.
 /// Every member is thread-safe; calls after disposal raise ObjectDisposedException.
 [<Sealed>]
