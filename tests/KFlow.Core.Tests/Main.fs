@@ -12,6 +12,7 @@ let all =
         ChunksTests.tests
         PipeTests.tests
         TestDriverTests.tests
+        PipePropertyTests.tests
     ]
 
 [<EntryPoint>]

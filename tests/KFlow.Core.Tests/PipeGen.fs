@@ -1,0 +1,565 @@
+// Generators and a runner for the pipe properties: random pipes from the stage set with a model of
+// what each input becomes, inputs over partitions and keys with offset gaps, shrinkable command lists.
+module KFlow.Core.Tests.PipeGen
+
+open System
+open System.Threading.Tasks
+open FsCheck
+open FsCheck.FSharp
+open Expecto
+open KFlow
+
+/// One generated input message (its value is Value).
+type Input = {
+    Partition: int
+    Offset: int64
+    Key: string
+    Value: int
+}
+
+/// A value flowing through a generated pipe: it remembers its input and its unfold path.
+type Item = {
+    Origin: Input
+    N: int
+    Path: int list
+}
+
+/// A generated stage over items.
+type StageSpec =
+    /// N becomes (N + k) % 100.
+    | MapAdd of k: int
+    /// Drops items whose N is a multiple of the modulus.
+    | FilterOut of modulus: int
+    /// (N + shift) % 4 children (0 to 3).
+    | Unfold of shift: int
+    /// Stateful (Stage.create): holds the latest envelope until the next message, tick, flush or revoke.
+    | Delay
+
+/// A generated aggregate.
+type AggSpec =
+    | ByCount of count: int
+    | ByAge of seconds: int
+
+/// How a generated pipe ends (before its sink, which always receives an item list).
+type TailSpec =
+    /// An aggregate, or a singleton list per item.
+    | Plain of AggSpec option
+    /// Demux by key (or by a bucket of keys), with stages and an optional aggregate inside.
+    | Demux of buckets: int option * idleSeconds: int * StageSpec list * AggSpec option
+
+/// A generated pipe.
+type PipeSpec = {
+    Stages: StageSpec list
+    Tail: TailSpec
+}
+
+/// One step of a generated run of the test driver.
+type Command =
+    /// Reads the next message of a partition (index modulo the partition count), as a consumer would.
+    | Feed of partition: int
+    | Advance of seconds: int
+    /// Succeeds the pending sink call at this index (modulo the pending count).
+    | Succeed of pick: int
+    | Fail of pick: int
+    | Commit
+    | Crash
+    | Replay
+    | Revoke of partition: int
+    | Assign of partition: int
+
+/// A generated run: a pipe, its inputs, driver settings and commands.
+type Scenario = {
+    Pipe: PipeSpec
+    Partitions: int
+    Inputs: Input list
+    AutoCommit: bool
+    Commands: Command list
+}
+
+let tpOf (partition: int) = TopicPartition.create "in" partition
+
+let positionOf (input: Input) =
+    Position.create (tpOf input.Partition) input.Offset
+
+// ---- the model: what each input becomes ----
+
+let private applyStage (spec: StageSpec) (items: Item list) =
+    items
+    |> List.collect (fun it ->
+        match spec with
+        | MapAdd k -> [ { it with N = (it.N + k) % 100 } ]
+        | FilterOut m -> if it.N % m = 0 then [] else [ it ]
+        | Unfold s -> [
+            for j in 0 .. (it.N + s) % 4 - 1 ->
+                {
+                    it with
+                        N = (it.N * 7 + j) % 100
+                        Path = it.Path @ [ j ]
+                }
+          ]
+        | Delay -> [ it ])
+
+/// The items an input becomes at the sink, in order (empty: it is dropped).
+let leaves (spec: PipeSpec) (input: Input) =
+    let start = [
+        {
+            Origin = input
+            N = input.Value
+            Path = []
+        }
+    ]
+
+    let pre = List.fold (fun items s -> applyStage s items) start spec.Stages
+
+    match spec.Tail with
+    | Plain _ -> pre
+    | Demux(_, _, subs, _) -> List.fold (fun items s -> applyStage s items) pre subs
+
+// ---- building the pipe ----
+
+let private delay (_: DateTimeOffset) (event: Event<Item>) (held: Envelope<Item> option) =
+    match event, held with
+    | Message e, None -> Some e, Output.none
+    | Message e, Some h -> Some e, Output.emit h
+    | (Tick | Flush | Revoked _), Some h -> None, Output.emit h
+    | _ -> held, Output.none
+
+let private addStage (spec: StageSpec) (pipe: Pipe<'i, Item>) : Pipe<'i, Item> =
+    match spec with
+    | MapAdd k -> pipe |> Pipe.map (fun it -> { it with N = (it.N + k) % 100 })
+    | FilterOut m -> pipe |> Pipe.filter (fun it -> it.N % m <> 0)
+    | Unfold _ -> pipe |> Pipe.unfold (fun it -> applyStage spec [ it ])
+    | Delay -> pipe |> Pipe.stateful "delay" None delay
+
+let private addTail (agg: AggSpec option) (pipe: Pipe<'i, Item>) : Pipe<'i, Item list> =
+    match agg with
+    | None -> pipe |> Pipe.map List.singleton
+    | Some(ByCount n) -> pipe |> Pipe.aggregate (Buffer.count n)
+    | Some(ByAge s) -> pipe |> Pipe.aggregate (Buffer.age (TimeSpan.FromSeconds(float s)))
+
+/// The key a generated demux splits by.
+let demuxKey (buckets: int option) (it: Item) =
+    match buckets with
+    | None -> it.Origin.Key
+    | Some b -> string (int it.Origin.Key[0] % b)
+
+/// The pipe of a spec; its sink "sink" receives item lists and always succeeds when run.
+let build (spec: PipeSpec) : Pipe<Input, Sunk> =
+    let pre =
+        (Pipe.source<Input> |> Pipe.map (fun i -> { Origin = i; N = i.Value; Path = [] }), spec.Stages)
+        ||> List.fold (fun p s -> addStage s p)
+
+    let tail =
+        match spec.Tail with
+        | Plain agg -> pre |> addTail agg
+        | Demux(buckets, idle, subs, agg) ->
+            pre
+            |> Pipe.demuxWith
+                {
+                    IdleAfter = TimeSpan.FromSeconds(float idle)
+                }
+                (demuxKey buckets)
+                (fun sub -> (sub, subs) ||> List.fold (fun p s -> addStage s p) |> addTail agg)
+
+    tail |> Pipe.sink "sink" (fun (_: Item list) -> Task.CompletedTask)
+
+// ---- generators ----
+
+let private genStage =
+    Gen.oneof [
+        Gen.choose (1, 99) |> Gen.map MapAdd
+        Gen.choose (2, 5) |> Gen.map FilterOut
+        Gen.choose (0, 3) |> Gen.map Unfold
+        Gen.constant Delay
+    ]
+
+let private genStages max = gen {
+    let! n = Gen.choose (0, max)
+    return! Gen.listOfLength n genStage
+}
+
+let private genAgg =
+    Gen.frequency [
+        2, Gen.constant None
+        2, Gen.choose (1, 4) |> Gen.map (ByCount >> Some)
+        1, Gen.choose (1, 5) |> Gen.map (ByAge >> Some)
+    ]
+
+let private genTail =
+    Gen.frequency [
+        1, genAgg |> Gen.map Plain
+        2,
+        gen {
+            let! buckets = Gen.elements [ None; Some 2 ]
+            let! idle = Gen.choose (1, 8)
+            let! subs = genStages 2
+            let! agg = genAgg
+            return Demux(buckets, idle, subs, agg)
+        }
+    ]
+
+/// Random pipes from the whole stage set.
+let genPipe = gen {
+    let! stages = genStages 3
+    let! tail = genTail
+    return { Stages = stages; Tail = tail }
+}
+
+/// Inputs of `partitions` partitions: increasing offsets with gaps, keys from a small set.
+let genInputs (partitions: int) =
+    Gen.sized (fun size -> gen {
+        let! perPartition =
+            [ 0 .. partitions - 1 ]
+            |> List.map (fun p -> gen {
+                let! count = Gen.choose (0, min 12 (2 + size / 3))
+                let! first = Gen.choose (0, 3)
+
+                let! gaps =
+                    Gen.listOfLength count (Gen.frequency [ 3, Gen.constant 1; 1, Gen.choose (2, 4) ])
+
+                let! keys = Gen.listOfLength count (Gen.elements [ "a"; "b"; "c"; "d" ])
+                let! values = Gen.listOfLength count (Gen.choose (0, 99))
+
+                let offsets =
+                    gaps |> List.scan (+) first |> List.tail |> List.map (fun o -> int64 (o - 1))
+
+                return
+                    List.zip3 offsets keys values
+                    |> List.map (fun (o, k, v) -> {
+                        Partition = p
+                        Offset = o
+                        Key = k
+                        Value = v
+                    })
+            })
+            |> Gen.sequenceToList
+
+        return List.concat perPartition
+    })
+
+/// Which commands a scenario may hold.
+type Mode =
+    /// Everything: sink failures, crashes, replays, revokes and assigns.
+    | Chaos
+    /// Reads, ticks, sink successes and commits only.
+    | Calm
+    /// Calm plus sink failures.
+    | Failing
+
+let private genCommand (mode: Mode) =
+    let p = Gen.choose (0, 2)
+    let pick = Gen.choose (0, 5)
+
+    Gen.frequency [
+        yield 12, Gen.map Feed p
+        yield 3, Gen.choose (0, 4) |> Gen.map Advance
+        yield 8, Gen.map Succeed pick
+        yield 2, Gen.constant Commit
+        if mode <> Calm then
+            yield 2, Gen.map Fail pick
+        if mode = Chaos then
+            yield 1, Gen.constant Crash
+            yield 1, Gen.constant Replay
+            yield 1, Gen.map Revoke p
+            yield 2, Gen.map Assign p
+    ]
+
+/// Scenarios over a pipe generator with the commands of a mode.
+let genScenarioWith (pipe: Gen<PipeSpec>) (maxPartitions: int) (mode: Mode) =
+    Gen.sized (fun size -> gen {
+        let! spec = pipe
+        let! partitions = Gen.choose (1, maxPartitions)
+        let! inputs = genInputs partitions
+        let! autoCommit = Gen.elements [ true; false ]
+        let! length = Gen.choose (0, 3 * size)
+        let! commands = Gen.listOfLength length (genCommand mode)
+
+        return {
+            Pipe = spec
+            Partitions = partitions
+            Inputs = inputs
+            AutoCommit = autoCommit
+            Commands = commands
+        }
+    })
+
+/// Shorter lists: halves first, then one element less.
+let shrinkList (xs: 'a list) : 'a list seq = seq {
+    let n = List.length xs
+
+    if n > 1 then
+        yield List.take (n / 2) xs
+        yield List.skip (n / 2) xs
+
+    for i in 0 .. n - 1 -> List.removeAt i xs
+}
+
+let private shrinkSpec (spec: PipeSpec) = seq {
+    for s in shrinkList spec.Stages -> { spec with Stages = s }
+
+    match spec.Tail with
+    | Plain None -> ()
+    | Plain(Some _) -> yield { spec with Tail = Plain None }
+    | Demux(b, idle, subs, agg) ->
+        yield { spec with Tail = Plain agg }
+
+        for s in shrinkList subs ->
+            {
+                spec with
+                    Tail = Demux(b, idle, s, agg)
+            }
+}
+
+/// Shrinks commands, inputs and the pipe.
+let shrinkScenario (s: Scenario) = seq {
+    for c in shrinkList s.Commands -> { s with Commands = c }
+    for i in shrinkList s.Inputs -> { s with Inputs = i }
+    for p in shrinkSpec s.Pipe -> { s with Pipe = p }
+}
+
+/// Shrinkable scenarios over a pipe generator.
+let scenariosOf (pipe: Gen<PipeSpec>) (maxPartitions: int) (mode: Mode) =
+    Arb.fromGenShrink (genScenarioWith pipe maxPartitions mode, shrinkScenario)
+
+/// Shrinkable scenarios over random pipes of the whole stage set and up to 3 partitions.
+let scenarios (mode: Mode) = scenariosOf genPipe 3 mode
+
+// ---- running a scenario ----
+
+/// A run in progress: the driver and the next offset a consumer would read per assigned partition.
+[<NoEquality; NoComparison>]
+type Run = {
+    Driver: TestDriver<Input, Sunk>
+    Next: Map<int, int64>
+}
+
+let messageOf (input: Input) =
+    Message.create (tpOf input.Partition) input.Offset input.Key input
+
+/// Starts a scenario: Manual sinks, every partition assigned.
+let start (s: Scenario) =
+    let options = {
+        TestDriver.options with
+            SinkMode = Manual
+            AutoCommit = s.AutoCommit
+    }
+
+    let d =
+        (TestDriver.create options (build s.Pipe), [ 0 .. s.Partitions - 1 ])
+        ||> List.fold (fun d p -> TestDriver.assign (tpOf p) d)
+
+    {
+        Driver = d
+        Next = Map.ofList [ for p in 0 .. s.Partitions - 1 -> p, 0L ]
+    }
+
+let private fromCommitted (run: Run) = {
+    run with
+        Next = run.Next |> Map.map (fun p _ -> TestDriver.committed (tpOf p) run.Driver)
+}
+
+/// Applies one command, as a consumer (resuming from the commit point after a crash or assign) would.
+let step (s: Scenario) (run: Run) (command: Command) =
+    let d = run.Driver
+
+    let pick k (f: int -> TestDriver<_, _> -> TestDriver<_, _>) =
+        match TestDriver.pending d with
+        | [] -> run
+        | calls -> {
+            run with
+                Driver = f (calls[k % calls.Length]).Id d
+          }
+
+    match command with
+    | Feed p ->
+        let p = p % s.Partitions
+
+        match Map.tryFind p run.Next with
+        | None -> run
+        | Some next ->
+            match s.Inputs |> List.tryFind (fun i -> i.Partition = p && i.Offset >= next) with
+            | None -> run
+            | Some i -> {
+                Driver = TestDriver.feed (messageOf i) d
+                Next = Map.add p (i.Offset + 1L) run.Next
+              }
+    | Advance secs -> {
+        run with
+            Driver = TestDriver.advance (TimeSpan.FromSeconds(float secs)) d
+      }
+    | Succeed k -> pick k TestDriver.succeed
+    | Fail k -> pick k (fun id -> TestDriver.fail id "generated failure")
+    | Commit -> {
+        run with
+            Driver = TestDriver.commit d
+      }
+    | Crash -> fromCommitted { run with Driver = TestDriver.crash d }
+    | Replay ->
+        let d = TestDriver.replay d
+
+        let next =
+            run.Next
+            |> Map.map (fun p next ->
+                TestDriver.inputs d
+                |> List.filter (fun m -> m.Position.TopicPartition = tpOf p)
+                |> List.fold (fun n m -> max n (m.Position.Offset + 1L)) next)
+
+        { Driver = d; Next = next }
+    | Revoke p ->
+        let p = p % s.Partitions
+
+        {
+            Driver = TestDriver.revoke (tpOf p) d
+            Next = Map.remove p run.Next
+        }
+    | Assign p ->
+        let p = p % s.Partitions
+
+        if run.Next.ContainsKey p then
+            run
+        else
+            let d = TestDriver.assign (tpOf p) d
+
+            {
+                Driver = d
+                Next = Map.add p (TestDriver.committed (tpOf p) d) run.Next
+            }
+
+/// Feeds every input not read yet of the assigned partitions.
+let feedRest (s: Scenario) (run: Run) =
+    (run, s.Inputs)
+    ||> List.fold (fun run i ->
+        match Map.tryFind i.Partition run.Next with
+        | Some next when i.Offset >= next -> step s run (Feed i.Partition)
+        | _ -> run)
+
+/// One past the last input of every partition that has inputs.
+let ends (s: Scenario) =
+    s.Inputs
+    |> List.groupBy (fun i -> i.Partition)
+    |> List.map (fun (p, is) -> p, (is |> List.map (fun i -> i.Offset) |> List.max) + 1L)
+
+let atEnd (s: Scenario) (run: Run) =
+    ends s
+    |> List.forall (fun (p, e) -> TestDriver.committed (tpOf p) run.Driver = e)
+
+/// Shutdown and restart until quiet: assign everything, read the rest, flush, answer every write,
+/// commit; then, at most `restarts` times, crash and replay from the commit points until every
+/// partition is at its end.
+let settle (restarts: int) (s: Scenario) (run: Run) =
+    let run =
+        (run, [ 0 .. s.Partitions - 1 ])
+        ||> List.fold (fun run p -> step s run (Assign p))
+
+    let round run =
+        let run = feedRest s run
+
+        {
+            run with
+                Driver = run.Driver |> TestDriver.flush |> TestDriver.succeedAll |> TestDriver.commit
+        }
+
+    let rec loop n run =
+        if n = 0 || atEnd s run then
+            run
+        else
+            loop (n - 1) (round (step s run Crash))
+
+    loop restarts (round run)
+
+// ---- what the driver reports, checked against the model ----
+
+/// Every (call, item, token) of sink calls, values and tokens aligned; misaligned calls are
+/// reported as violations (a call's tokens must stand for exactly its items' inputs).
+let sunk (calls: SinkCall list) =
+    let aligned, broken =
+        calls
+        |> List.partition (fun c ->
+            let items = unbox<Item list> c.Value
+
+            items.Length = c.Tokens.Length
+            && List.forall2 (fun (it: Item) (t: Token) -> t.Position = positionOf it.Origin) items c.Tokens)
+
+    let triples = [
+        for c in aligned do
+            for it, t in List.zip (unbox<Item list> c.Value) c.Tokens -> c, it, t
+    ]
+
+    triples,
+    [
+        for c in broken ->
+            sprintf
+                "sink call %d holds tokens %A for items %A"
+                c.Id
+                (c.Tokens |> List.map (fun t -> t.Position))
+                (unbox<Item list> c.Value |> List.map (fun it -> positionOf it.Origin))
+    ]
+
+/// Inputs fully processed: dropped by the pipe (no leaves), or every leaf reached a succeeded
+/// sink call within one assignment (epoch) of its partition.
+let finished (s: Scenario) (calls: SinkCall list) =
+    let triples, _ = sunk calls
+
+    let byEpoch =
+        triples
+        |> List.filter (fun (c, _, _) -> c.Status = Succeeded)
+        |> List.map (fun (_, it, t) -> it, t.Epoch)
+        |> Set.ofList
+
+    let epochs = byEpoch |> Seq.map snd |> Seq.distinct |> List.ofSeq
+
+    s.Inputs
+    |> List.filter (fun i ->
+        match leaves s.Pipe i with
+        | [] -> true
+        | ls ->
+            epochs
+            |> List.exists (fun e -> ls |> List.forall (fun l -> byEpoch.Contains(l, e))))
+    |> List.map positionOf
+    |> Set.ofList
+
+/// Property 1 at one step: no stored or live commit point passes an unfinished input.
+let unfinishedCommitted (s: Scenario) (d: TestDriver<Input, Sunk>) =
+    let done' = finished s (TestDriver.sinkCalls d)
+
+    let points =
+        [ for KeyValue(tp, c) in TestDriver.commitPoints d -> "stored", tp, c ]
+        @ [ for tp, c in Ledger.commitPoints (TestDriver.ledger d) -> "ledger", tp, c ]
+
+    [
+        for kind, tp, c in points do
+            for i in s.Inputs do
+                if tpOf i.Partition = tp && i.Offset < c && not (done'.Contains(positionOf i)) then
+                    sprintf
+                        "%s commit point %d of %O passes offset %d, which is unfinished (leaves %A)"
+                        kind
+                        c
+                        tp
+                        i.Offset
+                        (leaves s.Pipe i |> List.map (fun l -> l.N, l.Path))
+    ]
+
+/// Runs the commands, checking `each` after every one; returns the trace's violations and the run.
+let runChecking (s: Scenario) (each: Run -> string list) =
+    let run0 = start s
+
+    ((run0, []), s.Commands)
+    ||> List.fold (fun (run, violations) c ->
+        if not (List.isEmpty violations) then
+            run, violations
+        else
+            let run = step s run c
+            run, each run |> List.map (sprintf "after %A: %s" c))
+
+/// The property's verdict: true, or false labelled with the violations.
+let verdict (violations: string list) =
+    match violations with
+    | [] -> Prop.ofTestable true
+    | vs -> Prop.label (String.concat "\n" (List.truncate 5 vs)) false
+
+/// The FsCheck settings of the pipe properties: 300 cases, sizes up to 40 (at most 120 commands).
+let config = {
+    FsCheckConfig.defaultConfig with
+        maxTest = 300
+        endSize = 40
+}
