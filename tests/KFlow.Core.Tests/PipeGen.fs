@@ -34,6 +34,8 @@ type StageSpec =
     | Unfold of shift: int
     /// Stateful (Stage.create): holds the latest envelope until the next message, tick, flush or revoke.
     | Delay
+    /// An asynchronous map (mapAsync, parallelism 2): N becomes (N + k) % 100.
+    | AsyncAdd of k: int
 
 /// A generated aggregate.
 type AggSpec =
@@ -46,6 +48,10 @@ type TailSpec =
     | Plain of AggSpec option
     /// Demux by key (or by a bucket of keys), with stages and an optional aggregate inside.
     | Demux of buckets: int option * idleSeconds: int * StageSpec list * AggSpec option
+    /// mfd: drops items whose N is a multiple of the modulus, demuxes the rest by key.
+    | Mfd of modulus: int * StageSpec list * AggSpec option
+    /// routeDependent by key: keys a and b run the first stages, other keys the second.
+    | Route of StageSpec list * StageSpec list * AggSpec option
 
 /// A generated pipe.
 type PipeSpec = {
@@ -87,7 +93,8 @@ let private applyStage (spec: StageSpec) (items: Item list) =
     items
     |> List.collect (fun it ->
         match spec with
-        | MapAdd k -> [ { it with N = (it.N + k) % 100 } ]
+        | MapAdd k
+        | AsyncAdd k -> [ { it with N = (it.N + k) % 100 } ]
         | FilterOut m -> if it.N % m = 0 then [] else [ it ]
         | Unfold s -> [
             for j in 0 .. (it.N + s) % 4 - 1 ->
@@ -111,9 +118,14 @@ let leaves (spec: PipeSpec) (input: Input) =
 
     let pre = List.fold (fun items s -> applyStage s items) start spec.Stages
 
+    let through subs items =
+        List.fold (fun items s -> applyStage s items) items subs
+
     match spec.Tail with
     | Plain _ -> pre
-    | Demux(_, _, subs, _) -> List.fold (fun items s -> applyStage s items) pre subs
+    | Demux(_, _, subs, _) -> through subs pre
+    | Mfd(m, subs, _) -> pre |> List.filter (fun it -> it.N % m <> 0) |> through subs
+    | Route(first, second, _) -> through (if input.Key < "c" then first else second) pre
 
 // ---- building the pipe ----
 
@@ -130,6 +142,9 @@ let private addStage (spec: StageSpec) (pipe: Pipe<'i, Item>) : Pipe<'i, Item> =
     | FilterOut m -> pipe |> Pipe.filter (fun it -> it.N % m <> 0)
     | Unfold _ -> pipe |> Pipe.unfold (fun it -> applyStage spec [ it ])
     | Delay -> pipe |> Pipe.stateful "delay" None delay
+    | AsyncAdd k ->
+        pipe
+        |> Pipe.mapAsync 2 (fun it -> Task.FromResult { it with N = (it.N + k) % 100 })
 
 let private addTail (agg: AggSpec option) (pipe: Pipe<'i, Item>) : Pipe<'i, Item list> =
     match agg with
@@ -160,6 +175,16 @@ let build (spec: PipeSpec) : Pipe<Input, Sunk> =
                 }
                 (demuxKey buckets)
                 (fun sub -> (sub, subs) ||> List.fold (fun p s -> addStage s p) |> addTail agg)
+        | Mfd(m, subs, agg) ->
+            pre
+            |> Pipe.mfd (fun it -> if it.N % m = 0 then None else Some(it.Origin.Key, it)) (fun sub ->
+                (sub, subs) ||> List.fold (fun p s -> addStage s p) |> addTail agg)
+        | Route(first, second, agg) ->
+            pre
+            |> Pipe.routeDependent (fun it -> it.Origin.Key) (fun key sub ->
+                (sub, (if key < "c" then first else second))
+                ||> List.fold (fun p s -> addStage s p)
+                |> addTail agg)
 
     tail |> Pipe.sink "sink" (fun (_: Item list) -> Task.CompletedTask)
 
@@ -171,6 +196,7 @@ let private genStage =
         Gen.choose (2, 5) |> Gen.map FilterOut
         Gen.choose (0, 3) |> Gen.map Unfold
         Gen.constant Delay
+        Gen.choose (1, 99) |> Gen.map AsyncAdd
     ]
 
 let private genStages max = gen {
@@ -196,6 +222,8 @@ let private genTail =
             let! agg = genAgg
             return Demux(buckets, idle, subs, agg)
         }
+        1, Gen.map3 (fun m subs agg -> Mfd(m, subs, agg)) (Gen.choose (2, 5)) (genStages 2) genAgg
+        1, Gen.map3 (fun a b agg -> Route(a, b, agg)) (genStages 2) (genStages 2) genAgg
     ]
 
 /// Random pipes from the whole stage set.
@@ -308,6 +336,17 @@ let private shrinkSpec (spec: PipeSpec) = seq {
                 spec with
                     Tail = Demux(b, idle, s, agg)
             }
+    | Mfd(m, subs, agg) ->
+        yield { spec with Tail = Plain agg }
+
+        for s in shrinkList subs -> { spec with Tail = Mfd(m, s, agg) }
+    | Route(a, b, agg) ->
+        yield { spec with Tail = Plain agg }
+
+        yield {
+            spec with
+                Tail = Demux(None, 60, a, agg)
+        }
 }
 
 /// Shrinks commands, inputs and the pipe.

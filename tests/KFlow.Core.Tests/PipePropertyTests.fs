@@ -309,8 +309,8 @@ let tests =
             verdict (outOfOrder run.Driver)
             |> Prop.classify
                 (match s.Pipe.Tail with
-                 | Demux _ -> true
-                 | _ -> false)
+                 | Plain _ -> false
+                 | _ -> true)
                 "demux")
 
         testPropertyWithConfig
