@@ -13,6 +13,7 @@ let all =
         PipeTests.tests
         TestDriverTests.tests
         PipePropertyTests.tests
+        TestDriverMachineTests.tests
     ]
 
 [<EntryPoint>]
