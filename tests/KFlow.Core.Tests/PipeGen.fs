@@ -41,6 +41,8 @@ type StageSpec =
 type AggSpec =
     | ByCount of count: int
     | ByAge of seconds: int
+    /// Buffer.bytes with an item's size 1 + N % 5.
+    | ByBytes of maxBytes: int
 
 /// How a generated pipe ends (before its sink, which always receives an item list).
 type TailSpec =
@@ -151,6 +153,7 @@ let private addTail (agg: AggSpec option) (pipe: Pipe<'i, Item>) : Pipe<'i, Item
     | None -> pipe |> Pipe.map List.singleton
     | Some(ByCount n) -> pipe |> Pipe.aggregate (Buffer.count n)
     | Some(ByAge s) -> pipe |> Pipe.aggregate (Buffer.age (TimeSpan.FromSeconds(float s)))
+    | Some(ByBytes b) -> pipe |> Pipe.aggregate (Buffer.bytes (fun it -> int64 (1 + it.N % 5)) (int64 b))
 
 /// The key a generated demux splits by.
 let demuxKey (buckets: int option) (it: Item) =
@@ -209,6 +212,7 @@ let private genAgg =
         2, Gen.constant None
         2, Gen.choose (1, 4) |> Gen.map (ByCount >> Some)
         1, Gen.choose (1, 5) |> Gen.map (ByAge >> Some)
+        1, Gen.choose (1, 12) |> Gen.map (ByBytes >> Some)
     ]
 
 let private genTail =

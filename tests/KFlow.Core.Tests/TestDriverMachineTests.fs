@@ -275,7 +275,7 @@ let tests =
             {
                 FsCheckConfig.defaultConfig with
                     maxTest = 200
-                    endSize = 60
+                    endSize = 40
             }
             "the driver agrees with a naive model under feeds, answers, revokes, assigns and crashes"
         <| StateMachine.toProperty machine

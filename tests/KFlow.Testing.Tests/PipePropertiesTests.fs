@@ -27,7 +27,7 @@ let private write (_: 'a) = Task.CompletedTask
 /// Runs a property for 200 cases; the exception FsCheck throws on a counterexample, if any.
 let private counterexample (property: Property) =
     try
-        Check.One(Config.QuickThrowOnFailure.WithMaxTest(200), property)
+        Check.One(Config.QuickThrowOnFailure.WithMaxTest(200).WithQuietOnSuccess(true), property)
         None
     with ex ->
         Some ex.Message
