@@ -302,6 +302,16 @@ module PipeProperties =
             for f in TestDriver.failures reference do
                 yield
                     sprintf "stage %s threw on %A even without crashes: %s" f.Stage f.Position f.Error.Message
+            for c in TestDriver.sinkCalls reference do
+                match c.Status with
+                | Failed reason ->
+                    yield
+                        sprintf
+                            "sink %s threw on the write of %A even without injected failures: %s"
+                            c.Sink
+                            (c.Tokens |> List.map (fun t -> t.Position))
+                            reason
+                | _ -> ()
             for tp, c in Ledger.commitPoints (TestDriver.ledger reference) do
                 match messages |> List.filter (fun m -> m.Position.TopicPartition = tp) with
                 | [] -> ()

@@ -130,6 +130,16 @@ let tests =
             |> fun pipe -> PipeProperties.crashReplay pipe inputs
             |> caught "a stage keeps or never finishes offset"
         }
+        test "reports a sink whose write throws" {
+            Pipe.source<int>
+            |> Pipe.sink "db" (fun v ->
+                if v > 90 then
+                    failwith "value too large"
+                else
+                    Task.CompletedTask)
+            |> fun pipe -> PipeProperties.crashReplay pipe inputs
+            |> caught "sink db threw on the write of"
+        }
         test "catches a stage that reorders a key, unless key order is switched off" {
             let pipe = Pipe.source<int> |> Pipe.via swapsPairs |> Pipe.sink "db" write
             PipeProperties.crashReplay pipe inputs |> caught "out of order"
