@@ -10,176 +10,11 @@ open FsCheck
 open FsCheck.FSharp
 open KFlow
 
-/// <summary>The settings of <c>PipeProperties.crashReplay</c>. Start from
-/// <c>PipeProperties.options</c> (F#) or <c>CrashReplayOptions.Default</c> (C#).</summary>
-type CrashReplayOptions = {
-    /// Spread the generated messages over this many partitions of topic "input" by a hash of their
-    /// key (as Kafka's default partitioner does), with random offset gaps; None keeps the positions
-    /// the generator set (offsets must then increase per partition). Default Some 3.
-    Partitions: int option
-    /// The chance that a step crashes the pipe (all state dropped, restart from the stored commit
-    /// points). Default 0.05.
-    CrashProbability: float
-    /// The chance that a sink write is failed instead of succeeded. Default 0.1.
-    SinkFailureProbability: float
-    /// The chance that a step revokes a partition (it is assigned again later). Default 0.05.
-    RevokeProbability: float
-    /// The largest clock step of a tick. Default 5 s.
-    MaxTick: TimeSpan
-    /// Check that the inputs of each key reach each sink in offset order within one assignment. Turn
-    /// it off for pipes that reorder on purpose or demux by something other than the key. Default true.
-    CheckKeyOrder: bool
-} with
-
-    /// The defaults: 3 partitions, crash 0.05, sink failure 0.1, revoke 0.05, ticks up to 5 s, key order checked.
-    static member Default = {
-        Partitions = Some 3
-        CrashProbability = 0.05
-        SinkFailureProbability = 0.1
-        RevokeProbability = 0.05
-        MaxTick = TimeSpan.FromSeconds 5.0
-        CheckKeyOrder = true
-    }
-
-    /// These options with the messages spread over `partitions` partitions by key.
-    member this.WithPartitions(partitions: int) = {
-        this with
-            Partitions = Some partitions
-    }
-
-    /// These options keeping the positions the generator set.
-    member this.WithGeneratorPositions() = { this with Partitions = None }
-    /// These options with another crash probability.
-    member this.WithCrashProbability(p: float) = { this with CrashProbability = p }
-    /// These options with another sink failure probability.
-    member this.WithSinkFailureProbability(p: float) = { this with SinkFailureProbability = p }
-    /// These options with another revoke probability.
-    member this.WithRevokeProbability(p: float) = { this with RevokeProbability = p }
-    /// These options with per-key order checked or not.
-    member this.WithKeyOrder(check: bool) = { this with CheckKeyOrder = check }
-
-/// One generated step around the user's inputs.
-[<RequireQualifiedAccess>]
-type ChaosStep =
-    /// Reads the next message of a partition (index modulo the partition count).
-    | Read of partition: int
-    /// Moves the clock on by this many milliseconds.
-    | Tick of milliseconds: int
-    /// Answers the pending sink write at this index (modulo their count): succeeds it or fails it.
-    | Answer of pick: int * succeed: bool
-    /// Stores the commit points.
-    | Commit
-    /// Drops all pipe state and restarts from the stored commit points.
-    | Crash
-    /// Revokes a partition (index modulo the partition count).
-    | Revoke of partition: int
-    /// Assigns a revoked partition again.
-    | Assign of partition: int
-
-/// One generated case: the user's messages (placed on partitions) and the steps around them.
-type ChaosCase<'a> = {
-    Messages: Message<'a> list
-    Steps: ChaosStep list
-}
-
 /// Checking a user's pipe under crashes, rebalances and sink failures.
 [<RequireQualifiedAccess>]
 module PipeProperties =
     /// The default options (see CrashReplayOptions.Default).
     let options = CrashReplayOptions.Default
-
-    /// A stable hash of a key (FNV-1a over UTF-8), as a partitioner would use.
-    let private keyHash (key: string) =
-        let mutable h = 2166136261u
-
-        for b in Encoding.UTF8.GetBytes key do
-            h <- (h ^^^ uint32 b) * 16777619u
-
-        h
-
-    /// The messages on partitions of "input" by key hash, offsets increasing with the given gaps.
-    let private place (partitions: int) (gaps: int list) (messages: Message<'a> list) =
-        let next = Dictionary<int, int64>()
-
-        List.zip messages (List.truncate messages.Length gaps)
-        |> List.map (fun (m, gap) ->
-            let p = int (keyHash m.Key % uint32 partitions)
-
-            let offset =
-                (match next.TryGetValue p with
-                 | true, o -> o
-                 | _ -> 0L)
-                + int64 gap
-                - 1L
-
-            next[p] <- offset + 1L
-
-            Message.create (TopicPartition.create "input" p) offset m.Key m.Value
-            |> Message.withTimestamp m.Timestamp)
-
-    let private checkPositions (messages: Message<'a> list) =
-        messages
-        |> List.groupBy (fun m -> m.Position.TopicPartition)
-        |> List.iter (fun (tp, ms) ->
-            for a, b in List.pairwise ms do
-                if b.Position.Offset <= a.Position.Offset then
-                    invalidArg
-                        "inputs"
-                        (sprintf
-                            "The generator gave %O offsets %d then %d; offsets must increase per partition in generator order, or set Partitions to spread the messages by key."
-                            tp
-                            a.Position.Offset
-                            b.Position.Offset))
-
-    let private genStep (o: CrashReplayOptions) =
-        let weight (p: float) = max 0 (int (Math.Round(p * 1000.0)))
-        let anyPartition = Gen.choose (0, 63)
-
-        Gen.frequency [
-            400, Gen.map ChaosStep.Read anyPartition
-            150, Gen.choose (0, int o.MaxTick.TotalMilliseconds) |> Gen.map ChaosStep.Tick
-            300,
-            Gen.map2
-                (fun pick failed -> ChaosStep.Answer(pick, failed >= weight o.SinkFailureProbability))
-                (Gen.choose (0, 7))
-                (Gen.choose (0, 999))
-            100, Gen.constant ChaosStep.Commit
-            weight o.CrashProbability, Gen.constant ChaosStep.Crash
-            weight o.RevokeProbability, Gen.map ChaosStep.Revoke anyPartition
-            weight o.RevokeProbability, Gen.map ChaosStep.Assign anyPartition
-        ]
-
-    let private genCase (o: CrashReplayOptions) (inputs: Gen<Message<'a> list>) = gen {
-        let! messages = inputs
-
-        let! gaps =
-            Gen.listOfLength messages.Length (Gen.frequency [ 4, Gen.constant 1; 1, Gen.choose (2, 4) ])
-
-        let! extra = Gen.sized (fun s -> Gen.choose (0, s))
-        let! steps = Gen.listOfLength (2 * messages.Length + extra) (genStep o)
-
-        let messages =
-            match o.Partitions with
-            | Some n -> place n gaps messages
-            | None -> messages
-
-        return { Messages = messages; Steps = steps }
-    }
-
-    let private shrinkList (xs: 'x list) = seq {
-        let n = List.length xs
-
-        if n > 1 then
-            yield List.take (n / 2) xs
-            yield List.skip (n / 2) xs
-
-        for i in 0 .. n - 1 -> List.removeAt i xs
-    }
-
-    let private shrinkCase (c: ChaosCase<'a>) = seq {
-        for s in shrinkList c.Steps -> { c with Steps = s }
-        for m in shrinkList c.Messages -> { c with Messages = m }
-    }
 
     /// Every token finished by the driver: in succeeded sink calls (with the call) and in outputs.
     let private finishedTokens (d: TestDriver<'a, 'o>) = [
@@ -196,78 +31,6 @@ module PipeProperties =
         |> List.countBy (fun (t, _) -> t.Position, t.Epoch)
         |> Map.ofList
 
-    /// The consumer model: next offset to read per assigned partition.
-    [<NoEquality; NoComparison>]
-    type private Consumer<'a, 'o> = {
-        Driver: TestDriver<'a, 'o>
-        Next: Map<TopicPartition, int64>
-    }
-
-    let private fromCommitted (c: Consumer<'a, 'o>) = {
-        c with
-            Next = c.Next |> Map.map (fun tp _ -> TestDriver.committed tp c.Driver)
-    }
-
-    let private apply (tps: TopicPartition[]) (messages: Message<'a> list) (c: Consumer<'a, 'o>) step =
-        let d = c.Driver
-
-        match step with
-        | ChaosStep.Read p ->
-            let tp = tps[p % tps.Length]
-
-            match Map.tryFind tp c.Next with
-            | None -> c
-            | Some next ->
-                match
-                    messages
-                    |> List.tryFind (fun m -> m.Position.TopicPartition = tp && m.Position.Offset >= next)
-                with
-                | None -> c
-                | Some m -> {
-                    Driver = TestDriver.feed m d
-                    Next = Map.add tp (m.Position.Offset + 1L) c.Next
-                  }
-        | ChaosStep.Tick ms -> {
-            c with
-                Driver = TestDriver.advance (TimeSpan.FromMilliseconds(float ms)) d
-          }
-        | ChaosStep.Answer(pick, ok) ->
-            match TestDriver.pending d with
-            | [] -> c
-            | calls ->
-                let id = calls[pick % calls.Length].Id
-
-                {
-                    c with
-                        Driver =
-                            (if ok then
-                                 TestDriver.succeed id d
-                             else
-                                 TestDriver.fail id "generated sink failure" d)
-                }
-        | ChaosStep.Commit -> { c with Driver = TestDriver.commit d }
-        | ChaosStep.Crash -> fromCommitted { c with Driver = TestDriver.crash d }
-        | ChaosStep.Revoke p ->
-            let tp = tps[p % tps.Length]
-
-            {
-                Driver = TestDriver.revoke tp d
-                Next = Map.remove tp c.Next
-            }
-        | ChaosStep.Assign p ->
-            let tp = tps[p % tps.Length]
-
-            if c.Next.ContainsKey tp then
-                c
-            else
-                let d = TestDriver.assign tp d
-
-                {
-                    Driver = d
-                    Next = Map.add tp (TestDriver.committed tp d) c.Next
-                }
-
-    /// Checks one case; returns the violations, readable.
     let private check (o: CrashReplayOptions) (pipe: Pipe<'a, 'o>) (case: ChaosCase<'a>) : string list =
         let messages = case.Messages
 
@@ -394,7 +157,7 @@ module PipeProperties =
                     AutoCommit = false
             }
 
-            let start = {
+            let start: Chaos.Consumer<'a, 'o> = {
                 Driver = TestDriver.create manual pipe |> assignAll
                 Next = tps |> Array.map (fun tp -> tp, 0L) |> Map.ofArray
             }
@@ -405,7 +168,7 @@ module PipeProperties =
                     if not (List.isEmpty errors) then
                         c, errors
                     else
-                        let c = apply tps messages c step
+                        let c = Chaos.apply tps messages c step
 
                         c,
                         unfinishedCommitted c.Driver
@@ -416,7 +179,7 @@ module PipeProperties =
             else
                 // 3. Settle: assign everything, read the rest, shut down, answer every write, commit;
                 // crash and replay from the commit points while a partition is not at its end.
-                let atEnd (c: Consumer<'a, 'o>) =
+                let atEnd (c: Chaos.Consumer<'a, 'o>) =
                     tps
                     |> Array.forall (fun tp ->
                         let last =
@@ -424,11 +187,11 @@ module PipeProperties =
 
                         TestDriver.committed tp c.Driver = last.Position.Offset + 1L)
 
-                let round (c: Consumer<'a, 'o>) =
+                let round (c: Chaos.Consumer<'a, 'o>) =
                     let c =
                         (c, messages)
                         ||> List.fold (fun c m ->
-                            apply
+                            Chaos.apply
                                 tps
                                 messages
                                 c
@@ -444,11 +207,11 @@ module PipeProperties =
                     if n = 0 || atEnd c then
                         c
                     else
-                        settle (n - 1) (round (apply tps messages c ChaosStep.Crash))
+                        settle (n - 1) (round (Chaos.apply tps messages c ChaosStep.Crash))
 
                 let assigned =
                     (consumer, [ 0 .. tps.Length - 1 ])
-                    ||> List.fold (fun c p -> apply tps messages c (ChaosStep.Assign p))
+                    ||> List.fold (fun c p -> Chaos.apply tps messages c (ChaosStep.Assign p))
 
                 let d = (settle 3 (round assigned)).Driver
                 let isDone = finished d
@@ -565,11 +328,11 @@ module PipeProperties =
                 "options"
                 "Partitions must be ≥ 1; set it in CrashReplayOptions (or None to keep the generator's positions)."
 
-        let arb = Arb.fromGenShrink (genCase options inputs, shrinkCase)
+        let arb = Arb.fromGenShrink (Chaos.genCase options inputs, Chaos.shrinkCase)
 
         Prop.forAll arb (fun case ->
             if options.Partitions.IsNone then
-                checkPositions case.Messages
+                Chaos.checkPositions case.Messages
 
             match check options pipe case with
             | [] -> Prop.ofTestable true
