@@ -8,6 +8,7 @@ open FsCheck.FSharp
 open Expecto
 open KFlow
 open KFlow.Core.Tests.PipeGen
+open KFlow.Core.Tests.PipeScenario
 
 /// Succeeded sink items, with how often each was written.
 let private writtenCounts (d: TestDriver<Input, Sunk>) =
