@@ -28,14 +28,42 @@ and [<NoEquality; NoComparison>] Route =
     | PerKey of (string -> Node list)
 
 [<Sealed; NoEquality; NoComparison>]
-type Pipe<'i, 'o> internal (nodes: Node list) =
-    member internal _.Nodes = nodes
+type Pipe<'i, 'o> internal (root: Node list, scopes: Scope list) =
+    /// The top-level nodes, before any open split.
+    member internal _.Root = root
+    /// The splits not joined yet, innermost first.
+    member internal _.Scopes = scopes
+
+    /// The nodes, every open split joined at the end.
+    member internal _.Nodes =
+        let close (nodes: Node list) (scope: Scope) =
+            scope.Outer
+            @ [
+                DemuxNode {
+                    Key = scope.Key
+                    Options = scope.Options
+                    Route = Same nodes
+                }
+            ]
+
+        match scopes with
+        | [] -> root
+        | innermost :: outer -> (close root innermost, outer) ||> List.fold close
+
+/// A split not joined yet: its key, options and the nodes before it at its level.
+and [<NoEquality; NoComparison>] internal Scope = {
+    Key: Envelope<obj> -> string
+    Options: DemuxOptions
+    Outer: Node list
+}
 
 [<RequireQualifiedAccess>]
 module Pipe =
-    let source<'a> : Pipe<'a, 'a> = Pipe<'a, 'a>([])
+    let source<'a> : Pipe<'a, 'a> = Pipe<'a, 'a>([], [])
 
-    let private append (node: Node) (pipe: Pipe<'i, 'a>) : Pipe<'i, 'b> = Pipe<'i, 'b>(pipe.Nodes @ [ node ])
+    /// Appends a node to the innermost open split (or the top level).
+    let private append (node: Node) (pipe: Pipe<'i, 'a>) : Pipe<'i, 'b> =
+        Pipe<'i, 'b>(pipe.Root @ [ node ], pipe.Scopes)
 
     let via (stage: Stage<'a, 'b>) (pipe: Pipe<'i, 'a>) : Pipe<'i, 'b> =
         append (StageNode(Stage.boxed stage)) pipe
@@ -122,6 +150,29 @@ module Pipe =
             invalidArgWith "name" "A sink needs a non-empty name; it names the sink in reports and failures."
 
         append (SinkNode(name, (fun v -> write (unbox<'a> v)))) pipe
+
+    let split (key: 'a -> string) (pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> =
+        let scope = {
+            Key = (fun e -> key (unbox<'a> e.Value))
+            Options = demuxOptions
+            Outer = pipe.Root
+        }
+
+        Pipe<'i, 'a>([], scope :: pipe.Scopes)
+
+    let join (pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> =
+        match pipe.Scopes with
+        | [] ->
+            invalidArgWith "pipe" "Pipe.join needs an open Pipe.split before it; every join closes one split."
+        | scope :: outer ->
+            let demux =
+                DemuxNode {
+                    Key = scope.Key
+                    Options = scope.Options
+                    Route = Same pipe.Root
+                }
+
+            Pipe<'i, 'a>(scope.Outer @ [ demux ], outer)
 
     let nodes (pipe: Pipe<'i, 'o>) = pipe.Nodes
 

@@ -95,6 +95,15 @@ module Pipe =
     val demux:
         key: ('a -> string) -> sub: (Pipe<'a, 'a> -> Pipe<'a, 'b>) -> pipe: Pipe<'i, 'a> -> Pipe<'i, 'b>
 
+    /// <summary>Opens a demux without a sub-pipe function (KFlow's style): the stages appended after it
+    /// run per substream until the matching <c>join</c> (or the end of the pipe). <c>demux key sub</c>
+    /// is <c>split key >> sub >> join</c>. Idle substreams are dropped after 60 s.</summary>
+    val split: key: ('a -> string) -> pipe: Pipe<'i, 'a> -> Pipe<'i, 'a>
+
+    /// Closes the innermost open split: its substreams merge back into one stream here.
+    /// ArgumentException when no split is open.
+    val join: pipe: Pipe<'i, 'a> -> Pipe<'i, 'a>
+
     /// demux with explicit options.
     val demuxWith:
         options: DemuxOptions ->

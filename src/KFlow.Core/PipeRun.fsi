@@ -16,6 +16,28 @@ type SinkRequest = {
     Write: obj -> Task
 }
 
+/// A described asynchronous map call (AsyncMode.Defer): the caller runs it and hands the result back
+/// with PipeRun.resume.
+[<NoEquality; NoComparison>]
+type AsyncRequest = {
+    /// The call's number within the run, from 1.
+    Id: int
+    /// The async node's name.
+    Stage: string
+    /// The input value and the tokens it holds.
+    Envelope: Envelope<obj>
+    /// The call itself.
+    Run: obj -> Task<obj>
+}
+
+/// How a run executes async maps.
+type AsyncMode =
+    /// The interpreter runs the task and waits for it during the push (the test driver's default).
+    | RunInline
+    /// The interpreter returns an AsyncRequest (at most `parallelism` in flight per async node
+    /// instance, further inputs wait in order) and passes results on, in input order, on resume.
+    | Defer
+
 /// A stage (or key function, or async map) that threw: its input stays unfinished, so its offset
 /// stays open and the commit point stops before it until the pipe restarts and replays it.
 [<NoEquality; NoComparison>]
@@ -37,6 +59,8 @@ type Effects = {
     Ledger: LedgerEffect list
     /// Sink writes to run.
     Sinks: SinkRequest list
+    /// Async calls to run (AsyncMode.Defer only).
+    Calls: AsyncRequest list
     /// Stages that threw.
     Failures: StageFailure list
 }
@@ -48,8 +72,11 @@ type PipeRun
 /// Running pipes.
 [<RequireQualifiedAccess>]
 module PipeRun =
-    /// The pipe with every stage in its initial state and no substream.
+    /// The pipe with every stage in its initial state and no substream; async maps run inline.
     val start: pipe: Pipe<'i, 'o> -> PipeRun
+
+    /// The pipe in its initial state, running async maps as given.
+    val startWith: mode: AsyncMode -> pipe: Pipe<'i, 'o> -> PipeRun
 
     /// <summary>Pushes one event at time <paramref name="now"/>.</summary>
     /// <remarks>
@@ -59,10 +86,17 @@ module PipeRun =
     ///    demux); what a stage emits is pushed as messages through the nodes after it before the
     ///    next stage receives the event.
     /// 3. On Tick, a demux then flushes and drops its substreams idle for IdleAfter or more; on Flush it
-    ///    drops all of them after flushing them.
-    /// 4. Async maps run inline (the calling thread waits for the task).
+    ///    drops all of them after flushing them. A substream with async calls in flight is kept.
+    /// 4. Async maps run inline (RunInline: the calling thread waits) or become requests (Defer).
     /// </remarks>
     val push: now: DateTimeOffset -> event: Event<obj> -> run: PipeRun -> PipeRun * Effects
+
+    /// <summary>Hands back the result of a deferred async call: results at the head of the node's
+    /// calls (input order) go on through the rest of the pipe, and waiting inputs start in the freed
+    /// slots. An Error result is reported as a StageFailure; its input stays unfinished.
+    /// ArgumentException if the call is not in flight in this run.</summary>
+    val resume:
+        now: DateTimeOffset -> callId: int -> result: Result<obj, exn> -> run: PipeRun -> PipeRun * Effects
 
     /// How many demux substreams are alive (over every demux, nested ones included).
     val liveSubstreams: run: PipeRun -> int

@@ -5,38 +5,6 @@ namespace KFlow
 open System
 open System.Threading.Tasks
 
-type SinkMode =
-    | Automatic
-    | Manual
-
-type DriverOptions = {
-    SinkMode: SinkMode
-    AutoCommit: bool
-    Start: DateTimeOffset
-}
-
-type SinkStatus =
-    | Pending
-    | Succeeded
-    | Failed of reason: string
-    | Abandoned
-
-[<NoComparison>]
-type SinkCall = {
-    Id: int
-    Sink: string
-    Value: obj
-    Tokens: Token list
-    Status: SinkStatus
-    Refused: LedgerError list
-}
-
-type Commit = {
-    TopicPartition: TopicPartition
-    Offset: int64
-    Epoch: int
-}
-
 /// The driver's state; lists are newest first.
 [<NoEquality; NoComparison>]
 type internal DriverState<'i, 'o> = {
@@ -51,6 +19,11 @@ type internal DriverState<'i, 'o> = {
     History: Commit list
     Calls: Map<int, SinkCall>
     Writes: Map<int, obj -> Task>
+    AsyncCalls: Map<int, AsyncCall>
+    NextSink: int
+    NextAsync: int
+    /// The run's own id and the function of every Pending async call.
+    AsyncRuns: Map<int, int * (obj -> Task<obj>)>
     Outputs: Envelope<obj> list
     Failures: StageFailure list
     Refused: LedgerError list
@@ -68,6 +41,7 @@ module TestDriver =
         SinkMode = Automatic
         AutoCommit = true
         Start = DateTimeOffset.UnixEpoch
+        AsyncMode = RunInline
     }
 
     let create (options: DriverOptions) (pipe: Pipe<'i, 'o>) =
@@ -75,7 +49,7 @@ module TestDriver =
             {
                 Options = options
                 Pipe = pipe
-                Run = PipeRun.start pipe
+                Run = PipeRun.startWith options.AsyncMode pipe
                 Ledger = Ledger.empty
                 Now = options.Start
                 Next = Map.empty
@@ -83,6 +57,10 @@ module TestDriver =
                 History = []
                 Calls = Map.empty
                 Writes = Map.empty
+                AsyncCalls = Map.empty
+                NextSink = 1
+                NextAsync = 1
+                AsyncRuns = Map.empty
                 Outputs = []
                 Failures = []
                 Refused = []
@@ -191,7 +169,7 @@ module TestDriver =
         let s =
             (s, effects.Sinks)
             ||> List.fold (fun s request ->
-                let id = s.Calls.Count + 1
+                let id = s.NextSink
 
                 let call = {
                     Id = id
@@ -205,12 +183,33 @@ module TestDriver =
                 let s = {
                     s with
                         Calls = Map.add id call s.Calls
+                        NextSink = id + 1
                         Writes = Map.add id request.Write s.Writes
                 }
 
                 match s.Options.SinkMode with
                 | Automatic -> execute id s
                 | Manual -> s)
+
+        let s =
+            (s, effects.Calls)
+            ||> List.fold (fun s request ->
+                let id = s.NextAsync
+
+                let call = {
+                    Id = id
+                    Stage = request.Stage
+                    Input = request.Envelope.Value
+                    Tokens = request.Envelope.Tokens
+                    Status = Pending
+                }
+
+                {
+                    s with
+                        AsyncCalls = Map.add id call s.AsyncCalls
+                        NextAsync = id + 1
+                        AsyncRuns = Map.add id (request.Id, request.Run) s.AsyncRuns
+                })
 
         autoCommit s
 
@@ -310,10 +309,47 @@ module TestDriver =
                     Writes = Map.remove callId s.Writes
             })
 
+    let private pendingAsync callId (s: DriverState<'i, 'o>) =
+        match Map.tryFind callId s.AsyncCalls, Map.tryFind callId s.AsyncRuns with
+        | Some c, Some run when c.Status = Pending -> c, run
+        | Some c, _ -> invalidArgWith "callId" (sprintf "Async call %d is %A, not Pending." callId c.Status)
+        | None, _ -> invalidArgWith "callId" (sprintf "There is no async call %d." callId)
+
+    let private resume callId (status: SinkStatus) result (s: DriverState<'i, 'o>) =
+        let call, (runId, _) = pendingAsync callId s
+        let run, effects = PipeRun.resume s.Now runId result s.Run
+
+        {
+            s with
+                Run = run
+                AsyncCalls = Map.add callId { call with Status = status } s.AsyncCalls
+                AsyncRuns = Map.remove callId s.AsyncRuns
+        }
+        |> apply effects
+
+    let runAsync callId driver =
+        driver
+        |> lift (fun s ->
+            let call, (_, run) = pendingAsync callId s
+
+            match
+                (try
+                    Ok((run call.Input).GetAwaiter().GetResult())
+                 with ex ->
+                     Error ex)
+            with
+            | Ok value -> resume callId Succeeded (Ok value) s
+            | Error ex -> resume callId (Failed ex.Message) (Error ex) s)
+
+    let failAsync callId (reason: string) driver =
+        driver |> lift (resume callId (Failed reason) (Error(exn reason)))
+
     let rec succeedAll (driver: TestDriver<'i, 'o>) =
-        match driver.State.Calls |> Seq.tryFind (fun (KeyValue(_, c)) -> c.Status = Pending) with
-        | Some(KeyValue(id, _)) -> succeed id driver |> succeedAll
-        | None -> driver
+        // Only Pending calls have an entry in AsyncRuns / Writes; the smallest key is the oldest.
+        match Seq.tryHead (Map.keys driver.State.AsyncRuns), Seq.tryHead (Map.keys driver.State.Writes) with
+        | Some id, _ -> runAsync id driver |> succeedAll
+        | None, Some id -> succeed id driver |> succeedAll
+        | None, None -> driver
 
     let commit driver = driver |> lift storeCommits
 
@@ -328,9 +364,17 @@ module TestDriver =
 
             let s = {
                 s with
-                    Run = PipeRun.start s.Pipe
+                    Run = PipeRun.startWith s.Options.AsyncMode s.Pipe
                     Calls = s.Calls |> Map.map (fun _ c -> abandon c)
                     Writes = Map.empty
+                    AsyncCalls =
+                        s.AsyncCalls
+                        |> Map.map (fun _ c ->
+                            if c.Status = Pending then
+                                { c with Status = Abandoned }
+                            else
+                                c)
+                    AsyncRuns = Map.empty
             }
 
             (s, Map.keys s.Next |> List.ofSeq) ||> List.fold (fun s tp -> assignState tp s))
@@ -354,6 +398,9 @@ module TestDriver =
 
     let sinkCalls (driver: TestDriver<'i, 'o>) =
         driver.State.Calls |> Map.values |> List.ofSeq
+
+    let asyncCalls (driver: TestDriver<'i, 'o>) =
+        driver.State.AsyncCalls |> Map.values |> List.ofSeq
 
     let pending (driver: TestDriver<'i, 'o>) =
         sinkCalls driver |> List.filter (fun c -> c.Status = Pending)

@@ -4,62 +4,6 @@ namespace KFlow
 
 open System
 
-/// How the driver answers sink writes.
-type SinkMode =
-    /// Every write runs as soon as it is requested (synchronously); it succeeds unless it throws.
-    | Automatic
-    /// Writes stay Pending until the test calls TestDriver.succeed or TestDriver.fail.
-    | Manual
-
-/// The driver's settings.
-type DriverOptions = {
-    /// How sink writes are answered. Default Automatic.
-    SinkMode: SinkMode
-    /// Store the ledger's commit points after every operation (true), or only on TestDriver.commit,
-    /// revoke and flush (false), so a crash can lose finished-but-uncommitted work. Default true.
-    AutoCommit: bool
-    /// The virtual clock's start. Default the Unix epoch.
-    Start: DateTimeOffset
-}
-
-/// Where a sink write stands.
-type SinkStatus =
-    /// Requested, not answered yet (Manual mode).
-    | Pending
-    /// Written; its tokens were completed (those refused by the ledger are in SinkCall.Refused).
-    | Succeeded
-    /// The write failed: no token completed, so the commit point stays before its inputs.
-    | Failed of reason: string
-    /// A crash happened while it was pending; it can no longer be answered.
-    | Abandoned
-
-/// One sink write the pipe asked for.
-[<NoComparison>]
-type SinkCall = {
-    /// Its number, from 1, in request order.
-    Id: int
-    /// The sink's name.
-    Sink: string
-    /// The value written (boxed; a batch from an aggregate is an `'a list`).
-    Value: obj
-    /// The tokens it holds.
-    Tokens: Token list
-    /// Where it stands.
-    Status: SinkStatus
-    /// Completions the ledger refused when it succeeded (stale after a revoke or crash).
-    Refused: LedgerError list
-}
-
-/// A commit point stored for a partition.
-type Commit = {
-    /// The partition.
-    TopicPartition: TopicPartition
-    /// The offset stored (the next offset to read).
-    Offset: int64
-    /// The epoch of the assignment it was stored in.
-    Epoch: int
-}
-
 /// A deterministic in-memory run of a pipe from 'i inputs to 'o outputs. Immutable.
 [<Sealed; NoEquality; NoComparison>]
 type TestDriver<'i, 'o>
@@ -67,7 +11,7 @@ type TestDriver<'i, 'o>
 /// Driving a pipe in tests. Every operation returns a new driver.
 [<RequireQualifiedAccess>]
 module TestDriver =
-    /// The default options: Automatic sinks, AutoCommit true, clock at the Unix epoch.
+    /// The default options: Automatic sinks, AutoCommit true, clock at the Unix epoch, async maps inline.
     val options: DriverOptions
 
     /// A driver of the pipe with no partition assigned.
@@ -106,7 +50,15 @@ module TestDriver =
     /// Fails a Pending sink write without running it: none of its tokens completes.
     val fail: callId: int -> reason: string -> driver: TestDriver<'i, 'o> -> TestDriver<'i, 'o>
 
-    /// Runs every Pending sink write, in request order (including writes they lead to).
+    /// Runs a Pending async call (Defer mode) and passes its result on (in input order). ArgumentException
+    /// if the call is not Pending.
+    val runAsync: callId: int -> driver: TestDriver<'i, 'o> -> TestDriver<'i, 'o>
+
+    /// Fails a Pending async call without running it: its input stays unfinished (its offset open).
+    val failAsync: callId: int -> reason: string -> driver: TestDriver<'i, 'o> -> TestDriver<'i, 'o>
+
+    /// Until nothing is Pending: runs the oldest Pending async call, or else succeeds the oldest
+    /// Pending sink write (so also the calls and writes they lead to).
     val succeedAll: driver: TestDriver<'i, 'o> -> TestDriver<'i, 'o>
 
     /// Stores the ledger's commit point of every assigned partition.
@@ -115,7 +67,7 @@ module TestDriver =
     /// <summary>Crashes and restarts.</summary>
     /// <remarks>
     /// 1. All pipe state is dropped (stages back to their initial state, no substream).
-    /// 2. Pending writes become Abandoned.
+    /// 2. Pending writes and async calls become Abandoned.
     /// 3. Every assigned partition is assigned again under a new epoch, from its stored commit point;
     ///    the pipe receives Assigned for each.
     /// Nothing is re-fed: call replay (or feed) to read again from the commit points.
@@ -137,6 +89,9 @@ module TestDriver =
 
     /// Every sink write requested, in request order.
     val sinkCalls: driver: TestDriver<'i, 'o> -> SinkCall list
+
+    /// Every deferred async call, in request order.
+    val asyncCalls: driver: TestDriver<'i, 'o> -> AsyncCall list
 
     /// The sink writes still Pending, in request order.
     val pending: driver: TestDriver<'i, 'o> -> SinkCall list

@@ -11,7 +11,9 @@ let all =
         AggregateTests.tests
         ChunksTests.tests
         PipeTests.tests
+        PipeRunTests.tests
         TestDriverTests.tests
+        ConceptsTests.tests
         PipePropertyTests.tests
         TestDriverMachineTests.tests
     ]

@@ -155,6 +155,119 @@ let tests =
                 (fun () -> Pipe.source<int> |> Pipe.mapAsync 0 Task.FromResult |> ignore)
                 "parallelism 0"
         }
+        test "deferred mapAsync keeps input order, bounds calls in flight, and commits after results" {
+            let deferred = {
+                TestDriver.options with
+                    AsyncMode = Defer
+            }
+
+            let d =
+                Pipe.source<int>
+                |> Pipe.mapAsync 2 (fun x -> Task.FromResult(x * 10))
+                |> TestDriver.create deferred
+                |> TestDriver.assign tp
+                |> TestDriver.feedAll [ for o in 0L .. 3L -> Message.create tp o "k" (int o) ]
+
+            let pendingIds d =
+                TestDriver.asyncCalls d
+                |> List.filter (fun c -> c.Status = Pending)
+                |> List.map (fun c -> c.Id)
+
+            Expect.equal (pendingIds d) [ 1; 2 ] "two in flight, two waiting"
+            let d = d |> TestDriver.runAsync 2
+            Expect.isEmpty (TestDriver.outputs d) "2's result waits for 1's"
+            Expect.equal (TestDriver.committed tp d) 0L "nothing finished"
+            let d = d |> TestDriver.runAsync 1
+            Expect.equal (TestDriver.outputs d |> List.map (fun e -> e.Value)) [ 0; 10 ] "in input order"
+            Expect.equal (pendingIds d) [ 3; 4 ] "the waiting inputs started"
+            let d = d |> TestDriver.succeedAll
+            Expect.equal (TestDriver.outputs d |> List.map (fun e -> e.Value)) [ 0; 10; 20; 30 ] "all"
+            Expect.equal (TestDriver.committed tp d) 4L "all finished"
+        }
+        test "a failed async call leaves its offset open, and a crash abandons pending calls" {
+            let deferred = {
+                TestDriver.options with
+                    AsyncMode = Defer
+            }
+
+            let d =
+                Pipe.source<int>
+                |> Pipe.mapAsync 4 (fun x -> Task.FromResult x)
+                |> TestDriver.create deferred
+                |> TestDriver.assign tp
+                |> TestDriver.feedAll [ for o in 0L .. 2L -> Message.create tp o "k" (int o) ]
+                |> TestDriver.failAsync 1 "timeout"
+                |> TestDriver.runAsync 2
+
+            Expect.equal
+                (TestDriver.outputs d |> List.map (fun e -> e.Value))
+                [ 1 ]
+                "2 went on after 1 failed"
+
+            Expect.equal (TestDriver.committed tp d) 0L "offset 0 open"
+            Expect.equal (TestDriver.failures d |> List.length) 1 "reported"
+            let d = d |> TestDriver.crash
+
+            Expect.equal
+                (TestDriver.asyncCalls d |> List.map (fun c -> c.Status))
+                [ Failed "timeout"; Succeeded; Abandoned ]
+                "statuses"
+
+            let d = d |> TestDriver.replay |> TestDriver.succeedAll
+            Expect.equal (TestDriver.committed tp d) 3L "replayed and finished"
+        }
+        test "a substream with an async call in flight is not dropped when idle" {
+            let options = {
+                Pipe.demuxOptions with
+                    IdleAfter = TimeSpan.FromSeconds 1.0
+            }
+
+            let d =
+                Pipe.source<string>
+                |> Pipe.demuxWith options keyOf (fun sub -> sub |> Pipe.mapAsync 1 Task.FromResult)
+                |> TestDriver.create {
+                    TestDriver.options with
+                        AsyncMode = Defer
+                }
+                |> TestDriver.assign tp
+                |> feed [ "a:1" ]
+                |> TestDriver.advance (TimeSpan.FromSeconds 5.0)
+
+            Expect.equal (TestDriver.liveSubstreams d) 1 "kept while busy"
+            let d = d |> TestDriver.runAsync 1 |> TestDriver.advance (TimeSpan.FromSeconds 1.0)
+            Expect.equal (TestDriver.outputs d |> List.map (fun e -> e.Value)) [ "a:1" ] "result joined back"
+            Expect.equal (TestDriver.liveSubstreams d) 0 "dropped once idle"
+            Expect.equal (TestDriver.committed tp d) 1L "finished"
+        }
+        test "split ... join runs the stages between per key, and the stages after join on the merged stream" {
+            let d =
+                Pipe.source<string>
+                |> Pipe.split keyOf
+                |> Pipe.aggregate (Buffer.count 2)
+                |> Pipe.map (String.concat "+")
+                |> Pipe.join
+                |> Pipe.aggregate (Buffer.count 2)
+                |> TestDriver.start
+                |> TestDriver.assign tp
+                |> feed [ "a:1"; "b:1"; "a:2"; "b:2" ]
+
+            Expect.equal
+                (TestDriver.outputs d |> List.map (fun e -> e.Value))
+                [ [ "a:1+a:2"; "b:1+b:2" ] ]
+                "merged after join"
+
+            Expect.equal (TestDriver.committed tp d) 4L "all finished"
+        }
+        test "a split without join runs to the end of the pipe; a join without split is refused" {
+            let pipe = Pipe.source<string> |> Pipe.split keyOf |> Pipe.map id
+
+            Expect.equal
+                ((Pipe.describe pipe).Trim())
+                (String.concat Environment.NewLine [ "demux (idle after 00:01:00)"; "  map"; "join" ])
+                "closed at the end"
+
+            Expect.throwsT<ArgumentException> (fun () -> Pipe.source<int> |> Pipe.join |> ignore) "no split"
+        }
         test "a pipe is a walkable value: its nodes and outline" {
             let pipe =
                 Pipe.source<string>
