@@ -54,6 +54,8 @@ type TailSpec =
     | Mfd of modulus: int * StageSpec list * AggSpec option
     /// routeDependent by key: keys a and b run the first stages, other keys the second.
     | Route of StageSpec list * StageSpec list * AggSpec option
+    /// split by key, stages and an optional aggregate per substream, then join (or no join: to the end).
+    | Split of StageSpec list * AggSpec option * joined: bool
 
 /// A generated pipe.
 type PipeSpec = {
@@ -72,6 +74,10 @@ type Command =
     | Commit
     | Crash
     | Replay
+    /// Runs the pending async call at this index (AsyncMode Defer).
+    | RunAsync of pick: int
+    /// Fails the pending async call at this index: its input stays unfinished.
+    | FailAsync of pick: int
     | Revoke of partition: int
     | Assign of partition: int
 
@@ -81,6 +87,8 @@ type Scenario = {
     Partitions: int
     Inputs: Input list
     AutoCommit: bool
+    /// Async maps deferred (calls answered by RunAsync/FailAsync) rather than run inline.
+    Deferred: bool
     Commands: Command list
 }
 
@@ -128,6 +136,7 @@ let leaves (spec: PipeSpec) (input: Input) =
     | Demux(_, _, subs, _) -> through subs pre
     | Mfd(m, subs, _) -> pre |> List.filter (fun it -> it.N % m <> 0) |> through subs
     | Route(first, second, _) -> through (if input.Key < "c" then first else second) pre
+    | Split(subs, _, _) -> through subs pre
 
 // ---- building the pipe ----
 
@@ -188,6 +197,13 @@ let build (spec: PipeSpec) : Pipe<Input, Sunk> =
                 (sub, (if key < "c" then first else second))
                 ||> List.fold (fun p s -> addStage s p)
                 |> addTail agg)
+        | Split(subs, agg, joined) ->
+            let split =
+                (pre |> Pipe.split (fun it -> it.Origin.Key), subs)
+                ||> List.fold (fun p s -> addStage s p)
+                |> addTail agg
+
+            if joined then Pipe.join split else split
 
     tail |> Pipe.sink "sink" (fun (_: Item list) -> Task.CompletedTask)
 
@@ -228,6 +244,12 @@ let private genTail =
         }
         1, Gen.map3 (fun m subs agg -> Mfd(m, subs, agg)) (Gen.choose (2, 5)) (genStages 2) genAgg
         1, Gen.map3 (fun a b agg -> Route(a, b, agg)) (genStages 2) (genStages 2) genAgg
+        1,
+        Gen.map3
+            (fun subs agg joined -> Split(subs, agg, joined))
+            (genStages 2)
+            genAgg
+            (Gen.elements [ true; false ])
     ]
 
 /// Random pipes from the whole stage set.
@@ -287,11 +309,13 @@ let private genCommand (mode: Mode) =
         yield 3, Gen.choose (0, 4) |> Gen.map Advance
         yield 8, Gen.map Succeed pick
         yield 2, Gen.constant Commit
+        yield 5, Gen.map RunAsync pick
         if mode <> Calm then
             yield 2, Gen.map Fail pick
         if mode = Chaos then
             yield 1, Gen.constant Crash
             yield 1, Gen.constant Replay
+            yield 1, Gen.map FailAsync pick
             yield 1, Gen.map Revoke p
             yield 2, Gen.map Assign p
     ]
@@ -303,6 +327,7 @@ let genScenarioWith (pipe: Gen<PipeSpec>) (maxPartitions: int) (mode: Mode) =
         let! partitions = Gen.choose (1, maxPartitions)
         let! inputs = genInputs partitions
         let! autoCommit = Gen.elements [ true; false ]
+        let! deferred = Gen.elements [ true; false ]
         let! length = Gen.choose (0, 3 * size)
         let! commands = Gen.listOfLength length (genCommand mode)
 
@@ -311,6 +336,7 @@ let genScenarioWith (pipe: Gen<PipeSpec>) (maxPartitions: int) (mode: Mode) =
             Partitions = partitions
             Inputs = inputs
             AutoCommit = autoCommit
+            Deferred = deferred
             Commands = commands
         }
     })
@@ -344,6 +370,14 @@ let private shrinkSpec (spec: PipeSpec) = seq {
         yield { spec with Tail = Plain agg }
 
         for s in shrinkList subs -> { spec with Tail = Mfd(m, s, agg) }
+    | Split(subs, agg, joined) ->
+        yield { spec with Tail = Plain agg }
+
+        for s in shrinkList subs ->
+            {
+                spec with
+                    Tail = Split(s, agg, joined)
+            }
     | Route(a, b, agg) ->
         yield { spec with Tail = Plain agg }
 
@@ -358,6 +392,9 @@ let shrinkScenario (s: Scenario) = seq {
     for c in shrinkList s.Commands -> { s with Commands = c }
     for i in shrinkList s.Inputs -> { s with Inputs = i }
     for p in shrinkSpec s.Pipe -> { s with Pipe = p }
+
+    if s.Deferred then
+        yield { s with Deferred = false }
 }
 
 /// Shrinkable scenarios over a pipe generator.

@@ -50,7 +50,9 @@ let private delivered (exactly: bool) (s: Scenario) (run: Run) =
 
             if c <> e then
                 yield sprintf "partition %d committed %d once quiet, expected its end %d" p c e
-        for f in TestDriver.failures d do
+        for f in
+            TestDriver.failures d
+            |> List.filter (fun f -> f.Error.Message <> "generated failure") do
             yield sprintf "stage %s threw: %s" f.Stage f.Error.Message
     ]
 
@@ -111,6 +113,7 @@ let private kinds (s: Scenario) =
         | Crash -> Some "crash"
         | Revoke _ -> Some "revoke"
         | Fail _ -> Some "fail"
+        | FailAsync _ -> Some "failAsync"
         | _ -> None)
     |> List.distinct
     |> List.sort

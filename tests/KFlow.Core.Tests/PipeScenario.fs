@@ -26,6 +26,7 @@ let start (s: Scenario) =
         TestDriver.options with
             SinkMode = Manual
             AutoCommit = s.AutoCommit
+            AsyncMode = (if s.Deferred then Defer else RunInline)
     }
 
     let d =
@@ -54,7 +55,17 @@ let step (s: Scenario) (run: Run) (command: Command) =
                 Driver = f (calls[k % calls.Length]).Id d
           }
 
+    let pickAsync k (f: int -> TestDriver<_, _> -> TestDriver<_, _>) =
+        match TestDriver.asyncCalls d |> List.filter (fun c -> c.Status = Pending) with
+        | [] -> run
+        | calls -> {
+            run with
+                Driver = f (calls[k % calls.Length]).Id d
+          }
+
     match command with
+    | RunAsync k -> pickAsync k TestDriver.runAsync
+    | FailAsync k -> pickAsync k (fun id -> TestDriver.failAsync id "generated failure")
     | Feed p ->
         let p = p % s.Partitions
 
@@ -138,9 +149,21 @@ let settle (restarts: int) (s: Scenario) (run: Run) =
     let round run =
         let run = feedRest s run
 
+        // With deferred async maps a Flush does not wait for calls in flight: a value released by a
+        // stage before an async map reaches the stages after it only once its call is run, after they
+        // received the Flush. Its offset stays open (safe), so shut down again until nothing is left.
+        let rec drain n (d: TestDriver<Input, Sunk>) =
+            let d = d |> TestDriver.flush |> TestDriver.succeedAll
+            let ledger = TestDriver.ledger d
+
+            let quiet =
+                TestDriver.assigned d |> List.forall (fun tp -> Ledger.openCount tp ledger = 0)
+
+            if n = 0 || quiet then d else drain (n - 1) d
+
         {
             run with
-                Driver = run.Driver |> TestDriver.flush |> TestDriver.succeedAll |> TestDriver.commit
+                Driver = run.Driver |> TestDriver.succeedAll |> drain 6 |> TestDriver.commit
         }
 
     let rec loop n run =
