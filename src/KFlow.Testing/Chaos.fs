@@ -28,9 +28,14 @@ type CrashReplayOptions = {
     /// Check that the inputs of each key reach each sink in offset order within one assignment. Turn
     /// it off for pipes that reorder on purpose or demux by something other than the key. Default true.
     CheckKeyOrder: bool
+    /// Run async maps (Pipe.mapAsync) as deferred calls answered in random order, each failed with
+    /// SinkFailureProbability (its input then stays unfinished until a replay); false runs them inline.
+    /// Default true.
+    DeferAsync: bool
 } with
 
-    /// The defaults: 3 partitions, crash 0.05, sink failure 0.1, revoke 0.05, ticks up to 5 s, key order checked.
+    /// The defaults: 3 partitions, crash 0.05, sink failure 0.1, revoke 0.05, ticks up to 5 s, key
+    /// order checked, async maps deferred.
     static member Default = {
         Partitions = Some 3
         CrashProbability = 0.05
@@ -38,6 +43,7 @@ type CrashReplayOptions = {
         RevokeProbability = 0.05
         MaxTick = TimeSpan.FromSeconds 5.0
         CheckKeyOrder = true
+        DeferAsync = true
     }
 
     /// These options with the messages spread over `partitions` partitions by key.
@@ -56,6 +62,8 @@ type CrashReplayOptions = {
     member this.WithRevokeProbability(p: float) = { this with RevokeProbability = p }
     /// These options with per-key order checked or not.
     member this.WithKeyOrder(check: bool) = { this with CheckKeyOrder = check }
+    /// These options with async maps deferred (answered in random order) or run inline.
+    member this.WithDeferredAsync(defer: bool) = { this with DeferAsync = defer }
 
 /// One generated step around the user's inputs.
 [<RequireQualifiedAccess>]
@@ -66,6 +74,8 @@ type ChaosStep =
     | Tick of milliseconds: int
     /// Answers the pending sink write at this index (modulo their count): succeeds it or fails it.
     | Answer of pick: int * succeed: bool
+    /// Answers the pending async call at this index (modulo their count): runs it or fails it.
+    | AnswerAsync of pick: int * succeed: bool
     /// Stores the commit points.
     | Commit
     /// Drops all pipe state and restarts from the stored commit points.
@@ -85,6 +95,10 @@ type ChaosCase<'a> = {
 /// Generating and running chaos schedules (internal to PipeProperties).
 [<RequireQualifiedAccess>]
 module internal Chaos =
+    /// The reason given to every failure the schedule injects.
+    [<Literal>]
+    let generatedFailure = "generated failure"
+
     /// A stable hash of a key (FNV-1a over UTF-8), as a partitioner would use.
     let private keyHash (key: string) =
         let mutable h = 2166136261u
@@ -140,6 +154,11 @@ module internal Chaos =
             300,
             Gen.map2
                 (fun pick failed -> ChaosStep.Answer(pick, failed >= weight o.SinkFailureProbability))
+                (Gen.choose (0, 7))
+                (Gen.choose (0, 999))
+            (if o.DeferAsync then 200 else 0),
+            Gen.map2
+                (fun pick failed -> ChaosStep.AnswerAsync(pick, failed >= weight o.SinkFailureProbability))
                 (Gen.choose (0, 7))
                 (Gen.choose (0, 999))
             100, Gen.constant ChaosStep.Commit
@@ -233,7 +252,21 @@ module internal Chaos =
                             (if ok then
                                  TestDriver.succeed id d
                              else
-                                 TestDriver.fail id "generated sink failure" d)
+                                 TestDriver.fail id generatedFailure d)
+                }
+        | ChaosStep.AnswerAsync(pick, ok) ->
+            match TestDriver.asyncCalls d |> List.filter (fun a -> a.Status = Pending) with
+            | [] -> c
+            | calls ->
+                let id = calls[pick % calls.Length].Id
+
+                {
+                    c with
+                        Driver =
+                            (if ok then
+                                 TestDriver.runAsync id d
+                             else
+                                 TestDriver.failAsync id generatedFailure d)
                 }
         | ChaosStep.Commit -> { c with Driver = TestDriver.commit d }
         | ChaosStep.Crash -> fromCommitted { c with Driver = TestDriver.crash d }
@@ -257,6 +290,7 @@ module internal Chaos =
                     Next = Map.add tp (TestDriver.committed tp d) c.Next
                 }
 
+/// Checks one case; returns the violations, readable.
 /// Checks one case; returns the violations, readable.
 /// Checks one case; returns the violations, readable.
 /// Checks one case; returns the violations, readable.

@@ -97,6 +97,16 @@ let tests =
             |> fun pipe -> PipeProperties.crashReplay pipe inputs
             |> caught "out of order"
         }
+        test "passes on a pipe with async maps answered in any order" {
+            Pipe.source<int>
+            |> Pipe.mapAsync 2 (fun v -> Task.FromResult(v + 1))
+            |> Pipe.mapEnvelope (fun e -> e.Key, e.Value)
+            |> Pipe.demux fst (fun sub ->
+                sub |> Pipe.mapAsync 1 Task.FromResult |> Pipe.aggregate (Buffer.count 2))
+            |> Pipe.sink "db" write
+            |> fun pipe -> PipeProperties.crashReplay pipe inputs
+            |> passes "deferred async maps"
+        }
         test "passes on a pipe with an age buffer and on a pipe without a sink" {
             Pipe.source<int>
             |> Pipe.aggregate (Buffer.age (TimeSpan.FromSeconds 3.0))
