@@ -289,9 +289,3 @@ module internal Chaos =
                     Driver = d
                     Next = Map.add tp (TestDriver.committed tp d) c.Next
                 }
-
-/// Checks one case; returns the violations, readable.
-/// Checks one case; returns the violations, readable.
-/// Checks one case; returns the violations, readable.
-/// Checks one case; returns the violations, readable.
-/// Checks one case; returns the violations, readable.

@@ -31,6 +31,7 @@ module PipeProperties =
         |> List.countBy (fun (t, _) -> t.Position, t.Epoch)
         |> Map.ofList
 
+    /// Checks one case; returns the violations, readable.
     let private check (o: CrashReplayOptions) (pipe: Pipe<'a, 'o>) (case: ChaosCase<'a>) : string list =
         let messages = case.Messages
 
