@@ -5,7 +5,8 @@ module KFlow.Testing.Tests.Main
 open Expecto
 
 [<Tests>]
-let all = testList "Testing" [ PipePropertiesTests.tests; TestingPipesDocTests.tests ]
+let all =
+    testList "Testing" [ PipePropertiesTests.tests; TestingPipesDocTests.tests ]
 
 [<EntryPoint>]
 let main argv = runTestsWithCLIArgs [] argv all
