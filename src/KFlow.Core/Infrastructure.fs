@@ -4,4 +4,5 @@
 module internal KFlow.Infrastructure
 
 /// Raises ArgumentException naming the argument, with a sentence that says what to do.
-let invalidArgWith (name: string) (message: string) = raise (System.ArgumentException(message, name))
+let invalidArgWith (name: string) (message: string) =
+    raise (System.ArgumentException(message, name))

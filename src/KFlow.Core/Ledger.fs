@@ -1,13 +1,11 @@
-// The offset ledger's implementation. Per partition: delivered offsets in order with their open
-// part counts; the commit point is the first still-open offset.
-// NOTE: a first, simple persistent representation (Map of open offsets); the hot-path work
-// replaces it with a faster one behind the same signature.
+// The offset ledger's implementation: per partition, 64-offset bitmaps of open offsets kept in a
+// persistent radix ring sized by the open window (not by absolute offsets), plus a cached commit point.
 namespace KFlow
 
+open System.Numerics
+
 [<Struct>]
-type Token =
-    { Position: Position
-      Epoch: int }
+type Token = { Position: Position; Epoch: int }
 
 type LedgerError =
     | NotAssigned of TopicPartition
@@ -16,83 +14,373 @@ type LedgerError =
     | OutOfOrder of delivered: Position * nextExpectedAtLeast: int64
     | InvalidParts of token: Token * parts: int
 
-type internal PartitionState =
-    { Epoch: int
-      /// The lowest offset the next delivery may have.
-      NextAtLeast: int64
-      /// Open offsets and how many of their parts are open.
-      Open: Map<int64, int> }
+/// One assigned partition. Open offsets are the set bits of the tail block's mask (the block being
+/// delivered into) and of the ring's masks (earlier blocks); an open offset has one part unless
+/// Multi says otherwise.
+[<NoEquality; NoComparison>]
+type internal PartitionState = {
+    TopicPartition: TopicPartition
+    Epoch: int
+    /// The lowest offset the next delivery may have.
+    NextAtLeast: int64
+    /// The first open offset, or NextAtLeast when none is open.
+    CommitPoint: int64
+    OpenCount: int
+    TailBlock: int64
+    TailMask: uint64
+    /// The ring holds 16^Depth blocks; every block it holds lies in [CommitPoint/64, that + 16^Depth).
+    Depth: int
+    Root: obj
+    /// Open offsets with more than one open part.
+    Multi: Map<int64, int>
+}
 
 [<Sealed>]
-type Ledger internal (partitions: Map<TopicPartition, PartitionState>, nextEpoch: int) =
+type Ledger internal (partitions: PartitionState[], nextEpoch: int) =
+    /// Sorted by topic-partition.
     member internal _.Partitions = partitions
     member internal _.NextEpoch = nextEpoch
 
 [<RequireQualifiedAccess>]
 module Ledger =
-    let empty = Ledger(Map.empty, 1)
+    let empty = Ledger([||], 1)
+
+    let inline private sameTp (a: TopicPartition) (b: TopicPartition) =
+        a.Partition = b.Partition && System.String.Equals(a.Topic, b.Topic)
+
+    /// The index of a partition, or -1.
+    let private indexOf (tp: TopicPartition) (partitions: PartitionState[]) =
+        let mutable i = 0
+        let mutable found = -1
+
+        while found < 0 && i < partitions.Length do
+            if sameTp partitions.[i].TopicPartition tp then
+                found <- i
+
+            i <- i + 1
+
+        found
+
+    let private replaceAt (i: int) (s: PartitionState) (ledger: Ledger) =
+        let a = ledger.Partitions.Clone() :?> PartitionState[]
+        a.[i] <- s
+        Ledger(a, ledger.NextEpoch)
+
+    let private without (tp: TopicPartition) (partitions: PartitionState[]) =
+        partitions |> Array.filter (fun s -> not (sameTp s.TopicPartition tp))
 
     let assign (tp: TopicPartition) (startOffset: int64) (ledger: Ledger) =
         if startOffset < 0L then
-            invalidArgWith "startOffset" (sprintf "The start offset of %O must be ≥ 0 (got %d)." tp startOffset)
-        let state = { Epoch = ledger.NextEpoch; NextAtLeast = startOffset; Open = Map.empty }
-        Ledger(Map.add tp state ledger.Partitions, ledger.NextEpoch + 1)
+            invalidArgWith
+                "startOffset"
+                (sprintf
+                    "The start offset of %O must be ≥ 0 (got %d); pass the committed offset."
+                    tp
+                    startOffset)
+
+        let state = {
+            TopicPartition = tp
+            Epoch = ledger.NextEpoch
+            NextAtLeast = startOffset
+            CommitPoint = startOffset
+            OpenCount = 0
+            TailBlock = startOffset >>> 6
+            TailMask = 0UL
+            Depth = 1
+            Root = null
+            Multi = Map.empty
+        }
+
+        let partitions =
+            Array.append (without tp ledger.Partitions) [| state |]
+            |> Array.sortWith (fun a b -> compare a.TopicPartition b.TopicPartition)
+
+        Ledger(partitions, ledger.NextEpoch + 1)
 
     let revoke (tp: TopicPartition) (ledger: Ledger) =
-        Ledger(Map.remove tp ledger.Partitions, ledger.NextEpoch)
+        if indexOf tp ledger.Partitions < 0 then
+            ledger
+        else
+            Ledger(without tp ledger.Partitions, ledger.NextEpoch)
 
     let epoch (tp: TopicPartition) (ledger: Ledger) =
-        match Map.tryFind tp ledger.Partitions with
-        | Some s -> ValueSome s.Epoch
-        | None -> ValueNone
+        match indexOf tp ledger.Partitions with
+        | -1 -> ValueNone
+        | i -> ValueSome ledger.Partitions.[i].Epoch
 
-    let private update tp state (ledger: Ledger) =
-        Ledger(Map.add tp state ledger.Partitions, ledger.NextEpoch)
+    /// The ring of s with the tail block (non-empty) moved into it, growing the ring when the
+    /// window from the commit block to the tail block no longer fits.
+    let private pushTail (s: PartitionState) : struct (int * obj) =
+        let low = s.CommitPoint >>> 6
+        let span = s.TailBlock - low
+        let capacity = 1L <<< (Ring.Bits * s.Depth)
+
+        if span < capacity then
+            struct (s.Depth, Ring.set s.Root (s.Depth - 1) (s.TailBlock &&& (capacity - 1L)) s.TailMask)
+        else
+            let mutable depth = s.Depth + 1
+
+            while span >= (1L <<< (Ring.Bits * depth)) do
+                depth <- depth + 1
+
+            let capacity' = 1L <<< (Ring.Bits * depth)
+            let root = ref null
+
+            Ring.iter
+                (fun slot mask ->
+                    let block = low + ((slot - low) &&& (capacity - 1L))
+                    root.Value <- Ring.set root.Value (depth - 1) (block &&& (capacity' - 1L)) mask)
+                s.Root
+                (s.Depth - 1)
+                0L
+
+            struct (depth, Ring.set root.Value (depth - 1) (s.TailBlock &&& (capacity' - 1L)) s.TailMask)
 
     let deliver (position: Position) (ledger: Ledger) =
         let tp = position.TopicPartition
-        match Map.tryFind tp ledger.Partitions with
-        | None -> Error(NotAssigned tp)
-        | Some s when position.Offset < s.NextAtLeast -> Error(OutOfOrder(position, s.NextAtLeast))
-        | Some s ->
-            let s' = { s with NextAtLeast = position.Offset + 1L; Open = Map.add position.Offset 1 s.Open }
-            Ok(struct (update tp s' ledger, { Position = position; Epoch = s.Epoch }))
 
-    let private withOpen (token: Token) (ledger: Ledger) f =
+        match indexOf tp ledger.Partitions with
+        | -1 -> Error(NotAssigned tp)
+        | i ->
+            let s = ledger.Partitions.[i]
+            let offset = position.Offset
+
+            if offset < s.NextAtLeast then
+                Error(OutOfOrder(position, s.NextAtLeast))
+            else
+                let block = offset >>> 6
+                let bit = 1UL <<< int (offset &&& 63L)
+                let commitPoint = if s.OpenCount = 0 then offset else s.CommitPoint
+
+                let s' =
+                    if block = s.TailBlock then
+                        {
+                            s with
+                                NextAtLeast = offset + 1L
+                                CommitPoint = commitPoint
+                                OpenCount = s.OpenCount + 1
+                                TailMask = s.TailMask ||| bit
+                        }
+                    elif s.TailMask = 0UL then
+                        {
+                            s with
+                                NextAtLeast = offset + 1L
+                                CommitPoint = commitPoint
+                                OpenCount = s.OpenCount + 1
+                                TailBlock = block
+                                TailMask = bit
+                        }
+                    else
+                        let struct (depth, root) = pushTail s
+
+                        {
+                            s with
+                                NextAtLeast = offset + 1L
+                                CommitPoint = commitPoint
+                                OpenCount = s.OpenCount + 1
+                                TailBlock = block
+                                TailMask = bit
+                                Depth = depth
+                                Root = root
+                        }
+
+                Ok(struct (replaceAt i s' ledger, { Position = position; Epoch = s.Epoch }))
+
+    /// The mask of an open block (ring or tail); 0 for a block outside the window.
+    let private maskOf (s: PartitionState) (block: int64) =
+        if block = s.TailBlock then
+            s.TailMask
+        else
+            let capacity = 1L <<< (Ring.Bits * s.Depth)
+
+            if block - (s.CommitPoint >>> 6) >= capacity then
+                0UL
+            else
+                Ring.get s.Root (s.Depth - 1) (block &&& (capacity - 1L))
+
+    /// The first open offset above `offset` in s, which must still hold an open offset above it.
+    let private nextOpenAbove (s: PartitionState) (offset: int64) =
+        let block = offset >>> 6
+        let bitIndex = int (offset &&& 63L)
+
+        let above =
+            if bitIndex = 63 then
+                0UL
+            else
+                maskOf s block &&& (System.UInt64.MaxValue <<< (bitIndex + 1))
+
+        if above <> 0UL then
+            (block <<< 6) + int64 (BitOperations.TrailingZeroCount above)
+        elif block = s.TailBlock then
+            s.NextAtLeast
+        else
+            let capacity = 1L <<< (Ring.Bits * s.Depth)
+            let level = s.Depth - 1
+            let found = Ring.firstFrom s.Root level 0L ((block + 1L) &&& (capacity - 1L))
+
+            let slot =
+                if found >= 0L then
+                    found
+                else
+                    Ring.firstFrom s.Root level 0L 0L
+
+            if slot >= 0L then
+                let block' = block + ((slot - block) &&& (capacity - 1L))
+                let mask = Ring.get s.Root level slot
+                (block' <<< 6) + int64 (BitOperations.TrailingZeroCount mask)
+            else
+                (s.TailBlock <<< 6) + int64 (BitOperations.TrailingZeroCount s.TailMask)
+
+    /// Replaces the open parts of an open offset (whose block's mask is `mask`) with `remaining` (≥ 0).
+    let private withParts (s: PartitionState) (offset: int64) (mask: uint64) (parts: int) (remaining: int) =
+        if remaining > 0 then
+            if remaining = parts then
+                s
+            elif remaining = 1 then
+                {
+                    s with
+                        Multi = Map.remove offset s.Multi
+                }
+            else
+                {
+                    s with
+                        Multi = Map.add offset remaining s.Multi
+                }
+        else
+            let block = offset >>> 6
+            let bit = 1UL <<< int (offset &&& 63L)
+            let multi = if parts > 1 then Map.remove offset s.Multi else s.Multi
+
+            if s.OpenCount = 1 then
+                {
+                    s with
+                        CommitPoint = s.NextAtLeast
+                        OpenCount = 0
+                        TailMask = 0UL
+                        Depth = 1
+                        Root = null
+                        Multi = multi
+                }
+            else
+                let s' =
+                    if block = s.TailBlock then
+                        {
+                            s with
+                                OpenCount = s.OpenCount - 1
+                                TailMask = s.TailMask &&& ~~~bit
+                                Multi = multi
+                        }
+                    else
+                        let capacity = 1L <<< (Ring.Bits * s.Depth)
+                        let slot = block &&& (capacity - 1L)
+
+                        {
+                            s with
+                                OpenCount = s.OpenCount - 1
+                                Root = Ring.set s.Root (s.Depth - 1) slot (mask &&& ~~~bit)
+                                Multi = multi
+                        }
+
+                if offset = s.CommitPoint then
+                    {
+                        s' with
+                            CommitPoint = nextOpenAbove s' offset
+                    }
+                else
+                    s'
+
+    /// Applies `change` (the new number of parts from the current one) to an open token.
+    let inline private changeParts (token: Token) (ledger: Ledger) ([<InlineIfLambda>] change: int -> int) =
         let tp = token.Position.TopicPartition
-        match Map.tryFind tp ledger.Partitions with
-        | None -> Error(NotAssigned tp)
-        | Some s when s.Epoch <> token.Epoch -> Error(StaleEpoch(token, s.Epoch))
-        | Some s ->
-            match Map.tryFind token.Position.Offset s.Open with
-            | None -> Error(NotOpen token)
-            | Some parts ->
-                let remaining = f parts
-                let open' =
-                    if remaining = 0 then Map.remove token.Position.Offset s.Open
-                    else Map.add token.Position.Offset remaining s.Open
-                Ok(update tp { s with Open = open' } ledger)
+
+        match indexOf tp ledger.Partitions with
+        | -1 -> Error(NotAssigned tp)
+        | i ->
+            let s = ledger.Partitions.[i]
+            let offset = token.Position.Offset
+
+            // Offsets outside [commit point, next expected) are not open; inside, the block's mask says.
+            let mask =
+                if offset < s.CommitPoint || offset >= s.NextAtLeast then
+                    0UL
+                else
+                    maskOf s (offset >>> 6)
+
+            if s.Epoch <> token.Epoch then
+                Error(StaleEpoch(token, s.Epoch))
+            elif mask &&& (1UL <<< int (offset &&& 63L)) = 0UL then
+                Error(NotOpen token)
+            else
+                let parts =
+                    if s.Multi.IsEmpty then
+                        1
+                    else
+                        match s.Multi.TryGetValue offset with
+                        | true, n -> n
+                        | _ -> 1
+
+                let s' = withParts s offset mask parts (change parts)
+
+                if obj.ReferenceEquals(s, s') then
+                    Ok ledger
+                else
+                    Ok(replaceAt i s' ledger)
 
     let fork (parts: int) (token: Token) (ledger: Ledger) =
-        if parts < 0 then Error(InvalidParts(token, parts))
-        else withOpen token ledger (fun open' -> open' - 1 + parts)
+        if parts < 0 then
+            Error(InvalidParts(token, parts))
+        else
+            changeParts token ledger (fun current -> current - 1 + parts)
 
-    let complete (token: Token) (ledger: Ledger) = withOpen token ledger (fun parts -> parts - 1)
-
-    let private pointOf (s: PartitionState) =
-        if Map.isEmpty s.Open then s.NextAtLeast else Map.minKeyValue s.Open |> fst
+    let complete (token: Token) (ledger: Ledger) =
+        changeParts token ledger (fun current -> current - 1)
 
     let commitPoint (tp: TopicPartition) (ledger: Ledger) =
-        match Map.tryFind tp ledger.Partitions with
-        | Some s -> ValueSome(pointOf s)
-        | None -> ValueNone
+        match indexOf tp ledger.Partitions with
+        | -1 -> ValueNone
+        | i -> ValueSome ledger.Partitions.[i].CommitPoint
 
     let commitPoints (ledger: Ledger) =
-        ledger.Partitions |> Map.toList |> List.map (fun (tp, s) -> tp, pointOf s)
+        ledger.Partitions
+        |> Array.map (fun s -> s.TopicPartition, s.CommitPoint)
+        |> List.ofArray
 
     let openCount (tp: TopicPartition) (ledger: Ledger) =
-        match Map.tryFind tp ledger.Partitions with
-        | Some s -> s.Open.Count
-        | None -> 0
+        match indexOf tp ledger.Partitions with
+        | -1 -> 0
+        | i -> ledger.Partitions.[i].OpenCount
 
-    let assigned (ledger: Ledger) = ledger.Partitions |> Map.toList |> List.map fst
+    let openOffsets (tp: TopicPartition) (ledger: Ledger) =
+        match indexOf tp ledger.Partitions with
+        | -1 -> []
+        | i ->
+            let s = ledger.Partitions.[i]
+            let low = s.CommitPoint >>> 6
+            let capacity = 1L <<< (Ring.Bits * s.Depth)
+            let blocks = ResizeArray<struct (int64 * uint64)>()
+
+            Ring.iter
+                (fun slot mask -> blocks.Add(struct (low + ((slot - low) &&& (capacity - 1L)), mask)))
+                s.Root
+                (s.Depth - 1)
+                0L
+
+            if s.TailMask <> 0UL then
+                blocks.Add(struct (s.TailBlock, s.TailMask))
+
+            [
+                for struct (block, mask) in blocks |> Seq.sortBy (fun struct (b, _) -> b) do
+                    for bit in 0..63 do
+                        if mask &&& (1UL <<< bit) <> 0UL then
+                            let offset = (block <<< 6) + int64 bit
+
+                            let parts =
+                                match s.Multi.TryGetValue offset with
+                                | true, n -> n
+                                | _ -> 1
+
+                            offset, parts
+            ]
+
+    let assigned (ledger: Ledger) =
+        ledger.Partitions |> Array.map (fun s -> s.TopicPartition) |> List.ofArray

@@ -7,9 +7,7 @@ namespace KFlow
 /// assignment of the same partition are refused with <c>StaleEpoch</c>, so completions that arrive
 /// after a revoke can never move a newer assignment's commit point.</remarks>
 [<Struct>]
-type Token =
-    { Position: Position
-      Epoch: int }
+type Token = { Position: Position; Epoch: int }
 
 /// Why a ledger operation was refused. The ledger never throws for these and never ignores them.
 type LedgerError =
@@ -74,6 +72,11 @@ module Ledger =
 
     /// How many delivered offsets of a partition are still open (0 when not assigned).
     val openCount: tp: TopicPartition -> ledger: Ledger -> int
+
+    /// <summary>The open offsets of a partition with their open parts, in increasing offset order
+    /// (empty when not assigned).</summary>
+    /// <remarks>For diagnostics and tests: it costs O(open offsets), unlike the other functions.</remarks>
+    val openOffsets: tp: TopicPartition -> ledger: Ledger -> (int64 * int) list
 
     /// The assigned partitions, in topic-partition order.
     val assigned: ledger: Ledger -> TopicPartition list

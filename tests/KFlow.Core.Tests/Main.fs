@@ -4,7 +4,20 @@ module KFlow.Core.Tests.Main
 open Expecto
 
 [<Tests>]
-let all = testList "Core" [ OffsetTests.tests ]
+let all =
+    testList "Core" [
+        OffsetTests.tests
+        LedgerTests.tests
+        StageTests.tests
+        AggregateTests.tests
+        ChunksTests.tests
+        PipeTests.tests
+        PipeRunTests.tests
+        TestDriverTests.tests
+        ConceptsTests.tests
+        PipePropertyTests.tests
+        TestDriverMachineTests.tests
+    ]
 
 [<EntryPoint>]
 let main argv = runTestsWithCLIArgs [] argv all

@@ -1,0 +1,174 @@
+// Aggregation: a user state machine turned into a stage that merges its inputs' tokens into its
+// outputs, and the ready-made buffer (by count, bytes, age).
+namespace KFlow
+
+open System
+
+[<Sealed; NoEquality; NoComparison>]
+type Aggregator<'a, 'b>
+    internal
+    (
+        init: obj,
+        add: DateTimeOffset -> 'a -> obj -> obj * 'b option,
+        tick: DateTimeOffset -> obj -> obj * 'b option,
+        flush: obj -> 'b option
+    ) =
+    member internal _.Init = init
+    member internal _.Add = add
+    member internal _.Tick = tick
+    member internal _.Flush = flush
+
+/// The aggregate stage's state: the user's state and the inputs held since the last output (newest first).
+[<NoComparison>]
+type internal AggregateState = { User: obj; Held: Envelope<unit> list }
+
+[<RequireQualifiedAccess>]
+module Aggregator =
+    let create
+        (init: 's)
+        (add: DateTimeOffset -> 'a -> 's -> 's * 'b option)
+        (tick: DateTimeOffset -> 's -> 's * 'b option)
+        (flush: 's -> 'b option)
+        =
+        let add' now a (s: obj) =
+            let s', out = add now a (unbox<'s> s)
+            box s', out
+
+        let tick' now (s: obj) =
+            let s', out = tick now (unbox<'s> s)
+            box s', out
+
+        Aggregator<'a, 'b>(box init, add', tick', (fun s -> flush (unbox<'s> s)))
+
+    let stage (aggregator: Aggregator<'a, 'b>) : Stage<'a, 'b> =
+        let release (held: Envelope<unit> list) (out: 'b option) =
+            match held, out with
+            | [], _ -> Output.none
+            | _, Some b -> Output.emit (Envelope.merge b (List.rev held))
+            | _, None -> {
+                Emitted = []
+                Effects = held |> List.rev |> List.collect (fun e -> e.Tokens |> List.map Complete)
+              }
+
+        let step now event (s: AggregateState) =
+            match event with
+            | Message e ->
+                let user, out = aggregator.Add now e.Value s.User
+                let held = Envelope.withValue () e :: s.Held
+
+                match out with
+                | Some _ -> { User = user; Held = [] }, release held out
+                | None -> { User = user; Held = held }, Output.none
+            | Tick ->
+                match aggregator.Tick now s.User with
+                | user, (Some _ as out) -> { User = user; Held = [] }, release s.Held out
+                | user, None -> { s with User = user }, Output.none
+            | Flush
+            | Revoked _ -> { User = aggregator.Init; Held = [] }, release s.Held (aggregator.Flush s.User)
+            | Assigned _ -> s, Output.none
+
+        Stage.create "aggregate" { User = aggregator.Init; Held = [] } step
+
+[<NoEquality; NoComparison>]
+type BufferOptions<'a> = {
+    MaxCount: int option
+    MaxBytes: int64 option
+    Size: 'a -> int64
+    MaxAge: TimeSpan option
+}
+
+/// A buffer's state: values newest first, their count and size, and when the oldest arrived.
+type internal BufferState<'a> = {
+    Values: 'a list
+    Count: int
+    Bytes: int64
+    Since: DateTimeOffset
+}
+
+[<RequireQualifiedAccess>]
+module Buffer =
+    let options<'a> : BufferOptions<'a> = {
+        MaxCount = None
+        MaxBytes = None
+        Size = (fun (_: 'a) -> 1L)
+        MaxAge = None
+    }
+
+    let create (options: BufferOptions<'a>) : Aggregator<'a, 'a list> =
+        if options.MaxCount.IsNone && options.MaxBytes.IsNone && options.MaxAge.IsNone then
+            invalidArgWith
+                "options"
+                "A buffer needs a limit: set MaxCount, MaxBytes or MaxAge in BufferOptions."
+
+        match options.MaxCount with
+        | Some n when n < 1 ->
+            invalidArgWith "options" (sprintf "MaxCount must be ≥ 1 (got %d); set it in BufferOptions." n)
+        | _ -> ()
+
+        match options.MaxBytes with
+        | Some n when n < 1L ->
+            invalidArgWith "options" (sprintf "MaxBytes must be ≥ 1 (got %d); set it in BufferOptions." n)
+        | _ -> ()
+
+        match options.MaxAge with
+        | Some t when t <= TimeSpan.Zero ->
+            invalidArgWith "options" "MaxAge must be positive; set it in BufferOptions."
+        | _ -> ()
+
+        let empty = {
+            Values = []
+            Count = 0
+            Bytes = 0L
+            Since = DateTimeOffset.MinValue
+        }
+
+        let old (now: DateTimeOffset) s =
+            s.Count > 0
+            && (match options.MaxAge with
+                | Some age -> now - s.Since >= age
+                | None -> false)
+
+        let full s =
+            (match options.MaxCount with
+             | Some n -> s.Count >= n
+             | None -> false)
+            || (match options.MaxBytes with
+                | Some n -> s.Bytes >= n
+                | None -> false)
+
+        let add now value s =
+            let s' = {
+                Values = value :: s.Values
+                Count = s.Count + 1
+                Bytes = s.Bytes + options.Size value
+                Since = (if s.Count = 0 then now else s.Since)
+            }
+
+            if full s' || old now s' then
+                empty, Some(List.rev s'.Values)
+            else
+                s', None
+
+        let tick now s =
+            if old now s then
+                empty, Some(List.rev s.Values)
+            else
+                s, None
+
+        let flush s =
+            if s.Count = 0 then None else Some(List.rev s.Values)
+
+        Aggregator.create empty add tick flush
+
+    let count (count: int) =
+        create { options with MaxCount = Some count }
+
+    let bytes (size: 'a -> int64) (maxBytes: int64) =
+        create {
+            options with
+                MaxBytes = Some maxBytes
+                Size = size
+        }
+
+    let age (maxAge: TimeSpan) =
+        create { options with MaxAge = Some maxAge }

@@ -1,0 +1,205 @@
+// A pipe: stages composed into a plain, walkable value, interpreted by the test driver or the
+// Kafka runtime. Values are boxed inside nodes; the typed Pipe<'i,'o> keeps composition type-safe.
+namespace KFlow
+
+open System
+open System.Threading.Tasks
+
+[<Sealed>]
+type Sunk private () = class end
+
+type DemuxOptions = { IdleAfter: TimeSpan }
+
+[<NoEquality; NoComparison>]
+type Node =
+    | StageNode of Stage<obj, obj>
+    | DemuxNode of Demux
+    | AsyncMapNode of name: string * parallelism: int * run: (obj -> Task<obj>)
+    | SinkNode of name: string * write: (obj -> Task)
+
+and [<NoEquality; NoComparison>] Demux = {
+    Key: Envelope<obj> -> string
+    Options: DemuxOptions
+    Route: Route
+}
+
+and [<NoEquality; NoComparison>] Route =
+    | Same of Node list
+    | PerKey of (string -> Node list)
+
+[<Sealed; NoEquality; NoComparison>]
+type Pipe<'i, 'o> internal (root: Node list, scopes: Scope list) =
+    /// The top-level nodes, before any open split.
+    member internal _.Root = root
+    /// The splits not joined yet, innermost first.
+    member internal _.Scopes = scopes
+
+    /// The nodes, every open split joined at the end.
+    member internal _.Nodes =
+        let close (nodes: Node list) (scope: Scope) =
+            scope.Outer
+            @ [
+                DemuxNode {
+                    Key = scope.Key
+                    Options = scope.Options
+                    Route = Same nodes
+                }
+            ]
+
+        match scopes with
+        | [] -> root
+        | innermost :: outer -> (close root innermost, outer) ||> List.fold close
+
+/// A split not joined yet: its key, options and the nodes before it at its level.
+and [<NoEquality; NoComparison>] internal Scope = {
+    Key: Envelope<obj> -> string
+    Options: DemuxOptions
+    Outer: Node list
+}
+
+[<RequireQualifiedAccess>]
+module Pipe =
+    let source<'a> : Pipe<'a, 'a> = Pipe<'a, 'a>([], [])
+
+    /// Appends a node to the innermost open split (or the top level).
+    let private append (node: Node) (pipe: Pipe<'i, 'a>) : Pipe<'i, 'b> =
+        Pipe<'i, 'b>(pipe.Root @ [ node ], pipe.Scopes)
+
+    let via (stage: Stage<'a, 'b>) (pipe: Pipe<'i, 'a>) : Pipe<'i, 'b> =
+        append (StageNode(Stage.boxed stage)) pipe
+
+    let map (f: 'a -> 'b) pipe = via (Stage.map f) pipe
+    let mapEnvelope (f: Envelope<'a> -> 'b) pipe = via (Stage.mapEnvelope f) pipe
+    let filter (predicate: 'a -> bool) pipe = via (Stage.filter predicate) pipe
+    let unfold (f: 'a -> 'b list) pipe = via (Stage.unfold f) pipe
+    let stateful name (init: 's) step pipe = via (Stage.create name init step) pipe
+    let aggregate (aggregator: Aggregator<'a, 'b>) pipe = via (Aggregator.stage aggregator) pipe
+
+    let assembleChunks (chunkOf: 'a -> Chunk<'p>) (combine: 'p list -> 'b) pipe =
+        via (Chunks.assemble chunkOf combine) pipe
+
+    let demuxOptions = {
+        IdleAfter = TimeSpan.FromSeconds 60.0
+    }
+
+    let private checkOptions (options: DemuxOptions) =
+        if options.IdleAfter <= TimeSpan.Zero then
+            invalidArgWith
+                "options"
+                "DemuxOptions.IdleAfter must be positive; it is how long an idle substream is kept."
+
+    let demuxWith
+        options
+        (key: 'a -> string)
+        (sub: Pipe<'a, 'a> -> Pipe<'a, 'b>)
+        (pipe: Pipe<'i, 'a>)
+        : Pipe<'i, 'b> =
+        checkOptions options
+
+        let demux = {
+            Key = (fun e -> key (unbox<'a> e.Value))
+            Options = options
+            Route = Same (sub source).Nodes
+        }
+
+        append (DemuxNode demux) pipe
+
+    let demux key sub pipe = demuxWith demuxOptions key sub pipe
+
+    let routeDependent
+        (key: 'a -> string)
+        (route: string -> Pipe<'a, 'a> -> Pipe<'a, 'b>)
+        (pipe: Pipe<'i, 'a>)
+        : Pipe<'i, 'b> =
+        let demux = {
+            Key = (fun e -> key (unbox<'a> e.Value))
+            Options = demuxOptions
+            Route = PerKey(fun k -> (route k source).Nodes)
+        }
+
+        append (DemuxNode demux) pipe
+
+    let mfd
+        (f: 'a -> (string * 'b) option)
+        (sub: Pipe<'b, 'b> -> Pipe<'b, 'c>)
+        (pipe: Pipe<'i, 'a>)
+        : Pipe<'i, 'c> =
+        let keyed: Pipe<'i, 'b> = via (Stage.mapFilterKey f) pipe
+
+        let demux = {
+            Key = (fun e -> e.Key)
+            Options = demuxOptions
+            Route = Same (sub source).Nodes
+        }
+
+        append (DemuxNode demux) keyed
+
+    let mapAsync (parallelism: int) (f: 'a -> Task<'b>) (pipe: Pipe<'i, 'a>) : Pipe<'i, 'b> =
+        if parallelism < 1 then
+            invalidArgWith "parallelism" (sprintf "mapAsync's parallelism must be ≥ 1 (got %d)." parallelism)
+
+        let run (value: obj) : Task<obj> = task {
+            let! b = f (unbox<'a> value)
+            return box b
+        }
+
+        append (AsyncMapNode("mapAsync", parallelism, run)) pipe
+
+    let sink (name: string) (write: 'a -> Task) (pipe: Pipe<'i, 'a>) : Pipe<'i, Sunk> =
+        if String.IsNullOrWhiteSpace name then
+            invalidArgWith "name" "A sink needs a non-empty name; it names the sink in reports and failures."
+
+        append (SinkNode(name, (fun v -> write (unbox<'a> v)))) pipe
+
+    let split (key: 'a -> string) (pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> =
+        let scope = {
+            Key = (fun e -> key (unbox<'a> e.Value))
+            Options = demuxOptions
+            Outer = pipe.Root
+        }
+
+        Pipe<'i, 'a>([], scope :: pipe.Scopes)
+
+    let join (pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> =
+        match pipe.Scopes with
+        | [] ->
+            invalidArgWith "pipe" "Pipe.join needs an open Pipe.split before it; every join closes one split."
+        | scope :: outer ->
+            let demux =
+                DemuxNode {
+                    Key = scope.Key
+                    Options = scope.Options
+                    Route = Same pipe.Root
+                }
+
+            Pipe<'i, 'a>(scope.Outer @ [ demux ], outer)
+
+    let nodes (pipe: Pipe<'i, 'o>) = pipe.Nodes
+
+    let describe (pipe: Pipe<'i, 'o>) =
+        let lines = Text.StringBuilder()
+
+        let rec walk indent (nodes: Node list) =
+            for node in nodes do
+                let pad = String(' ', indent * 2)
+
+                match node with
+                | StageNode s -> lines.AppendLine(pad + Stage.name s) |> ignore
+                | AsyncMapNode(name, p, _) ->
+                    lines.AppendLine(sprintf "%s%s (parallelism %d)" pad name p) |> ignore
+                | SinkNode(name, _) -> lines.AppendLine(sprintf "%ssink %s" pad name) |> ignore
+                | DemuxNode d ->
+                    match d.Route with
+                    | Same sub ->
+                        lines.AppendLine(sprintf "%sdemux (idle after %O)" pad d.Options.IdleAfter)
+                        |> ignore
+
+                        walk (indent + 1) sub
+                    | PerKey _ ->
+                        lines.AppendLine(sprintf "%srouteDependent (idle after %O)" pad d.Options.IdleAfter)
+                        |> ignore
+
+                    lines.AppendLine(pad + "join") |> ignore
+
+        walk 0 pipe.Nodes
+        lines.ToString()

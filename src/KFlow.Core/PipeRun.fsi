@@ -1,0 +1,102 @@
+// The pure interpreter of a pipe: it pushes one event through the nodes and returns the new state
+// with the effects to apply. The test driver and the Kafka runtime share it, so they agree.
+namespace KFlow
+
+open System
+open System.Threading.Tasks
+
+/// A described sink write: the interpreter's caller runs it and, on success, completes the tokens.
+[<NoEquality; NoComparison>]
+type SinkRequest = {
+    /// The sink's name.
+    Sink: string
+    /// The value to write and the tokens it holds.
+    Envelope: Envelope<obj>
+    /// The write itself.
+    Write: obj -> Task
+}
+
+/// A described asynchronous map call (AsyncMode.Defer): the caller runs it and hands the result back
+/// with PipeRun.resume.
+[<NoEquality; NoComparison>]
+type AsyncRequest = {
+    /// The call's number within the run, from 1.
+    Id: int
+    /// The async node's name.
+    Stage: string
+    /// The input value and the tokens it holds.
+    Envelope: Envelope<obj>
+    /// The call itself.
+    Run: obj -> Task<obj>
+}
+
+/// How a run executes async maps.
+type AsyncMode =
+    /// The interpreter runs the task and waits for it during the push (the test driver's default).
+    | RunInline
+    /// The interpreter returns an AsyncRequest (at most `parallelism` in flight per async node
+    /// instance, further inputs wait in order) and passes results on, in input order, on resume.
+    | Defer
+
+/// A stage (or key function, or async map) that threw: its input stays unfinished, so its offset
+/// stays open and the commit point stops before it until the pipe restarts and replays it.
+[<NoEquality; NoComparison>]
+type StageFailure = {
+    /// The stage's name.
+    Stage: string
+    /// The position of the input's first message, if the event was a message.
+    Position: Position voption
+    /// What was thrown.
+    Error: exn
+}
+
+/// What pushing one event produced, each list in order.
+[<NoEquality; NoComparison>]
+type Effects = {
+    /// Envelopes that reached the end of the pipe: finished, their tokens are to be completed.
+    Outputs: Envelope<obj> list
+    /// Ledger effects, to apply in order before completing anything of this push.
+    Ledger: LedgerEffect list
+    /// Sink writes to run.
+    Sinks: SinkRequest list
+    /// Async calls to run (AsyncMode.Defer only).
+    Calls: AsyncRequest list
+    /// Stages that threw.
+    Failures: StageFailure list
+}
+
+/// A running pipe: the state of every stage and substream. Immutable.
+[<Sealed; NoEquality; NoComparison>]
+type PipeRun
+
+/// Running pipes.
+[<RequireQualifiedAccess>]
+module PipeRun =
+    /// The pipe with every stage in its initial state and no substream; async maps run inline.
+    val start: pipe: Pipe<'i, 'o> -> PipeRun
+
+    /// The pipe in its initial state, running async maps as given.
+    val startWith: mode: AsyncMode -> pipe: Pipe<'i, 'o> -> PipeRun
+
+    /// <summary>Pushes one event at time <paramref name="now"/>.</summary>
+    /// <remarks>
+    /// 1. A Message goes through the nodes in order, depth first: each emitted envelope reaches the
+    ///    end (or a sink) before the next one is pushed.
+    /// 2. Tick, Flush, Revoked and Assigned go to every stage in order (into every substream of a
+    ///    demux); what a stage emits is pushed as messages through the nodes after it before the
+    ///    next stage receives the event.
+    /// 3. On Tick, a demux then flushes and drops its substreams idle for IdleAfter or more; on Flush it
+    ///    drops all of them after flushing them. A substream with async calls in flight is kept.
+    /// 4. Async maps run inline (RunInline: the calling thread waits) or become requests (Defer).
+    /// </remarks>
+    val push: now: DateTimeOffset -> event: Event<obj> -> run: PipeRun -> PipeRun * Effects
+
+    /// <summary>Hands back the result of a deferred async call: results at the head of the node's
+    /// calls (input order) go on through the rest of the pipe, and waiting inputs start in the freed
+    /// slots. An Error result is reported as a StageFailure; its input stays unfinished.
+    /// ArgumentException if the call is not in flight in this run.</summary>
+    val resume:
+        now: DateTimeOffset -> callId: int -> result: Result<obj, exn> -> run: PipeRun -> PipeRun * Effects
+
+    /// How many demux substreams are alive (over every demux, nested ones included).
+    val liveSubstreams: run: PipeRun -> int
