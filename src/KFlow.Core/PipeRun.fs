@@ -41,19 +41,36 @@ type AsyncMode =
     | RunInline
     | Defer
 
-/// An async map's calls in input order (with their result once known), and inputs waiting for a slot.
+/// One entry of an async node's queue, in input order.
 [<NoEquality; NoComparison>]
-type internal AsyncSlots = {
-    InFlight: (int * Envelope<obj> * Result<obj, exn> option) list
-    Waiting: Envelope<obj> list
+type internal AsyncEntry =
+    /// A started call, with its result once known.
+    | Started of id: int * input: Envelope<obj> * result: Result<obj, exn> option
+    /// An input waiting for a free slot.
+    | Queued of Envelope<obj>
+    /// A broadcast event (its hold id) waiting for the entries before it to go on.
+    | Held of hold: int * event: Event<obj>
+
+/// A broadcast event held at a demux until none of the substreams in Waiting holds it.
+[<NoEquality; NoComparison>]
+type internal DemuxHold = {
+    Hold: int
+    Event: Event<obj>
+    Waiting: Set<string>
 }
 
 [<NoEquality; NoComparison>]
 type internal NodeState =
     | Stateless
     | StageState of obj
-    | DemuxState of Map<string, Substream>
-    | AsyncState of AsyncSlots
+    | DemuxState of Demuxed
+    | AsyncState of AsyncEntry list
+
+/// A demux's live substreams by key, and the events it holds, oldest first.
+and [<NoEquality; NoComparison>] internal Demuxed = {
+    Subs: Map<string, Substream>
+    Held: DemuxHold list
+}
 
 and [<NoEquality; NoComparison>] internal Substream = {
     Nodes: Node[]
@@ -69,15 +86,24 @@ type internal Location = {
 
 [<Sealed; NoEquality; NoComparison>]
 type PipeRun
-    internal (mode: AsyncMode, nodes: Node[], states: NodeState[], calls: Map<int, Location>, nextCall: int) =
+    internal
+    (
+        mode: AsyncMode,
+        nodes: Node[],
+        states: NodeState[],
+        calls: Map<int, Location>,
+        nextCall: int,
+        nextHold: int
+    ) =
     member internal _.Mode = mode
     member internal _.Nodes = nodes
     member internal _.States = states
     member internal _.Calls = calls
     member internal _.NextCall = nextCall
+    member internal _.NextHold = nextHold
 
 /// What one push collects, in order.
-type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: int) =
+type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: int, nextHold: int) =
     member val Outputs = ResizeArray<Envelope<obj>>()
     member val Ledger = ResizeArray<LedgerEffect>()
     member val Sinks = ResizeArray<SinkRequest>()
@@ -86,6 +112,7 @@ type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: in
     member _.Mode = mode
     member val Calls = calls with get, set
     member val NextCall = nextCall with get, set
+    member val NextHold = nextHold with get, set
 
     member this.Effects = {
         Outputs = List.ofSeq this.Outputs
@@ -97,13 +124,13 @@ type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: in
 
 [<RequireQualifiedAccess>]
 module PipeRun =
-    let private noSlots = { InFlight = []; Waiting = [] }
+    let private noHolds = { Subs = Map.empty; Held = [] }
 
     let private initial (node: Node) =
         match node with
         | StageNode s -> StageState s.Init
-        | DemuxNode _ -> DemuxState Map.empty
-        | AsyncMapNode _ -> AsyncState noSlots
+        | DemuxNode _ -> DemuxState noHolds
+        | AsyncMapNode _ -> AsyncState []
         | SinkNode _ -> Stateless
 
     let private ofNodes (nodes: Node list) =
@@ -112,7 +139,7 @@ module PipeRun =
 
     let startWith (mode: AsyncMode) (pipe: Pipe<'i, 'o>) =
         let nodes, states = ofNodes (Pipe.nodes pipe)
-        PipeRun(mode, nodes, states, Map.empty, 1)
+        PipeRun(mode, nodes, states, Map.empty, 1, 1)
 
     let start pipe = startWith RunInline pipe
 
@@ -177,7 +204,49 @@ module PipeRun =
             Run = run
         }
 
-        id, env, None
+        Started(id, env, None)
+
+    let private started (queue: AsyncEntry list) =
+        queue
+        |> List.sumBy (function
+            | Started _ -> 1
+            | _ -> 0)
+
+    let private isQueued entry =
+        match entry with
+        | Queued _ -> true
+        | _ -> false
+
+    /// Whether a broadcast event must stay behind an entry of an async node's queue: a Flush behind
+    /// every entry, a Revoked behind the inputs of its partition; Flush, Revoked and Assigned behind an
+    /// event held before them (events keep their order). A Tick is never held.
+    let private mustFollow (event: Event<obj>) entry =
+        match entry, event with
+        | Held _, (Flush | Revoked _ | Assigned _) -> true
+        | (Started(_, env, _) | Queued env), Flush -> true
+        | (Started(_, env, _) | Queued env), Revoked tp ->
+            env.Tokens |> List.exists (fun t -> t.Position.TopicPartition = tp)
+        | _ -> false
+
+    /// The queue with the event held after the last entry it must follow; None if it passes now.
+    let private holdIn hold event (queue: AsyncEntry list) =
+        List.tryFindIndexBack (mustFollow event) queue
+        |> Option.map (fun j -> List.insertAt (j + 1) (Held(hold, event)) queue)
+
+    /// Whether a level holds async calls or events (a substream that does is never dropped).
+    let rec private busy (states: NodeState[]) =
+        states
+        |> Array.exists (function
+            | AsyncState queue -> not queue.IsEmpty
+            | DemuxState d -> not d.Held.IsEmpty || d.Subs |> Map.exists (fun _ s -> busy s.States)
+            | _ -> false)
+
+    /// The demux substream path of a sink request: keys outermost first, joined by U+001F.
+    let private substreamName path =
+        match path with
+        | [] -> ""
+        | [ (_, key) ] -> key
+        | _ -> path |> List.rev |> List.map snd |> String.concat "\u001f"
 
     /// Pushes one envelope into node i of a level; `k` receives what passes the level's end.
     let rec private pushAt
@@ -202,28 +271,18 @@ module PipeRun =
                     Sink = name
                     Envelope = env
                     Write = write
-                    Substream =
-                        match path with
-                        | [] -> ""
-                        | [ (_, key) ] -> key
-                        | _ -> path |> List.rev |> List.map snd |> String.concat "\u001f"
+                    Substream = substreamName path
                 }
             | AsyncMapNode(name, parallelism, run) ->
                 match acc.Mode, states[i] with
-                | Defer, AsyncState slots ->
-                    states[i] <-
-                        AsyncState(
-                            if slots.InFlight.Length < parallelism then
-                                {
-                                    slots with
-                                        InFlight = slots.InFlight @ [ request acc path i name run env ]
-                                }
-                            else
-                                {
-                                    slots with
-                                        Waiting = slots.Waiting @ [ env ]
-                                }
-                        )
+                | Defer, AsyncState queue ->
+                    let entry =
+                        if started queue < parallelism && not (List.exists isQueued queue) then
+                            request acc path i name run env
+                        else
+                            Queued env
+
+                    states[i] <- AsyncState(queue @ [ entry ])
                 | _ ->
                     match
                         (try
@@ -242,13 +301,13 @@ module PipeRun =
                 with
                 | Error ex -> failed acc "demux key" (ValueSome env.Position) ex
                 | Ok key ->
-                    let subs =
+                    let d =
                         match states[i] with
-                        | DemuxState subs -> subs
-                        | _ -> Map.empty
+                        | DemuxState d -> d
+                        | _ -> noHolds
 
                     let sub =
-                        match Map.tryFind key subs with
+                        match Map.tryFind key d.Subs with
                         | Some sub -> sub
                         | None -> substream demux key now
 
@@ -266,147 +325,269 @@ module PipeRun =
                     }
 
                     match states[i] with
-                    | DemuxState subs -> states[i] <- DemuxState(Map.add key sub' subs)
+                    | DemuxState d ->
+                        states[i] <-
+                            DemuxState {
+                                d with
+                                    Subs = Map.add key sub' d.Subs
+                            }
                     | _ -> ()
 
-    /// Whether a level holds async calls in flight or waiting (a substream that does is never dropped).
-    let rec private busy (states: NodeState[]) =
-        states
-        |> Array.exists (function
-            | AsyncState s -> not (List.isEmpty s.InFlight && List.isEmpty s.Waiting)
-            | DemuxState subs -> subs |> Map.exists (fun _ s -> busy s.States)
-            | _ -> false)
-
-    /// Sends a non-message event to every stage of a level, in order.
-    let rec private broadcastAt
+    /// <summary>Sends a broadcast event (Tick, Flush, Revoked, Assigned) to the nodes of a level from
+    /// node <paramref name="from"/> on, in order.</summary>
+    /// <remarks>An async node or a demux may hold it (see mustFollow); the nodes after it then get it
+    /// when it is released. `passed` is called with the hold id and the event once it passes the
+    /// level's end, now or on a later resume.</remarks>
+    and private broadcastFrom
         now
         (acc: Collected)
         path
         (nodes: Node[])
         (states: NodeState[])
+        from
+        (hold: int)
         (event: Event<obj>)
         k
+        (passed: int -> Event<obj> -> unit)
         =
-        for i in 0 .. nodes.Length - 1 do
-            let after out =
-                pushAt now acc path nodes states (i + 1) out k
+        let rec go i =
+            if i >= nodes.Length then
+                passed hold event
+            else
+                let after out =
+                    pushAt now acc path nodes states (i + 1) out k
 
-            match nodes[i], states[i] with
-            | StageNode stage, _ ->
-                for e in stepStage now acc stage states i event ValueNone do
-                    after e
-            | DemuxNode demux, DemuxState subs ->
-                let mutable subs' = subs
+                match nodes[i], states[i] with
+                | StageNode stage, _ ->
+                    for e in stepStage now acc stage states i event ValueNone do
+                        after e
 
-                for KeyValue(key, sub) in subs do
+                    go (i + 1)
+                | AsyncMapNode _, AsyncState queue ->
+                    match holdIn hold event queue with
+                    | Some queue -> states[i] <- AsyncState queue
+                    | None -> go (i + 1)
+                | DemuxNode demux, DemuxState d ->
+                    if demuxAt now acc path states i demux d hold event after then
+                        go (i + 1)
+                | _ -> go (i + 1)
+
+        go from
+
+    /// Broadcasts into every substream of demux i, drops those idle (Tick) or flushed (Flush) and not
+    /// busy, and holds the event while a substream holds it; true if it passes the demux now.
+    and private demuxAt now acc path (states: NodeState[]) i (demux: Demux) (d: Demuxed) hold event after =
+        let waiting = ref Set.empty
+        let mutable subs = d.Subs
+
+        for KeyValue(key, sub) in d.Subs do
+            let subStates = Array.copy sub.States
+            let through = ref false
+
+            broadcastFrom now acc ((i, key) :: path) sub.Nodes subStates 0 hold event after (fun _ _ ->
+                through.Value <- true)
+
+            if not through.Value then
+                waiting.Value <- waiting.Value.Add key
+
+            subs <- Map.add key { sub with States = subStates } subs
+
+        for KeyValue(key, sub) in subs do
+            if not (busy sub.States) then
+                match event with
+                | Flush -> subs <- Map.remove key subs
+                | Tick when now - sub.LastActive >= demux.Options.IdleAfter ->
+                    // Flushed first; kept if that flush started async calls (dropped at a later tick).
                     let subStates = Array.copy sub.States
-                    broadcastAt now acc ((i, key) :: path) sub.Nodes subStates event after
-                    subs' <- Map.add key { sub with States = subStates } subs'
+                    let dropHold = acc.NextHold
+                    acc.NextHold <- dropHold + 1
 
-                let isTick =
-                    match event with
-                    | Tick -> true
-                    | _ -> false
+                    broadcastFrom
+                        now
+                        acc
+                        ((i, key) :: path)
+                        sub.Nodes
+                        subStates
+                        0
+                        dropHold
+                        Flush
+                        after
+                        (fun _ _ -> ())
 
-                let drop (sub: Substream) =
-                    not (busy sub.States)
-                    && (match event with
-                        | Flush -> true
-                        | Tick -> now - sub.LastActive >= demux.Options.IdleAfter
-                        | _ -> false)
+                    subs <-
+                        if busy subStates then
+                            Map.add key { sub with States = subStates } subs
+                        else
+                            Map.remove key subs
+                | _ -> ()
 
-                for KeyValue(key, sub) in subs' do
-                    if drop sub then
-                        if isTick then
-                            broadcastAt
-                                now
-                                acc
-                                ((i, key) :: path)
-                                sub.Nodes
-                                (Array.copy sub.States)
-                                Flush
-                                after
+        let passes =
+            match event with
+            | Tick -> true
+            | _ -> waiting.Value.IsEmpty && d.Held.IsEmpty
 
-                        subs' <- Map.remove key subs'
+        states[i] <-
+            DemuxState {
+                Subs = subs
+                Held =
+                    if passes then
+                        d.Held
+                    else
+                        d.Held
+                        @ [
+                            {
+                                Hold = hold
+                                Event = event
+                                Waiting = waiting.Value
+                            }
+                        ]
+            }
 
-                states[i] <- DemuxState subs'
-            | _ -> ()
+        passes
 
     let push (now: DateTimeOffset) (event: Event<obj>) (run: PipeRun) =
-        let acc = Collected(run.Mode, run.Calls, run.NextCall)
+        let acc = Collected(run.Mode, run.Calls, run.NextCall, run.NextHold)
         let states = Array.copy run.States
 
         match event with
         | Message env -> pushAt now acc [] run.Nodes states 0 env acc.Outputs.Add
-        | _ -> broadcastAt now acc [] run.Nodes states event acc.Outputs.Add
+        | _ ->
+            let hold = acc.NextHold
+            acc.NextHold <- hold + 1
+            broadcastFrom now acc [] run.Nodes states 0 hold event acc.Outputs.Add (fun _ _ -> ())
 
-        PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall), acc.Effects
+        PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold), acc.Effects
 
-    /// Records a call's result at async node i, then passes on the results now at the head (input
-    /// order) and starts waiting inputs in the freed slots.
-    let private settle now (acc: Collected) path (nodes: Node[]) (states: NodeState[]) i id result k =
+    /// Records a call's result at async node i, then passes on what is now at the head of its queue
+    /// (results in input order, and the events held behind them) and starts waiting inputs in the
+    /// freed slots.
+    let private settle now (acc: Collected) path (nodes: Node[]) (states: NodeState[]) i id result k passed =
         match nodes[i], states[i] with
-        | AsyncMapNode(name, parallelism, run), AsyncState slots ->
-            let inFlight =
-                slots.InFlight
-                |> List.map (fun (c, e, r) -> if c = id then c, e, Some result else c, e, r)
+        | AsyncMapNode(name, parallelism, run), AsyncState queue ->
+            let queue =
+                queue
+                |> List.map (function
+                    | Started(c, e, None) when c = id -> Started(c, e, Some result)
+                    | entry -> entry)
 
-            let rec release inFlight =
-                match inFlight with
-                | (_, (env: Envelope<obj>), Some result) :: rest ->
+            let rec release queue =
+                match queue with
+                | Started(_, env, Some result) :: rest ->
                     match result with
                     | Ok value -> pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
                     | Error ex -> failed acc name (ValueSome env.Position) ex
 
                     release rest
-                | _ -> inFlight
+                | Held(hold, event) :: rest ->
+                    broadcastFrom now acc path nodes states (i + 1) hold event k passed
+                    release rest
+                | _ -> queue
 
-            let inFlight = release inFlight
-            let free = max 0 (parallelism - inFlight.Length)
-            let starting = List.truncate free slots.Waiting
-            let started = starting |> List.map (request acc path i name run)
+            let queue = release queue
+
+            let queue, _ =
+                (parallelism - started queue, queue)
+                ||> List.mapFold (fun free entry ->
+                    match entry with
+                    | Queued env when free > 0 -> request acc path i name run env, free - 1
+                    | entry -> entry, free)
+
+            states[i] <- AsyncState queue
+        | _ -> ()
+
+    /// Substream `key` of demux i let a held event through: the events no substream holds any more
+    /// go on after the demux, oldest first, as long as none older is still held.
+    let private released now acc path (nodes: Node[]) (states: NodeState[]) i key k passed hold _event =
+        match states[i] with
+        | DemuxState d ->
+            let held =
+                d.Held
+                |> List.map (fun h ->
+                    if h.Hold = hold then
+                        {
+                            h with
+                                Waiting = h.Waiting.Remove key
+                        }
+                    else
+                        h)
+
+            let ready = held |> List.takeWhile (fun h -> h.Waiting.IsEmpty)
 
             states[i] <-
-                AsyncState {
-                    InFlight = inFlight @ started
-                    Waiting = List.skip starting.Length slots.Waiting
+                DemuxState {
+                    d with
+                        Held = List.skip ready.Length held
                 }
+
+            for h in ready do
+                broadcastFrom now acc path nodes states (i + 1) h.Hold h.Event k passed
         | _ -> ()
 
     let resume (now: DateTimeOffset) (callId: int) (result: Result<obj, exn>) (run: PipeRun) =
         match Map.tryFind callId run.Calls with
         | None -> invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
         | Some location ->
-            let acc = Collected(run.Mode, Map.remove callId run.Calls, run.NextCall)
+            let acc =
+                Collected(run.Mode, Map.remove callId run.Calls, run.NextCall, run.NextHold)
+
             let states = Array.copy run.States
 
-            let rec descend (nodes: Node[]) (states: NodeState[]) demuxes path k =
+            let rec descend (nodes: Node[]) (states: NodeState[]) demuxes path k passed =
                 match demuxes with
-                | [] -> settle now acc path nodes states location.Node callId result k
+                | [] -> settle now acc path nodes states location.Node callId result k passed
                 | (i, key) :: rest ->
                     match states[i] with
-                    | DemuxState subs ->
-                        let sub = subs[key]
+                    | DemuxState d ->
+                        let sub = d.Subs[key]
                         let subStates = Array.copy sub.States
 
                         let after out =
                             pushAt now acc path nodes states (i + 1) out k
 
-                        descend sub.Nodes subStates rest ((i, key) :: path) after
+                        descend
+                            sub.Nodes
+                            subStates
+                            rest
+                            ((i, key) :: path)
+                            after
+                            (released now acc path nodes states i key k passed)
 
                         match states[i] with
-                        | DemuxState subs ->
-                            states[i] <- DemuxState(Map.add key { sub with States = subStates } subs)
+                        | DemuxState d ->
+                            states[i] <-
+                                DemuxState {
+                                    d with
+                                        Subs = Map.add key { sub with States = subStates } d.Subs
+                                }
                         | _ -> ()
                     | _ -> ()
 
-            descend run.Nodes states location.Demuxes [] acc.Outputs.Add
-            PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall), acc.Effects
+            descend run.Nodes states location.Demuxes [] acc.Outputs.Add (fun _ _ -> ())
+            PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold), acc.Effects
 
     let rec private count (states: NodeState[]) =
         states
         |> Array.sumBy (function
-            | DemuxState subs -> subs.Count + (subs |> Seq.sumBy (fun (KeyValue(_, s)) -> count s.States))
+            | DemuxState d -> d.Subs.Count + (d.Subs |> Seq.sumBy (fun (KeyValue(_, s)) -> count s.States))
             | _ -> 0)
 
     let liveSubstreams (run: PipeRun) = count run.States
+
+    let rec private holdsIn (states: NodeState[]) = [
+        for state in states do
+            match state with
+            | AsyncState queue ->
+                for entry in queue do
+                    match entry with
+                    | Held(hold, event) -> yield hold, event
+                    | _ -> ()
+            | DemuxState d ->
+                for h in d.Held -> h.Hold, h.Event
+
+                for KeyValue(_, sub) in d.Subs do
+                    yield! holdsIn sub.States
+            | _ -> ()
+    ]
+
+    let held (run: PipeRun) =
+        holdsIn run.States |> List.distinctBy fst |> List.sortBy fst |> List.map snd
