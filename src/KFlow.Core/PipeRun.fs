@@ -162,12 +162,7 @@ module PipeRun =
         =
         match states[i] with
         | StageState state ->
-            match
-                (try
-                    Ok(stage.Step now event state)
-                 with ex ->
-                     Error ex)
-            with
+            match attempt (fun () -> stage.Step now event state) with
             | Ok(state', output) ->
                 states[i] <- StageState state'
                 acc.Ledger.AddRange output.Effects
@@ -284,21 +279,11 @@ module PipeRun =
 
                     states[i] <- AsyncState(queue @ [ entry ])
                 | _ ->
-                    match
-                        (try
-                            Ok((run env.Value).GetAwaiter().GetResult())
-                         with ex ->
-                             Error ex)
-                    with
+                    match attempt (fun () -> (run env.Value).GetAwaiter().GetResult()) with
                     | Ok value -> pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
                     | Error ex -> failed acc name (ValueSome env.Position) ex
             | DemuxNode demux ->
-                match
-                    (try
-                        Ok(demux.Key env)
-                     with ex ->
-                         Error ex)
-                with
+                match attempt (fun () -> demux.Key env) with
                 | Error ex -> failed acc "demux key" (ValueSome env.Position) ex
                 | Ok key ->
                     let d =

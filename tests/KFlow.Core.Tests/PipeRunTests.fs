@@ -21,6 +21,15 @@ let private deferred = {
         AsyncMode = Defer
 }
 
+/// mapAsync (parallelism p), a buffer of n and a sink "db", driven with deferred calls, tp assigned.
+let private deferredBatches parallelism n =
+    Pipe.source<int>
+    |> Pipe.mapAsync parallelism Threading.Tasks.Task.FromResult
+    |> Pipe.aggregate (Buffer.count n)
+    |> Pipe.sink "db" (fun (_: int list) -> Threading.Tasks.Task.CompletedTask)
+    |> TestDriver.create deferred
+    |> TestDriver.assign tp
+
 /// mapAsync (parallelism 2) then a buffer of 10: what the buffer emits shows which events reached it.
 let private asyncThenBuffer () =
     Pipe.source<int>
@@ -105,12 +114,7 @@ let tests =
         }
         test "a flush waits at an async node for its calls, so one flush writes everything once they answer" {
             let d =
-                Pipe.source<int>
-                |> Pipe.mapAsync 1 Threading.Tasks.Task.FromResult
-                |> Pipe.aggregate (Buffer.count 3)
-                |> Pipe.sink "db" (fun (_: int list) -> Threading.Tasks.Task.CompletedTask)
-                |> TestDriver.create deferred
-                |> TestDriver.assign tp
+                deferredBatches 1 3
                 |> TestDriver.feed (Message.create tp 0L "k" 0)
                 |> TestDriver.flush
 
@@ -139,12 +143,7 @@ let tests =
         }
         test "a failed call lets the held flush go on; its input stays unfinished" {
             let d =
-                Pipe.source<int>
-                |> Pipe.mapAsync 2 Threading.Tasks.Task.FromResult
-                |> Pipe.aggregate (Buffer.count 10)
-                |> Pipe.sink "db" (fun (_: int list) -> Threading.Tasks.Task.CompletedTask)
-                |> TestDriver.create deferred
-                |> TestDriver.assign tp
+                deferredBatches 2 10
                 |> TestDriver.feedAll [ Message.create tp 0L "k" 0; Message.create tp 1L "k" 1 ]
                 |> TestDriver.flush
                 |> TestDriver.failAsync 1 "timeout"
