@@ -41,49 +41,6 @@ type AsyncMode =
     | RunInline
     | Defer
 
-/// One entry of an async node's queue, in input order.
-[<NoEquality; NoComparison>]
-type internal AsyncEntry =
-    /// A started call, with its result once known.
-    | Started of id: int * input: Envelope<obj> * result: Result<obj, exn> option
-    /// An input waiting for a free slot.
-    | Queued of Envelope<obj>
-    /// A broadcast event (its hold id) waiting for the entries before it to go on.
-    | Held of hold: int * event: Event<obj>
-
-/// A broadcast event held at a demux until none of the substreams in Waiting holds it.
-[<NoEquality; NoComparison>]
-type internal DemuxHold = {
-    Hold: int
-    Event: Event<obj>
-    Waiting: Set<string>
-}
-
-[<NoEquality; NoComparison>]
-type internal NodeState =
-    | Stateless
-    | StageState of obj
-    | DemuxState of Demuxed
-    | AsyncState of AsyncEntry list
-
-/// A demux's live substreams by key, and the events it holds, oldest first.
-and [<NoEquality; NoComparison>] internal Demuxed = {
-    Subs: Map<string, Substream>
-    Held: DemuxHold list
-}
-
-and [<NoEquality; NoComparison>] internal Substream = {
-    Nodes: Node[]
-    States: NodeState[]
-    LastActive: DateTimeOffset
-}
-
-/// Where a deferred call's async node is: the demux substreams to descend into, then the node index.
-type internal Location = {
-    Demuxes: (int * string) list
-    Node: int
-}
-
 [<Sealed; NoEquality; NoComparison>]
 type PipeRun
     internal
@@ -114,6 +71,12 @@ type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: in
     member val NextCall = nextCall with get, set
     member val NextHold = nextHold with get, set
 
+    /// A new hold id (one per broadcast).
+    member this.TakeHold() =
+        let hold = this.NextHold
+        this.NextHold <- hold + 1
+        hold
+
     member this.Effects = {
         Outputs = List.ofSeq this.Outputs
         Ledger = List.ofSeq this.Ledger
@@ -124,24 +87,14 @@ type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: in
 
 [<RequireQualifiedAccess>]
 module PipeRun =
-    let private noHolds = { Subs = Map.empty; Held = [] }
-
-    let private initial (node: Node) =
-        match node with
-        | StageNode s -> StageState s.Init
-        | DemuxNode _ -> DemuxState noHolds
-        | AsyncMapNode _ -> AsyncState []
-        | SinkNode _ -> Stateless
-
-    let private ofNodes (nodes: Node list) =
-        let nodes = Array.ofList nodes
-        nodes, Array.map initial nodes
-
     let startWith (mode: AsyncMode) (pipe: Pipe<'i, 'o>) =
-        let nodes, states = ofNodes (Pipe.nodes pipe)
+        let nodes, states = RunState.ofNodes (Pipe.nodes pipe)
         PipeRun(mode, nodes, states, Map.empty, 1, 1)
 
     let start pipe = startWith RunInline pipe
+
+    /// A `passed` that does nothing (the root level, and a drop's own flush).
+    let private ignore2 (_: int) (_: Event<obj>) = ()
 
     let private failed (acc: Collected) stage position error =
         acc.Failures.Add {
@@ -172,20 +125,6 @@ module PipeRun =
                 []
         | _ -> []
 
-    let private substream (demux: Demux) key now =
-        let nodes =
-            match demux.Route with
-            | Same sub -> sub
-            | PerKey route -> route key
-
-        let nodes, states = ofNodes nodes
-
-        {
-            Nodes = nodes
-            States = states
-            LastActive = now
-        }
-
     /// Starts a deferred call of async node i (at `path`, innermost demux first) for an envelope.
     let private request (acc: Collected) path i name run (env: Envelope<obj>) =
         let id = acc.NextCall
@@ -200,48 +139,6 @@ module PipeRun =
         }
 
         Started(id, env, None)
-
-    let private started (queue: AsyncEntry list) =
-        queue
-        |> List.sumBy (function
-            | Started _ -> 1
-            | _ -> 0)
-
-    let private isQueued entry =
-        match entry with
-        | Queued _ -> true
-        | _ -> false
-
-    /// Whether a broadcast event must stay behind an entry of an async node's queue: a Flush behind
-    /// every entry, a Revoked behind the inputs of its partition; Flush, Revoked and Assigned behind an
-    /// event held before them (events keep their order). A Tick is never held.
-    let private mustFollow (event: Event<obj>) entry =
-        match entry, event with
-        | Held _, (Flush | Revoked _ | Assigned _) -> true
-        | (Started(_, env, _) | Queued env), Flush -> true
-        | (Started(_, env, _) | Queued env), Revoked tp ->
-            env.Tokens |> List.exists (fun t -> t.Position.TopicPartition = tp)
-        | _ -> false
-
-    /// The queue with the event held after the last entry it must follow; None if it passes now.
-    let private holdIn hold event (queue: AsyncEntry list) =
-        List.tryFindIndexBack (mustFollow event) queue
-        |> Option.map (fun j -> List.insertAt (j + 1) (Held(hold, event)) queue)
-
-    /// Whether a level holds async calls or events (a substream that does is never dropped).
-    let rec private busy (states: NodeState[]) =
-        states
-        |> Array.exists (function
-            | AsyncState queue -> not queue.IsEmpty
-            | DemuxState d -> not d.Held.IsEmpty || d.Subs |> Map.exists (fun _ s -> busy s.States)
-            | _ -> false)
-
-    /// The demux substream path of a sink request: keys outermost first, joined by U+001F.
-    let private substreamName path =
-        match path with
-        | [] -> ""
-        | [ (_, key) ] -> key
-        | _ -> path |> List.rev |> List.map snd |> String.concat "\u001f"
 
     /// Pushes one envelope into node i of a level; `k` receives what passes the level's end.
     let rec private pushAt
@@ -266,13 +163,13 @@ module PipeRun =
                     Sink = name
                     Envelope = env
                     Write = write
-                    Substream = substreamName path
+                    Substream = RunState.substreamName path
                 }
             | AsyncMapNode(name, parallelism, run) ->
                 match acc.Mode, states[i] with
                 | Defer, AsyncState queue ->
                     let entry =
-                        if started queue < parallelism && not (List.exists isQueued queue) then
+                        if RunState.canStart parallelism queue then
                             request acc path i name run env
                         else
                             Queued env
@@ -286,15 +183,10 @@ module PipeRun =
                 match attempt (fun () -> demux.Key env) with
                 | Error ex -> failed acc "demux key" (ValueSome env.Position) ex
                 | Ok key ->
-                    let d =
-                        match states[i] with
-                        | DemuxState d -> d
-                        | _ -> noHolds
-
                     let sub =
-                        match Map.tryFind key d.Subs with
+                        match Map.tryFind key (RunState.demuxed states[i]).Subs with
                         | Some sub -> sub
-                        | None -> substream demux key now
+                        | None -> RunState.substream demux key now
 
                     let subStates = Array.copy sub.States
 
@@ -303,20 +195,15 @@ module PipeRun =
 
                     pushAt now acc ((i, key) :: path) sub.Nodes subStates 0 env after
 
-                    let sub' = {
-                        sub with
-                            States = subStates
-                            LastActive = now
-                    }
-
-                    match states[i] with
-                    | DemuxState d ->
-                        states[i] <-
-                            DemuxState {
-                                d with
-                                    Subs = Map.add key sub' d.Subs
+                    states[i] <-
+                        RunState.withSub
+                            key
+                            {
+                                sub with
+                                    States = subStates
+                                    LastActive = now
                             }
-                    | _ -> ()
+                            states[i]
 
     /// <summary>Sends a broadcast event (Tick, Flush, Revoked, Assigned) to the nodes of a level from
     /// node <paramref name="from"/> on, in order.</summary>
@@ -349,7 +236,7 @@ module PipeRun =
 
                     go (i + 1)
                 | AsyncMapNode _, AsyncState queue ->
-                    match holdIn hold event queue with
+                    match RunState.holdIn hold event queue with
                     | Some queue -> states[i] <- AsyncState queue
                     | None -> go (i + 1)
                 | DemuxNode demux, DemuxState d ->
@@ -378,56 +265,24 @@ module PipeRun =
             subs <- Map.add key { sub with States = subStates } subs
 
         for KeyValue(key, sub) in subs do
-            if not (busy sub.States) then
+            if not (RunState.busy sub.States) then
                 match event with
                 | Flush -> subs <- Map.remove key subs
                 | Tick when now - sub.LastActive >= demux.Options.IdleAfter ->
                     // Flushed first; kept if that flush started async calls (dropped at a later tick).
                     let subStates = Array.copy sub.States
-                    let dropHold = acc.NextHold
-                    acc.NextHold <- dropHold + 1
-
-                    broadcastFrom
-                        now
-                        acc
-                        ((i, key) :: path)
-                        sub.Nodes
-                        subStates
-                        0
-                        dropHold
-                        Flush
-                        after
-                        (fun _ _ -> ())
+                    let at = (i, key) :: path
+                    broadcastFrom now acc at sub.Nodes subStates 0 (acc.TakeHold()) Flush after ignore2
 
                     subs <-
-                        if busy subStates then
+                        if RunState.busy subStates then
                             Map.add key { sub with States = subStates } subs
                         else
                             Map.remove key subs
                 | _ -> ()
 
-        let passes =
-            match event with
-            | Tick -> true
-            | _ -> waiting.Value.IsEmpty && d.Held.IsEmpty
-
-        states[i] <-
-            DemuxState {
-                Subs = subs
-                Held =
-                    if passes then
-                        d.Held
-                    else
-                        d.Held
-                        @ [
-                            {
-                                Hold = hold
-                                Event = event
-                                Waiting = waiting.Value
-                            }
-                        ]
-            }
-
+        let passes, d = RunState.reachDemux hold event waiting.Value { d with Subs = subs }
+        states[i] <- DemuxState d
         passes
 
     let push (now: DateTimeOffset) (event: Event<obj>) (run: PipeRun) =
@@ -436,10 +291,7 @@ module PipeRun =
 
         match event with
         | Message env -> pushAt now acc [] run.Nodes states 0 env acc.Outputs.Add
-        | _ ->
-            let hold = acc.NextHold
-            acc.NextHold <- hold + 1
-            broadcastFrom now acc [] run.Nodes states 0 hold event acc.Outputs.Add (fun _ _ -> ())
+        | _ -> broadcastFrom now acc [] run.Nodes states 0 (acc.TakeHold()) event acc.Outputs.Add ignore2
 
         PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold), acc.Effects
 
@@ -449,64 +301,27 @@ module PipeRun =
     let private settle now (acc: Collected) path (nodes: Node[]) (states: NodeState[]) i id result k passed =
         match nodes[i], states[i] with
         | AsyncMapNode(name, parallelism, run), AsyncState queue ->
-            let queue =
-                queue
-                |> List.map (function
-                    | Started(c, e, None) when c = id -> Started(c, e, Some result)
-                    | entry -> entry)
+            let ready, queue = queue |> RunState.withResult id result |> RunState.ready
 
-            let rec release queue =
-                match queue with
-                | Started(_, env, Some result) :: rest ->
-                    match result with
-                    | Ok value -> pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
-                    | Error ex -> failed acc name (ValueSome env.Position) ex
+            for entry in ready do
+                match entry with
+                | Started(_, env, Some(Ok value)) ->
+                    pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
+                | Started(_, env, Some(Error ex)) -> failed acc name (ValueSome env.Position) ex
+                | Held(hold, event) -> broadcastFrom now acc path nodes states (i + 1) hold event k passed
+                | _ -> ()
 
-                    release rest
-                | Held(hold, event) :: rest ->
-                    broadcastFrom now acc path nodes states (i + 1) hold event k passed
-                    release rest
-                | _ -> queue
-
-            let queue = release queue
-
-            let queue, _ =
-                (parallelism - started queue, queue)
-                ||> List.mapFold (fun free entry ->
-                    match entry with
-                    | Queued env when free > 0 -> request acc path i name run env, free - 1
-                    | entry -> entry, free)
-
-            states[i] <- AsyncState queue
+            states[i] <- AsyncState(RunState.startWaiting parallelism (request acc path i name run) queue)
         | _ -> ()
 
     /// Substream `key` of demux i let a held event through: the events no substream holds any more
     /// go on after the demux, oldest first, as long as none older is still held.
     let private released now acc path (nodes: Node[]) (states: NodeState[]) i key k passed hold _event =
-        match states[i] with
-        | DemuxState d ->
-            let held =
-                d.Held
-                |> List.map (fun h ->
-                    if h.Hold = hold then
-                        {
-                            h with
-                                Waiting = h.Waiting.Remove key
-                        }
-                    else
-                        h)
+        let ready, d = RunState.letThrough hold key (RunState.demuxed states[i])
+        states[i] <- DemuxState d
 
-            let ready = held |> List.takeWhile (fun h -> h.Waiting.IsEmpty)
-
-            states[i] <-
-                DemuxState {
-                    d with
-                        Held = List.skip ready.Length held
-                }
-
-            for h in ready do
-                broadcastFrom now acc path nodes states (i + 1) h.Hold h.Event k passed
-        | _ -> ()
+        for h in ready do
+            broadcastFrom now acc path nodes states (i + 1) h.Hold h.Event k passed
 
     let resume (now: DateTimeOffset) (callId: int) (result: Result<obj, exn>) (run: PipeRun) =
         match Map.tryFind callId run.Calls with
@@ -537,42 +352,16 @@ module PipeRun =
                             after
                             (released now acc path nodes states i key k passed)
 
-                        match states[i] with
-                        | DemuxState d ->
-                            states[i] <-
-                                DemuxState {
-                                    d with
-                                        Subs = Map.add key { sub with States = subStates } d.Subs
-                                }
-                        | _ -> ()
+                        states[i] <- RunState.withSub key { sub with States = subStates } states[i]
                     | _ -> ()
 
-            descend run.Nodes states location.Demuxes [] acc.Outputs.Add (fun _ _ -> ())
+            descend run.Nodes states location.Demuxes [] acc.Outputs.Add ignore2
             PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold), acc.Effects
 
-    let rec private count (states: NodeState[]) =
-        states
-        |> Array.sumBy (function
-            | DemuxState d -> d.Subs.Count + (d.Subs |> Seq.sumBy (fun (KeyValue(_, s)) -> count s.States))
-            | _ -> 0)
-
-    let liveSubstreams (run: PipeRun) = count run.States
-
-    let rec private holdsIn (states: NodeState[]) = [
-        for state in states do
-            match state with
-            | AsyncState queue ->
-                for entry in queue do
-                    match entry with
-                    | Held(hold, event) -> yield hold, event
-                    | _ -> ()
-            | DemuxState d ->
-                for h in d.Held -> h.Hold, h.Event
-
-                for KeyValue(_, sub) in d.Subs do
-                    yield! holdsIn sub.States
-            | _ -> ()
-    ]
+    let liveSubstreams (run: PipeRun) = RunState.count run.States
 
     let held (run: PipeRun) =
-        holdsIn run.States |> List.distinctBy fst |> List.sortBy fst |> List.map snd
+        RunState.holdsIn run.States
+        |> List.distinctBy fst
+        |> List.sortBy fst
+        |> List.map snd
