@@ -93,8 +93,8 @@ module PipeRun =
 
     let start pipe = startWith RunInline pipe
 
-    /// A `passed` that does nothing (the root level, and a drop's own flush).
-    let private ignore2 (_: int) (_: Event<obj>) = ()
+    /// A `passed` nobody waits on (the root level, and the flush of a substream dropped as idle).
+    let private unwatched (_: int) (_: Event<obj>) = ()
 
     let private failed (acc: Collected) stage position error =
         acc.Failures.Add {
@@ -272,7 +272,7 @@ module PipeRun =
                     // Flushed first; kept if that flush started async calls (dropped at a later tick).
                     let subStates = Array.copy sub.States
                     let at = (i, key) :: path
-                    broadcastFrom now acc at sub.Nodes subStates 0 (acc.TakeHold()) Flush after ignore2
+                    broadcastFrom now acc at sub.Nodes subStates 0 (acc.TakeHold()) Flush after unwatched
 
                     subs <-
                         if RunState.busy subStates then
@@ -291,7 +291,7 @@ module PipeRun =
 
         match event with
         | Message env -> pushAt now acc [] run.Nodes states 0 env acc.Outputs.Add
-        | _ -> broadcastFrom now acc [] run.Nodes states 0 (acc.TakeHold()) event acc.Outputs.Add ignore2
+        | _ -> broadcastFrom now acc [] run.Nodes states 0 (acc.TakeHold()) event acc.Outputs.Add unwatched
 
         PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold), acc.Effects
 
@@ -355,7 +355,7 @@ module PipeRun =
                         states[i] <- RunState.withSub key { sub with States = subStates } states[i]
                     | _ -> ()
 
-            descend run.Nodes states location.Demuxes [] acc.Outputs.Add ignore2
+            descend run.Nodes states location.Demuxes [] acc.Outputs.Add unwatched
             PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold), acc.Effects
 
     let liveSubstreams (run: PipeRun) = RunState.count run.States

@@ -115,9 +115,11 @@ module PipeRun =
     val liveSubstreams: run: PipeRun -> int
 
     /// <summary>The Flush, Revoked and Assigned events held at async nodes (Defer), waiting for calls
-    /// in flight: each push once, oldest first. Empty when every event pushed has reached the end of
-    /// the pipe.</summary>
+    /// in flight: each push (or flush of an idle substream being dropped) once, oldest first. Empty
+    /// when every such event has reached the end of the pipe.</summary>
     /// <remarks>A runtime shutting down pushes Flush, runs the calls in flight until <c>held</c> no
     /// longer contains it, then commits; on a revoke it does the same with <c>Revoked tp</c> (for a
-    /// bounded time).</remarks>
+    /// bounded time). It should not deliver messages of a partition assigned again while the
+    /// partition's Revoked is still held: across demux substreams they could reach later stages
+    /// before it.</remarks>
     val held: run: PipeRun -> Event<obj> list
