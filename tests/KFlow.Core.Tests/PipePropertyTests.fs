@@ -7,6 +7,7 @@ open FsCheck
 open FsCheck.FSharp
 open Expecto
 open KFlow
+open KFlow.Core.Tests.PipeSpec
 open KFlow.Core.Tests.PipeGen
 open KFlow.Core.Tests.PipeScenario
 

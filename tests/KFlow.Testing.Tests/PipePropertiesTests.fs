@@ -89,6 +89,23 @@ let tests =
             |> fun pipe -> PipeProperties.crashReplay pipe inputs
             |> passes "demux + aggregate"
         }
+        test "passes on a pipe demuxed by the Kafka key with demuxByKey" {
+            Pipe.source<int>
+            |> Pipe.unfold (fun v -> List.replicate (v % 3) v)
+            |> Pipe.demuxByKey (fun sub -> sub |> Pipe.aggregate (Buffer.count 2))
+            |> Pipe.sink "db" write
+            |> fun pipe -> PipeProperties.crashReplay pipe inputs
+            |> passes "demuxByKey"
+        }
+        test "passes on a pipe whose shutdown flush must wait for async calls in flight" {
+            Pipe.source<int>
+            |> Pipe.aggregate (Buffer.count 3)
+            |> Pipe.mapAsync 2 (fun batch -> Task.FromResult(List.sum batch))
+            |> Pipe.aggregate (Buffer.count 2)
+            |> Pipe.sink "db" write
+            |> fun pipe -> PipeProperties.crashReplay pipe inputs
+            |> passes "flush behind async calls"
+        }
         test "catches a demux by value, which reorders a key's messages" {
             Pipe.source<int>
             |> Pipe.unfold (fun v -> List.replicate (v % 3) v)
