@@ -5,7 +5,7 @@ module KFlow.Testing.Tests.Main
 open Expecto
 
 [<Tests>]
-let all = testList "Testing" [ PostgresTests.tests ]
+let all = testList "Testing" [ EmbeddedKafkaTests.tests; PostgresTests.tests ]
 
 [<EntryPoint>]
 let main argv = runTestsWithCLIArgs [] argv all
