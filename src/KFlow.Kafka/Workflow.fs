@@ -82,7 +82,17 @@ module Workflow =
         let create () =
             Incarnation(options, newRun, counters, stop.Token)
         // The first consumer is built here, so a bad librdkafka property fails the call itself.
-        let first = create ()
+        let first =
+            try
+                create ()
+            with :? InvalidOperationException as e ->
+                raise (
+                    ArgumentException(
+                        $"The Kafka consumer refused its configuration ({e.Message}); check WorkflowOptions.Properties.",
+                        "Properties",
+                        e
+                    )
+                )
 
         let failedToStart (ex: exn) =
             Task.FromResult(

@@ -108,7 +108,7 @@ let private gracefulStop =
     }
 
 let private gaps =
-    test "offsets left by aborted transactions and their markers never stall the commits" {
+    test "offsets taken by transaction markers never stall the commits" {
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("gaps", 1)
         let config = cluster.ProducerConfig()
@@ -132,6 +132,8 @@ let private gaps =
         transaction "a" 10 true
         transaction "x" 5 false
         transaction "b" 10 true
+        let ends = endOffsets cluster "gaps" 1
+        Expect.equal (snd ends[0]) 28L "10 + marker + 5 aborted + marker + 10 + marker"
         let sunk = ConcurrentQueue<string>()
 
         let pipe =
@@ -141,14 +143,16 @@ let private gaps =
 
         let log = Log()
         let handle = Workflow.run (options cluster log "gaps" [ "gaps" ]) pipe
-        waitUntil log (seconds 30.) "20 messages are sunk" (fun () -> sunk.Count >= 20)
-        let ends = endOffsets cluster "gaps" 1
-        // The periodic commit (no stop yet) must get past every gap, markers included.
+        waitUntil log (seconds 30.) "the a and b messages are sunk" (fun () ->
+            sunk |> Seq.filter (fun v -> not (v.StartsWith "x")) |> Seq.length >= 20)
+        // The periodic commit (no stop yet) gets past the three markers, the last one included.
         waitUntil log (seconds 30.) "the end offset is committed" (fun () -> committed cluster "gaps" "gaps" 1 = ends)
         stopped log handle
-        expectOrderedOnce sunk 20
-        Expect.isFalse (sunk |> Seq.exists (fun v -> v.StartsWith "x")) "aborted messages are not read"
-        Expect.equal (snd ends[0]) 28L "10 + marker + 5 aborted + marker + 10 + marker"
+        expectOrderedOnce (sunk |> Seq.filter (fun v -> not (v.StartsWith "x"))) 20
+        // librdkafka's mock cluster does not filter aborted transactions for read_committed
+        // consumers (a real broker does): the 5 aborted messages arrive too (docs/runtime.md).
+        let aborted = sunk |> Seq.filter (fun v -> v.StartsWith "x") |> Seq.length
+        Expect.isTrue (aborted = 0 || aborted = 5) "aborted messages: none (real broker) or all once (mock)"
     }
 
 let private slowSink =
@@ -348,7 +352,7 @@ let private scaleOut (strategy: string option) =
                 Name = name
                 Backpressure = {
                     WorkflowOptions.backpressure with
-                        MaxInFlightMessages = 400
+                        MaxInFlightMessages = 2000
                 }
                 Properties =
                     o.Properties
@@ -391,7 +395,7 @@ let private badProperty =
         }
 
         Expect.throwsC (fun () -> Workflow.run options Pipe.source<byte[]> |> ignore) (fun e ->
-            Expect.isTrue (e :? ArgumentException) "an ArgumentException"
+            Expect.isTrue (e :? ArgumentException) $"an ArgumentException, got {e}"
             Expect.stringContains e.Message "no.such.property" "names the property")
     }
 
