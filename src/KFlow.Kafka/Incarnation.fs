@@ -124,8 +124,7 @@ type internal Incarnation
                     ValueNone
 
             // The position passes held messages, so it only counts when none is held.
-            let position =
-                if slot.Held.Count = 0 then position slot else ValueNone
+            let position = if slot.Held.Count = 0 then position slot else ValueNone
 
             match CommitPlan.toStore p.CommitPoint lastRouted position stored with
             | ValueSome offset ->
