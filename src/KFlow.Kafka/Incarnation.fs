@@ -388,7 +388,14 @@ type internal Incarnation
         let deadline = clock.Elapsed + options.DrainTimeout
 
         while not (drains |> Array.forall _.IsCompleted) && clock.Elapsed < deadline do
-            match consumer.Consume 20 with
+            // Polling keeps the member alive and runs rebalance handlers; messages are held.
+            match
+                (try
+                    consumer.Consume 20
+                 with :? ConsumeException as e ->
+                     log $"{name}: consume error while stopping {e.Error.Code}: {e.Error.Reason}"
+                     null)
+            with
             | null -> ()
             | cr when cr.IsPartitionEOF -> ()
             | cr -> route cr

@@ -396,6 +396,48 @@ let private scaleOut (strategy: string option) =
         b.Stats.Consumed
         (sunk.Count - n)
 
+let private staleCompletion =
+    test "a write that finishes after its partition was revoked is refused by the ledger and changes nothing" {
+        use cluster = EmbeddedKafka.start 1
+        cluster.CreateTopic("stale", 2)
+        produceKeyed cluster "stale" 8 40
+        let sunk = ConcurrentQueue<string>()
+        let gate = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
+
+        let pipe =
+            Pipe.source<byte[]>
+            |> Pipe.map Encoding.UTF8.GetString
+            |> Pipe.sink "gated" (fun (v: string) ->
+                task {
+                    do! gate.Task
+                    sunk.Enqueue v
+                })
+
+        let log = Log()
+
+        let options name = {
+            options cluster log "stale" [ "stale" ] with
+                Name = name
+                DrainTimeout = TimeSpan.FromMilliseconds 300.
+                Properties =
+                    (options cluster log "stale" [ "stale" ]).Properties
+                    @ [ "partition.assignment.strategy", "cooperative-sticky" ]
+        }
+
+        let a = Workflow.run (options "a") pipe
+        waitUntil log (seconds 30.) "a holds both partitions with writes waiting" (fun () -> a.Stats.InFlightMessages >= 40L)
+        let b = Workflow.run (options "b") pipe
+        waitUntil log (seconds 30.) "b got a partition" (fun () -> b.Stats.AssignedPartitions = 1)
+        // a's drain of the revoked partition timed out; its waiting writes now finish, too late.
+        gate.SetResult()
+        waitUntil log (seconds 30.) "the late completions are refused" (fun () -> a.Stats.Refused >= 1L)
+        waitUntil log (seconds 30.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= 40)
+        stopped log a
+        stopped log b
+        Expect.equal (committed cluster "stale" "stale" 2) (endOffsets cluster "stale" 2) "all committed"
+        Expect.isGreaterThan (log.Count "the ledger refused a completion") 0 "the refusal is logged"
+    }
+
 let private badProperty =
     test "an unknown librdkafka property fails Workflow.run with an ArgumentException naming it" {
         let log = Log()
@@ -427,5 +469,6 @@ let tests =
         test "two instances with cooperative-sticky assignment share the partitions and one takes over when the other stops" {
             scaleOut (Some "cooperative-sticky")
         }
+        staleCompletion
         badProperty
     ]
