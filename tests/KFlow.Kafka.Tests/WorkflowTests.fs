@@ -166,6 +166,45 @@ let private gaps =
         Expect.isTrue (aborted = 0 || aborted = 5) "aborted messages: none (real broker) or all once (mock)"
     }
 
+let private asyncMaps =
+    test "async maps run their calls concurrently and pass results on in input order" {
+        use cluster = EmbeddedKafka.start 1
+        cluster.CreateTopic("calls", 2)
+        let n = 2000
+        produceKeyed cluster "calls" 20 n
+        let sunk = ConcurrentQueue<string>()
+        let mutable running = 0
+        let mutable peak = 0
+
+        let call (v: string) =
+            task {
+                let now = Interlocked.Increment &running
+                let mutable seen = Volatile.Read &peak
+
+                while now > seen && Interlocked.CompareExchange(&peak, now, seen) <> seen do
+                    seen <- Volatile.Read &peak
+
+                do! Task.Delay(1 + (seqOf v % 3))
+                Interlocked.Decrement &running |> ignore
+                return v
+            }
+
+        let pipe =
+            Pipe.source<byte[]>
+            |> Pipe.map Encoding.UTF8.GetString
+            |> Pipe.mapAsync 8 call
+            |> Pipe.sink "record" (fun v -> recordBatches sunk [ v ])
+
+        let log = Log()
+        let handle = Workflow.run (options cluster log "calls" [ "calls" ]) pipe
+        waitUntil log (seconds 60.) "every message is sunk" (fun () -> sunk.Count >= n)
+        stopped log handle
+        expectOrderedOnce sunk n
+        Expect.isGreaterThan peak 1 "calls overlapped"
+        Expect.isLessThanOrEqual peak 16 "at most 8 per partition"
+        Expect.equal (committed cluster "calls" "calls" 2) (endOffsets cluster "calls" 2) "all committed"
+    }
+
 let private slowSink =
     test "a slow sink pauses intake at the in-flight limit and resumes it below the threshold, without loss" {
         use cluster = EmbeddedKafka.start 1
@@ -459,6 +498,7 @@ let tests =
         endToEnd
         gracefulStop
         gaps
+        asyncMaps
         slowSink
         brokerDown
         failingSink
