@@ -265,6 +265,52 @@ let private slowSink =
         printfn "runtime slow sink: %d pauses, %d resumes, peak in flight %d (limit %d)" stats.Pauses stats.Resumes stats.PeakInFlightMessages limit
     }
 
+let private partitionLimit =
+    test "a partition reaching its open-offset limit pauses alone and never holds more" {
+        use cluster = EmbeddedKafka.start 1
+        cluster.CreateTopic("open", 2)
+        let n = 1000
+        produceKeyed cluster "open" 16 n
+        let sunk = ConcurrentQueue<string>()
+        let opened = Array.zeroCreate<int> 2
+        let peaks = Array.zeroCreate<int> 2
+
+        let pipe =
+            Pipe.source<byte[]>
+            |> Pipe.mapEnvelope (fun e ->
+                let p = e.Position.TopicPartition.Partition
+                let now = Interlocked.Increment &opened[p]
+
+                lock peaks (fun () -> peaks[p] <- max peaks[p] now)
+                p, Encoding.UTF8.GetString e.Value)
+            |> Pipe.sink "slow" (fun (p: int, v: string) ->
+                task {
+                    do! Task.Delay 1
+                    sunk.Enqueue v
+                    Interlocked.Decrement &opened[p] |> ignore
+                })
+
+        let log = Log()
+        let limit = 50
+
+        let options = {
+            options cluster log "open" [ "open" ] with
+                Backpressure = {
+                    WorkflowOptions.backpressure with
+                        MaxOpenOffsetsPerPartition = limit
+                }
+        }
+
+        let handle = Workflow.run options pipe
+        waitUntil log (seconds 60.) "every message is sunk" (fun () -> sunk.Count >= n)
+        stopped log handle
+        expectOrderedOnce sunk n
+        Expect.isGreaterThanOrEqual handle.Stats.PartitionPauses 2L "partitions paused on their own limit"
+        Expect.equal handle.Stats.Pauses 0L "the workflow-wide limit was never reached"
+        Expect.all peaks (fun peak -> peak <= limit) "no partition held more than its limit"
+        Expect.equal (committed cluster "open" "open" 2) (endOffsets cluster "open" 2) "all committed"
+    }
+
 let private brokerDown =
     test "a broker down for a few seconds mid-stream loses nothing" {
         use cluster = EmbeddedKafka.start 1
@@ -504,6 +550,7 @@ let tests =
         gaps
         asyncMaps
         slowSink
+        partitionLimit
         brokerDown
         failingSink
         halt
