@@ -41,6 +41,8 @@ type internal Slot(worker: PartitionWorker, kafka: Confluent.Kafka.TopicPartitio
     member val Closed = false with get, set
     /// The partition is paused in the consumer.
     member val KafkaPaused = false with get, set
+    /// Progress of the partition while its own gate is closed.
+    member val Stall = Stall.start 0L with get, set
     /// Messages returned by Consume while the partition's intake was closed, in offset order;
     /// handed on first when it reopens (librdkafka may return prefetched messages after a pause).
     member val Held = Queue<struct (ConsumeResult<byte[], byte[]> * int64)>()
@@ -73,6 +75,8 @@ type internal Incarnation
     let mutable failure: FailureReport option = None
     let mutable mode = Running
     let mutable globalClosed = false
+    let mutable globalStall = Stall.start 0L
+    let stallMs = int64 b.FlushWhenStalled.TotalMilliseconds
     let mutable nextGeneration = 0
 
     let fail (report: FailureReport) =
@@ -242,16 +246,45 @@ type internal Incarnation
             if slot.Held.Count > 0 || not (admit slot cr size) then
                 slot.Held.Enqueue(struct (cr, size))
 
-    /// Reopens the gates whose load fell to the resume thresholds, then hands on held messages.
-    let relieve () =
+    /// Flushes the pipes of the given partitions: their intake is closed and nothing finishes.
+    let nudge (stalled: Slot seq) (what: string) =
+        counters.StallFlushed()
+
+        log
+            $"{name}: {what} stalled for {options.Backpressure.FlushWhenStalled} with nothing finishing; flushing the buffers"
+
+        for s in stalled do
+            s.Worker.Post Nudge
+
+    /// Reopens the gates whose load fell to the resume thresholds (flushing the pipes behind a gate
+    /// that stalls), then hands on held messages.
+    let relieve (now: int64) =
         if globalClosed && Gate.relieved counters.InFlight globalGate then
             globalClosed <- false
             counters.Resumed()
             log $"{name}: in-flight down to {counters.InFlight}; resuming"
 
+        if globalClosed then
+            let watch, stalled = Stall.watch now counters.InFlight.Messages stallMs globalStall
+            globalStall <- watch
+
+            if stalled then
+                nudge slots.Values "intake"
+        else
+            globalStall <- Stall.start now
+
         for slot in slots.Values do
             if slot.Closed && Gate.relieved { Messages = slot.Open; Bytes = 0L } partitionGate then
                 slot.Closed <- false
+
+            if slot.Closed then
+                let watch, stalled = Stall.watch now slot.Open stallMs slot.Stall
+                slot.Stall <- watch
+
+                if stalled then
+                    nudge [ slot ] $"{slot.Kafka}"
+            else
+                slot.Stall <- Stall.start now
 
         applyPauses ()
 
@@ -462,7 +495,7 @@ type internal Incarnation
 
                 if now >= nextRelieve then
                     nextRelieve <- now + 5L
-                    relieve ()
+                    relieve now
 
                 if now >= nextStore then
                     nextStore <- now + 50L

@@ -265,6 +265,41 @@ let private slowSink =
         printfn "runtime slow sink: %d pauses, %d resumes, peak in flight %d (limit %d)" stats.Pauses stats.Resumes stats.PeakInFlightMessages limit
     }
 
+let private stallFlush =
+    test "buffers holding more than the in-flight limit are flushed when intake stalls, instead of waiting for the idle eviction" {
+        use cluster = EmbeddedKafka.start 1
+        cluster.CreateTopic("stall", 2)
+        let n = 5000
+        produceKeyed cluster "stall" 50 n
+        let sunk = ConcurrentQueue<string>()
+
+        // 100 messages per key never fill a batch of 1,000: only a flush empties the buffers.
+        let pipe =
+            Pipe.source<byte[]>
+            |> Pipe.map Encoding.UTF8.GetString
+            |> Pipe.demux keyOf (fun sub -> sub |> Pipe.aggregate (Buffer.count 1000))
+            |> Pipe.sink "record" (recordBatches sunk)
+
+        let log = Log()
+
+        let options = {
+            options cluster log "stall" [ "stall" ] with
+                Backpressure = {
+                    WorkflowOptions.backpressure with
+                        MaxInFlightMessages = 1000
+                        FlushWhenStalled = TimeSpan.FromMilliseconds 200.
+                }
+        }
+
+        let handle = Workflow.run options pipe
+        waitUntil log (seconds 30.) "every message is sunk" (fun () -> sunk.Count >= n)
+        stopped log handle
+        expectOrderedOnce sunk n
+        Expect.isGreaterThanOrEqual handle.Stats.StallFlushes 1L "stalls were flushed"
+        Expect.isLessThanOrEqual handle.Stats.PeakInFlightMessages 1000L "the limit held"
+        Expect.equal (committed cluster "stall" "stall" 2) (endOffsets cluster "stall" 2) "all committed"
+    }
+
 let private partitionLimit =
     test "a partition reaching its open-offset limit pauses alone and never holds more" {
         use cluster = EmbeddedKafka.start 1
@@ -550,6 +585,7 @@ let tests =
         gaps
         asyncMaps
         slowSink
+        stallFlush
         partitionLimit
         brokerDown
         failingSink
