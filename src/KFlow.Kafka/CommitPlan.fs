@@ -5,7 +5,7 @@ namespace KFlow.Kafka
 
 /// Functions deciding what offset to store.
 [<RequireQualifiedAccess>]
-module CommitPlan =
+module internal CommitPlan =
     /// <summary>The offset to store now for a partition, or ValueNone to store nothing.</summary>
     /// <remarks>
     /// 1. The candidate is the ledger's commit point of the current assignment.
