@@ -41,6 +41,8 @@ type internal Slot(worker: PartitionWorker, kafka: Confluent.Kafka.TopicPartitio
     member val Closed = false with get, set
     /// The partition is paused in the consumer.
     member val KafkaPaused = false with get, set
+    /// Whether KafkaPaused is known (false until the first applyPauses after the assignment).
+    member val PauseKnown = false with get, set
     /// Progress of the partition while its own gate is closed.
     member val Stall = Stall.start 0L with get, set
     /// Messages returned by Consume while the partition's intake was closed, in offset order;
@@ -146,7 +148,9 @@ type internal Incarnation
             |> Seq.map (fun s -> TopicPartitionOffset(s.Kafka, Offset s.Stored))
             |> List.ofSeq
 
-        if not offsets.IsEmpty then
+        if offsets.IsEmpty then
+            true
+        else
             try
                 consumer.Commit offsets
                 counters.Committed()
@@ -155,8 +159,11 @@ type internal Incarnation
                     $"""{name}: committed {offsets
                                            |> List.map (fun o -> $"{o.TopicPartition}@{o.Offset.Value}")
                                            |> String.concat ", "}"""
+
+                true
             with :? KafkaException as e ->
                 log $"{name}: synchronous commit failed (at-least-once still holds): {e.Error.Reason}"
+                false
 
     let applyPauses () =
         let pause = List<Confluent.Kafka.TopicPartition>()
@@ -165,12 +172,13 @@ type internal Incarnation
         for slot in slots.Values do
             let wanted = mode <> Running || globalClosed || slot.Closed
 
-            if wanted && not slot.KafkaPaused then
+            if wanted && (not slot.KafkaPaused || not slot.PauseKnown) then
                 pause.Add slot.Kafka
-                slot.KafkaPaused <- true
-            elif not wanted && slot.KafkaPaused then
+            elif not wanted && (slot.KafkaPaused || not slot.PauseKnown) then
                 resume.Add slot.Kafka
-                slot.KafkaPaused <- false
+
+            slot.KafkaPaused <- wanted
+            slot.PauseKnown <- true
 
         try
             if pause.Count > 0 then
@@ -315,6 +323,9 @@ type internal Incarnation
             let tp = ours p
             let w = workerOf tp
             nextGeneration <- nextGeneration + 1
+            // librdkafka may keep a partition's pause flag from an earlier assignment (seen after an
+            // eager rebalance: the partitions paused before it never resumed), so the next
+            // applyPauses pauses or resumes it explicitly (PauseKnown is false).
             slots[tp] <- Slot(w, p, nextGeneration)
             w.Post(Assign nextGeneration)
 
@@ -349,7 +360,7 @@ type internal Incarnation
             for s in revoked do
                 store s
 
-            commitSync revoked
+            commitSync revoked |> ignore
 
         drop revoked
         log $"""{name}: revoked {parts |> Seq.map (fun p -> string p.TopicPartition) |> String.concat ", "}"""
@@ -440,7 +451,29 @@ type internal Incarnation
         for s in slots.Values do
             store s
 
-        commitSync slots.Values
+        // A commit refused during a rebalance (another member joining or leaving) is retried while
+        // polling lets the rebalance finish, within a second drain timeout.
+        let retryUntil = clock.Elapsed + options.DrainTimeout
+        let mutable committed = commitSync slots.Values
+
+        while not committed && clock.Elapsed < retryUntil do
+            match
+                (try
+                    consumer.Consume 100
+                 with :? ConsumeException ->
+                     null)
+            with
+            | null -> ()
+            | cr when cr.IsPartitionEOF -> ()
+            | cr -> route cr
+
+            applyPauses ()
+
+            for s in slots.Values do
+                store s
+
+            committed <- commitSync slots.Values
+
         close ()
         Stopped
 
@@ -452,7 +485,7 @@ type internal Incarnation
         for s in slots.Values do
             store s
 
-        commitSync slots.Values
+        commitSync slots.Values |> ignore
         close ()
         Failed report
 
