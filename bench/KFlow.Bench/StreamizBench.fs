@@ -10,8 +10,10 @@ open Streamiz.Kafka.Net.Processors
 open KFlow.Testing
 open KFlow.Bench.RuntimeInput
 
-/// Stream threads. The machine's core count (Streamiz default 1): its best showing here.
-let threads = Environment.ProcessorCount
+/// Stream threads. 1 (Streamiz's default): with 2 threads on this 2-core machine Streamiz stalled
+/// in a rebalance between its own threads on the embedded cluster (no message in 5 minutes, 1 run
+/// of 2), and MaxPollRecords 5,000 (default 500) or PollMs 10 (default 100) made it slower.
+let threads = 1
 
 /// Reads the whole input once with a fresh application id; returns messages/s (first to last).
 let run (input: Input) =
