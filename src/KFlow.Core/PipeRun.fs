@@ -10,6 +10,7 @@ type SinkRequest = {
     Sink: string
     Envelope: Envelope<obj>
     Write: obj -> Task
+    Substream: string
 }
 
 [<NoEquality; NoComparison>]
@@ -201,6 +202,11 @@ module PipeRun =
                     Sink = name
                     Envelope = env
                     Write = write
+                    Substream =
+                        match path with
+                        | [] -> ""
+                        | [ (_, key) ] -> key
+                        | _ -> path |> List.rev |> List.map snd |> String.concat "\u001f"
                 }
             | AsyncMapNode(name, parallelism, run) ->
                 match acc.Mode, states[i] with

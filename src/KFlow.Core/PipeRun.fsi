@@ -14,6 +14,10 @@ type SinkRequest = {
     Envelope: Envelope<obj>
     /// The write itself.
     Write: obj -> Task
+    /// The demux substream the write comes from: its keys, outermost first, joined by U+001F
+    /// ("" outside any demux). A runtime that runs writes concurrently keeps the writes of one
+    /// substream in request order, so per-key order holds in the sink.
+    Substream: string
 }
 
 /// A described asynchronous map call (AsyncMode.Defer): the caller runs it and hands the result back

@@ -58,6 +58,22 @@ let tests =
                 [ 0L; 1L ]
                 "tokens merged"
         }
+        test "a sink request names the demux substream it comes from, outermost key first" {
+            let write (_: int) = Threading.Tasks.Task.CompletedTask
+
+            let pipe =
+                Pipe.source<int>
+                |> Pipe.demux (fun v -> string (v % 2)) (fun sub ->
+                    sub
+                    |> Pipe.demux (fun v -> string (v % 3)) (fun sub -> sub |> Pipe.sink "inner" write))
+
+            let _, effects = PipeRun.start pipe |> PipeRun.push at (message 0L 5)
+            Expect.equal (effects.Sinks |> List.map _.Substream) [ "1\u001f2" ] "both keys, outermost first"
+
+            let flat = Pipe.source<int> |> Pipe.sink "flat" write
+            let _, effects = PipeRun.start flat |> PipeRun.push at (message 0L 5)
+            Expect.equal (effects.Sinks |> List.map _.Substream) [ "" ] "no demux, no substream"
+        }
         test "resuming a call that is not in flight is refused" {
             let run =
                 PipeRun.startWith Defer (Pipe.source<int> |> Pipe.mapAsync 1 Threading.Tasks.Task.FromResult)

@@ -1,0 +1,208 @@
+// The settings of a workflow: its Kafka source, commit interval, backpressure limits, clock, drain
+// timeout and failure policy, with their defaults, validation and the consumer configuration built
+// from them.
+namespace KFlow.Kafka
+
+open System
+open Confluent.Kafka
+
+/// Where a consumer group with no committed offset starts reading.
+type OffsetReset =
+    /// At the oldest retained message (KFlow's default: nothing produced before the first start is skipped).
+    | Earliest
+    /// At the end: only messages produced from now on (librdkafka's default).
+    | Latest
+
+/// The backpressure limits. Intake pauses when a limit is reached and resumes when the load is down
+/// to ResumeAt of every limit (hysteresis). A message is in flight from the moment the consumer
+/// hands it to the pipe until its offset is finished (sunk, filtered out or completed).
+type BackpressureOptions = {
+    /// Messages in flight per workflow before every partition pauses. Default 50,000.
+    MaxInFlightMessages: int
+    /// Key + value bytes in flight per workflow before every partition pauses. Default 64 MiB.
+    MaxInFlightBytes: int64
+    /// Intake resumes when the load is at or below this fraction of each limit. Default 0.5.
+    ResumeAt: float
+    /// Open (unfinished) offsets per partition before that partition pauses. Default 20,000.
+    MaxOpenOffsetsPerPartition: int
+}
+
+/// What the workflow does when a stage throws or a sink or async call fails.
+[<NoEquality; NoComparison>]
+type FailurePolicy =
+    /// Stop this incarnation (nothing is committed past the failed message), wait, and restart from
+    /// the committed offsets, so the failed message is read again (KFlow's model; the default, with
+    /// Backoff.defaults). The wait doubles after each failure and resets once an incarnation ran
+    /// for Backoff.Max without failing.
+    | RestartWithBackoff of Backoff
+    /// Stop the workflow: Completion faults with a WorkflowFailedException naming the topic,
+    /// partition, offset and stage. The safe commit points reached are committed first.
+    | Halt
+
+/// The settings of one workflow. Build them with `WorkflowOptions.create` and `{ o with … }`.
+[<NoEquality; NoComparison>]
+type WorkflowOptions = {
+    /// The workflow's name, used in logs and as the consumer's client.id. Required.
+    Name: string
+    /// The Kafka bootstrap.servers list, e.g. "host1:9092,host2:9092". Required.
+    BootstrapServers: string
+    /// The topics to consume. Required, at least one.
+    Topics: string list
+    /// The consumer group (group.id); instances with the same group share the partitions. Required.
+    GroupId: string
+    /// Where a group with no committed offset starts. Default Earliest (librdkafka's is latest).
+    AutoOffsetReset: OffsetReset
+    /// Any other librdkafka consumer property, passed through (TLS, SASL,
+    /// partition.assignment.strategy, session.timeout.ms, …). Default none. The properties the
+    /// runtime owns (group.id, bootstrap.servers, enable.auto.commit, enable.auto.offset.store,
+    /// auto.commit.interval.ms, auto.offset.reset) are refused here: use the fields above.
+    Properties: (string * string) list
+    /// How often the stored commit points are committed to Kafka (auto.commit.interval.ms).
+    /// Default 5 s (librdkafka's default too). Revokes and stops also commit synchronously.
+    CommitInterval: TimeSpan
+    /// Backpressure limits. Default BackpressureOptions of `WorkflowOptions.backpressure`.
+    Backpressure: BackpressureOptions
+    /// How often every partition's pipe receives a Tick (age-based buffers, idle substream eviction).
+    /// Default 1 s.
+    TickInterval: TimeSpan
+    /// How long a revoke or a stop waits for in-flight sink writes and async calls before it commits
+    /// what is finished and lets go. Default 10 s.
+    DrainTimeout: TimeSpan
+    /// What a failure does. Default RestartWithBackoff Backoff.defaults.
+    OnFailure: FailurePolicy
+    /// Receives the runtime's log lines (assignments, revokes, pauses, failures, restarts, refused
+    /// completions, librdkafka warnings). Called from the consumer thread and the partition loops;
+    /// keep it quick and thread-safe. Default ignores them.
+    Log: string -> unit
+}
+
+/// Building and checking workflow options.
+[<RequireQualifiedAccess>]
+module WorkflowOptions =
+    /// The default backpressure limits.
+    let backpressure = {
+        MaxInFlightMessages = 50_000
+        MaxInFlightBytes = 64L * 1024L * 1024L
+        ResumeAt = 0.5
+        MaxOpenOffsetsPerPartition = 20_000
+    }
+
+    /// Options with every default: name, bootstrap servers, group and topics given.
+    let create (name: string) (bootstrapServers: string) (groupId: string) (topics: string list) = {
+        Name = name
+        BootstrapServers = bootstrapServers
+        Topics = topics
+        GroupId = groupId
+        AutoOffsetReset = Earliest
+        Properties = []
+        CommitInterval = TimeSpan.FromSeconds 5.
+        Backpressure = backpressure
+        TickInterval = TimeSpan.FromSeconds 1.
+        DrainTimeout = TimeSpan.FromSeconds 10.
+        OnFailure = RestartWithBackoff Backoff.defaults
+        Log = ignore
+    }
+
+    /// The librdkafka properties the runtime sets itself, with the option to use instead.
+    let private owned =
+        dict [
+            "group.id", "WorkflowOptions.GroupId"
+            "bootstrap.servers", "WorkflowOptions.BootstrapServers"
+            "metadata.broker.list", "WorkflowOptions.BootstrapServers"
+            "enable.auto.commit", "nothing: the runtime commits on CommitInterval and on revoke/stop"
+            "enable.auto.offset.store", "nothing: the runtime stores the ledger's commit points"
+            "auto.commit.interval.ms", "WorkflowOptions.CommitInterval"
+            "auto.offset.reset", "WorkflowOptions.AutoOffsetReset"
+        ]
+
+    let private blank (s: string) = String.IsNullOrWhiteSpace s
+
+    /// <summary>Checks every setting and returns the options; raises ArgumentException with a
+    /// sentence naming the setting and what to do.</summary>
+    let validate (o: WorkflowOptions) =
+        if blank o.Name then
+            invalidSetting
+                "Name"
+                "WorkflowOptions.Name must not be empty; name the workflow (it appears in logs)."
+
+        if blank o.BootstrapServers then
+            invalidSetting
+                "BootstrapServers"
+                "WorkflowOptions.BootstrapServers must not be empty; give the Kafka bootstrap.servers list, e.g. \"localhost:9092\"."
+
+        if isNull (box o.Topics) || List.isEmpty o.Topics || o.Topics |> List.exists blank then
+            invalidSetting "Topics" "WorkflowOptions.Topics must list at least one topic, none of them empty."
+
+        if blank o.GroupId then
+            invalidSetting
+                "GroupId"
+                "WorkflowOptions.GroupId must not be empty; set the consumer group (group.id)."
+
+        for key, _ in o.Properties do
+            match owned.TryGetValue key with
+            | true, instead ->
+                invalidSetting
+                    "Properties"
+                    $"WorkflowOptions.Properties must not set '{key}': the runtime owns it; set {instead}."
+            | _ -> ()
+
+        let positive (name: string) (t: TimeSpan) (what: string) =
+            if t <= TimeSpan.Zero then
+                invalidSetting name $"WorkflowOptions.{name} must be > 0 (got {t}); it is {what}."
+
+        positive "CommitInterval" o.CommitInterval "how often stored commit points are committed"
+        positive "TickInterval" o.TickInterval "how often the pipes receive a Tick"
+        positive "DrainTimeout" o.DrainTimeout "how long a revoke or stop waits for in-flight work"
+
+        let b = o.Backpressure
+
+        if b.MaxInFlightMessages < 1 then
+            invalidSetting
+                "Backpressure"
+                $"WorkflowOptions.Backpressure.MaxInFlightMessages must be ≥ 1 (got {b.MaxInFlightMessages})."
+
+        if b.MaxInFlightBytes < 1L then
+            invalidSetting
+                "Backpressure"
+                $"WorkflowOptions.Backpressure.MaxInFlightBytes must be ≥ 1 (got {b.MaxInFlightBytes})."
+
+        if b.MaxOpenOffsetsPerPartition < 1 then
+            invalidSetting
+                "Backpressure"
+                $"WorkflowOptions.Backpressure.MaxOpenOffsetsPerPartition must be ≥ 1 (got {b.MaxOpenOffsetsPerPartition})."
+
+        if not (b.ResumeAt >= 0. && b.ResumeAt < 1.) then
+            invalidSetting
+                "Backpressure"
+                $"WorkflowOptions.Backpressure.ResumeAt must be in [0, 1) (got {b.ResumeAt}); it is the fraction of each limit at which intake resumes."
+
+        match o.OnFailure with
+        | RestartWithBackoff backoff -> Backoff.validate "WorkflowOptions.OnFailure" backoff |> ignore
+        | Halt -> ()
+
+        if isNull (box o.Log) then
+            invalidSetting "Log" "WorkflowOptions.Log must not be null; use ignore to drop the log lines."
+
+        o
+
+    /// The Confluent consumer configuration: the pass-through properties, then the settings the
+    /// runtime owns (offsets stored explicitly, committed by librdkafka every CommitInterval).
+    let consumerConfig (o: WorkflowOptions) =
+        let c = ConsumerConfig()
+
+        for key, value in o.Properties do
+            c.Set(key, value)
+
+        c.BootstrapServers <- o.BootstrapServers
+        c.GroupId <- o.GroupId
+        c.ClientId <- o.Name
+        c.EnableAutoCommit <- true
+        c.EnableAutoOffsetStore <- false
+        c.AutoCommitIntervalMs <- int o.CommitInterval.TotalMilliseconds
+
+        c.AutoOffsetReset <-
+            match o.AutoOffsetReset with
+            | Earliest -> AutoOffsetReset.Earliest
+            | Latest -> AutoOffsetReset.Latest
+
+        c

@@ -1,0 +1,108 @@
+// Helpers of the runtime tests against the embedded cluster: producing keyed messages, reading a
+// group's committed offsets and the end offsets, workflow options for the cluster, waiting.
+module KFlow.Kafka.Tests.Kafka
+
+open System
+open System.Collections.Concurrent
+open System.Diagnostics
+open System.Threading
+open Confluent.Kafka
+open Expecto
+open KFlow.Kafka
+open KFlow.Testing
+
+/// Produces `count` messages over `keys` keys: key "k{i % keys}", value "k{i % keys}:{n}" where n
+/// counts that key's messages from 0. Waits for every delivery.
+let produceKeyed (cluster: EmbeddedKafkaCluster) (topic: string) (keys: int) (count: int) =
+    use producer = ProducerBuilder<string, string>(cluster.ProducerConfig()).Build()
+    let mutable failed = 0
+    let perKey = Array.zeroCreate<int> keys
+
+    for i in 0 .. count - 1 do
+        let k = i % keys
+        let n = perKey[k]
+        perKey[k] <- n + 1
+
+        producer.Produce(
+            topic,
+            Message<_, _>(Key = $"k{k}", Value = $"k{k}:{n}"),
+            fun report ->
+                if report.Error.IsError then
+                    Interlocked.Increment &failed |> ignore
+        )
+
+    producer.Flush(TimeSpan.FromSeconds 60.) |> ignore
+    Expect.equal failed 0 "every message is delivered"
+
+/// The end (high watermark) offset of every partition of a topic.
+let endOffsets (cluster: EmbeddedKafkaCluster) (topic: string) (partitions: int) =
+    use consumer =
+        ConsumerBuilder<Ignore, Ignore>(cluster.ConsumerConfig "watermarks").Build()
+
+    [
+        for p in 0 .. partitions - 1 ->
+            p,
+            (consumer.QueryWatermarkOffsets(TopicPartition(topic, Partition p), TimeSpan.FromSeconds 10.))
+                .High.Value
+    ]
+
+/// The offsets a group committed for every partition of a topic (-1001 when none).
+let committed (cluster: EmbeddedKafkaCluster) (group: string) (topic: string) (partitions: int) =
+    use consumer = ConsumerBuilder<Ignore, Ignore>(cluster.ConsumerConfig group).Build()
+
+    consumer.Committed(
+        [ for p in 0 .. partitions - 1 -> TopicPartition(topic, Partition p) ],
+        TimeSpan.FromSeconds 10.
+    )
+    |> Seq.map (fun tpo -> tpo.Partition.Value, tpo.Offset.Value)
+    |> Seq.sortBy fst
+    |> List.ofSeq
+
+/// The runtime's log lines of one test (printed when the test fails).
+type Log() =
+    let lines = ConcurrentQueue<string>()
+    let clock = Stopwatch.StartNew()
+
+    member _.Add(line: string) =
+        lines.Enqueue $"%6d{clock.ElapsedMilliseconds} {line}"
+
+    member _.Lines = List.ofSeq lines
+
+    member _.Count(part: string) =
+        lines |> Seq.filter (fun l -> l.Contains part) |> Seq.length
+
+    /// The last lines, for failure messages.
+    member _.Tail =
+        let all = Array.ofSeq lines
+        all |> Array.skip (max 0 (all.Length - 40)) |> String.concat "\n"
+
+/// Options for a workflow on the embedded cluster: the fast client settings, ticks every 100 ms,
+/// restarts after 100 ms doubling to 1 s, logs into `log`.
+let options (cluster: EmbeddedKafkaCluster) (log: Log) (group: string) (topics: string list) =
+    let fast =
+        FastClientSettings.consumer
+        |> Seq.filter (fun kv -> kv.Key <> "auto.offset.reset")
+        |> Seq.map (fun kv -> kv.Key, kv.Value)
+        |> List.ofSeq
+
+    {
+        WorkflowOptions.create group cluster.BootstrapServers group topics with
+            Properties = fast
+            TickInterval = TimeSpan.FromMilliseconds 100.
+            OnFailure =
+                RestartWithBackoff {
+                    First = TimeSpan.FromMilliseconds 100.
+                    Max = TimeSpan.FromSeconds 1.
+                }
+            Log = log.Add
+    }
+
+/// Waits until `condition` holds, checking every 20 ms; fails the test (with the log's tail) after `within`.
+let waitUntil (log: Log) (within: TimeSpan) (what: string) (condition: unit -> bool) =
+    let clock = Stopwatch.StartNew()
+
+    while not (condition ()) do
+        if clock.Elapsed > within then
+            failtestf "Timed out after %O waiting until %s.\nLog:\n%s" within what log.Tail
+
+        Thread.Sleep 20

@@ -1,0 +1,18 @@
+// The test root of KFlow.Kafka: every test file's `tests`, run by Expecto from the command line.
+// The workflow tests share the embedded cluster's CPU, so their list is sequenced.
+module KFlow.Kafka.Tests.Main
+
+open Expecto
+
+[<Tests>]
+let all =
+    testList "Kafka" [
+        BackoffTests.tests
+        BackpressureTests.tests
+        CommitPlanTests.tests
+        WorkflowOptionsTests.tests
+        WorkflowTests.tests
+    ]
+
+[<EntryPoint>]
+let main argv = runTestsWithCLIArgs [] argv all

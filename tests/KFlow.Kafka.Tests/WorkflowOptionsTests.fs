@@ -1,0 +1,143 @@
+// Tests for src/KFlow.Kafka/WorkflowOptions.fs: defaults, validation messages naming the setting,
+// and the consumer configuration the runtime owns.
+module KFlow.Kafka.Tests.WorkflowOptionsTests
+
+open System
+open Confluent.Kafka
+open Expecto
+open KFlow.Kafka
+
+let private valid =
+    WorkflowOptions.create "orders" "localhost:9092" "orders-group" [ "orders" ]
+
+let private refused (options: WorkflowOptions) (setting: string) =
+    Expect.throwsC (fun () -> WorkflowOptions.validate options |> ignore) (fun e ->
+        Expect.isTrue (e :? ArgumentException) "an ArgumentException"
+        Expect.stringContains e.Message setting $"the message names {setting}")
+
+let tests =
+    testList "WorkflowOptions" [
+        test "the defaults are valid and state the documented values" {
+            let o = WorkflowOptions.validate valid
+            Expect.equal o.CommitInterval (TimeSpan.FromSeconds 5.) "commit every 5 s"
+            Expect.equal o.AutoOffsetReset Earliest "earliest"
+            Expect.equal o.TickInterval (TimeSpan.FromSeconds 1.) "tick every second"
+            Expect.equal o.DrainTimeout (TimeSpan.FromSeconds 10.) "drain 10 s"
+            Expect.equal o.Backpressure.MaxInFlightMessages 50_000 "50k messages"
+            Expect.equal o.Backpressure.MaxInFlightBytes (64L * 1024L * 1024L) "64 MiB"
+            Expect.equal o.Backpressure.ResumeAt 0.5 "resume at half"
+            Expect.equal o.Backpressure.MaxOpenOffsetsPerPartition 20_000 "20k open offsets"
+        }
+
+        test "every bad setting is refused with a message naming it" {
+            refused { valid with Name = " " } "Name"
+            refused { valid with BootstrapServers = "" } "BootstrapServers"
+            refused { valid with Topics = [] } "Topics"
+            refused { valid with Topics = [ "" ] } "Topics"
+            refused { valid with GroupId = "" } "GroupId"
+
+            refused
+                {
+                    valid with
+                        CommitInterval = TimeSpan.Zero
+                }
+                "CommitInterval"
+
+            refused
+                {
+                    valid with
+                        TickInterval = TimeSpan.FromSeconds -1.
+                }
+                "TickInterval"
+
+            refused
+                {
+                    valid with
+                        DrainTimeout = TimeSpan.Zero
+                }
+                "DrainTimeout"
+
+            let bp = valid.Backpressure
+
+            refused
+                {
+                    valid with
+                        Backpressure = { bp with MaxInFlightMessages = 0 }
+                }
+                "MaxInFlightMessages"
+
+            refused
+                {
+                    valid with
+                        Backpressure = { bp with MaxInFlightBytes = 0L }
+                }
+                "MaxInFlightBytes"
+
+            refused
+                {
+                    valid with
+                        Backpressure = {
+                            bp with
+                                MaxOpenOffsetsPerPartition = 0
+                        }
+                }
+                "MaxOpenOffsetsPerPartition"
+
+            refused
+                {
+                    valid with
+                        Backpressure = { bp with ResumeAt = 1.0 }
+                }
+                "ResumeAt"
+
+            refused
+                {
+                    valid with
+                        OnFailure =
+                            RestartWithBackoff {
+                                First = TimeSpan.Zero
+                                Max = TimeSpan.Zero
+                            }
+                }
+                "OnFailure.First"
+        }
+
+        test "properties the runtime owns are refused with the option to use instead" {
+            refused
+                {
+                    valid with
+                        Properties = [ "enable.auto.commit", "false" ]
+                }
+                "enable.auto.commit"
+
+            refused
+                {
+                    valid with
+                        Properties = [ "auto.offset.reset", "latest" ]
+                }
+                "WorkflowOptions.AutoOffsetReset"
+
+            refused
+                {
+                    valid with
+                        Properties = [ "group.id", "x" ]
+                }
+                "WorkflowOptions.GroupId"
+        }
+
+        test "the consumer stores offsets explicitly and commits them on the interval" {
+            let c =
+                WorkflowOptions.consumerConfig {
+                    valid with
+                        Properties = [ "partition.assignment.strategy", "cooperative-sticky" ]
+                        CommitInterval = TimeSpan.FromSeconds 2.
+                }
+
+            Expect.equal c.EnableAutoOffsetStore (Nullable false) "offsets stored by the runtime"
+            Expect.equal c.EnableAutoCommit (Nullable true) "librdkafka commits the stored offsets"
+            Expect.equal c.AutoCommitIntervalMs (Nullable 2000) "on the interval"
+            Expect.equal c.AutoOffsetReset (Nullable AutoOffsetReset.Earliest) "earliest"
+            Expect.equal c.GroupId "orders-group" "group"
+            Expect.equal (c.Get "partition.assignment.strategy") "cooperative-sticky" "passed through"
+        }
+    ]
