@@ -27,11 +27,19 @@ module internal Posix =
             let fd = ``open`` (directory, 0) // O_RDONLY
 
             if fd < 0 then
-                raise (IOException($"Cannot open directory '{directory}' to flush it (errno {Marshal.GetLastPInvokeError()})."))
+                raise (
+                    IOException(
+                        $"Cannot open directory '{directory}' to flush it (errno {Marshal.GetLastPInvokeError()})."
+                    )
+                )
 
             try
                 if fsync fd <> 0 then
-                    raise (IOException($"fsync of directory '{directory}' failed (errno {Marshal.GetLastPInvokeError()})."))
+                    raise (
+                        IOException(
+                            $"fsync of directory '{directory}' failed (errno {Marshal.GetLastPInvokeError()})."
+                        )
+                    )
             finally
                 close fd |> ignore
 
@@ -75,8 +83,7 @@ module FileSink =
         if String.IsNullOrEmpty name then
             raise (ArgumentException($"The file sink needs a file path, not the directory '{path}'.", "path"))
 
-        let temp =
-            Path.Combine(directory, $".{name}.{Guid.NewGuid():N}{TempSuffix}")
+        let temp = Path.Combine(directory, $".{name}.{Guid.NewGuid():N}{TempSuffix}")
 
         try
             do! task {
@@ -114,7 +121,9 @@ module FileSink =
     /// the file is on disk under its final name. Use with `Pipe.sink "files" (FileSink.write options)`.
     let write (options: FileSinkOptions<'a>) : 'a -> Task =
         if isNull (box options.Path) || isNull (box options.Write) then
-            raise (ArgumentException("FileSinkOptions.Path and Write must be functions, not null.", "options"))
+            raise (
+                ArgumentException("FileSinkOptions.Path and Write must be functions, not null.", "options")
+            )
 
         fun value -> task {
             let path = options.Path value

@@ -104,7 +104,9 @@ module KafkaSinkOptions =
 
         match o.Partitioner with
         | ByKey algorithm when String.IsNullOrWhiteSpace algorithm ->
-            fail "Partitioner" "KafkaSinkOptions.Partitioner ByKey needs an algorithm, e.g. \"murmur2_random\"."
+            fail
+                "Partitioner"
+                "KafkaSinkOptions.Partitioner ByKey needs an algorithm, e.g. \"murmur2_random\"."
         | _ -> ()
 
         if o.FlushTimeout < TimeSpan.Zero then
@@ -228,7 +230,11 @@ type KafkaSink<'a, 'k, 'v> internal (options: KafkaSinkOptions<'a, 'k, 'v>) =
                         match options.Partitioner with
                         | ByKey _ -> producer.Produce(options.Topic, m, report)
                         | ByValue partition ->
-                            producer.Produce(TopicPartition(options.Topic, Partition(partition value)), m, report)
+                            producer.Produce(
+                                TopicPartition(options.Topic, Partition(partition value)),
+                                m,
+                                report
+                            )
 
                         queued <- true
                     with :? ProduceException<'k, 'v> as e when e.Error.Code = ErrorCode.Local_QueueFull ->

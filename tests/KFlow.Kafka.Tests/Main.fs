@@ -12,6 +12,8 @@ let all =
         CommitPlanTests.tests
         WorkflowOptionsTests.tests
         WorkflowTests.tests
+        KafkaSinkTests.tests
+        FileSinkTests.tests
     ]
 
 [<EntryPoint>]
