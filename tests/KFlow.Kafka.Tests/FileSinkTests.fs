@@ -16,7 +16,11 @@ type private Scratch() =
         Directory.CreateDirectory(Path.Combine(Path.GetTempPath(), $"kflow-filesink-{Guid.NewGuid():N}"))
 
     member _.Path(name: string) = Path.Combine(dir.FullName, name)
-    member _.Files = Directory.GetFiles dir.FullName |> Array.map (Path.GetFileName >> nonNull) |> Array.sort
+
+    member _.Files =
+        Directory.GetFiles dir.FullName
+        |> Array.map (Path.GetFileName >> nonNull)
+        |> Array.sort
 
     interface IDisposable with
         member _.Dispose() = dir.Delete true
@@ -28,24 +32,31 @@ let private wait (t: Task) =
         failtest "The write did not finish within 30 s."
 
 let private writesAndCleansUp =
-    test "writes the contents under the final name and leaves no temporary file" {
+    testCase "writes the contents under the final name and leaves no temporary file"
+    <| fun () ->
         use scratch = new Scratch()
         wait (FileSink.writeAllBytes (scratch.Path "a.bin") (text "hello"))
         Expect.equal (File.ReadAllText(scratch.Path "a.bin")) "hello" "the contents"
         Expect.equal scratch.Files [| "a.bin" |] "only the final file"
-    }
 
 let private replaces =
-    test "a replay replaces the existing file with the new contents" {
+    testCase "a replay replaces the existing file with the new contents"
+    <| fun () ->
         use scratch = new Scratch()
         wait (FileSink.writeAllBytes (scratch.Path "a.bin") (text "first version, longer"))
         wait (FileSink.writeAllBytes (scratch.Path "a.bin") (text "second"))
-        Expect.equal (File.ReadAllText(scratch.Path "a.bin")) "second" "the new contents, nothing left of the old"
+
+        Expect.equal
+            (File.ReadAllText(scratch.Path "a.bin"))
+            "second"
+            "the new contents, nothing left of the old"
+
         Expect.equal scratch.Files [| "a.bin" |] "only the final file"
-    }
 
 let private failedWrite =
-    test "a write failing midway faults, keeps the previous file under the final name and leaves no temporary file" {
+    testCase
+        "a write failing midway faults, keeps the previous file under the final name and leaves no temporary file"
+    <| fun () ->
         use scratch = new Scratch()
         wait (FileSink.writeAllBytes (scratch.Path "a.bin") (text "previous"))
 
@@ -58,10 +69,11 @@ let private failedWrite =
         Expect.throwsT<AggregateException> (fun () -> wait write) "the write faults"
         Expect.equal (File.ReadAllText(scratch.Path "a.bin")) "previous" "the previous file is untouched"
         Expect.equal scratch.Files [| "a.bin" |] "the temporary file is gone"
-    }
 
 let private inProgress =
-    test "while a write is in progress the partial contents are in a temporary file, never under the final name" {
+    testCase
+        "while a write is in progress the partial contents are in a temporary file, never under the final name"
+    <| fun () ->
         use scratch = new Scratch()
         let halfWritten = TaskCompletionSource()
         let proceed = TaskCompletionSource()
@@ -88,10 +100,10 @@ let private inProgress =
         wait write
         Expect.equal (File.ReadAllText(scratch.Path "obj.json")) "first half|second half" "complete"
         Expect.equal scratch.Files [| "obj.json" |] "only the final file"
-    }
 
 let private readerRace =
-    test "a reader polling the final name while it is rewritten only ever sees complete files" {
+    testCase "a reader polling the final name while it is rewritten only ever sees complete files"
+    <| fun () ->
         use scratch = new Scratch()
         let path = scratch.Path "big.bin"
         let size = 256 * 1024
@@ -110,8 +122,8 @@ let private readerRace =
                             torn.Enqueue bytes.Length
 
                         seen.Value <- seen.Value + 1
-                    with
-                    | :? FileNotFoundException -> ())
+                    with :? FileNotFoundException ->
+                        ())
 
         for v in 1..versions do
             wait (FileSink.writeAllBytes path (Array.create size (byte v)))
@@ -121,19 +133,21 @@ let private readerRace =
         Expect.isEmpty torn "no read saw a partial or mixed file"
         Expect.isGreaterThan seen.Value 0 "the reader read the file"
         Expect.equal (File.ReadAllBytes path) (Array.create size (byte versions)) "the last version"
-    }
 
 let private sinkWrite =
-    test "the sink's write names each value's file, creates the directory, and completes once it is on disk" {
+    testCase
+        "the sink's write names each value's file, creates the directory, and completes once it is on disk"
+    <| fun () ->
         use scratch = new Scratch()
-        let write = FileSink.writeBytes (fun (name: string, _) -> scratch.Path $"objects/{name}") snd
+
+        let write =
+            FileSink.writeBytes (fun (name: string, _) -> scratch.Path $"objects/{name}") snd
 
         for name, contents in [ "x.txt", "one"; "y.txt", "two" ] do
             wait (write (name, text contents))
 
         Expect.equal (File.ReadAllText(scratch.Path "objects/x.txt")) "one" "x"
         Expect.equal (File.ReadAllText(scratch.Path "objects/y.txt")) "two" "y"
-    }
 
 let tests =
     testList "FileSink" [ writesAndCleansUp; replaces; failedWrite; inProgress; readerRace; sinkWrite ]

@@ -15,7 +15,10 @@ open KFlow.Testing
 let private seconds (n: float) = TimeSpan.FromSeconds n
 
 /// Options writing (key, value) pairs as strings to `topic`, with the fast producer settings.
-let private pairs (cluster: EmbeddedKafkaCluster) (topic: string) : KafkaSinkOptions<string * string, string, string> =
+let private pairs
+    (cluster: EmbeddedKafkaCluster)
+    (topic: string)
+    : KafkaSinkOptions<string * string, string, string> =
     {
         KafkaSinkOptions.create cluster.BootstrapServers topic fst snd with
             Producer = cluster.ProducerConfig()
@@ -56,7 +59,8 @@ let private outcome (write: Task) =
         Some(e.InnerException |> nonNull)
 
 let private roundTrip =
-    test "produces every value of a batch with its key, value and headers, per-key order kept, each once" {
+    testCase "produces every value of a batch with its key, value and headers, per-key order kept, each once"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("out", 4)
 
@@ -84,10 +88,10 @@ let private roundTrip =
         for key, values in read |> List.groupBy _.Message.Key do
             let numbers = values |> List.map (fun r -> int (r.Message.Value.Substring 1))
             Expect.equal numbers (List.sort numbers) $"key {key} keeps the batch's order"
-    }
 
 let private byValue =
-    test "ByValue puts each message in the partition it computes" {
+    testCase "ByValue puts each message in the partition it computes"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("routed", 3)
 
@@ -103,15 +107,20 @@ let private byValue =
 
         for r in readBack cluster "routed" 30 do
             Expect.equal r.Partition.Value (int r.Message.Value % 3) "the computed partition"
-    }
 
 let private brokerDown =
-    test "a write faults while the broker is down, and a later write succeeds once it is back" {
+    testCase "a write faults while the broker is down, and a later write succeeds once it is back"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("down", 2)
         let producer = cluster.ProducerConfig()
         producer.MessageTimeoutMs <- 1500
-        use sink = KafkaSink.create { pairs cluster "down" with Producer = producer }
+
+        use sink =
+            KafkaSink.create {
+                pairs cluster "down" with
+                    Producer = producer
+            }
         // A first write connects the producer (and gets its producer id) while the broker is up.
         Expect.isNone (outcome (KafkaSink.produce sink [ "a", "before" ])) "the first write completes"
         cluster.TakeBrokerDown 1
@@ -121,10 +130,10 @@ let private brokerDown =
         Expect.isNone (outcome (KafkaSink.produce sink [ "c", "after" ])) "a write after recovery completes"
         let values = readBack cluster "down" 2 |> List.map _.Message.Value |> set
         Expect.equal values (set [ "before"; "after" ]) "the delivered messages are in the topic"
-    }
 
 let private produceError =
-    test "a write faults when the broker answers the produce request with a non-retriable error" {
+    testCase "a write faults when the broker answers the produce request with a non-retriable error"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("refused", 1)
         use sink = KafkaSink.create (pairs cluster "refused")
@@ -136,10 +145,10 @@ let private produceError =
             Expect.equal e.Error.Code ErrorCode.TopicAuthorizationFailed "the broker's error is reported"
             Expect.equal (e.Failed, e.Total) (1, 1) "one message of one failed"
         | other -> failtestf "Expected a KafkaDeliveryException, got %A" other
-    }
 
 let private retried =
-    test "retriable produce errors are retried and the batch is delivered exactly once" {
+    testCase "retriable produce errors are retried and the batch is delivered exactly once"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("retried", 1)
         use sink = KafkaSink.create (pairs cluster "retried")
@@ -152,25 +161,30 @@ let private retried =
             ErrorCode.NotEnoughReplicas
         )
 
-        Expect.isNone (outcome (KafkaSink.produce sink [ for i in 0..99 -> "a", $"v{i}" ])) "the write completes"
+        Expect.isNone
+            (outcome (KafkaSink.produce sink [ for i in 0..99 -> "a", $"v{i}" ]))
+            "the write completes"
+
         Expect.equal (stored cluster "retried" 1) 101L "no duplicate from the retries (idempotent producer)"
-    }
 
 let private emptyBatch =
-    test "an empty batch completes at once" {
+    testCase "an empty batch completes at once"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         use sink = KafkaSink.create (pairs cluster "unused")
         Expect.isTrue (KafkaSink.produce sink []).IsCompletedSuccessfully "completed"
-    }
 
 let private optionTests =
     testList "options" [
-        test "enable.idempotence is true unless set, and ByKey sets librdkafka's partitioner" {
+        testCase "enable.idempotence is true unless set, and ByKey sets librdkafka's partitioner"
+        <| fun () ->
             let o = KafkaSinkOptions.create "localhost:9092" "t" fst snd
             let c = KafkaSinkOptions.producerConfig o
             Expect.equal c.EnableIdempotence (Nullable true) "idempotent by default"
             Expect.equal (c.Get "partitioner") "murmur2_random" "murmur2_random by default"
-            let off = ProducerConfig(BootstrapServers = "localhost:9092", EnableIdempotence = false)
+
+            let off =
+                ProducerConfig(BootstrapServers = "localhost:9092", EnableIdempotence = false)
 
             Expect.equal
                 (KafkaSinkOptions.producerConfig { o with Producer = off }).EnableIdempotence
@@ -178,18 +192,18 @@ let private optionTests =
                 "an explicit setting is kept"
 
             Expect.isFalse o.Producer.EnableIdempotence.HasValue "the options are not changed"
-        }
 
-        test "an empty topic is refused with a sentence naming the setting" {
+        testCase "an empty topic is refused with a sentence naming the setting"
+        <| fun () ->
             let o = KafkaSinkOptions.create "localhost:9092" "" fst snd
             let e = Expect.throwsC (fun () -> KafkaSinkOptions.validate o |> ignore) id
             Expect.equal (e :?> ArgumentException).ParamName "Topic" "names Topic"
-        }
     ]
 
 /// The sink on a workflow: a pipe producing to another topic through the sink copies every message.
 let private inWorkflow =
-    test "a workflow copying a topic through the sink delivers every message" {
+    testCase "a workflow copying a topic through the sink delivers every message"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("source", 4)
         cluster.CreateTopic("copy", 4)
@@ -205,15 +219,26 @@ let private inWorkflow =
         let log = Log()
         let handle = Workflow.run (options cluster log "copier" [ "source" ]) pipe
 
-        waitUntil log (seconds 30.) "every message is copied" (fun () ->
-            stored cluster "copy" 4 >= 2_000L)
+        waitUntil log (seconds 30.) "every message is copied" (fun () -> stored cluster "copy" 4 >= 2_000L)
 
         handle.StopAsync().Wait(seconds 30.) |> ignore
         let all = int (stored cluster "copy" 4)
-        let copied = readBack cluster "copy" all |> List.map (fun r -> r.Message.Key, r.Message.Value)
+
+        let copied =
+            readBack cluster "copy" all
+            |> List.map (fun r -> r.Message.Key, r.Message.Value)
+
         Expect.equal (copied |> List.distinct |> List.length) 2_000 "every message copied (at least once)"
-    }
 
 let tests =
     testSequenced
-    <| testList "KafkaSink" [ roundTrip; byValue; brokerDown; produceError; retried; emptyBatch; optionTests; inWorkflow ]
+    <| testList "KafkaSink" [
+        roundTrip
+        byValue
+        brokerDown
+        produceError
+        retried
+        emptyBatch
+        optionTests
+        inWorkflow
+    ]
