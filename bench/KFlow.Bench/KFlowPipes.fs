@@ -1,15 +1,18 @@
-// The KFlow contenders (b), (c), (e), (f): their pipes, built from the pure core, and the SLOTS where
-// each runs on Kafka. A slot returns None until it is wired to Workflow.run (src/KFlow.Kafka).
+// The KFlow contenders (b), (c), (e), (f): their pipes, built from the pure core, run on Kafka by
+// Workflow.run (src/KFlow.Kafka) with a fresh group over the input, default runtime settings.
 module KFlow.Bench.KFlowPipes
 
 open System
+open System.Diagnostics
 open System.Threading.Tasks
 open KFlow
+open KFlow.Kafka
+open KFlow.Testing
 open KFlow.Bench.RuntimeInput
 
 /// (b) map → filter → no-op sink; the sink counts on `meter`.
-let mapFilterPipe (meter: Meter) : Pipe<string, Sunk> =
-    Pipe.source<string>
+let mapFilterPipe (meter: Meter) : Pipe<byte[], Sunk> =
+    Pipe.source<byte[]>
     |> Pipe.map map
     |> Pipe.filter keep
     |> Pipe.sink "no-op" (fun (_: int64) ->
@@ -21,9 +24,9 @@ let mapFilterPipe (meter: Meter) : Pipe<string, Sunk> =
 let BatchSize = 100
 
 /// (c) map → demux (1,000 keys) → aggregate (batches of 100) → no-op sink counting batch sizes.
-let demuxAggregatePipe (meter: Meter) : Pipe<string, Sunk> =
-    Pipe.source<string>
-    |> Pipe.map (fun v -> map v)
+let demuxAggregatePipe (meter: Meter) : Pipe<byte[], Sunk> =
+    Pipe.source<byte[]>
+    |> Pipe.map map
     |> Pipe.demux (fun n -> key (int n)) (fun sub -> sub |> Pipe.aggregate (Buffer.count BatchSize))
     |> Pipe.sink "no-op" (fun (batch: int64 list) ->
         meter.Hit batch.Length
@@ -33,9 +36,9 @@ let demuxAggregatePipe (meter: Meter) : Pipe<string, Sunk> =
 let asyncStep = TimeSpan.FromMilliseconds 5.0
 
 /// (e) demux (1,000 keys) → async step of 5 ms (one call in flight per key keeps per-key order) →
-/// no-op sink.
-let asyncDemuxPipe (meter: Meter) : Pipe<string, Sunk> =
-    Pipe.source<string>
+/// no-op sink. Its concurrency is the key count.
+let asyncDemuxPipe (meter: Meter) : Pipe<byte[], Sunk> =
+    Pipe.source<byte[]>
     |> Pipe.map map
     |> Pipe.demux (fun n -> key (int n)) (fun sub ->
         sub
@@ -47,15 +50,38 @@ let asyncDemuxPipe (meter: Meter) : Pipe<string, Sunk> =
         meter.Hit()
         Task.CompletedTask)
 
+/// A rate limit shared by every caller: each call reserves the next slot and waits for it.
+[<Sealed>]
+type RateLimit(perSecond: float) =
+    let interval = int64 (float Stopwatch.Frequency / perSecond)
+    let gate = obj ()
+    let mutable next = Stopwatch.GetTimestamp()
+
+    /// Waits for the next free slot.
+    member _.Acquire() : Task =
+        let now = Stopwatch.GetTimestamp()
+
+        let due =
+            lock gate (fun () ->
+                next <- max next now + interval
+                next)
+
+        let wait = Stopwatch.GetElapsedTime(now, due)
+
+        if wait > TimeSpan.FromMilliseconds 1.0 then
+            Task.Delay wait
+        else
+            Task.CompletedTask
+
 /// (f) the sink's rate limit. 1,000 messages/s.
 let backlogSinkRate = 1000.0
 
-/// (f) map → sink accepting 1,000 messages/s (each write waits its share of a second).
-let backlogPipe (meter: Meter) : Pipe<string, Sunk> =
-    Pipe.source<string>
+/// (f) map → sink accepting 1,000 messages/s in all (one rate limit shared by every partition).
+let backlogPipe (limit: RateLimit) (meter: Meter) : Pipe<byte[], Sunk> =
+    Pipe.source<byte[]>
     |> Pipe.map map
     |> Pipe.sink "slow" (fun (_: int64) -> task {
-        do! Task.Delay(TimeSpan.FromSeconds(1.0 / backlogSinkRate))
+        do! limit.Acquire()
         meter.Hit()
     })
 
@@ -67,26 +93,120 @@ type AsyncFigure = {
     Ideal: float
 }
 
-// ---------------------------------------------------------------------------------------------
-// SLOTS: wire each to Workflow.run (src/KFlow.Kafka) with a fresh group id over input.Topic.
+/// Workflow options for a contender: a fresh group on the input, the embedded cluster's fast
+/// consumer settings (as the raw loop and Streamiz get), commits every second (as the raw loop).
+let private options (name: string) (input: Input) =
+    let fast =
+        FastClientSettings.consumer
+        |> Seq.filter (fun kv -> kv.Key <> "auto.offset.reset")
+        |> Seq.map (fun kv -> kv.Key, kv.Value)
+        |> List.ofSeq
 
-/// SLOT (b): runs mapFilterPipe over the whole input; messages/s. None: not wired yet.
+    let group = $"kflow-bench-{name}-{Guid.NewGuid():N}"
+
+    {
+        WorkflowOptions.create name input.BootstrapServers group [ input.Topic ] with
+            Properties = fast
+            CommitInterval = TimeSpan.FromSeconds 1.0
+    }
+
+/// Runs a pipe until `meter` completes (or `timeout`), then stops the workflow.
+let private runUntil
+    (name: string)
+    (options: WorkflowOptions)
+    (timeout: TimeSpan)
+    (meter: Meter)
+    (pipe: Pipe<byte[], Sunk>)
+    =
+    let handle = Workflow.run options pipe
+
+    try
+        meter.Wait(timeout, name)
+    finally
+        handle.StopAsync().Wait(TimeSpan.FromSeconds 60.0) |> ignore
+
+    if handle.Completion.IsFaulted then
+        raise (InvalidOperationException($"The {name} workflow failed.", handle.Completion.Exception))
+
+    printfn "  %s wall time (start-up included): %.2f s" name meter.WallSeconds
+    meter.MessagesPerSecond
+
+/// (b): mapFilterPipe over the whole input; messages/s.
 let mapFilter (input: Input) : float option =
-    ignore input
-    None
+    let meter = Meter input.Messages
 
-/// SLOT (c): runs demuxAggregatePipe over the whole input; messages/s. None: not wired yet.
+    Some(
+        runUntil
+            "map-filter"
+            (options "map-filter" input)
+            (TimeSpan.FromMinutes 5.0)
+            meter
+            (mapFilterPipe meter)
+    )
+
+/// (c): demuxAggregatePipe over the whole input; messages/s (batches still buffered when the input
+/// ends are flushed by the stop, which the meter does not wait for: it counts to the last full batch).
 let demuxAggregate (input: Input) : float option =
-    ignore input
-    None
+    // Each key's last partial batch stays in its aggregate until the stop flushes it.
+    let full = input.Messages / Keys / BatchSize * BatchSize * Keys
 
-/// SLOT (e): runs asyncDemuxPipe over the input; the rate against the ideal. None: not wired yet.
+    if full = 0 then
+        printfn "  (c) needs at least %d messages (a full batch per key)" (Keys * BatchSize)
+        None
+    else
+        let meter = Meter full
+        let o = options "demux-aggregate" input
+
+        // Keys arrive round-robin, so every key's batch fills only after 100 × 1,000 messages: the
+        // in-flight limit must hold them (the default 50,000 stalls the pipe until the idle
+        // substreams are flushed after 60 s).
+        let o = {
+            o with
+                Backpressure = {
+                    o.Backpressure with
+                        MaxInFlightMessages = 2 * Keys * BatchSize
+                }
+        }
+
+        Some(runUntil "demux-aggregate" o (TimeSpan.FromMinutes 5.0) meter (demuxAggregatePipe meter))
+
+/// (e): asyncDemuxPipe over the input; the rate against the ideal (1,000 keys × 200 msg/s).
 let asyncDemux (input: Input) : AsyncFigure option =
-    ignore input
-    None
+    let meter = Meter input.Messages
 
-/// SLOT (f), run in a child process holding nothing else: runs backlogPipe over the input for
-/// `duration` (or until every message is sunk), then stops. false: not wired yet.
+    let achieved =
+        runUntil
+            "async-demux"
+            (options "async-demux" input)
+            (TimeSpan.FromMinutes 5.0)
+            meter
+            (asyncDemuxPipe meter)
+
+    let concurrency = min Keys input.Messages
+
+    Some {
+        Achieved = achieved
+        Ideal = float concurrency / asyncStep.TotalSeconds
+    }
+
+/// (f), run in a child process holding nothing else: runs backlogPipe over the input for
+/// `duration` (or until every message is sunk), printing the working set every 10 s, then stops.
 let backlog (input: Input) (duration: TimeSpan) : bool =
-    ignore (input, duration)
-    false
+    let meter = Meter input.Messages
+    let limit = RateLimit backlogSinkRate
+    let handle = Workflow.run (options "backlog" input) (backlogPipe limit meter)
+    let clock = Stopwatch.StartNew()
+
+    while clock.Elapsed < duration && not meter.Completed.IsCompleted do
+        meter.Completed.Wait(TimeSpan.FromSeconds 10.0) |> ignore
+        use self = Process.GetCurrentProcess()
+
+        printfn
+            "  %3.0f s: %d sunk, working set %.1f MB, peak %.1f MB"
+            clock.Elapsed.TotalSeconds
+            meter.Count
+            (float self.WorkingSet64 / 1048576.0)
+            (float self.PeakWorkingSet64 / 1048576.0)
+
+    handle.StopAsync().Wait(TimeSpan.FromSeconds 60.0) |> ignore
+    true

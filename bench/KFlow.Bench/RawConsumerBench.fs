@@ -18,7 +18,7 @@ let run (input: Input) =
     config.EnableAutoOffsetStore <- false
     config.EnableAutoCommit <- true
     config.AutoCommitIntervalMs <- int commitInterval.TotalMilliseconds
-    use consumer = ConsumerBuilder<string, string>(config).Build()
+    use consumer = ConsumerBuilder<Ignore, byte[]>(config).Build()
     let meter = Meter input.Messages
 
     let mutable pending =

@@ -3,6 +3,7 @@
 module KFlow.Bench.RuntimeInput
 
 open System
+open System.Buffers.Text
 open System.Diagnostics
 open System.Threading
 open System.Threading.Tasks
@@ -35,8 +36,15 @@ let private filler = String('x', 189)
 /// The value of message i: its number in 10 digits, '|', and 189 filler bytes (200 bytes).
 let value (i: int) = i.ToString "D10" + "|" + filler
 
-/// The map every contender runs: the message number read back from the value.
-let map (v: string) = Int64.Parse(v.AsSpan(0, 10))
+/// The map every contender runs: the message number read back from the value's first 10 bytes.
+let map (v: byte[]) =
+    let mutable n = 0L
+    let mutable consumed = 0
+
+    if Utf8Parser.TryParse(ReadOnlySpan<byte>(v, 0, 10), &n, &consumed, 'D') then
+        n
+    else
+        -1L
 
 /// The filter every contender runs; it keeps every message (so every message reaches the end).
 let keep (n: int64) = n >= 0L

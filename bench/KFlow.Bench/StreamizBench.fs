@@ -17,7 +17,7 @@ let threads = 1
 
 /// Reads the whole input once with a fresh application id; returns messages/s (first to last).
 let run (input: Input) =
-    let config = StreamConfig<StringSerDes, StringSerDes>()
+    let config = StreamConfig<StringSerDes, ByteArraySerDes>()
 
     // The embedded cluster's fast consumer settings, as for every other contender. Streamiz maps
     // each key to a typed property: numbers go in as numbers; auto.offset.reset is set below.
@@ -36,8 +36,8 @@ let run (input: Input) =
     let builder = StreamBuilder()
 
     builder
-        .Stream<string, string>(input.Topic)
-        .MapValues(Func<string, IRecordContext, int64>(fun v _ -> map v))
+        .Stream<string, byte[]>(input.Topic)
+        .MapValues(Func<byte[], IRecordContext, int64>(fun v _ -> map v))
         .Filter(Func<string, int64, IRecordContext, bool>(fun _ n _ -> keep n))
         .Peek(Action<string, int64, IRecordContext>(fun _ _ _ -> meter.Hit()))
     |> ignore
