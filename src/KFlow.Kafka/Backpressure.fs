@@ -5,7 +5,7 @@ namespace KFlow.Kafka
 
 /// What is in flight: messages consumed and not yet finished, and their payload bytes.
 [<Struct>]
-type Load = {
+type internal Load = {
     /// Messages in flight.
     Messages: int64
     /// Their key and value bytes.
@@ -13,7 +13,7 @@ type Load = {
 }
 
 /// The limits of one gate (the whole workflow, or one partition).
-type Gate = {
+type internal Gate = {
     /// The gate closes when this many messages are in flight.
     MaxMessages: int64
     /// The gate closes when this many bytes are in flight.
@@ -26,7 +26,7 @@ type Gate = {
 
 /// Functions over Gate and Load.
 [<RequireQualifiedAccess>]
-module Gate =
+module internal Gate =
     /// A gate closing at the limits and reopening at `resumeAt` (0 ≤ resumeAt < 1) of each.
     let create (maxMessages: int64) (maxBytes: int64) (resumeAt: float) = {
         MaxMessages = maxMessages
@@ -59,3 +59,32 @@ module Gate =
     /// gate (false) closes once full; otherwise the state is kept.
     let next (load: Load) (closed: bool) (gate: Gate) =
         if closed then not (relieved load gate) else full load gate
+
+/// Watches a closed gate for progress: the lowest load seen and since when (milliseconds).
+[<Struct>]
+type internal Stall = {
+    /// The fewest messages in flight seen since the watch started or last moved.
+    Lowest: int64
+    /// When the load last fell (or the watch started, or it last reported a stall).
+    Since: int64
+}
+
+/// Functions over Stall: a closed gate whose load has not fallen for a while is stalled (its
+/// in-flight messages wait in buffers that only new input, which the gate keeps out, would fill).
+[<RequireQualifiedAccess>]
+module internal Stall =
+    /// A watch starting at time `now`, before any load is seen.
+    let start (now: int64) = {
+        Lowest = System.Int64.MaxValue
+        Since = now
+    }
+
+    /// <summary>Observes `messages` in flight at `now`. Returns the new watch and whether the gate is
+    /// stalled: the load has not fallen for `after` milliseconds. A reported stall restarts the wait.</summary>
+    let watch (now: int64) (messages: int64) (after: int64) (stall: Stall) =
+        if messages < stall.Lowest then
+            { Lowest = messages; Since = now }, false
+        elif now - stall.Since >= after then
+            { stall with Since = now }, true
+        else
+            stall, false

@@ -5,7 +5,7 @@ namespace KFlow.Kafka
 
 /// Functions deciding what offset to store.
 [<RequireQualifiedAccess>]
-module CommitPlan =
+module internal CommitPlan =
     /// <summary>The offset to store now for a partition, or ValueNone to store nothing.</summary>
     /// <remarks>
     /// 1. The candidate is the ledger's commit point of the current assignment.
@@ -13,7 +13,7 @@ module CommitPlan =
     ///    routed offset), or nothing was routed yet, the consumer's position may be further on: the
     ///    records between were skipped by the client (aborted transactions, control markers), never
     ///    returned, so it is safe to store the position and a gap cannot stall the commit.
-    ///    Every message returned but not routed is sought back first, so the position never passes one.
+    ///    The caller passes no position while it holds messages returned but not routed yet.
     /// 3. Nothing is stored that is not beyond the offset stored last (offsets only move forward).
     /// </remarks>
     let toStore

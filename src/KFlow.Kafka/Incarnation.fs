@@ -41,6 +41,13 @@ type internal Slot(worker: PartitionWorker, kafka: Confluent.Kafka.TopicPartitio
     member val Closed = false with get, set
     /// The partition is paused in the consumer.
     member val KafkaPaused = false with get, set
+    /// Whether KafkaPaused is known (false until the first applyPauses after the assignment).
+    member val PauseKnown = false with get, set
+    /// Progress of the partition while its own gate is closed.
+    member val Stall = Stall.start 0L with get, set
+    /// Messages returned by Consume while the partition's intake was closed, in offset order;
+    /// handed on first when it reopens (librdkafka may return prefetched messages after a pause).
+    member val Held = Queue<struct (ConsumeResult<byte[], byte[]> * int64)>()
 
     /// Messages of this assignment in flight.
     member this.Open =
@@ -70,6 +77,8 @@ type internal Incarnation
     let mutable failure: FailureReport option = None
     let mutable mode = Running
     let mutable globalClosed = false
+    let mutable globalStall = Stall.start 0L
+    let stallMs = int64 b.FlushWhenStalled.TotalMilliseconds
     let mutable nextGeneration = 0
 
     let fail (report: FailureReport) =
@@ -120,7 +129,10 @@ type internal Incarnation
                 else
                     ValueNone
 
-            match CommitPlan.toStore p.CommitPoint lastRouted (position slot) stored with
+            // The position passes held messages, so it only counts when none is held.
+            let position = if slot.Held.Count = 0 then position slot else ValueNone
+
+            match CommitPlan.toStore p.CommitPoint lastRouted position stored with
             | ValueSome offset ->
                 try
                     consumer.StoreOffset(TopicPartitionOffset(slot.Kafka, Offset offset))
@@ -136,7 +148,9 @@ type internal Incarnation
             |> Seq.map (fun s -> TopicPartitionOffset(s.Kafka, Offset s.Stored))
             |> List.ofSeq
 
-        if not offsets.IsEmpty then
+        if offsets.IsEmpty then
+            true
+        else
             try
                 consumer.Commit offsets
                 counters.Committed()
@@ -145,8 +159,11 @@ type internal Incarnation
                     $"""{name}: committed {offsets
                                            |> List.map (fun o -> $"{o.TopicPartition}@{o.Offset.Value}")
                                            |> String.concat ", "}"""
+
+                true
             with :? KafkaException as e ->
                 log $"{name}: synchronous commit failed (at-least-once still holds): {e.Error.Reason}"
+                false
 
     let applyPauses () =
         let pause = List<Confluent.Kafka.TopicPartition>()
@@ -155,12 +172,13 @@ type internal Incarnation
         for slot in slots.Values do
             let wanted = mode <> Running || globalClosed || slot.Closed
 
-            if wanted && not slot.KafkaPaused then
+            if wanted && (not slot.KafkaPaused || not slot.PauseKnown) then
                 pause.Add slot.Kafka
-                slot.KafkaPaused <- true
-            elif not wanted && slot.KafkaPaused then
+            elif not wanted && (slot.KafkaPaused || not slot.PauseKnown) then
                 resume.Add slot.Kafka
-                slot.KafkaPaused <- false
+
+            slot.KafkaPaused <- wanted
+            slot.PauseKnown <- true
 
         try
             if pause.Count > 0 then
@@ -168,16 +186,19 @@ type internal Incarnation
 
             if resume.Count > 0 then
                 consumer.Resume resume
+
+                // librdkafka's broker thread notices a resume only at its next wake-up, up to 1 s
+                // later (measured here: intake cycles of exactly 1 s under a slow sink; the same
+                // delay shows in confluent-kafka-go issue 630's debug log). A seek to the current
+                // position wakes the fetcher now; it moves nothing (the position is the next
+                // message to return, held ones are handed on first). Cycles fell to ~85 ms.
+                for tp in resume do
+                    let p = consumer.Position tp
+
+                    if not p.IsSpecial then
+                        consumer.Seek(TopicPartitionOffset(tp, p))
         with :? KafkaException as e ->
             log $"{name}: pause/resume failed: {e.Error.Reason}"
-
-    /// A message returned but not handed to the pipe: seek back so it is fetched again on resume
-    /// (and so the consumer's position never passes a message the pipe did not see).
-    let seekBack (cr: ConsumeResult<byte[], byte[]>) =
-        try
-            consumer.Seek(TopicPartitionOffset(cr.TopicPartition, cr.Offset))
-        with :? KafkaException as e ->
-            log $"{name}: seek back to {cr.TopicPartitionOffset} failed: {e.Error.Reason}"
 
     let closeGlobal () =
         globalClosed <- true
@@ -191,6 +212,35 @@ type internal Incarnation
         log $"{name}: {slot.Kafka} has {slot.Open} open offsets; pausing it"
         applyPauses ()
 
+    /// Hands a message to its partition's loop if intake is open and the gates admit it; closes
+    /// the gate that refuses it.
+    let admit (slot: Slot) (cr: ConsumeResult<byte[], byte[]>) (size: int64) =
+        let load = counters.InFlight
+        let pload = { Messages = slot.Open; Bytes = 0L }
+
+        if mode <> Running || globalClosed || slot.Closed || (currentFailure ()).IsSome then
+            false
+        elif not (Gate.fits size load globalGate) then
+            closeGlobal ()
+            false
+        elif not (Gate.fits 0L pload partitionGate) then
+            closePartition slot
+            false
+        else
+            counters.Routed size
+            slot.Routed <- slot.Routed + 1L
+            slot.LastRouted <- cr.Offset.Value
+            slot.Worker.Post(Deliver(cr, size))
+
+            if Gate.full (Gate.add size load) globalGate then
+                closeGlobal ()
+
+            if Gate.full (Gate.add 0L pload) partitionGate then
+                closePartition slot
+
+            true
+
+    /// A message from Consume: handed on, or held (in order) until its partition's intake reopens.
     let route (cr: ConsumeResult<byte[], byte[]>) =
         match slots.TryGetValue(ours cr.TopicPartition) with
         | false, _ -> () // not assigned any more: its new owner reads it
@@ -201,41 +251,61 @@ type internal Incarnation
                 int64 (if isNull m.Key then 0 else m.Key.Length)
                 + int64 (if isNull m.Value then 0 else m.Value.Length)
 
-            let load = counters.InFlight
-            let pload = { Messages = slot.Open; Bytes = 0L }
+            if slot.Held.Count > 0 || not (admit slot cr size) then
+                slot.Held.Enqueue(struct (cr, size))
 
-            if mode <> Running || globalClosed || slot.Closed || (currentFailure ()).IsSome then
-                seekBack cr
-            elif not (Gate.fits size load globalGate) then
-                closeGlobal ()
-                seekBack cr
-            elif not (Gate.fits 0L pload partitionGate) then
-                closePartition slot
-                seekBack cr
-            else
-                counters.Routed size
-                slot.Routed <- slot.Routed + 1L
-                slot.LastRouted <- cr.Offset.Value
-                slot.Worker.Post(Deliver(cr, size))
+    /// Flushes the pipes of the given partitions: their intake is closed and nothing finishes.
+    let nudge (stalled: Slot seq) (what: string) =
+        counters.StallFlushed()
 
-                if Gate.full (Gate.add size load) globalGate then
-                    closeGlobal ()
+        log
+            $"{name}: {what} stalled for {options.Backpressure.FlushWhenStalled} with nothing finishing; flushing the buffers"
 
-                if Gate.full (Gate.add 0L pload) partitionGate then
-                    closePartition slot
+        for s in stalled do
+            s.Worker.Post Nudge
 
-    /// Reopens the gates whose load fell to the resume thresholds.
-    let relieve () =
+    /// Reopens the gates whose load fell to the resume thresholds (flushing the pipes behind a gate
+    /// that stalls), then hands on held messages.
+    let relieve (now: int64) =
         if globalClosed && Gate.relieved counters.InFlight globalGate then
             globalClosed <- false
             counters.Resumed()
             log $"{name}: in-flight down to {counters.InFlight}; resuming"
 
+        if globalClosed then
+            let watch, stalled = Stall.watch now counters.InFlight.Messages stallMs globalStall
+            globalStall <- watch
+
+            if stalled then
+                nudge slots.Values "intake"
+        else
+            globalStall <- Stall.start now
+
         for slot in slots.Values do
             if slot.Closed && Gate.relieved { Messages = slot.Open; Bytes = 0L } partitionGate then
                 slot.Closed <- false
 
+            if slot.Closed then
+                let watch, stalled = Stall.watch now slot.Open stallMs slot.Stall
+                slot.Stall <- watch
+
+                if stalled then
+                    nudge [ slot ] $"{slot.Kafka}"
+            else
+                slot.Stall <- Stall.start now
+
         applyPauses ()
+
+        for slot in slots.Values do
+            let mutable go = true
+
+            while go && slot.Held.Count > 0 do
+                let struct (cr, size) = slot.Held.Peek()
+
+                if admit slot cr size then
+                    slot.Held.Dequeue() |> ignore
+                else
+                    go <- false
 
     let waitAll (what: string) (tasks: Task[]) =
         let finished =
@@ -253,6 +323,9 @@ type internal Incarnation
             let tp = ours p
             let w = workerOf tp
             nextGeneration <- nextGeneration + 1
+            // librdkafka may keep a partition's pause flag from an earlier assignment (seen after an
+            // eager rebalance: the partitions paused before it never resumed), so the next
+            // applyPauses pauses or resumes it explicitly (PauseKnown is false).
             slots[tp] <- Slot(w, p, nextGeneration)
             w.Post(Assign nextGeneration)
 
@@ -287,7 +360,7 @@ type internal Incarnation
             for s in revoked do
                 store s
 
-            commitSync revoked
+            commitSync revoked |> ignore
 
         drop revoked
         log $"""{name}: revoked {parts |> Seq.map (fun p -> string p.TopicPartition) |> String.concat ", "}"""
@@ -359,7 +432,14 @@ type internal Incarnation
         let deadline = clock.Elapsed + options.DrainTimeout
 
         while not (drains |> Array.forall _.IsCompleted) && clock.Elapsed < deadline do
-            match consumer.Consume 20 with
+            // Polling keeps the member alive and runs rebalance handlers; messages are held.
+            match
+                (try
+                    consumer.Consume 20
+                 with :? ConsumeException as e ->
+                     log $"{name}: consume error while stopping {e.Error.Code}: {e.Error.Reason}"
+                     null)
+            with
             | null -> ()
             | cr when cr.IsPartitionEOF -> ()
             | cr -> route cr
@@ -371,7 +451,29 @@ type internal Incarnation
         for s in slots.Values do
             store s
 
-        commitSync slots.Values
+        // A commit refused during a rebalance (another member joining or leaving) is retried while
+        // polling lets the rebalance finish, within a second drain timeout.
+        let retryUntil = clock.Elapsed + options.DrainTimeout
+        let mutable committed = commitSync slots.Values
+
+        while not committed && clock.Elapsed < retryUntil do
+            match
+                (try
+                    consumer.Consume 100
+                 with :? ConsumeException ->
+                     null)
+            with
+            | null -> ()
+            | cr when cr.IsPartitionEOF -> ()
+            | cr -> route cr
+
+            applyPauses ()
+
+            for s in slots.Values do
+                store s
+
+            committed <- commitSync slots.Values
+
         close ()
         Stopped
 
@@ -383,7 +485,7 @@ type internal Incarnation
         for s in slots.Values do
             store s
 
-        commitSync slots.Values
+        commitSync slots.Values |> ignore
         close ()
         Failed report
 
@@ -426,7 +528,7 @@ type internal Incarnation
 
                 if now >= nextRelieve then
                     nextRelieve <- now + 5L
-                    relieve ()
+                    relieve now
 
                 if now >= nextStore then
                     nextStore <- now + 50L

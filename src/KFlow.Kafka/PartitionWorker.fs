@@ -43,6 +43,8 @@ type internal WorkerCommand =
     | CallDone of generation: int * callId: int * result: Result<obj, exn>
     /// The clock ticked.
     | Clock
+    /// Intake stalled: flush the pipe's buffers now.
+    | Nudge
     /// Push the event (Revoked or Flush), then wait until no write or call is in flight; then answer.
     | Drain of generation: int * event: Event<obj> * answer: TaskCompletionSource
     /// The assignment ends: drop the pipe's state and the ledger's partition.
@@ -443,6 +445,11 @@ type internal PartitionWorker
         | Clock ->
             if generation >= 0 then
                 push Tick
+
+            true
+        | Nudge ->
+            if generation >= 0 then
+                push Flush
 
             true
         | Drain(gen, event, answer) ->

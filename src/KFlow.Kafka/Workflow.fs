@@ -74,7 +74,16 @@ module Workflow =
     /// from the committed offsets after a backoff (FailurePolicy).</remarks>
     let run (options: WorkflowOptions) (pipe: Pipe<byte[], 'o>) : WorkflowHandle =
         let options = WorkflowOptions.validate options
-        let log = options.Log
+        let userLog = options.Log
+
+        // A throwing log callback must not take a consumer thread or a partition loop down.
+        let log (line: string) =
+            try
+                userLog line
+            with _ ->
+                ()
+
+        let options = { options with Log = log }
         let newRun () = PipeRun.startWith Defer pipe
         let counters = Counters()
         let stop = new CancellationTokenSource()
@@ -82,7 +91,17 @@ module Workflow =
         let create () =
             Incarnation(options, newRun, counters, stop.Token)
         // The first consumer is built here, so a bad librdkafka property fails the call itself.
-        let first = create ()
+        let first =
+            try
+                create ()
+            with :? InvalidOperationException as e ->
+                raise (
+                    ArgumentException(
+                        $"The Kafka consumer refused its configuration ({e.Message}); check WorkflowOptions.Properties.",
+                        "Properties",
+                        e
+                    )
+                )
 
         let failedToStart (ex: exn) =
             Task.FromResult(

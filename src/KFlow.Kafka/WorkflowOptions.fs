@@ -25,6 +25,11 @@ type BackpressureOptions = {
     ResumeAt: float
     /// Open (unfinished) offsets per partition before that partition pauses. Default 20,000.
     MaxOpenOffsetsPerPartition: int
+    /// When intake (of the workflow or of one partition) has been paused this long without any
+    /// message finishing, the pipes concerned receive Flush: aggregates emit what they hold and
+    /// demux substreams are dropped as after an idle eviction, so buffers that only new input
+    /// would fill cannot keep intake paused. Default 2 s.
+    FlushWhenStalled: TimeSpan
 }
 
 /// What the workflow does when a stage throws or a sink or async call fails.
@@ -85,6 +90,7 @@ module WorkflowOptions =
         MaxInFlightBytes = 64L * 1024L * 1024L
         ResumeAt = 0.5
         MaxOpenOffsetsPerPartition = 20_000
+        FlushWhenStalled = TimeSpan.FromSeconds 2.
     }
 
     /// Options with every default: name, bootstrap servers, group and topics given.
@@ -170,6 +176,11 @@ module WorkflowOptions =
             invalidSetting
                 "Backpressure"
                 $"WorkflowOptions.Backpressure.MaxOpenOffsetsPerPartition must be ≥ 1 (got {b.MaxOpenOffsetsPerPartition})."
+
+        if b.FlushWhenStalled <= TimeSpan.Zero then
+            invalidSetting
+                "Backpressure"
+                $"WorkflowOptions.Backpressure.FlushWhenStalled must be > 0 (got {b.FlushWhenStalled}); use a long time to flush only on revoke, stop and idle eviction."
 
         if not (b.ResumeAt >= 0. && b.ResumeAt < 1.) then
             invalidSetting

@@ -22,6 +22,8 @@ type WorkflowStats = {
     Resumes: int64
     /// Times one partition paused on MaxOpenOffsetsPerPartition.
     PartitionPauses: int64
+    /// Times a stalled intake made the pipes flush their buffers (Backpressure.FlushWhenStalled).
+    StallFlushes: int64
     /// Completions the ledger refused (they came from an assignment that was revoked meanwhile).
     Refused: int64
     /// Failures (stage, sink, async call, consumer) that stopped an incarnation.
@@ -45,6 +47,7 @@ type internal Counters() =
     let mutable resumes = 0L
     let mutable partitionPauses = 0L
     let mutable refused = 0L
+    let mutable stallFlushes = 0L
     let mutable failures = 0L
     let mutable restarts = 0L
     let mutable syncCommits = 0L
@@ -91,6 +94,9 @@ type internal Counters() =
     member _.Refused() =
         Interlocked.Increment &refused |> ignore
 
+    member _.StallFlushed() =
+        Interlocked.Increment &stallFlushes |> ignore
+
     member _.Failed() =
         Interlocked.Increment &failures |> ignore
 
@@ -111,6 +117,7 @@ type internal Counters() =
         Pauses = Volatile.Read &pauses
         Resumes = Volatile.Read &resumes
         PartitionPauses = Volatile.Read &partitionPauses
+        StallFlushes = Volatile.Read &stallFlushes
         Refused = Volatile.Read &refused
         Failures = Volatile.Read &failures
         Restarts = Volatile.Read &restarts

@@ -56,4 +56,32 @@ let tests =
             (fun (m: byte) (closed: bool) ->
                 let l = load (51L + int64 (m % 49uy)) 0L
                 Gate.next l closed gate = closed)
+
+        test "a stall is reported once the load has not fallen for the wait, and the wait restarts" {
+            let after = 100L
+            let s0 = Stall.start 0L
+            let s1, stalled1 = Stall.watch 10L 500L after s0 // first observation
+            let s2, stalled2 = Stall.watch 90L 500L after s1 // no progress, not long enough
+            let s3, stalled3 = Stall.watch 110L 500L after s2 // no progress for 100 ms
+            let s4, stalled4 = Stall.watch 150L 500L after s3 // the wait restarted at 110
+            let _, stalled5 = Stall.watch 300L 499L after s4 // progress
+
+            Expect.equal
+                [ stalled1; stalled2; stalled3; stalled4; stalled5 ]
+                [ false; false; true; false; false ]
+                "stalled once, then progress"
+        }
+
+        testProperty "a falling load is never a stall" (fun (loads: uint16 list) ->
+            let falling = loads |> List.sortDescending |> List.distinct
+
+            falling
+            |> List.mapi (fun i l -> int64 (i * 1000), int64 l)
+            |> List.fold
+                (fun (s, any) (now, l) ->
+                    let s', stalled = Stall.watch now l 1L s
+                    s', any || stalled)
+                (Stall.start 0L, false)
+            |> snd
+            |> not)
     ]

@@ -11,21 +11,17 @@ open Expecto
 open KFlow.Kafka
 open KFlow.Testing
 
-/// Produces `count` messages over `keys` keys: key "k{i % keys}", value "k{i % keys}:{n}" where n
-/// counts that key's messages from 0. Waits for every delivery.
-let produceKeyed (cluster: EmbeddedKafkaCluster) (topic: string) (keys: int) (count: int) =
+/// Produces messages number `first` to `first + count - 1` over `keys` keys: message i has key
+/// "k{i % keys}" and value "k{i % keys}:{i / keys}", so each key's values count 0, 1, 2, … across
+/// calls. Waits for every delivery.
+let produceRange (cluster: EmbeddedKafkaCluster) (topic: string) (keys: int) (first: int) (count: int) =
     use producer = ProducerBuilder<string, string>(cluster.ProducerConfig()).Build()
     let mutable failed = 0
-    let perKey = Array.zeroCreate<int> keys
 
-    for i in 0 .. count - 1 do
-        let k = i % keys
-        let n = perKey[k]
-        perKey[k] <- n + 1
-
+    for i in first .. first + count - 1 do
         producer.Produce(
             topic,
-            Message<_, _>(Key = $"k{k}", Value = $"k{k}:{n}"),
+            Message<_, _>(Key = $"k{i % keys}", Value = $"k{i % keys}:{i / keys}"),
             fun report ->
                 if report.Error.IsError then
                     Interlocked.Increment &failed |> ignore
@@ -33,6 +29,10 @@ let produceKeyed (cluster: EmbeddedKafkaCluster) (topic: string) (keys: int) (co
 
     producer.Flush(TimeSpan.FromSeconds 60.) |> ignore
     Expect.equal failed 0 "every message is delivered"
+
+/// Produces `count` messages over `keys` keys (see produceRange), from message 0.
+let produceKeyed (cluster: EmbeddedKafkaCluster) (topic: string) (keys: int) (count: int) =
+    produceRange cluster topic keys 0 count
 
 /// The end (high watermark) offset of every partition of a topic.
 let endOffsets (cluster: EmbeddedKafkaCluster) (topic: string) (partitions: int) =

@@ -12,6 +12,7 @@ let all =
         CommitPlanTests.tests
         WorkflowOptionsTests.tests
         WorkflowTests.tests
+        RuntimeDocTests.tests
         KafkaSinkTests.tests
         FileSinkTests.tests
     ]

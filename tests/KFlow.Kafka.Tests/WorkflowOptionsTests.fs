@@ -27,6 +27,7 @@ let tests =
             Expect.equal o.Backpressure.MaxInFlightBytes (64L * 1024L * 1024L) "64 MiB"
             Expect.equal o.Backpressure.ResumeAt 0.5 "resume at half"
             Expect.equal o.Backpressure.MaxOpenOffsetsPerPartition 20_000 "20k open offsets"
+            Expect.equal o.Backpressure.FlushWhenStalled (TimeSpan.FromSeconds 2.) "flush after a 2 s stall"
         }
 
         test "every bad setting is refused with a message naming it" {
@@ -89,6 +90,16 @@ let tests =
                         Backpressure = { bp with ResumeAt = 1.0 }
                 }
                 "ResumeAt"
+
+            refused
+                {
+                    valid with
+                        Backpressure = {
+                            bp with
+                                FlushWhenStalled = TimeSpan.Zero
+                        }
+                }
+                "FlushWhenStalled"
 
             refused
                 {
