@@ -158,8 +158,9 @@ let demuxAggregate (input: Input) : float option =
         let o = options "demux-aggregate" input
 
         // Keys arrive round-robin, so every key's batch fills only after 100 × 1,000 messages: the
-        // in-flight limit must hold them (the default 50,000 stalls the pipe until the idle
-        // substreams are flushed after 60 s).
+        // in-flight limit must hold them. With the default 50,000, intake stalls until the runtime
+        // flushes the half-full batches (FlushWhenStalled, 2 s): 29,000 msgs/s instead of 172,000
+        // on 200,000 messages.
         let o = {
             o with
                 Backpressure = {
