@@ -13,7 +13,9 @@ open KFlow.Bench.RuntimeInput
 /// (b) map → filter → no-op sink; the sink counts on `meter`.
 let mapFilterPipe (meter: Meter) : Pipe<byte[], Sunk> =
     Pipe.source<byte[]>
-    |> Pipe.map map
+    |> Pipe.map (fun v ->
+        meter.Start()
+        map v)
     |> Pipe.filter keep
     |> Pipe.sink "no-op" (fun (_: int64) ->
         meter.Hit()
@@ -26,7 +28,9 @@ let BatchSize = 100
 /// (c) map → demux (1,000 keys) → aggregate (batches of 100) → no-op sink counting batch sizes.
 let demuxAggregatePipe (meter: Meter) : Pipe<byte[], Sunk> =
     Pipe.source<byte[]>
-    |> Pipe.map map
+    |> Pipe.map (fun v ->
+        meter.Start()
+        map v)
     |> Pipe.demux (fun n -> key (int n)) (fun sub -> sub |> Pipe.aggregate (Buffer.count BatchSize))
     |> Pipe.sink "no-op" (fun (batch: int64 list) ->
         meter.Hit batch.Length
@@ -39,7 +43,9 @@ let asyncStep = TimeSpan.FromMilliseconds 5.0
 /// no-op sink. Its concurrency is the key count.
 let asyncDemuxPipe (meter: Meter) : Pipe<byte[], Sunk> =
     Pipe.source<byte[]>
-    |> Pipe.map map
+    |> Pipe.map (fun v ->
+        meter.Start()
+        map v)
     |> Pipe.demux (fun n -> key (int n)) (fun sub ->
         sub
         |> Pipe.mapAsync 1 (fun n -> task {
@@ -79,7 +85,9 @@ let backlogSinkRate = 1000.0
 /// (f) map → sink accepting 1,000 messages/s in all (one rate limit shared by every partition).
 let backlogPipe (limit: RateLimit) (meter: Meter) : Pipe<byte[], Sunk> =
     Pipe.source<byte[]>
-    |> Pipe.map map
+    |> Pipe.map (fun v ->
+        meter.Start()
+        map v)
     |> Pipe.sink "slow" (fun (_: int64) -> task {
         do! limit.Acquire()
         meter.Hit()

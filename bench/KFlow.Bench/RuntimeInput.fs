@@ -125,6 +125,12 @@ type Meter(expected: int) =
     let finished =
         TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
 
+    /// Marks the start of the timing (the first message read) if not marked yet. A pipe whose
+    /// first output comes late (an aggregate) calls it from its first stage.
+    member _.Start() =
+        if Volatile.Read &first = 0L then
+            Interlocked.CompareExchange(&first, Stopwatch.GetTimestamp(), 0L) |> ignore
+
     /// Counts n messages reaching the end.
     member _.Hit(n: int) =
         let now = Stopwatch.GetTimestamp()
@@ -144,7 +150,7 @@ type Meter(expected: int) =
     /// Completes when `expected` messages were counted.
     member _.Completed: Task = finished.Task
 
-    /// Messages/s from the first message counted to the one that reached `expected`.
+    /// Messages/s from the first message counted (or Start) to the one that reached `expected`.
     member _.MessagesPerSecond =
         let elapsed = Stopwatch.GetElapsedTime(Volatile.Read &first, Volatile.Read &last)
         float expected / elapsed.TotalSeconds
