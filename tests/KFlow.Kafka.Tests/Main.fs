@@ -15,6 +15,7 @@ let all =
         RuntimeDocTests.tests
         KafkaSinkTests.tests
         FileSinkTests.tests
+        RetransmitTests.tests
     ]
 
 [<EntryPoint>]
