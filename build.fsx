@@ -228,7 +228,7 @@ let targets: (string * string * (string list -> unit)) list = [
     "dev-cluster",
     "run an embedded Kafka cluster until Ctrl+C (--brokers N --topic name:partitions)",
     devCluster
-    "bench", "run the benchmarks, write artifacts/bench-results.json (--only NAME)", bench
+    "bench", "run the benchmarks, write artifacts/bench-results.json (--only NAME, --messages N)", bench
     "format", "format the F# sources with fantomas", (fun _ -> format ())
     "format-check", "fail if an F# source is not formatted", (fun _ -> formatCheck ())
 ]

@@ -13,6 +13,9 @@ let all =
         WorkflowOptionsTests.tests
         WorkflowTests.tests
         RuntimeDocTests.tests
+        KafkaSinkTests.tests
+        FileSinkTests.tests
+        RetransmitTests.tests
     ]
 
 [<EntryPoint>]
