@@ -13,6 +13,7 @@ let all =
         WorkflowOptionsTests.tests
         WorkflowTests.tests
         RuntimeDocTests.tests
+        CrashTests.tests
     ]
 
 [<EntryPoint>]
