@@ -28,7 +28,8 @@ type LineFile(path: string) =
 
     /// Appends the lines, flushes them to the disk (fsync) and only then returns.
     member _.Append(lines: string list) =
-        let bytes = Encoding.UTF8.GetBytes(lines |> List.map (fun l -> l + "\n") |> String.concat "")
+        let bytes =
+            Encoding.UTF8.GetBytes(lines |> List.map (fun l -> l + "\n") |> String.concat "")
 
         lock stream (fun () ->
             stream.Write(bytes, 0, bytes.Length)
