@@ -16,6 +16,7 @@ let all =
         KafkaSinkTests.tests
         FileSinkTests.tests
         RetransmitTests.tests
+        CrashTests.tests
     ]
 
 [<EntryPoint>]
