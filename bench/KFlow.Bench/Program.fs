@@ -3,7 +3,7 @@
 module KFlow.Bench.Program
 
 /// The benchmarks by name.
-let benchmarks = [ "ledger", LedgerBench.run ]
+let benchmarks = [ "ledger", LedgerBench.run; "pg-sink", PgSinkBench.run ]
 
 [<EntryPoint>]
 let main argv =

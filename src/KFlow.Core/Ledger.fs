@@ -14,6 +14,8 @@ type LedgerError =
     | OutOfOrder of delivered: Position * nextExpectedAtLeast: int64
     | InvalidParts of token: Token * parts: int
 
+/// One assigned partition. Open offsets are the set bits of the tail block's mask (the block being
+/// delivered into) and of the ring's masks (earlier blocks); an open offset has one part unless
 /// Multi says otherwise.
 [<NoEquality; NoComparison>]
 type internal PartitionState = {

@@ -4,18 +4,21 @@ namespace KFlow
 
 /// A Kafka topic and partition.
 [<Struct; CustomEquality; CustomComparison>]
-type TopicPartition =
-    { Topic: string
-      Partition: int }
+type TopicPartition = {
+    Topic: string
+    Partition: int
+} with
 
-    override this.ToString() = sprintf "%s[%d]" this.Topic this.Partition
+    override this.ToString() =
+        sprintf "%s[%d]" this.Topic this.Partition
 
     override this.Equals(other: obj) =
         match other with
         | :? TopicPartition as o -> this.Partition = o.Partition && System.String.Equals(this.Topic, o.Topic)
         | _ -> false
 
-    override this.GetHashCode() = System.HashCode.Combine(this.Topic, this.Partition)
+    override this.GetHashCode() =
+        System.HashCode.Combine(this.Topic, this.Partition)
 
     interface System.IEquatable<TopicPartition> with
         member this.Equals(o: TopicPartition) =
@@ -38,18 +41,24 @@ module TopicPartition =
     /// The topic-partition of the given topic name and partition number.
     let create (topic: string) (partition: int) : TopicPartition =
         if isNull topic || topic.Length = 0 then
-            invalidArgWith "topic" "The topic name must not be empty; pass the Kafka topic the partition belongs to."
+            invalidArgWith
+                "topic"
+                "The topic name must not be empty; pass the Kafka topic the partition belongs to."
+
         if partition < 0 then
             invalidArgWith "partition" (sprintf "Partition numbers are ≥ 0 (got %d)." partition)
+
         { Topic = topic; Partition = partition }
 
 /// One message's place in Kafka: a topic-partition and an offset.
 [<Struct>]
-type Position =
-    { TopicPartition: TopicPartition
-      Offset: int64 }
+type Position = {
+    TopicPartition: TopicPartition
+    Offset: int64
+} with
 
-    override this.ToString() = sprintf "%O@%d" this.TopicPartition this.Offset
+    override this.ToString() =
+        sprintf "%O@%d" this.TopicPartition this.Offset
 
 /// Functions over Position.
 [<RequireQualifiedAccess>]
@@ -58,4 +67,5 @@ module Position =
     let create (tp: TopicPartition) (offset: int64) : Position =
         if offset < 0L then
             invalidArgWith "offset" (sprintf "Kafka offsets are ≥ 0 (got %d)." offset)
+
         { TopicPartition = tp; Offset = offset }

@@ -112,7 +112,3 @@ module internal Ring =
 
                 for i in 0 .. Width - 1 do
                     iter f a.[i] (level - 1) (basis + (int64 i <<< shift))
-
-/// One assigned partition. Open offsets are the set bits of the tail block's mask (the block being
-/// delivered into) and of the ring's masks (earlier blocks); an open offset has one part unless
-/// delivered into) and of the ring's masks (earlier blocks); an open offset has one part unless

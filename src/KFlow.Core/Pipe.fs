@@ -106,6 +106,19 @@ module Pipe =
 
     let demux key sub pipe = demuxWith demuxOptions key sub pipe
 
+    let demuxByKeyWith options (sub: Pipe<'a, 'a> -> Pipe<'a, 'b>) (pipe: Pipe<'i, 'a>) : Pipe<'i, 'b> =
+        checkOptions options
+
+        let demux = {
+            Key = (fun e -> e.Key)
+            Options = options
+            Route = Same (sub source).Nodes
+        }
+
+        append (DemuxNode demux) pipe
+
+    let demuxByKey sub pipe = demuxByKeyWith demuxOptions sub pipe
+
     let routeDependent
         (key: 'a -> string)
         (route: string -> Pipe<'a, 'a> -> Pipe<'a, 'b>)

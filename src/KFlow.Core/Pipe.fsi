@@ -112,6 +112,17 @@ module Pipe =
         pipe: Pipe<'i, 'a> ->
             Pipe<'i, 'b>
 
+    /// <summary>Splits the stream into substreams by the envelope's Key: the Kafka message key ("" when
+    /// null) of the first input a value stands for, or the key an earlier <c>mfd</c> set. Each substream
+    /// runs its own copy of <paramref name="sub"/> with per-key order kept; their outputs are merged back
+    /// after it. Use it rather than <c>mapEnvelope (fun e -> e.Key, e.Value) |> demux fst</c>. Idle
+    /// substreams are dropped after DemuxOptions.IdleAfter (default 60 s).</summary>
+    val demuxByKey: sub: (Pipe<'a, 'a> -> Pipe<'a, 'b>) -> pipe: Pipe<'i, 'a> -> Pipe<'i, 'b>
+
+    /// demuxByKey with explicit options.
+    val demuxByKeyWith:
+        options: DemuxOptions -> sub: (Pipe<'a, 'a> -> Pipe<'a, 'b>) -> pipe: Pipe<'i, 'a> -> Pipe<'i, 'b>
+
     /// Like demux, but each key gets its own sub-pipe: `route key source` is built on the key's first message.
     val routeDependent:
         key: ('a -> string) ->

@@ -41,43 +41,26 @@ type AsyncMode =
     | RunInline
     | Defer
 
-/// An async map's calls in input order (with their result once known), and inputs waiting for a slot.
-[<NoEquality; NoComparison>]
-type internal AsyncSlots = {
-    InFlight: (int * Envelope<obj> * Result<obj, exn> option) list
-    Waiting: Envelope<obj> list
-}
-
-[<NoEquality; NoComparison>]
-type internal NodeState =
-    | Stateless
-    | StageState of obj
-    | DemuxState of Map<string, Substream>
-    | AsyncState of AsyncSlots
-
-and [<NoEquality; NoComparison>] internal Substream = {
-    Nodes: Node[]
-    States: NodeState[]
-    LastActive: DateTimeOffset
-}
-
-/// Where a deferred call's async node is: the demux substreams to descend into, then the node index.
-type internal Location = {
-    Demuxes: (int * string) list
-    Node: int
-}
-
 [<Sealed; NoEquality; NoComparison>]
 type PipeRun
-    internal (mode: AsyncMode, nodes: Node[], states: NodeState[], calls: Map<int, Location>, nextCall: int) =
+    internal
+    (
+        mode: AsyncMode,
+        nodes: Node[],
+        states: NodeState[],
+        calls: Map<int, Location>,
+        nextCall: int,
+        nextHold: int
+    ) =
     member internal _.Mode = mode
     member internal _.Nodes = nodes
     member internal _.States = states
     member internal _.Calls = calls
     member internal _.NextCall = nextCall
+    member internal _.NextHold = nextHold
 
 /// What one push collects, in order.
-type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: int) =
+type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: int, nextHold: int) =
     member val Outputs = ResizeArray<Envelope<obj>>()
     member val Ledger = ResizeArray<LedgerEffect>()
     member val Sinks = ResizeArray<SinkRequest>()
@@ -86,6 +69,13 @@ type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: in
     member _.Mode = mode
     member val Calls = calls with get, set
     member val NextCall = nextCall with get, set
+    member val NextHold = nextHold with get, set
+
+    /// A new hold id (one per broadcast).
+    member this.TakeHold() =
+        let hold = this.NextHold
+        this.NextHold <- hold + 1
+        hold
 
     member this.Effects = {
         Outputs = List.ofSeq this.Outputs
@@ -97,24 +87,14 @@ type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: in
 
 [<RequireQualifiedAccess>]
 module PipeRun =
-    let private noSlots = { InFlight = []; Waiting = [] }
-
-    let private initial (node: Node) =
-        match node with
-        | StageNode s -> StageState s.Init
-        | DemuxNode _ -> DemuxState Map.empty
-        | AsyncMapNode _ -> AsyncState noSlots
-        | SinkNode _ -> Stateless
-
-    let private ofNodes (nodes: Node list) =
-        let nodes = Array.ofList nodes
-        nodes, Array.map initial nodes
-
     let startWith (mode: AsyncMode) (pipe: Pipe<'i, 'o>) =
-        let nodes, states = ofNodes (Pipe.nodes pipe)
-        PipeRun(mode, nodes, states, Map.empty, 1)
+        let nodes, states = RunState.ofNodes (Pipe.nodes pipe)
+        PipeRun(mode, nodes, states, Map.empty, 1, 1)
 
     let start pipe = startWith RunInline pipe
+
+    /// A `passed` nobody waits on (the root level, and the flush of a substream dropped as idle).
+    let private unwatched (_: int) (_: Event<obj>) = ()
 
     let private failed (acc: Collected) stage position error =
         acc.Failures.Add {
@@ -135,12 +115,7 @@ module PipeRun =
         =
         match states[i] with
         | StageState state ->
-            match
-                (try
-                    Ok(stage.Step now event state)
-                 with ex ->
-                     Error ex)
-            with
+            match attempt (fun () -> stage.Step now event state) with
             | Ok(state', output) ->
                 states[i] <- StageState state'
                 acc.Ledger.AddRange output.Effects
@@ -149,20 +124,6 @@ module PipeRun =
                 failed acc (Stage.name stage) position ex
                 []
         | _ -> []
-
-    let private substream (demux: Demux) key now =
-        let nodes =
-            match demux.Route with
-            | Same sub -> sub
-            | PerKey route -> route key
-
-        let nodes, states = ofNodes nodes
-
-        {
-            Nodes = nodes
-            States = states
-            LastActive = now
-        }
 
     /// Starts a deferred call of async node i (at `path`, innermost demux first) for an envelope.
     let private request (acc: Collected) path i name run (env: Envelope<obj>) =
@@ -177,7 +138,7 @@ module PipeRun =
             Run = run
         }
 
-        id, env, None
+        Started(id, env, None)
 
     /// Pushes one envelope into node i of a level; `k` receives what passes the level's end.
     let rec private pushAt
@@ -202,55 +163,30 @@ module PipeRun =
                     Sink = name
                     Envelope = env
                     Write = write
-                    Substream =
-                        match path with
-                        | [] -> ""
-                        | [ (_, key) ] -> key
-                        | _ -> path |> List.rev |> List.map snd |> String.concat "\u001f"
+                    Substream = RunState.substreamName path
                 }
             | AsyncMapNode(name, parallelism, run) ->
                 match acc.Mode, states[i] with
-                | Defer, AsyncState slots ->
-                    states[i] <-
-                        AsyncState(
-                            if slots.InFlight.Length < parallelism then
-                                {
-                                    slots with
-                                        InFlight = slots.InFlight @ [ request acc path i name run env ]
-                                }
-                            else
-                                {
-                                    slots with
-                                        Waiting = slots.Waiting @ [ env ]
-                                }
-                        )
+                | Defer, AsyncState queue ->
+                    let entry =
+                        if RunState.canStart parallelism queue then
+                            request acc path i name run env
+                        else
+                            Queued env
+
+                    states[i] <- AsyncState(queue @ [ entry ])
                 | _ ->
-                    match
-                        (try
-                            Ok((run env.Value).GetAwaiter().GetResult())
-                         with ex ->
-                             Error ex)
-                    with
+                    match attempt (fun () -> (run env.Value).GetAwaiter().GetResult()) with
                     | Ok value -> pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
                     | Error ex -> failed acc name (ValueSome env.Position) ex
             | DemuxNode demux ->
-                match
-                    (try
-                        Ok(demux.Key env)
-                     with ex ->
-                         Error ex)
-                with
+                match attempt (fun () -> demux.Key env) with
                 | Error ex -> failed acc "demux key" (ValueSome env.Position) ex
                 | Ok key ->
-                    let subs =
-                        match states[i] with
-                        | DemuxState subs -> subs
-                        | _ -> Map.empty
-
                     let sub =
-                        match Map.tryFind key subs with
+                        match Map.tryFind key (RunState.demuxed states[i]).Subs with
                         | Some sub -> sub
-                        | None -> substream demux key now
+                        | None -> RunState.substream demux key now
 
                     let subStates = Array.copy sub.States
 
@@ -259,154 +195,173 @@ module PipeRun =
 
                     pushAt now acc ((i, key) :: path) sub.Nodes subStates 0 env after
 
-                    let sub' = {
-                        sub with
-                            States = subStates
-                            LastActive = now
-                    }
+                    states[i] <-
+                        RunState.withSub
+                            key
+                            {
+                                sub with
+                                    States = subStates
+                                    LastActive = now
+                            }
+                            states[i]
 
-                    match states[i] with
-                    | DemuxState subs -> states[i] <- DemuxState(Map.add key sub' subs)
-                    | _ -> ()
-
-    /// Whether a level holds async calls in flight or waiting (a substream that does is never dropped).
-    let rec private busy (states: NodeState[]) =
-        states
-        |> Array.exists (function
-            | AsyncState s -> not (List.isEmpty s.InFlight && List.isEmpty s.Waiting)
-            | DemuxState subs -> subs |> Map.exists (fun _ s -> busy s.States)
-            | _ -> false)
-
-    /// Sends a non-message event to every stage of a level, in order.
-    let rec private broadcastAt
+    /// <summary>Sends a broadcast event (Tick, Flush, Revoked, Assigned) to the nodes of a level from
+    /// node <paramref name="from"/> on, in order.</summary>
+    /// <remarks>An async node or a demux may hold it (see mustFollow); the nodes after it then get it
+    /// when it is released. `passed` is called with the hold id and the event once it passes the
+    /// level's end, now or on a later resume.</remarks>
+    and private broadcastFrom
         now
         (acc: Collected)
         path
         (nodes: Node[])
         (states: NodeState[])
+        from
+        (hold: int)
         (event: Event<obj>)
         k
+        (passed: int -> Event<obj> -> unit)
         =
-        for i in 0 .. nodes.Length - 1 do
-            let after out =
-                pushAt now acc path nodes states (i + 1) out k
+        let rec go i =
+            if i >= nodes.Length then
+                passed hold event
+            else
+                let after out =
+                    pushAt now acc path nodes states (i + 1) out k
 
-            match nodes[i], states[i] with
-            | StageNode stage, _ ->
-                for e in stepStage now acc stage states i event ValueNone do
-                    after e
-            | DemuxNode demux, DemuxState subs ->
-                let mutable subs' = subs
+                match nodes[i], states[i] with
+                | StageNode stage, _ ->
+                    for e in stepStage now acc stage states i event ValueNone do
+                        after e
 
-                for KeyValue(key, sub) in subs do
+                    go (i + 1)
+                | AsyncMapNode _, AsyncState queue ->
+                    match RunState.holdIn hold event queue with
+                    | Some queue -> states[i] <- AsyncState queue
+                    | None -> go (i + 1)
+                | DemuxNode demux, DemuxState d ->
+                    if demuxAt now acc path states i demux d hold event after then
+                        go (i + 1)
+                | _ -> go (i + 1)
+
+        go from
+
+    /// Broadcasts into every substream of demux i, drops those idle (Tick) or flushed (Flush) and not
+    /// busy, and holds the event while a substream holds it; true if it passes the demux now.
+    and private demuxAt now acc path (states: NodeState[]) i (demux: Demux) (d: Demuxed) hold event after =
+        let waiting = ref Set.empty
+        let mutable subs = d.Subs
+
+        for KeyValue(key, sub) in d.Subs do
+            let subStates = Array.copy sub.States
+            let through = ref false
+
+            broadcastFrom now acc ((i, key) :: path) sub.Nodes subStates 0 hold event after (fun _ _ ->
+                through.Value <- true)
+
+            if not through.Value then
+                waiting.Value <- waiting.Value.Add key
+
+            subs <- Map.add key { sub with States = subStates } subs
+
+        for KeyValue(key, sub) in subs do
+            if not (RunState.busy sub.States) then
+                match event with
+                | Flush -> subs <- Map.remove key subs
+                | Tick when now - sub.LastActive >= demux.Options.IdleAfter ->
+                    // Flushed first; kept if that flush started async calls (dropped at a later tick).
                     let subStates = Array.copy sub.States
-                    broadcastAt now acc ((i, key) :: path) sub.Nodes subStates event after
-                    subs' <- Map.add key { sub with States = subStates } subs'
+                    let at = (i, key) :: path
+                    broadcastFrom now acc at sub.Nodes subStates 0 (acc.TakeHold()) Flush after unwatched
 
-                let isTick =
-                    match event with
-                    | Tick -> true
-                    | _ -> false
+                    subs <-
+                        if RunState.busy subStates then
+                            Map.add key { sub with States = subStates } subs
+                        else
+                            Map.remove key subs
+                | _ -> ()
 
-                let drop (sub: Substream) =
-                    not (busy sub.States)
-                    && (match event with
-                        | Flush -> true
-                        | Tick -> now - sub.LastActive >= demux.Options.IdleAfter
-                        | _ -> false)
-
-                for KeyValue(key, sub) in subs' do
-                    if drop sub then
-                        if isTick then
-                            broadcastAt
-                                now
-                                acc
-                                ((i, key) :: path)
-                                sub.Nodes
-                                (Array.copy sub.States)
-                                Flush
-                                after
-
-                        subs' <- Map.remove key subs'
-
-                states[i] <- DemuxState subs'
-            | _ -> ()
+        let passes, d = RunState.reachDemux hold event waiting.Value { d with Subs = subs }
+        states[i] <- DemuxState d
+        passes
 
     let push (now: DateTimeOffset) (event: Event<obj>) (run: PipeRun) =
-        let acc = Collected(run.Mode, run.Calls, run.NextCall)
+        let acc = Collected(run.Mode, run.Calls, run.NextCall, run.NextHold)
         let states = Array.copy run.States
 
         match event with
         | Message env -> pushAt now acc [] run.Nodes states 0 env acc.Outputs.Add
-        | _ -> broadcastAt now acc [] run.Nodes states event acc.Outputs.Add
+        | _ -> broadcastFrom now acc [] run.Nodes states 0 (acc.TakeHold()) event acc.Outputs.Add unwatched
 
-        PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall), acc.Effects
+        PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold), acc.Effects
 
-    /// Records a call's result at async node i, then passes on the results now at the head (input
-    /// order) and starts waiting inputs in the freed slots.
-    let private settle now (acc: Collected) path (nodes: Node[]) (states: NodeState[]) i id result k =
+    /// Records a call's result at async node i, then passes on what is now at the head of its queue
+    /// (results in input order, and the events held behind them) and starts waiting inputs in the
+    /// freed slots.
+    let private settle now (acc: Collected) path (nodes: Node[]) (states: NodeState[]) i id result k passed =
         match nodes[i], states[i] with
-        | AsyncMapNode(name, parallelism, run), AsyncState slots ->
-            let inFlight =
-                slots.InFlight
-                |> List.map (fun (c, e, r) -> if c = id then c, e, Some result else c, e, r)
+        | AsyncMapNode(name, parallelism, run), AsyncState queue ->
+            let ready, queue = queue |> RunState.withResult id result |> RunState.ready
 
-            let rec release inFlight =
-                match inFlight with
-                | (_, (env: Envelope<obj>), Some result) :: rest ->
-                    match result with
-                    | Ok value -> pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
-                    | Error ex -> failed acc name (ValueSome env.Position) ex
+            for entry in ready do
+                match entry with
+                | Started(_, env, Some(Ok value)) ->
+                    pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
+                | Started(_, env, Some(Error ex)) -> failed acc name (ValueSome env.Position) ex
+                | Held(hold, event) -> broadcastFrom now acc path nodes states (i + 1) hold event k passed
+                | _ -> ()
 
-                    release rest
-                | _ -> inFlight
-
-            let inFlight = release inFlight
-            let free = max 0 (parallelism - inFlight.Length)
-            let starting = List.truncate free slots.Waiting
-            let started = starting |> List.map (request acc path i name run)
-
-            states[i] <-
-                AsyncState {
-                    InFlight = inFlight @ started
-                    Waiting = List.skip starting.Length slots.Waiting
-                }
+            states[i] <- AsyncState(RunState.startWaiting parallelism (request acc path i name run) queue)
         | _ -> ()
+
+    /// Substream `key` of demux i let a held event through: the events no substream holds any more
+    /// go on after the demux, oldest first, as long as none older is still held.
+    let private released now acc path (nodes: Node[]) (states: NodeState[]) i key k passed hold _event =
+        let ready, d = RunState.letThrough hold key (RunState.demuxed states[i])
+        states[i] <- DemuxState d
+
+        for h in ready do
+            broadcastFrom now acc path nodes states (i + 1) h.Hold h.Event k passed
 
     let resume (now: DateTimeOffset) (callId: int) (result: Result<obj, exn>) (run: PipeRun) =
         match Map.tryFind callId run.Calls with
         | None -> invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
         | Some location ->
-            let acc = Collected(run.Mode, Map.remove callId run.Calls, run.NextCall)
+            let acc =
+                Collected(run.Mode, Map.remove callId run.Calls, run.NextCall, run.NextHold)
+
             let states = Array.copy run.States
 
-            let rec descend (nodes: Node[]) (states: NodeState[]) demuxes path k =
+            let rec descend (nodes: Node[]) (states: NodeState[]) demuxes path k passed =
                 match demuxes with
-                | [] -> settle now acc path nodes states location.Node callId result k
+                | [] -> settle now acc path nodes states location.Node callId result k passed
                 | (i, key) :: rest ->
                     match states[i] with
-                    | DemuxState subs ->
-                        let sub = subs[key]
+                    | DemuxState d ->
+                        let sub = d.Subs[key]
                         let subStates = Array.copy sub.States
 
                         let after out =
                             pushAt now acc path nodes states (i + 1) out k
 
-                        descend sub.Nodes subStates rest ((i, key) :: path) after
+                        descend
+                            sub.Nodes
+                            subStates
+                            rest
+                            ((i, key) :: path)
+                            after
+                            (released now acc path nodes states i key k passed)
 
-                        match states[i] with
-                        | DemuxState subs ->
-                            states[i] <- DemuxState(Map.add key { sub with States = subStates } subs)
-                        | _ -> ()
+                        states[i] <- RunState.withSub key { sub with States = subStates } states[i]
                     | _ -> ()
 
-            descend run.Nodes states location.Demuxes [] acc.Outputs.Add
-            PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall), acc.Effects
+            descend run.Nodes states location.Demuxes [] acc.Outputs.Add unwatched
+            PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold), acc.Effects
 
-    let rec private count (states: NodeState[]) =
-        states
-        |> Array.sumBy (function
-            | DemuxState subs -> subs.Count + (subs |> Seq.sumBy (fun (KeyValue(_, s)) -> count s.States))
-            | _ -> 0)
+    let liveSubstreams (run: PipeRun) = RunState.count run.States
 
-    let liveSubstreams (run: PipeRun) = count run.States
+    let held (run: PipeRun) =
+        RunState.holdsIn run.States
+        |> List.distinctBy fst
+        |> List.sortBy fst
+        |> List.map snd

@@ -90,17 +90,36 @@ module PipeRun =
     ///    demux); what a stage emits is pushed as messages through the nodes after it before the
     ///    next stage receives the event.
     /// 3. On Tick, a demux then flushes and drops its substreams idle for IdleAfter or more; on Flush it
-    ///    drops all of them after flushing them. A substream with async calls in flight is kept.
+    ///    drops all of them after flushing them. A substream with async calls in flight (or an event
+    ///    held, see 5) is kept, to be dropped at a later tick once idle or by a later flush.
     /// 4. Async maps run inline (RunInline: the calling thread waits) or become requests (Defer).
+    /// 5. Defer: a Flush or Revoked waits at an async node for the calls it concerns (every call in
+    ///    flight or waiting there for Flush; those holding a token of the partition for Revoked). The
+    ///    nodes after it receive it only on the resume that passes on the last of those results, right
+    ///    after them, so one Flush writes everything once the calls answer. A demux passes it on once
+    ///    no substream holds it. An Assigned waits behind an event held before it (events keep their
+    ///    order); a Tick is never held. A failed call counts as answered: the held event goes on, and
+    ///    the failed input stays unfinished (its offset open) until a restart replays it. See held.
     /// </remarks>
     val push: now: DateTimeOffset -> event: Event<obj> -> run: PipeRun -> PipeRun * Effects
 
     /// <summary>Hands back the result of a deferred async call: results at the head of the node's
-    /// calls (input order) go on through the rest of the pipe, and waiting inputs start in the freed
-    /// slots. An Error result is reported as a StageFailure; its input stays unfinished.
+    /// calls (input order) go on through the rest of the pipe, each followed by the events held behind
+    /// it, and waiting inputs start in the freed slots. An Error result is reported as a
+    /// StageFailure; its input stays unfinished, and the events held behind it go on.
     /// ArgumentException if the call is not in flight in this run.</summary>
     val resume:
         now: DateTimeOffset -> callId: int -> result: Result<obj, exn> -> run: PipeRun -> PipeRun * Effects
 
     /// How many demux substreams are alive (over every demux, nested ones included).
     val liveSubstreams: run: PipeRun -> int
+
+    /// <summary>The Flush, Revoked and Assigned events held at async nodes (Defer), waiting for calls
+    /// in flight: each push (or flush of an idle substream being dropped) once, oldest first. Empty
+    /// when every such event has reached the end of the pipe.</summary>
+    /// <remarks>A runtime shutting down pushes Flush, runs the calls in flight until <c>held</c> no
+    /// longer contains it, then commits; on a revoke it does the same with <c>Revoked tp</c> (for a
+    /// bounded time). It should not deliver messages of a partition assigned again while the
+    /// partition's Revoked is still held: across demux substreams they could reach later stages
+    /// before it.</remarks>
+    val held: run: PipeRun -> Event<obj> list

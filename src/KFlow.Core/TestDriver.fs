@@ -3,33 +3,6 @@
 namespace KFlow
 
 open System
-open System.Threading.Tasks
-
-/// The driver's state; lists are newest first.
-[<NoEquality; NoComparison>]
-type internal DriverState<'i, 'o> = {
-    Options: DriverOptions
-    Pipe: Pipe<'i, 'o>
-    Run: PipeRun
-    Ledger: Ledger
-    Now: DateTimeOffset
-    /// The next offset to read of every assigned partition.
-    Next: Map<TopicPartition, int64>
-    Committed: Map<TopicPartition, int64>
-    History: Commit list
-    Calls: Map<int, SinkCall>
-    Writes: Map<int, obj -> Task>
-    AsyncCalls: Map<int, AsyncCall>
-    NextSink: int
-    NextAsync: int
-    /// The run's own id and the function of every Pending async call.
-    AsyncRuns: Map<int, int * (obj -> Task<obj>)>
-    Outputs: Envelope<obj> list
-    Failures: StageFailure list
-    Refused: LedgerError list
-    Inputs: Message<'i> list
-    Seen: Set<Position>
-}
 
 [<Sealed; NoEquality; NoComparison>]
 type TestDriver<'i, 'o> internal (state: DriverState<'i, 'o>) =
@@ -45,177 +18,13 @@ module TestDriver =
     }
 
     let create (options: DriverOptions) (pipe: Pipe<'i, 'o>) =
-        TestDriver<'i, 'o>(
-            {
-                Options = options
-                Pipe = pipe
-                Run = PipeRun.startWith options.AsyncMode pipe
-                Ledger = Ledger.empty
-                Now = options.Start
-                Next = Map.empty
-                Committed = Map.empty
-                History = []
-                Calls = Map.empty
-                Writes = Map.empty
-                AsyncCalls = Map.empty
-                NextSink = 1
-                NextAsync = 1
-                AsyncRuns = Map.empty
-                Outputs = []
-                Failures = []
-                Refused = []
-                Inputs = []
-                Seen = Set.empty
-            }
-        )
+        TestDriver<'i, 'o>(DriverState.create options pipe)
 
     let start pipe = create options pipe
 
-    /// Completes tokens one part each; refusals are returned, not thrown.
-    let private completeAll (tokens: Token list) (ledger: Ledger) =
-        ((ledger, []), tokens)
-        ||> List.fold (fun (l, refused) t ->
-            match Ledger.complete t l with
-            | Ok l' -> l', refused
-            | Error e -> l, e :: refused)
-        |> fun (l, refused) -> l, List.rev refused
-
-    let private storeCommits (s: DriverState<'i, 'o>) =
-        (s, Ledger.commitPoints s.Ledger)
-        ||> List.fold (fun s (tp, offset) ->
-            match Map.tryFind tp s.Committed with
-            | Some c when c = offset -> s
-            | _ ->
-                let epoch = Ledger.epoch tp s.Ledger |> ValueOption.defaultValue 0
-
-                {
-                    s with
-                        Committed = Map.add tp offset s.Committed
-                        History =
-                            {
-                                TopicPartition = tp
-                                Offset = offset
-                                Epoch = epoch
-                            }
-                            :: s.History
-                })
-
-    let private autoCommit (s: DriverState<'i, 'o>) =
-        if s.Options.AutoCommit then storeCommits s else s
-
-    /// Runs a Pending write; on success completes its tokens.
-    let private execute (id: int) (s: DriverState<'i, 'o>) =
-        let call = s.Calls[id]
-        let write = s.Writes[id]
-
-        let s = {
-            s with
-                Writes = Map.remove id s.Writes
-        }
-
-        match
-            (try
-                Ok((write call.Value).GetAwaiter().GetResult())
-             with ex ->
-                 Error ex)
-        with
-        | Ok() ->
-            let ledger, refused = completeAll call.Tokens s.Ledger
-
-            {
-                s with
-                    Ledger = ledger
-                    Refused = List.rev refused @ s.Refused
-                    Calls =
-                        Map.add
-                            id
-                            {
-                                call with
-                                    Status = Succeeded
-                                    Refused = refused
-                            }
-                            s.Calls
-            }
-        | Error ex -> {
-            s with
-                Calls = Map.add id { call with Status = Failed ex.Message } s.Calls
-          }
-
-    /// Applies what one push produced: ledger effects, finished outputs, failures, sink requests.
-    let private apply (effects: Effects) (s: DriverState<'i, 'o>) =
-        let ledger, refused =
-            ((s.Ledger, s.Refused), effects.Ledger)
-            ||> List.fold (fun (l, refused) effect ->
-                let result =
-                    match effect with
-                    | Complete t -> Ledger.complete t l
-                    | Fork(t, n) -> Ledger.fork n t l
-
-                match result with
-                | Ok l' -> l', refused
-                | Error e -> l, e :: refused)
-
-        let ledger, outRefused =
-            completeAll (effects.Outputs |> List.collect (fun e -> e.Tokens)) ledger
-
-        let s = {
-            s with
-                Ledger = ledger
-                Refused = List.rev outRefused @ refused
-                Outputs = List.rev effects.Outputs @ s.Outputs
-                Failures = List.rev effects.Failures @ s.Failures
-        }
-
-        let s =
-            (s, effects.Sinks)
-            ||> List.fold (fun s request ->
-                let id = s.NextSink
-
-                let call = {
-                    Id = id
-                    Sink = request.Sink
-                    Value = request.Envelope.Value
-                    Tokens = request.Envelope.Tokens
-                    Status = Pending
-                    Refused = []
-                }
-
-                let s = {
-                    s with
-                        Calls = Map.add id call s.Calls
-                        NextSink = id + 1
-                        Writes = Map.add id request.Write s.Writes
-                }
-
-                match s.Options.SinkMode with
-                | Automatic -> execute id s
-                | Manual -> s)
-
-        let s =
-            (s, effects.Calls)
-            ||> List.fold (fun s request ->
-                let id = s.NextAsync
-
-                let call = {
-                    Id = id
-                    Stage = request.Stage
-                    Input = request.Envelope.Value
-                    Tokens = request.Envelope.Tokens
-                    Status = Pending
-                }
-
-                {
-                    s with
-                        AsyncCalls = Map.add id call s.AsyncCalls
-                        NextAsync = id + 1
-                        AsyncRuns = Map.add id (request.Id, request.Run) s.AsyncRuns
-                })
-
-        autoCommit s
-
     let private push (event: Event<obj>) (s: DriverState<'i, 'o>) =
         let run, effects = PipeRun.push s.Now event s.Run
-        apply effects { s with Run = run }
+        DriverState.apply effects { s with Run = run }
 
     let private lift f (driver: TestDriver<'i, 'o>) = TestDriver<'i, 'o>(f driver.State)
 
@@ -239,7 +48,7 @@ module TestDriver =
             if not (Map.containsKey tp s.Next) then
                 s
             else
-                let s = push (Revoked tp) s |> storeCommits
+                let s = push (Revoked tp) s |> DriverState.storeCommits
 
                 {
                     s with
@@ -296,7 +105,7 @@ module TestDriver =
         driver
         |> lift (fun s ->
             pendingCall callId s |> ignore
-            execute callId s |> autoCommit)
+            DriverState.execute callId s |> DriverState.autoCommit)
 
     let fail callId (reason: string) driver =
         driver
@@ -325,19 +134,14 @@ module TestDriver =
                 AsyncCalls = Map.add callId { call with Status = status } s.AsyncCalls
                 AsyncRuns = Map.remove callId s.AsyncRuns
         }
-        |> apply effects
+        |> DriverState.apply effects
 
     let runAsync callId driver =
         driver
         |> lift (fun s ->
             let call, (_, run) = pendingAsync callId s
 
-            match
-                (try
-                    Ok((run call.Input).GetAwaiter().GetResult())
-                 with ex ->
-                     Error ex)
-            with
+            match attempt (fun () -> (run call.Input).GetAwaiter().GetResult()) with
             | Ok value -> resume callId Succeeded (Ok value) s
             | Error ex -> resume callId (Failed ex.Message) (Error ex) s)
 
@@ -351,32 +155,12 @@ module TestDriver =
         | None, Some id -> succeed id driver |> succeedAll
         | None, None -> driver
 
-    let commit driver = driver |> lift storeCommits
+    let commit driver = driver |> lift DriverState.storeCommits
 
     let crash driver =
         driver
         |> lift (fun s ->
-            let abandon (c: SinkCall) =
-                if c.Status = Pending then
-                    { c with Status = Abandoned }
-                else
-                    c
-
-            let s = {
-                s with
-                    Run = PipeRun.startWith s.Options.AsyncMode s.Pipe
-                    Calls = s.Calls |> Map.map (fun _ c -> abandon c)
-                    Writes = Map.empty
-                    AsyncCalls =
-                        s.AsyncCalls
-                        |> Map.map (fun _ c ->
-                            if c.Status = Pending then
-                                { c with Status = Abandoned }
-                            else
-                                c)
-                    AsyncRuns = Map.empty
-            }
-
+            let s = DriverState.restart s
             (s, Map.keys s.Next |> List.ofSeq) ||> List.fold (fun s tp -> assignState tp s))
 
     let replay driver =
@@ -389,7 +173,7 @@ module TestDriver =
                 | _ -> s))
 
     let flush driver =
-        driver |> lift (push Flush >> storeCommits)
+        driver |> lift (push Flush >> DriverState.storeCommits)
 
     let now (driver: TestDriver<'i, 'o>) = driver.State.Now
 

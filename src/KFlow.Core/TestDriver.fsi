@@ -29,7 +29,9 @@ module TestDriver =
     /// 1. The pipe receives Revoked (buffers flush; in Automatic mode the resulting writes succeed).
     /// 2. The partition's commit point is stored.
     /// 3. The ledger drops the partition: later completions of its tokens are refused (stale).
-    /// Revoking an unassigned partition does nothing.
+    /// Revoking an unassigned partition does nothing. With AsyncMode = Defer the Revoked waits at each
+    /// async node for the partition's calls in flight (see PipeRun.push); answered later, what it then
+    /// flushes holds stale tokens, which the ledger refuses (see refused).
     /// </remarks>
     val revoke: tp: TopicPartition -> driver: TestDriver<'i, 'o> -> TestDriver<'i, 'o>
 
@@ -78,7 +80,9 @@ module TestDriver =
     /// (after a crash: its commit point), in the order they were first fed.
     val replay: driver: TestDriver<'i, 'o> -> TestDriver<'i, 'o>
 
-    /// Shutdown: the pipe receives Flush (every buffer emits), then the commit points are stored.
+    /// Shutdown: the pipe receives Flush (every buffer emits), then the commit points are stored. With
+    /// AsyncMode = Defer the Flush waits at each async node for the calls in flight there and goes on
+    /// once they are answered (runAsync, failAsync, succeedAll): `flush >> succeedAll` writes everything.
     val flush: driver: TestDriver<'i, 'o> -> TestDriver<'i, 'o>
 
     /// The virtual clock.

@@ -38,7 +38,7 @@ type EmbeddedKafkaOptions = {
     /// group.initial.rebalance.delay.ms is 3 s, which every test's first join would pay).
     GroupInitialRebalanceDelay: TimeSpan
     /// librdkafka log level (0-7) of the handle that owns the cluster; its logs go to stderr.
-    /// Default 3 (errors only; librdkafka's default 6 logs every broker up/down).
+    /// Default 3 (errors only; librdkafka's default is 6).
     LogLevel: int
 } with
 
@@ -49,6 +49,18 @@ type EmbeddedKafkaOptions = {
         LogLevel = 3
     }
 
+    /// A copy with another broker count (C#; F# uses `{ o with Brokers = n }`).
+    member this.WithBrokers(brokers: int) = { this with Brokers = brokers }
+
+    /// A copy with another group initial rebalance delay.
+    member this.WithGroupInitialRebalanceDelay(delay: TimeSpan) = {
+        this with
+            GroupInitialRebalanceDelay = delay
+    }
+
+    /// A copy with another librdkafka log level (0-7).
+    member this.WithLogLevel(level: int) = { this with LogLevel = level }
+
 /// A running embedded Kafka cluster. Dispose it to stop the brokers and free their ports.
 /// Every member is thread-safe; calls after disposal raise ObjectDisposedException.
 [<Sealed>]
@@ -57,13 +69,22 @@ type EmbeddedKafkaCluster internal (rk: nativeint, mcluster: nativeint, options:
         LibRdKafka.rd_kafka_mock_cluster_bootstraps mcluster
         |> Runtime.InteropServices.Marshal.PtrToStringUTF8
 
-    let mutable disposed = 0
+    let gate = obj ()
+    let mutable disposed = false
 
-    let live () =
-        if Volatile.Read &disposed <> 0 then
-            raise (
-                ObjectDisposedException(nameof EmbeddedKafkaCluster, "The embedded Kafka cluster is stopped.")
-            )
+    /// Runs a native call unless the cluster is stopped; Dispose waits for calls in progress, so a
+    /// call never reaches a destroyed cluster.
+    let native (call: unit -> 'T) : 'T =
+        lock gate (fun () ->
+            if disposed then
+                raise (
+                    ObjectDisposedException(
+                        nameof EmbeddedKafkaCluster,
+                        "The embedded Kafka cluster is stopped; start a new one."
+                    )
+                )
+
+            call ())
 
     let checkBroker (brokerId: int) =
         if brokerId < 1 || brokerId > options.Brokers then
@@ -91,8 +112,6 @@ type EmbeddedKafkaCluster internal (rk: nativeint, mcluster: nativeint, options:
 
     /// Creates a topic. Raises ArgumentException on a bad name, partition count or replication factor.
     member _.CreateTopic(name: string, partitions: int, replicationFactor: int) =
-        live ()
-
         if String.IsNullOrWhiteSpace name then
             raise (ArgumentException("A topic needs a non-empty name.", nameof name))
 
@@ -114,7 +133,8 @@ type EmbeddedKafkaCluster internal (rk: nativeint, mcluster: nativeint, options:
                 )
             )
 
-        LibRdKafka.rd_kafka_mock_topic_create (mcluster, name, partitions, replicationFactor)
+        native (fun () ->
+            LibRdKafka.rd_kafka_mock_topic_create (mcluster, name, partitions, replicationFactor))
         |> check $"Creating topic '{name}'"
 
     /// Creates a topic with replication factor 1.
@@ -122,58 +142,57 @@ type EmbeddedKafkaCluster internal (rk: nativeint, mcluster: nativeint, options:
 
     /// Takes a broker down: its connections close and it refuses requests until BringBrokerUp.
     member _.TakeBrokerDown(brokerId: int) =
-        live ()
         checkBroker brokerId
 
-        LibRdKafka.rd_kafka_mock_broker_set_down (mcluster, brokerId)
+        native (fun () -> LibRdKafka.rd_kafka_mock_broker_set_down (mcluster, brokerId))
         |> check $"Taking broker {brokerId} down"
 
     /// Brings a broker taken down by TakeBrokerDown back up.
     member _.BringBrokerUp(brokerId: int) =
-        live ()
         checkBroker brokerId
 
-        LibRdKafka.rd_kafka_mock_broker_set_up (mcluster, brokerId)
+        native (fun () -> LibRdKafka.rd_kafka_mock_broker_set_up (mcluster, brokerId))
         |> check $"Bringing broker {brokerId} up"
 
     /// Makes the next requests of an API (on any broker) fail, one error per request, in order.
     /// ErrorCode.NoError entries let a request through. Errors are Kafka protocol codes
     /// (e.g. ErrorCode.NotLeaderForPartition, ErrorCode.RequestTimedOut).
     member _.PushRequestErrors(apiKey: KafkaApiKey, [<ParamArray>] errors: ErrorCode[]) =
-        live ()
-
         if isNull errors || errors.Length = 0 then
             raise (ArgumentException("Give at least one error to inject.", nameof errors))
 
         let codes = errors |> Array.map int
 
-        LibRdKafka.rd_kafka_mock_push_request_errors_array (
-            mcluster,
-            int16 apiKey,
-            unativeint codes.Length,
-            codes
-        )
+        native (fun () ->
+            LibRdKafka.rd_kafka_mock_push_request_errors_array (
+                mcluster,
+                int16 apiKey,
+                unativeint codes.Length,
+                codes
+            ))
 
     /// Drops the errors still queued for an API by PushRequestErrors.
     member _.ClearRequestErrors(apiKey: KafkaApiKey) =
-        live ()
-        LibRdKafka.rd_kafka_mock_clear_request_errors (mcluster, int16 apiKey)
+        native (fun () -> LibRdKafka.rd_kafka_mock_clear_request_errors (mcluster, int16 apiKey))
 
     /// Delays every response of a broker by rtt (millisecond resolution); TimeSpan.Zero removes it.
     member _.SetRoundTripTime(brokerId: int, rtt: TimeSpan) =
-        live ()
         checkBroker brokerId
 
         if rtt < TimeSpan.Zero then
             raise (ArgumentOutOfRangeException(nameof rtt, rtt, "A round-trip time cannot be negative."))
 
-        LibRdKafka.rd_kafka_mock_broker_set_rtt (mcluster, brokerId, int rtt.TotalMilliseconds)
+        native (fun () ->
+            LibRdKafka.rd_kafka_mock_broker_set_rtt (mcluster, brokerId, int rtt.TotalMilliseconds))
         |> check $"Setting the round-trip time of broker {brokerId}"
 
     /// Sets the delay before the first rebalance of new groups (see EmbeddedKafkaOptions).
     member _.SetGroupInitialRebalanceDelay(delay: TimeSpan) =
-        live ()
-        LibRdKafka.rd_kafka_mock_group_initial_rebalance_delay_ms (mcluster, int delay.TotalMilliseconds)
+        if delay < TimeSpan.Zero then
+            raise (ArgumentOutOfRangeException(nameof delay, delay, "A rebalance delay cannot be negative."))
+
+        native (fun () ->
+            LibRdKafka.rd_kafka_mock_group_initial_rebalance_delay_ms (mcluster, int delay.TotalMilliseconds))
 
     /// A new ProducerConfig for this cluster with FastClientSettings.producer.
     member _.ProducerConfig() =
@@ -189,9 +208,11 @@ type EmbeddedKafkaCluster internal (rk: nativeint, mcluster: nativeint, options:
 
     /// Stops the brokers (clients see closed connections) and frees their ports. Idempotent.
     member _.Dispose() =
-        if Interlocked.Exchange(&disposed, 1) = 0 then
-            LibRdKafka.rd_kafka_mock_cluster_destroy mcluster
-            LibRdKafka.rd_kafka_destroy rk
+        lock gate (fun () ->
+            if not disposed then
+                disposed <- true
+                LibRdKafka.rd_kafka_mock_cluster_destroy mcluster
+                LibRdKafka.rd_kafka_destroy rk)
 
     interface IDisposable with
         member this.Dispose() = this.Dispose()
@@ -234,6 +255,15 @@ module EmbeddedKafka =
                     "options",
                     options.LogLevel,
                     "LogLevel must be 0-7; set EmbeddedKafkaOptions.LogLevel."
+                )
+            )
+
+        if options.GroupInitialRebalanceDelay < TimeSpan.Zero then
+            raise (
+                ArgumentOutOfRangeException(
+                    "options",
+                    options.GroupInitialRebalanceDelay,
+                    "GroupInitialRebalanceDelay cannot be negative; set EmbeddedKafkaOptions.GroupInitialRebalanceDelay."
                 )
             )
 

@@ -11,6 +11,7 @@ open Confluent.Kafka
 /// * retry.backoff.max.ms 500 (default 1000).
 /// * topic.metadata.refresh.interval.ms 1000 (default 300000): new leaders and partitions are seen
 ///   quickly after fault injection.
+[<CompiledName("Common")>]
 let common: IReadOnlyDictionary<string, string> =
     dict [
         "reconnect.backoff.ms", "20"
@@ -32,6 +33,7 @@ let common: IReadOnlyDictionary<string, string> =
 /// * fetch.wait.max.ms 50 (default 500) and fetch.error.backoff.ms 50 (default 500).
 /// * auto.offset.reset earliest (default latest): a new group reads what the test produced.
 /// * partition.assignment.strategy cooperative-sticky is NOT set: callers choose the protocol.
+[<CompiledName("Consumer")>]
 let consumer: IReadOnlyDictionary<string, string> =
     let d = Dictionary(common)
 
@@ -49,6 +51,7 @@ let consumer: IReadOnlyDictionary<string, string> =
 
 /// Producer settings on top of `common`.
 /// * linger.ms 5 (librdkafka default 5), stated so tests don't depend on the default.
+[<CompiledName("Producer")>]
 let producer: IReadOnlyDictionary<string, string> =
     let d = Dictionary(common)
     d["linger.ms"] <- "5"
@@ -59,6 +62,7 @@ let private fill (config: ClientConfig) (settings: IReadOnlyDictionary<string, s
         config.Set(kv.Key, kv.Value)
 
 /// A new ProducerConfig for bootstrapServers with the fast `producer` settings.
+[<CompiledName("ProducerConfig")>]
 let producerConfig (bootstrapServers: string) =
     let c = ProducerConfig(BootstrapServers = bootstrapServers)
     fill c producer
@@ -66,12 +70,14 @@ let producerConfig (bootstrapServers: string) =
 
 /// A new ConsumerConfig for bootstrapServers and groupId with the fast `consumer` settings
 /// (auto-commit stays on, as in librdkafka; set EnableAutoCommit to false for manual commits).
+[<CompiledName("ConsumerConfig")>]
 let consumerConfig (groupId: string) (bootstrapServers: string) =
     let c = ConsumerConfig(BootstrapServers = bootstrapServers, GroupId = groupId)
     fill c consumer
     c
 
 /// A new AdminClientConfig for bootstrapServers with the fast `common` settings.
+[<CompiledName("AdminConfig")>]
 let adminConfig (bootstrapServers: string) =
     let c = AdminClientConfig(BootstrapServers = bootstrapServers)
     fill c common

@@ -146,14 +146,45 @@ let private loadFailure (detail: string) =
         + detail
     )
 
+/// Tries the packaged librdkafka files, first that loads wins.
+let private loadPackaged () =
+    packagedCandidates ()
+    |> List.tryPick (fun path ->
+        match NativeLibrary.TryLoad path with
+        | true, h -> Some h
+        | _ -> None)
+
+/// Helps Confluent.Kafka find a librdkafka that loads when its own probing cannot (e.g. an app whose
+/// deps.json does not list the runtimes/<rid>/native folder): a DllImport resolver on its assembly
+/// that, when the normal lookup of a librdkafka name fails, loads the first packaged file that
+/// does. Skipped when Confluent.Kafka already has a resolver or has already loaded (then it is
+/// never asked). Never throws.
+let private helpConfluent =
+    lazy
+        (try
+            NativeLibrary.SetDllImportResolver(
+                typeof<Confluent.Kafka.Library>.Assembly,
+                DllImportResolver(fun name assembly searchPath ->
+                    if not (name.Contains "rdkafka") then
+                        IntPtr.Zero
+                    else
+                        match NativeLibrary.TryLoad(name, assembly, searchPath) with
+                        | true, h -> h
+                        | _ -> loadPackaged () |> Option.defaultValue IntPtr.Zero)
+            )
+         with :? InvalidOperationException ->
+             ())
+
 /// Loads librdkafka the way Confluent.Kafka does, then returns the handle of that same file.
-/// 1. Confluent.Kafka loads its library first (it falls back to the self-contained builds itself).
+/// 1. Confluent.Kafka loads its library first (it falls back to the self-contained builds itself;
+///    `helpConfluent` covers apps where its probing cannot see the packaged files).
 /// 2. On Linux, the file it mapped is read from /proc/self/maps; dlopen of an already loaded file
 ///    returns the existing instance, so both sides share one copy.
 /// 3. Elsewhere (or if the map is unreadable), the packaged files are tried in Confluent's order.
 let private load () : nativeint =
     let confluentError =
         try
+            helpConfluent.Force()
             Confluent.Kafka.Library.Version |> ignore
             None
         with e ->
@@ -166,12 +197,7 @@ let private load () : nativeint =
             | true, h -> Some h
             | _ -> None)
 
-    let fromPackage () =
-        packagedCandidates ()
-        |> List.tryPick (fun path ->
-            match NativeLibrary.TryLoad path with
-            | true, h -> Some h
-            | _ -> None)
+    let fromPackage = loadPackaged
 
     let byName () =
         match

@@ -15,6 +15,8 @@ let all =
         PipeRunTests.tests
         TestDriverTests.tests
         ConceptsTests.tests
+        PipePropertyTests.tests
+        TestDriverMachineTests.tests
     ]
 
 [<EntryPoint>]

@@ -16,6 +16,44 @@ let private message offset (value: 'a) =
 let private values (effects: Effects) =
     effects.Outputs |> List.map (fun e -> unbox<int list> e.Value)
 
+let private deferred = {
+    TestDriver.options with
+        AsyncMode = Defer
+}
+
+/// mapAsync (parallelism p), a buffer of n and a sink "db", driven with deferred calls, tp assigned.
+let private deferredBatches parallelism n =
+    Pipe.source<int>
+    |> Pipe.mapAsync parallelism Threading.Tasks.Task.FromResult
+    |> Pipe.aggregate (Buffer.count n)
+    |> Pipe.sink "db" (fun (_: int list) -> Threading.Tasks.Task.CompletedTask)
+    |> TestDriver.create deferred
+    |> TestDriver.assign tp
+
+/// mapAsync (parallelism 2) then a buffer of 10: what the buffer emits shows which events reached it.
+let private asyncThenBuffer () =
+    Pipe.source<int>
+    |> Pipe.mapAsync 2 Threading.Tasks.Task.FromResult
+    |> Pipe.aggregate (Buffer.count 10)
+    |> PipeRun.startWith Defer
+
+let private messageOn (tp: TopicPartition) offset (value: int) =
+    let m = Message.create tp offset "k" value
+    Message(Envelope.box (Envelope.ofMessage { Position = m.Position; Epoch = 1 } m))
+
+let private noEffects = {
+    Outputs = []
+    Ledger = []
+    Sinks = []
+    Calls = []
+    Failures = []
+}
+
+let private step event (run, _) = run |> PipeRun.push at event
+
+let private answer id (run, _) =
+    run |> PipeRun.resume at id (Ok(1 :> obj))
+
 let tests =
     testList "PipeRun" [
         test "pushing into an older run leaves the newer one untouched and vice versa" {
@@ -73,6 +111,85 @@ let tests =
             let flat = Pipe.source<int> |> Pipe.sink "flat" write
             let _, effects = PipeRun.start flat |> PipeRun.push at (message 0L 5)
             Expect.equal (effects.Sinks |> List.map _.Substream) [ "" ] "no demux, no substream"
+        }
+        test "a flush waits at an async node for its calls, so one flush writes everything once they answer" {
+            let d =
+                deferredBatches 1 3
+                |> TestDriver.feed (Message.create tp 0L "k" 0)
+                |> TestDriver.flush
+
+            Expect.isEmpty (TestDriver.written "db" d: int list list) "the call has not answered yet"
+            let d = d |> TestDriver.succeedAll
+            Expect.equal (TestDriver.written "db" d) [ [ 0 ] ] "written by the one flush"
+            Expect.equal (TestDriver.committed tp d) 1L "committed"
+            Expect.equal (Ledger.openCount tp (TestDriver.ledger d)) 0 "no offset open"
+        }
+        test "a revoke waits only for the calls of its partition, in input order" {
+            let tp1 = TopicPartition.create "t" 1
+
+            let run, effects =
+                (asyncThenBuffer (), noEffects)
+                |> step (messageOn tp1 0L 10)
+                |> step (messageOn tp 0L 20)
+                |> step (Revoked tp1)
+
+            Expect.isEmpty (values effects) "held behind tp1's call"
+            Expect.equal (PipeRun.held run) [ Revoked tp1 ] "held"
+            let run, effects = (run, effects) |> answer 1
+            Expect.equal (values effects) [ [ 1 ] ] "tp1's result, then the revoke flushed the buffer"
+            Expect.isEmpty (PipeRun.held run) "nothing held while tp's call is still in flight"
+            let _, effects = (run, effects) |> step (Revoked(TopicPartition.create "t" 9))
+            Expect.isEmpty (values effects) "a revoke with no call of its partition passes at once"
+        }
+        test "a failed call lets the held flush go on; its input stays unfinished" {
+            let d =
+                deferredBatches 2 10
+                |> TestDriver.feedAll [ Message.create tp 0L "k" 0; Message.create tp 1L "k" 1 ]
+                |> TestDriver.flush
+                |> TestDriver.failAsync 1 "timeout"
+                |> TestDriver.runAsync 2
+
+            Expect.equal (TestDriver.written "db" d) [ [ 1 ] ] "1 went on, then the flush"
+            Expect.equal (TestDriver.committed tp d) 0L "offset 0 stays open"
+            Expect.equal (TestDriver.failures d |> List.map _.Stage) [ "mapAsync" ] "reported"
+        }
+        test "a flush held in a substream reaches the stages after the join once no substream holds it" {
+            let d =
+                Pipe.source<int>
+                |> Pipe.demux (fun v -> string (v % 2)) (fun sub ->
+                    sub |> Pipe.mapAsync 1 Threading.Tasks.Task.FromResult)
+                |> Pipe.aggregate (Buffer.count 10)
+                |> TestDriver.create deferred
+                |> TestDriver.assign tp
+                |> TestDriver.feedAll [ Message.create tp 0L "k" 1; Message.create tp 1L "k" 2 ]
+                |> TestDriver.flush
+                |> TestDriver.runAsync 2
+
+            Expect.isEmpty (TestDriver.outputs d) "substream 1 still holds the flush"
+            Expect.equal (TestDriver.liveSubstreams d) 2 "busy at the flush, so kept"
+            let d = d |> TestDriver.runAsync 1
+
+            Expect.equal
+                (TestDriver.outputs d |> List.map (fun e -> e.Value))
+                [ [ 2; 1 ] ]
+                "both results, then the flush"
+
+            Expect.equal (TestDriver.committed tp d) 2L "committed"
+            let d = d |> TestDriver.advance Pipe.demuxOptions.IdleAfter
+            Expect.equal (TestDriver.liveSubstreams d) 0 "dropped once idle"
+        }
+        test "an Assigned keeps its place behind a held revoke; a Tick is never held" {
+            let run, _ =
+                (asyncThenBuffer (), noEffects)
+                |> step (messageOn tp 0L 1)
+                |> step (Revoked tp)
+                |> step (Assigned tp)
+                |> step Tick
+
+            Expect.equal (PipeRun.held run) [ Revoked tp; Assigned tp ] "in order"
+            let run, effects = (run, noEffects) |> answer 1
+            Expect.equal (values effects) [ [ 1 ] ] "released in order"
+            Expect.isEmpty (PipeRun.held run) "none left"
         }
         test "resuming a call that is not in flight is refused" {
             let run =

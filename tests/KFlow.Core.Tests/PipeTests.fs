@@ -51,6 +51,51 @@ let tests =
             Expect.equal (TestDriver.committed tp d) 3L "c:1 (offset 3) is still buffered"
             Expect.equal (TestDriver.liveSubstreams d) 3 "a, b and c"
         }
+        test "demuxByKey splits by the Kafka message key, which the values need not carry" {
+            let d =
+                Pipe.source<int>
+                |> Pipe.demuxByKey (fun sub -> sub |> Pipe.aggregate (Buffer.count 2))
+                |> Pipe.sink "db" ignoreWrite
+                |> TestDriver.start
+                |> TestDriver.assign tp
+                |> TestDriver.feedAll [
+                    for o, key in List.indexed [ "x"; "y"; "x"; "z"; "y" ] ->
+                        Message.create tp (int64 o) key o
+                ]
+
+            let batches: int list list = TestDriver.written "db" d
+            Expect.equal batches [ [ 0; 2 ]; [ 1; 4 ] ] "per-key batches in order"
+            Expect.equal (TestDriver.committed tp d) 3L "z (offset 3) is still buffered"
+            Expect.equal (TestDriver.liveSubstreams d) 3 "x, y and z"
+        }
+        test "demuxByKeyWith drops idle substreams and refuses a non-positive idle time" {
+            let options = {
+                Pipe.demuxOptions with
+                    IdleAfter = TimeSpan.FromSeconds 1.0
+            }
+
+            let d =
+                Pipe.source<int>
+                |> Pipe.demuxByKeyWith options (fun sub -> sub |> Pipe.aggregate (Buffer.count 10))
+                |> TestDriver.start
+                |> TestDriver.assign tp
+                |> TestDriver.feedAll [ Message.create tp 0L "x" 0; Message.create tp 1L "y" 1 ]
+                |> TestDriver.advance (TimeSpan.FromSeconds 2.0)
+
+            Expect.equal
+                (TestDriver.outputs d |> List.map (fun e -> e.Key, e.Value))
+                [ "x", [ 0 ]; "y", [ 1 ] ]
+                "flushed"
+
+            Expect.equal (TestDriver.liveSubstreams d) 0 "dropped"
+
+            Expect.throwsT<ArgumentException>
+                (fun () ->
+                    Pipe.source<int>
+                    |> Pipe.demuxByKeyWith { IdleAfter = TimeSpan.Zero } id
+                    |> ignore)
+                "zero idle time"
+        }
         test "idle substreams are flushed and dropped, so memory follows live keys" {
             let options = {
                 Pipe.demuxOptions with

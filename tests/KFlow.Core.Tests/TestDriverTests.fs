@@ -20,6 +20,13 @@ let private messages (tp: TopicPartition) offsets = [ for o in offsets -> Messag
 let private direct () =
     Pipe.source<int> |> Pipe.sink "db" (fun (_: int) -> Task.CompletedTask)
 
+/// The direct pipe with Manual sinks, tp assigned and these offsets of it fed.
+let private fedManually offsets =
+    direct ()
+    |> TestDriver.create manual
+    |> TestDriver.assign tp
+    |> TestDriver.feedAll (messages tp offsets)
+
 let tests =
     testList "TestDriver" [
         test "offsets may have gaps; the commit point is one past the last delivered" {
@@ -44,13 +51,7 @@ let tests =
                 "same offset"
         }
         test "stale completions after a revoke are refused, and the stored commit point does not move" {
-            let d =
-                direct ()
-                |> TestDriver.create manual
-                |> TestDriver.assign tp
-                |> TestDriver.feedAll (messages tp [ 0L; 1L ])
-                |> TestDriver.succeed 1
-                |> TestDriver.revoke tp
+            let d = fedManually [ 0L; 1L ] |> TestDriver.succeed 1 |> TestDriver.revoke tp
 
             Expect.equal (TestDriver.committed tp d) 1L "offset 1 was in flight"
             let d = d |> TestDriver.succeed 2
@@ -67,10 +68,7 @@ let tests =
         }
         test "a re-assigned partition restarts from its commit point under a new epoch" {
             let d =
-                direct ()
-                |> TestDriver.create manual
-                |> TestDriver.assign tp
-                |> TestDriver.feedAll (messages tp [ 0L; 1L ])
+                fedManually [ 0L; 1L ]
                 |> TestDriver.succeed 1
                 |> TestDriver.revoke tp
                 |> TestDriver.assign tp
@@ -93,12 +91,7 @@ let tests =
         }
         test "a failed write completes nothing; a crash and replay writes it again" {
             let d =
-                direct ()
-                |> TestDriver.create manual
-                |> TestDriver.assign tp
-                |> TestDriver.feedAll (messages tp [ 0L; 1L ])
-                |> TestDriver.fail 1 "db down"
-                |> TestDriver.succeed 2
+                fedManually [ 0L; 1L ] |> TestDriver.fail 1 "db down" |> TestDriver.succeed 2
 
             Expect.equal (TestDriver.committed tp d) 0L "offset 0 is open"
             let d = d |> TestDriver.crash |> TestDriver.replay |> TestDriver.succeedAll
@@ -106,11 +99,7 @@ let tests =
             Expect.equal (TestDriver.committed tp d) 2L "done"
         }
         test "a crash abandons pending writes" {
-            let d =
-                direct ()
-                |> TestDriver.create manual
-                |> TestDriver.assign tp
-                |> TestDriver.feed (Message.create tp 0L "k" 0)
+            let d = fedManually [ 0L ]
 
             let d = d |> TestDriver.crash
             Expect.equal (TestDriver.sinkCalls d |> List.map (fun c -> c.Status)) [ Abandoned ] "abandoned"

@@ -369,33 +369,38 @@ let private devClusterTests =
                     | None -> failwith $"no BOOTSTRAP line; stderr: {stderr.Result}"
 
                 Expect.equal (endpoints bootstrap).Length 2 "two brokers"
-                use admin = AdminClientBuilder(FastClientSettings.adminConfig bootstrap).Build()
+                // Clients live in this scope, so they are gone before the cluster stops.
+                let useCluster () =
+                    use admin = AdminClientBuilder(FastClientSettings.adminConfig bootstrap).Build()
 
-                let topic =
-                    admin.GetMetadata("dev", TimeSpan.FromSeconds 10.).Topics |> Seq.exactlyOne
+                    let topic =
+                        admin.GetMetadata("dev", TimeSpan.FromSeconds 10.).Topics |> Seq.exactlyOne
 
-                Expect.equal topic.Partitions.Count 3 "the --topic was created"
+                    Expect.equal topic.Partitions.Count 3 "the --topic was created"
 
-                use producer =
-                    ProducerBuilder<string, string>(FastClientSettings.producerConfig bootstrap).Build()
+                    use producer =
+                        ProducerBuilder<string, string>(FastClientSettings.producerConfig bootstrap).Build()
 
-                for i in 0..9 do
-                    producer.Produce("dev", Message<_, _>(Key = string i, Value = $"value-{i}"))
+                    for i in 0..9 do
+                        producer.Produce("dev", Message<_, _>(Key = string i, Value = $"value-{i}"))
 
-                Expect.equal (producer.Flush(TimeSpan.FromSeconds 30.)) 0 "all delivered"
+                    Expect.equal (producer.Flush(TimeSpan.FromSeconds 30.)) 0 "all delivered"
 
-                use consumer =
-                    ConsumerBuilder<string, string>(FastClientSettings.consumerConfig "dev-reader" bootstrap)
-                        .Build()
+                    use consumer =
+                        ConsumerBuilder<string, string>(
+                            FastClientSettings.consumerConfig "dev-reader" bootstrap
+                        )
+                            .Build()
 
-                consumer.Subscribe "dev"
+                    consumer.Subscribe "dev"
 
-                let keys =
-                    consumeN consumer 10 |> List.map (fun r -> int r.Message.Key) |> List.sort
+                    let keys =
+                        consumeN consumer 10 |> List.map (fun r -> int r.Message.Key) |> List.sort
 
-                consumer.Close()
-                Expect.sequenceEqual keys [ 0..9 ] "every message consumed"
+                    consumer.Close()
+                    Expect.sequenceEqual keys [ 0..9 ] "every message consumed"
 
+                useCluster ()
                 signal "TERM" p
                 Expect.isTrue (p.WaitForExit 15_000) "exits after SIGTERM"
                 Expect.equal p.ExitCode 0 "clean exit"

@@ -5,7 +5,13 @@ module KFlow.Testing.Tests.Main
 open Expecto
 
 [<Tests>]
-let all = testList "Testing" [ EmbeddedKafkaTests.tests; PostgresTests.tests ]
+let all =
+    testList "Testing" [
+        EmbeddedKafkaTests.tests
+        PostgresTests.tests
+        PipePropertiesTests.tests
+        TestingPipesDocTests.tests
+    ]
 
 [<EntryPoint>]
 let main argv = runTestsWithCLIArgs [] argv all
