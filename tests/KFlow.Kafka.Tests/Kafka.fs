@@ -90,9 +90,10 @@ let options (cluster: EmbeddedKafkaCluster) (log: Log) (group: string) (topics: 
             Properties = fast
             TickInterval = TimeSpan.FromMilliseconds 100.
             OnFailure =
-                RestartWithBackoff {
-                    First = TimeSpan.FromMilliseconds 100.
-                    Max = TimeSpan.FromSeconds 1.
+                RestartAndReplay {
+                    Backoff.defaults with
+                        First = TimeSpan.FromMilliseconds 100.
+                        Max = TimeSpan.FromSeconds 1.
                 }
             Log = log.Add
     }

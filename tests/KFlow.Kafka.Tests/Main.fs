@@ -8,6 +8,9 @@ open Expecto
 let all =
     testList "Kafka" [
         BackoffTests.tests
+        ErrorPolicyTests.tests
+        RestartScheduleTests.tests
+        DeadLetterWriterTests.tests
         BackpressureTests.tests
         CommitPlanTests.tests
         WorkflowOptionsTests.tests

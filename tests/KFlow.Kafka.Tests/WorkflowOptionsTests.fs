@@ -105,9 +105,10 @@ let tests =
                 {
                     valid with
                         OnFailure =
-                            RestartWithBackoff {
-                                First = TimeSpan.Zero
-                                Max = TimeSpan.Zero
+                            RestartAndReplay {
+                                Backoff.defaults with
+                                    First = TimeSpan.Zero
+                                    Max = TimeSpan.Zero
                             }
                 }
                 "OnFailure.First"

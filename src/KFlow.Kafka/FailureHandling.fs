@@ -1,0 +1,92 @@
+// What the partition loops need to apply the error policies: the policies, the dead-letter writer,
+// a jitter source, and the retry-in-place runner that wraps a sink write or an async call.
+namespace KFlow.Kafka
+
+open System
+open System.Threading.Tasks
+
+/// The error policies of a running workflow and the means to apply them (shared by its incarnations).
+[<NoEquality; NoComparison>]
+type internal FailureHandling = {
+    /// The policies (OnFailure and the overrides by stage).
+    Policies: ErrorPolicies
+    /// The dead-letter producer; None when no policy dead-letters.
+    DeadLetters: DeadLetterWriter option
+    /// A random number in [0, 1) for the jitter (thread-safe).
+    Draw: unit -> float
+    /// The runtime's log.
+    Log: string -> unit
+}
+
+/// Applying the policies.
+[<RequireQualifiedAccess>]
+module internal FailureHandling =
+    /// The policies of the options, a dead-letter writer if one is needed, Random.Shared for jitter.
+    let create (options: WorkflowOptions) =
+        let policies = WorkflowOptions.policies options
+
+        {
+            Policies = policies
+            DeadLetters =
+                if ErrorPolicies.all policies |> List.exists ErrorPolicy.deadLetters then
+                    Some(new DeadLetterWriter(options))
+                else
+                    None
+            Draw = fun () -> Random.Shared.NextDouble()
+            Log = options.Log
+        }
+
+    /// The policy of a stage.
+    let policyOf (stage: string) (handling: FailureHandling) =
+        ErrorPolicy.ofStage stage handling.Policies
+
+    let private attempt (run: unit -> Task<'T>) =
+        try
+            run ()
+        with ex ->
+            Task.FromException<'T> ex
+
+    /// <summary>Runs <paramref name="run"/>, retrying it in place as the policy allows (waiting the
+    /// backoff between tries); the task faults with the last error once the retries are spent.
+    /// Without retries it is just <c>run ()</c>.</summary>
+    let retrying
+        (handling: FailureHandling)
+        (what: string)
+        (policy: ErrorPolicy)
+        (run: unit -> Task<'T>)
+        : Task<'T> =
+        let first = attempt run
+
+        if ErrorPolicy.retries policy = 0 || first.IsCompletedSuccessfully then
+            first
+        else
+            task {
+                let mutable current = first
+                let mutable failures = 0
+                let mutable result = Unchecked.defaultof<'T>
+                let mutable error = None
+                let mutable go = true
+
+                while go do
+                    try
+                        let! value = current
+                        result <- value
+                        go <- false
+                    with ex ->
+                        failures <- failures + 1
+
+                        match ErrorPolicy.retryDelay (handling.Draw()) failures policy with
+                        | ValueSome delay ->
+                            handling.Log
+                                $"{what} failed (try {failures}): {ex.GetType().Name}: {ex.Message}; retrying in place in {delay}"
+
+                            do! Task.Delay delay
+                            current <- attempt run
+                        | ValueNone ->
+                            error <- Some ex
+                            go <- false
+
+                match error with
+                | Some ex -> return raise ex
+                | None -> return result
+            }
