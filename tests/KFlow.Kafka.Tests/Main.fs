@@ -15,6 +15,7 @@ let all =
         CommitPlanTests.tests
         WorkflowOptionsTests.tests
         WorkflowTests.tests
+        SupervisionTests.tests
         RuntimeDocTests.tests
     ]
 
