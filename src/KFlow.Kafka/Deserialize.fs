@@ -58,7 +58,8 @@ module Deserialize =
         pipe |> Pipe.via (Stage.create name () step)
 
     /// A stage named "deserialize" that parses each value with `parse` (see withName).
-    let parseWith (parse: byte[] -> 'T) (pipe: Pipe<'i, byte[]>) : Pipe<'i, 'T> = withName StageName parse pipe
+    let parseWith (parse: byte[] -> 'T) (pipe: Pipe<'i, byte[]>) : Pipe<'i, 'T> =
+        withName StageName parse pipe
 
     /// <summary>A stage named "deserialize" that reads each value as UTF-8 JSON of type
     /// <typeparamref name="T"/> (System.Text.Json, case-insensitive property names), e.g.
@@ -66,6 +67,7 @@ module Deserialize =
     /// shape that does not fit, JSON null or an empty value fail it with a DeserializationException.</summary>
     let json<'i, 'T> (pipe: Pipe<'i, byte[]>) : Pipe<'i, 'T> =
         let settings = JsonSerializerOptions(PropertyNameCaseInsensitive = true)
+
         let parse (bytes: byte[]) : 'T =
             JsonSerializer.Deserialize<'T>(ReadOnlySpan<byte>(bytes), settings)
 

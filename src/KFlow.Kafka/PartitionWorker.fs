@@ -373,6 +373,10 @@ type internal PartitionWorker
             let offset = e.Message.Offset.Value
             let token = e.Token.Value
             let gen = generation
+
+            log
+                $"{tp}: stage '{f.Stage}' failed at offset {offset}: {f.Error.GetType().Name}: {f.Error.Message}; dead-lettering it to '{topic}'"
+
             writesInFlight <- writesInFlight + 1
 
             let t =

@@ -142,7 +142,9 @@ module Workflow =
         let first =
             try
                 create ()
-            with :? InvalidOperationException as e ->
+            with
+            | :? InvalidOperationException
+            | :? ArgumentException as e ->
                 handling.DeadLetters |> Option.iter (fun d -> (d :> IDisposable).Dispose())
 
                 raise (
