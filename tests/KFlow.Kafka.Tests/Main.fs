@@ -17,6 +17,7 @@ let all =
         WorkflowTests.tests
         SupervisionTests.tests
         RuntimeDocTests.tests
+        FailureHandlingDocTests.tests
     ]
 
 [<EntryPoint>]
