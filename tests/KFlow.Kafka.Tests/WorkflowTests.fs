@@ -370,6 +370,7 @@ let private brokerDown =
 
         let options = {
             options cluster log "flaky" [ "flaky" ] with
+                CommitInterval = TimeSpan.FromMilliseconds 200.
                 Backpressure = {
                     WorkflowOptions.backpressure with
                         MaxInFlightMessages = 2000
@@ -382,6 +383,9 @@ let private brokerDown =
         Thread.Sleep 3000
         cluster.BringBrokerUp 1
         waitUntil log (seconds 90.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= n)
+        // After the outage it may still be re-reading what it had sunk but not committed.
+        let ends = endOffsets cluster "flaky" 4
+        waitUntil log (seconds 60.) "every offset is committed" (fun () -> committed cluster "flaky" "flaky" 4 = ends)
         stopped log handle
         let distinct = sunk |> Seq.distinct |> List.ofSeq
         Expect.equal distinct.Length n "every message sunk at least once"
@@ -485,6 +489,7 @@ let private scaleOut (strategy: string option) =
         {
             o with
                 Name = name
+                CommitInterval = TimeSpan.FromMilliseconds 200.
                 Backpressure = {
                     WorkflowOptions.backpressure with
                         MaxInFlightMessages = 2000
@@ -506,6 +511,9 @@ let private scaleOut (strategy: string option) =
     waitUntil log (seconds 30.) "b has every partition" (fun () -> b.Stats.AssignedPartitions = 4)
     let takeover = clock.Elapsed
     waitUntil log (seconds 60.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= n)
+    // b may still be re-reading what a had sunk but not committed: wait for its commits.
+    let ends = endOffsets cluster topic 4
+    waitUntil log (seconds 60.) "every offset is committed" (fun () -> committed cluster "shared" topic 4 = ends)
     stopped log b
     Expect.equal (sunk |> Seq.distinct |> Seq.length) n "every message sunk at least once"
     Expect.equal (committed cluster "shared" topic 4) (endOffsets cluster topic 4) "all committed"
