@@ -85,6 +85,15 @@ module ErrorPolicy =
         | RetryInPlace(n, _, escalate) when retry > n -> retryDelay draw (retry - max 0 n) escalate
         | _ -> ValueNone
 
+    /// <summary>The policy of a sink write: a policy without retries in place gets the sink's default
+    /// budget first (<c>RetryInPlace(retries, backoff, policy)</c>), so a transient failure is retried
+    /// without restarting; an explicit RetryInPlace is kept as it is.</summary>
+    let forSink (retries: int) (backoff: Backoff) (policy: ErrorPolicy) =
+        match policy with
+        | RetryInPlace _ -> policy
+        | _ when retries > 0 -> RetryInPlace(retries, backoff, policy)
+        | _ -> policy
+
     /// Whether the policy (or its escalation) dead-letters.
     let deadLetters (policy: ErrorPolicy) =
         match terminal policy with

@@ -12,6 +12,10 @@ type internal FailureHandling = {
     Policies: ErrorPolicies
     /// The dead-letter producer; None when no policy dead-letters.
     DeadLetters: DeadLetterWriter option
+    /// Retries in place of a sink write before its policy (WorkflowOptions.SinkRetries).
+    SinkRetries: int
+    /// The backoff between them.
+    SinkRetryBackoff: Backoff
     /// A random number in [0, 1) for the jitter (thread-safe).
     Draw: unit -> float
     /// The runtime's log.
@@ -32,6 +36,8 @@ module internal FailureHandling =
                     Some(new DeadLetterWriter(options))
                 else
                     None
+            SinkRetries = options.SinkRetries
+            SinkRetryBackoff = options.SinkRetryBackoff
             Draw = fun () -> Random.Shared.NextDouble()
             Log = options.Log
         }
@@ -39,6 +45,10 @@ module internal FailureHandling =
     /// The policy of a stage.
     let policyOf (stage: string) (handling: FailureHandling) =
         ErrorPolicy.ofStage stage handling.Policies
+
+    /// The policy of a sink: its stage policy with the default sink retries first (ErrorPolicy.forSink).
+    let sinkPolicyOf (sink: string) (handling: FailureHandling) =
+        ErrorPolicy.forSink handling.SinkRetries handling.SinkRetryBackoff (policyOf sink handling)
 
     let private attempt (run: unit -> Task<'T>) =
         try

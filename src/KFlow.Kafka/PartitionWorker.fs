@@ -243,7 +243,7 @@ type internal PartitionWorker
     /// The write with the sink's policy applied: retried in place, then (DeadLetter) the original
     /// messages of its tokens dead-lettered, so the write succeeds once they are acknowledged.
     let guarded (request: SinkRequest) =
-        let policy = FailureHandling.policyOf request.Sink handling
+        let policy = FailureHandling.sinkPolicyOf request.Sink handling
         let terminal = ErrorPolicy.terminal policy
 
         match terminal, handling.DeadLetters with

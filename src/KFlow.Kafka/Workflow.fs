@@ -224,7 +224,7 @@ module Workflow =
                     if schedule.ConsecutiveFailures > 0 then
                         let! _ = Task.WhenAny(outcomeTask, Task.Delay(fallback.Max, stop.Token))
 
-                        if not outcomeTask.IsCompleted then
+                        if not outcomeTask.IsCompleted && not stop.IsCancellationRequested then
                             schedule <- RestartSchedule.healthy schedule
                             health.Update(fun h -> { h with ConsecutiveFailures = 0 })
 

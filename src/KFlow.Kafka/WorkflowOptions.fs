@@ -66,6 +66,12 @@ type WorkflowOptions = {
     /// Policies of single stages by name (a stage's, sink's or async map's name), overriding
     /// OnFailure. Default none.
     OnStageFailure: Map<string, ErrorPolicy>
+    /// Retries in place of a failed sink write before the sink's policy applies (a transient failure:
+    /// connection lost, timeout), unless that policy is a RetryInPlace of its own. 0 disables them.
+    /// Default 3.
+    SinkRetries: int
+    /// The backoff between those retries. Default 100 ms doubling to 5 s, jitter 0.2.
+    SinkRetryBackoff: Backoff
     /// How long the start waits for the cluster to answer (bootstrap servers reachable, topics
     /// known) before Completion faults with an error naming the setting. Default 30 s.
     StartTimeout: TimeSpan
@@ -101,6 +107,12 @@ module WorkflowOptions =
         DrainTimeout = TimeSpan.FromSeconds 10.
         OnFailure = ErrorPolicy.defaults
         OnStageFailure = Map.empty
+        SinkRetries = 3
+        SinkRetryBackoff = {
+            First = TimeSpan.FromMilliseconds 100.
+            Max = TimeSpan.FromSeconds 5.
+            Jitter = 0.2
+        }
         StartTimeout = TimeSpan.FromSeconds 30.
         Log = ignore
     }
@@ -193,6 +205,12 @@ module WorkflowOptions =
 
             ErrorPolicy.validate $"WorkflowOptions.OnStageFailure[{stage}]" policy
 
+        if o.SinkRetries < 0 then
+            invalidSetting
+                "SinkRetries"
+                $"WorkflowOptions.SinkRetries must be ≥ 0 (got {o.SinkRetries}); 0 disables them."
+
+        Backoff.validate "WorkflowOptions.SinkRetryBackoff" o.SinkRetryBackoff |> ignore
         positive "StartTimeout" o.StartTimeout "how long the start waits for the cluster to answer"
 
         if isNull (box o.Log) then

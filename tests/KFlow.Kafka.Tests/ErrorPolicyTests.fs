@@ -110,6 +110,17 @@ let tests =
             Expect.equal (ErrorPolicy.restartBackoff fast (DeadLetter "dlq")) fast "fallback"
         }
 
+        test "a sink's policy gets the default retry budget first unless it retries in place itself" {
+            Expect.equal
+                (name (ErrorPolicy.forSink 3 fast Halt))
+                (name (RetryInPlace(3, fast, Halt)))
+                "3 retries, then halt"
+
+            let own = RetryInPlace(1, fast, DeadLetter "dlq")
+            Expect.equal (name (ErrorPolicy.forSink 3 fast own)) (name own) "its own retries are kept"
+            Expect.equal (name (ErrorPolicy.forSink 0 fast Halt)) "halt" "0 disables them"
+        }
+
         test "dead-lettering is seen through retries" {
             Expect.isTrue
                 (ErrorPolicy.deadLetters (RetryInPlace(2, fast, DeadLetter "dlq")))

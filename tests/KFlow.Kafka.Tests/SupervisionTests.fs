@@ -258,6 +258,38 @@ let private retryInPlace =
         Expect.equal (committed cluster "flaky" "flaky" 1) [ 0, 50L ] "everything committed"
     }
 
+let private defaultSinkRetries =
+    test "by default a sink write failing twice is retried in place: no restart, no failure, every message once" {
+        use cluster = EmbeddedKafka.start 1
+        cluster.CreateTopic("twice", 1)
+        produceKeyed cluster "twice" 1 20
+        let tries = ref 0
+        let sunk = ConcurrentQueue<string>()
+
+        let pipe =
+            Pipe.source<byte[]>
+            |> Pipe.map Encoding.UTF8.GetString
+            |> Pipe.sink "db" (fun v ->
+                task {
+                    do! Task.Yield()
+
+                    if v = "k0:10" && Interlocked.Increment &tries.contents <= 2 then
+                        raise (TimeoutException "the database timed out")
+
+                    sunk.Enqueue v
+                })
+
+        let log = Log()
+        let handle = Workflow.run (options cluster log "twice" [ "twice" ]) pipe
+        waitUntil log (seconds 20.) "every message is sunk" (fun () -> sunk.Count >= 20)
+        stopped log handle
+        Expect.sequenceEqual sunk [ for i in 0..19 -> $"k0:{i}" ] "each once, in order"
+        Expect.equal tries.Value 3 "two failures, then success"
+        Expect.equal handle.Stats.Restarts 0L "no restart"
+        Expect.equal handle.Stats.Failures 0L "no failure escalated"
+        Expect.equal (committed cluster "twice" "twice" 1) [ 0, 20L ] "everything committed"
+    }
+
 let private deadLetterAfterRetries =
     test "a sink still failing after its retries dead-letters the message (attempts counted) while produce requests fail transiently, and moves on" {
         use cluster = EmbeddedKafka.start 1
@@ -422,6 +454,7 @@ let tests =
         restartAndReplay
         deadLetterDeserialization
         retryInPlace
+        defaultSinkRetries
         deadLetterAfterRetries
         commitErrors
         haltPerStage
