@@ -12,13 +12,21 @@ open KFlow
 /// The error a workflow's Completion faults with under ErrorPolicy.Halt: where and what failed.
 type WorkflowFailedException
     internal
-    (message: string, topicPartition: TopicPartition voption, offset: int64 voption, stage: string, inner: exn)
-    =
+    (
+        message: string,
+        topicPartition: TopicPartition voption,
+        offset: int64 voption,
+        key: string voption,
+        stage: string,
+        inner: exn
+    ) =
     inherit Exception(message, inner)
     /// The partition of the failed message (ValueNone for a consumer-level failure).
     member _.TopicPartition = topicPartition
     /// The offset of the failed message, when known.
     member _.Offset = offset
+    /// The key of the failed message ("" for a null key), when known.
+    member _.Key = key
     /// The stage, sink or async map that failed ("consumer" or "runtime" for the runtime itself).
     member _.Stage = stage
 
@@ -105,7 +113,12 @@ module Workflow =
             | ValueSome tp, ValueNone -> $" on {tp}"
             | _ -> ""
 
-        $"Workflow '{name}': stage '{report.Stage}' failed{where}: {report.Error.Message}"
+        let key =
+            match report.Key with
+            | ValueSome k -> $" (key '{k}')"
+            | ValueNone -> ""
+
+        $"Workflow '{name}': stage '{report.Stage}' failed{where}{key}: {report.Error.Message}"
 
     /// <summary>Starts a workflow: consumes the options' topics in their group and runs
     /// <paramref name="pipe"/> on every assigned partition (one loop per partition, concurrently).
@@ -252,6 +265,7 @@ module Workflow =
                                     text,
                                     report.TopicPartition,
                                     report.Offset,
+                                    report.Key,
                                     report.Stage,
                                     report.Error
                                 ))

@@ -385,6 +385,8 @@ let private haltPerStage =
         | :? WorkflowFailedException as e ->
             Expect.equal e.Stage "parse" "the stage"
             Expect.equal e.Offset (ValueSome 5L) "the offset"
+            Expect.equal e.Key (ValueSome "k0") "the key"
+            Expect.stringContains e.Message "stop[0] at offset 5 (key 'k0')" "the message says where"
         | other -> failtestf "expected a WorkflowFailedException, got %O" other
 
         match handle.State with
