@@ -4,6 +4,7 @@ namespace KFlow.Kafka
 
 open System
 open System.Threading.Tasks
+open KFlow
 
 /// The error policies of a running workflow and the means to apply them (shared by its incarnations).
 [<NoEquality; NoComparison>]
@@ -100,3 +101,41 @@ module internal FailureHandling =
                 | Some ex -> return raise ex
                 | None -> return result
             }
+
+    /// <summary>A sink write with the sink's policy applied (sinkPolicyOf): retried in place, then,
+    /// under DeadLetter, the original messages of its tokens (<paramref name="originalsOf"/>, called
+    /// now, on the partition's loop) are dead-lettered, so the write succeeds once the broker
+    /// acknowledged them. Without retries or dead-lettering the request is returned as it is.</summary>
+    let guardWrite
+        (handling: FailureHandling)
+        (what: string)
+        (originalsOf: Token list -> Confluent.Kafka.ConsumeResult<byte[], byte[]> list)
+        (request: SinkRequest)
+        =
+        let policy = sinkPolicyOf request.Sink handling
+
+        match ErrorPolicy.terminal policy, handling.DeadLetters with
+        | DeadLetter topic, Some dlq ->
+            let originals = originalsOf request.Envelope.Tokens
+            let attempts = 1 + ErrorPolicy.retries policy
+            let what = $"{what} at offset {request.Envelope.Position.Offset}"
+
+            let write (value: obj) : Task = task {
+                try
+                    do! retrying handling what policy (fun () -> task { do! request.Write value })
+                with ex ->
+                    for original in originals do
+                        do! dlq.Write(topic, original, request.Sink, ex, attempts)
+
+                    handling.Log $"{what} failed {attempts} times ({ex.Message}); dead-lettered to '{topic}'"
+            }
+
+            { request with Write = write }
+        | _ when ErrorPolicy.retries policy > 0 ->
+            let what = $"{what} at offset {request.Envelope.Position.Offset}"
+
+            let write (value: obj) : Task =
+                retrying handling what policy (fun () -> task { do! request.Write value })
+
+            { request with Write = write }
+        | _ -> request

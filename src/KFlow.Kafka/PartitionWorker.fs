@@ -240,50 +240,18 @@ type internal PartitionWorker
 
                 go <- false
 
-    /// The write with the sink's policy applied: retried in place, then (DeadLetter) the original
-    /// messages of its tokens dead-lettered, so the write succeeds once they are acknowledged.
+    /// The consumed messages of the given tokens that are still open (for dead-lettering).
+    let originalsOf (tokens: Token list) =
+        tokens
+        |> List.map (fun t -> t.Position.Offset)
+        |> List.distinct
+        |> List.choose (fun o ->
+            match opened.TryGetValue o with
+            | true, e when not (isNull e.Message) -> Some e.Message
+            | _ -> None)
+
     let guarded (request: SinkRequest) =
-        let policy = FailureHandling.sinkPolicyOf request.Sink handling
-        let terminal = ErrorPolicy.terminal policy
-
-        match terminal, handling.DeadLetters with
-        | (RestartAndReplay _ | Halt), _
-        | DeadLetter _, None when ErrorPolicy.retries policy = 0 -> request
-        | _ ->
-            let originals =
-                match terminal with
-                | DeadLetter _ ->
-                    request.Envelope.Tokens
-                    |> List.map (fun t -> t.Position.Offset)
-                    |> List.distinct
-                    |> List.choose (fun o ->
-                        match opened.TryGetValue o with
-                        | true, e when not (isNull e.Message) -> Some e.Message
-                        | _ -> None)
-                | _ -> []
-
-            let attempts = 1 + ErrorPolicy.retries policy
-
-            let what =
-                $"{tp}: sink '{request.Sink}' at offset {request.Envelope.Position.Offset}"
-
-            let write (value: obj) : Task =
-                let retried =
-                    FailureHandling.retrying handling what policy (fun () -> task { do! request.Write value })
-
-                match terminal, handling.DeadLetters with
-                | DeadLetter topic, Some dlq -> task {
-                    try
-                        do! retried
-                    with ex ->
-                        for original in originals do
-                            do! dlq.Write(topic, original, request.Sink, ex, attempts)
-
-                        log $"{what} failed {attempts} times ({ex.Message}); dead-lettered to '{topic}'"
-                  }
-                | _ -> retried :> Task
-
-            { request with Write = write }
+        FailureHandling.guardWrite handling $"{tp}: sink '{request.Sink}'" originalsOf request
 
     let enqueueWrite (request: SinkRequest) =
         let request = guarded request
