@@ -102,10 +102,11 @@ let private restartAndReplay =
         let pipe = poisonedStage cluster "replay" 100 40 broken sunk
         let log = Log()
         let states = ConcurrentQueue<WorkflowState>()
-        // Healthy again after 2 s without failure (Max); a group join takes about 1 s here.
+        // Healthy again after 4 s without failure (Max); a group join takes about 1 s here, so the
+        // failures in a row are not mistaken for healthy runs.
         let options = {
             options cluster log "replay" [ "replay" ] with
-                OnFailure = RestartAndReplay { quick with First = ms 100.; Max = seconds 2. }
+                OnFailure = RestartAndReplay { quick with First = ms 100.; Max = seconds 4. }
         }
 
         let handle = Workflow.run options pipe
@@ -334,6 +335,50 @@ let private deadLetterAfterRetries =
         Expect.equal (committed cluster "writes" "writes" 1) [ 0, 30L ] "everything committed"
     }
 
+let private deadLetterAsync =
+    test "an async map still failing after its retries dead-letters its input and the stream continues in order" {
+        use cluster = EmbeddedKafka.start 1
+        cluster.CreateTopic("lookups", 1)
+        cluster.CreateTopic("lookups-dlq", 1)
+        produceKeyed cluster "lookups" 1 30
+        let sunk = ConcurrentQueue<string>()
+
+        let lookup (v: string) = task {
+            do! Task.Yield()
+
+            if v = "k0:4" then
+                raise (InvalidOperationException "no such customer")
+
+            return v.ToUpperInvariant()
+        }
+
+        let pipe =
+            Pipe.source<byte[]>
+            |> Pipe.map Encoding.UTF8.GetString
+            |> Pipe.mapAsync 4 lookup
+            |> Pipe.sink "record" (fun v ->
+                sunk.Enqueue v
+                Task.CompletedTask)
+
+        let log = Log()
+
+        let options = {
+            options cluster log "lookups" [ "lookups" ] with
+                OnStageFailure = Map [ "mapAsync", RetryInPlace(1, quick, DeadLetter "lookups-dlq") ]
+        }
+
+        let handle = Workflow.run options pipe
+        waitUntil log (seconds 20.) "29 values are sunk" (fun () -> sunk.Count >= 29)
+        let dead = readAll cluster log "lookups-dlq" 1
+        stopped log handle
+        Expect.sequenceEqual sunk [ for i in 0..29 do if i <> 4 then $"K0:{i}" ] "the others, in order"
+        Expect.equal (Encoding.UTF8.GetString dead[0].Message.Value) "k0:4" "the original message"
+        Expect.equal (header "kflow.stage" dead[0]) "mapAsync" "stage"
+        Expect.equal (header "kflow.attempts" dead[0]) "2" "tried twice"
+        Expect.equal handle.Stats.Restarts 0L "no restart"
+        Expect.equal (committed cluster "lookups" "lookups" 1) [ 0, 30L ] "everything committed"
+    }
+
 let private commitErrors =
     test "offset commits refused by the broker lose nothing: everything arrives and the stop commits the end offsets" {
         use cluster = EmbeddedKafka.start 1
@@ -458,6 +503,7 @@ let tests =
         retryInPlace
         defaultSinkRetries
         deadLetterAfterRetries
+        deadLetterAsync
         commitErrors
         haltPerStage
         badConfiguration
