@@ -60,7 +60,14 @@ type internal Slot(worker: PartitionWorker, kafka: Confluent.Kafka.TopicPartitio
 
 [<Sealed>]
 type internal Incarnation
-    (options: WorkflowOptions, newRun: unit -> PipeRun, counters: Counters, stop: CancellationToken) =
+    (
+        options: WorkflowOptions,
+        newRun: unit -> PipeRun,
+        counters: Counters,
+        stop: CancellationToken,
+        handling: FailureHandling,
+        assigned: unit -> unit
+    ) =
     let log = options.Log
     let name = options.Name
     let b = options.Backpressure
@@ -95,7 +102,7 @@ type internal Incarnation
         match workers.TryGetValue tp with
         | true, w -> w
         | _ ->
-            let w = PartitionWorker(tp, newRun, counters, log, fail)
+            let w = PartitionWorker(tp, newRun, counters, log, fail, handling)
             workers[tp] <- w
             w
 
@@ -330,6 +337,7 @@ type internal Incarnation
             w.Post(Assign nextGeneration)
 
         counters.SetAssigned slots.Count
+        assigned ()
         log $"""{name}: assigned {parts |> Seq.map string |> String.concat ", "}"""
 
     let drop (revoked: Slot list) =
@@ -394,6 +402,7 @@ type internal Incarnation
                         fail {
                             TopicPartition = ValueNone
                             Offset = ValueNone
+                            Key = ValueNone
                             Stage = "consumer"
                             Error = KafkaException e
                         })
@@ -513,6 +522,7 @@ type internal Incarnation
                             fail {
                                 TopicPartition = ValueNone
                                 Offset = ValueNone
+                                Key = ValueNone
                                 Stage = "consumer"
                                 Error = e
                             }
@@ -544,6 +554,9 @@ type internal Incarnation
 
         outcome.Value
 
+    /// Releases the consumer of an incarnation that was never started (a start check failed).
+    member _.Discard() = consumer.Dispose()
+
     /// Runs the incarnation on a dedicated thread; the task gives how it ended.
     member _.Start() : Task<Outcome> =
         let ended =
@@ -557,6 +570,7 @@ type internal Incarnation
                     let report = {
                         TopicPartition = ValueNone
                         Offset = ValueNone
+                        Key = ValueNone
                         Stage = "runtime"
                         Error = ex
                     }

@@ -27,6 +27,8 @@ type internal Published = {
 type internal FailureReport = {
     TopicPartition: KFlow.TopicPartition voption
     Offset: int64 voption
+    /// The key of the failed message, when known.
+    Key: string voption
     Stage: string
     Error: exn
 }
@@ -49,12 +51,20 @@ type internal WorkerCommand =
     | Drain of generation: int * event: Event<obj> * answer: TaskCompletionSource
     /// The assignment ends: drop the pipe's state and the ledger's partition.
     | Release of generation: int
+    /// A dead-letter write of an assignment ended (error None = acknowledged): the token completes.
+    | DeadLettered of generation: int * offset: int64 * token: Token * stage: string * error: exn option
     /// The incarnation ends: stop the loop.
     | Abandon
 
-/// One unfinished offset: its open parts and its size.
-[<Struct>]
-type internal OpenEntry = { Parts: int; Size: int64 }
+/// One unfinished offset: its open parts, its size, the message (for dead-lettering and failure
+/// reports) and its token (ValueNone if the ledger refused the delivery).
+[<Struct; NoEquality; NoComparison>]
+type internal OpenEntry = {
+    Parts: int
+    Size: int64
+    Message: Confluent.Kafka.ConsumeResult<byte[], byte[]>
+    Token: Token voption
+}
 
 /// The loop of one partition for the life of an incarnation (across its assignments).
 [<Sealed>]
@@ -64,7 +74,8 @@ type internal PartitionWorker
         newRun: unit -> PipeRun,
         counters: Counters,
         log: string -> unit,
-        fail: FailureReport -> unit
+        fail: FailureReport -> unit,
+        handling: FailureHandling
     ) =
     let channel =
         Channel.CreateUnbounded<WorkerCommand>(UnboundedChannelOptions(SingleReader = true))
@@ -96,15 +107,29 @@ type internal PartitionWorker
         Finished = 0L
     }
 
+    let keyAt (offset: int64 voption) =
+        match offset with
+        | ValueSome o ->
+            match opened.TryGetValue o with
+            | true, e when not (isNull e.Message) && not (isNull e.Message.Message.Key) ->
+                ValueSome(Encoding.UTF8.GetString e.Message.Message.Key)
+            | true, _ -> ValueSome ""
+            | _ -> ValueNone
+        | ValueNone -> ValueNone
+
     let report offset stage (error: exn) =
         log $"{tp}: stage '{stage}' failed at offset {offset}: {error.GetType().Name}: {error.Message}"
 
         fail {
             TopicPartition = ValueSome tp
             Offset = offset
+            Key = keyAt offset
             Stage = stage
             Error = error
         }
+
+    // The async nodes seen (their failures come after the retries in place).
+    let callStages = HashSet<string>()
 
     let offsetDone (offset: int64) (entry: OpenEntry) =
         opened.Remove offset |> ignore
@@ -215,7 +240,21 @@ type internal PartitionWorker
 
                 go <- false
 
+    /// The consumed messages of the given tokens that are still open (for dead-lettering).
+    let originalsOf (tokens: Token list) =
+        tokens
+        |> List.map (fun t -> t.Position.Offset)
+        |> List.distinct
+        |> List.choose (fun o ->
+            match opened.TryGetValue o with
+            | true, e when not (isNull e.Message) -> Some e.Message
+            | _ -> None)
+
+    let guarded (request: SinkRequest) =
+        FailureHandling.guardWrite handling $"{tp}: sink '{request.Sink}'" originalsOf request
+
     let enqueueWrite (request: SinkRequest) =
+        let request = guarded request
         writesInFlight <- writesInFlight + 1
         let lane = request.Substream
 
@@ -235,11 +274,15 @@ type internal PartitionWorker
     let startCall (request: AsyncRequest) =
         callsInFlight <- callsInFlight + 1
 
+        callStages.Add request.Stage |> ignore
+        let policy = FailureHandling.policyOf request.Stage handling
+
         let t =
-            try
-                request.Run request.Envelope.Value
-            with ex ->
-                Task.FromException<obj> ex
+            FailureHandling.retrying
+                handling
+                $"{tp}: async map '{request.Stage}' at offset {request.Envelope.Position.Offset}"
+                policy
+                (fun () -> request.Run request.Envelope.Value)
 
         if t.IsCompleted then
             readyCalls.Enqueue(
@@ -269,6 +312,64 @@ type internal PartitionWorker
             )
             |> ignore
 
+    /// A stage or async call failed (after its retries in place): dead-letter its message if the
+    /// stage's policy says so, else report it (the supervisor restarts or halts).
+    let stageFailed (f: StageFailure) =
+        let offset =
+            match f.Position with
+            | ValueSome p -> ValueSome p.Offset
+            | ValueNone -> ValueNone
+
+        let entry =
+            match offset with
+            | ValueSome o ->
+                match opened.TryGetValue o with
+                | true, e when not (isNull e.Message) && e.Token.IsSome -> ValueSome e
+                | _ -> ValueNone
+            | ValueNone -> ValueNone
+
+        let policy = FailureHandling.policyOf f.Stage handling
+
+        match ErrorPolicy.terminal policy, handling.DeadLetters, entry with
+        | DeadLetter topic, Some dlq, ValueSome e ->
+            let attempts =
+                if callStages.Contains f.Stage then
+                    1 + ErrorPolicy.retries policy
+                else
+                    1
+
+            let offset = e.Message.Offset.Value
+            let token = e.Token.Value
+            let gen = generation
+
+            log
+                $"{tp}: stage '{f.Stage}' failed at offset {offset}: {f.Error.GetType().Name}: {f.Error.Message}; dead-lettering it to '{topic}'"
+
+            writesInFlight <- writesInFlight + 1
+
+            let t =
+                try
+                    dlq.Write(topic, e.Message, f.Stage, f.Error, attempts)
+                with ex ->
+                    Task.FromException ex
+
+            t.ContinueWith(
+                (fun (t: Task) ->
+                    writer.TryWrite(
+                        DeadLettered(
+                            gen,
+                            offset,
+                            token,
+                            f.Stage,
+                            (if t.IsCompletedSuccessfully then None else Some(errorOf t))
+                        )
+                    )
+                    |> ignore),
+                TaskContinuationOptions.ExecuteSynchronously
+            )
+            |> ignore
+        | _ -> report offset f.Stage f.Error
+
     /// Applies what one push or resume produced, in the order PipeRun prescribes.
     let apply (effects: Effects) =
         for e in effects.Ledger do
@@ -281,12 +382,7 @@ type internal PartitionWorker
                 complete t
 
         for f in effects.Failures do
-            report
-                (match f.Position with
-                 | ValueSome p -> ValueSome p.Offset
-                 | ValueNone -> ValueNone)
-                f.Stage
-                f.Error
+            stageFailed f
 
         for s in effects.Sinks do
             enqueueWrite s
@@ -366,7 +462,14 @@ type internal PartitionWorker
         match Ledger.deliver position ledger with
         | Ok(struct (l, token)) ->
             ledger <- l
-            opened[offset] <- { Parts = 1; Size = size }
+
+            opened[offset] <- {
+                Parts = 1
+                Size = size
+                Message = cr
+                Token = ValueSome token
+            }
+
             let m = cr.Message
 
             let envelope: Envelope<obj> = {
@@ -380,7 +483,12 @@ type internal PartitionWorker
             push (Message envelope)
         | Error e ->
             // Kept in flight (never finished) so the commit point cannot pass it.
-            opened[offset] <- { Parts = 1; Size = size }
+            opened[offset] <- {
+                Parts = 1
+                Size = size
+                Message = cr
+                Token = ValueNone
+            }
 
             report
                 (ValueSome offset)
@@ -472,6 +580,19 @@ type internal PartitionWorker
             if gen = generation then
                 releaseState ()
                 generation <- -1
+
+            true
+        | DeadLettered(gen, offset, token, stage, error) ->
+            if gen = generation then
+                writesInFlight <- writesInFlight - 1
+
+                match error with
+                | None ->
+                    log $"{tp}: offset {offset} failed in '{stage}'; dead-lettered"
+                    complete token
+                | Some ex ->
+                    log $"{tp}: the dead-letter write of offset {offset} failed: {ex.Message}"
+                    report (ValueSome offset) stage ex
 
             true
         | Abandon -> false

@@ -1,6 +1,6 @@
 // Running a workflow: Workflow.run validates the options, starts the first incarnation and a
-// supervisor that applies the failure policy (restart from committed offsets with backoff, or halt),
-// and returns a handle with a graceful StopAsync and a Completion task.
+// supervisor that applies the error policies (restart from committed offsets with backoff, or halt),
+// and returns a handle with a graceful StopAsync, a Completion task and the workflow's health.
 namespace KFlow.Kafka
 
 open System
@@ -9,28 +9,79 @@ open System.Threading
 open System.Threading.Tasks
 open KFlow
 
-/// The error a workflow's Completion faults with under FailurePolicy.Halt: where and what failed.
+/// The error a workflow's Completion faults with under ErrorPolicy.Halt: where and what failed.
 type WorkflowFailedException
     internal
-    (message: string, topicPartition: TopicPartition voption, offset: int64 voption, stage: string, inner: exn)
-    =
+    (
+        message: string,
+        topicPartition: TopicPartition voption,
+        offset: int64 voption,
+        key: string voption,
+        stage: string,
+        inner: exn
+    ) =
     inherit Exception(message, inner)
     /// The partition of the failed message (ValueNone for a consumer-level failure).
     member _.TopicPartition = topicPartition
     /// The offset of the failed message, when known.
     member _.Offset = offset
+    /// The key of the failed message ("" for a null key), when known.
+    member _.Key = key
     /// The stage, sink or async map that failed ("consumer" or "runtime" for the runtime itself).
     member _.Stage = stage
+
+/// The health of a running workflow, updated by its supervisor (thread-safe).
+[<Sealed>]
+type internal HealthCell() =
+    let gate = obj ()
+    let changed = Event<WorkflowState>()
+
+    let mutable health = {
+        State = WorkflowState.Starting
+        LastFailure = None
+        ConsecutiveFailures = 0
+    }
+
+    member _.Health = lock gate (fun () -> health)
+    member _.Changed = changed.Publish
+
+    /// Applies `update`; raises Changed (outside the lock) when the state changed.
+    member _.Update(update: WorkflowHealth -> WorkflowHealth) =
+        let before, after =
+            lock gate (fun () ->
+                let before = health
+                health <- update health
+                before, health)
+
+        if not (obj.ReferenceEquals(before.State, after.State)) then
+            try
+                changed.Trigger after.State
+            with _ ->
+                ()
 
 /// A running workflow. Disposing it stops it gracefully (as StopAsync).
 [<Sealed>]
 type WorkflowHandle
-    internal (name: string, completion: Task, stop: CancellationTokenSource, counters: Counters) =
+    internal
+    (name: string, completion: Task, stop: CancellationTokenSource, counters: Counters, health: HealthCell) =
     /// The workflow's name.
     member _.Name = name
 
+    /// The current state: Starting, Running, BackingOff (after a failure), Stopped or Failed.
+    member _.State = health.Health.State
+
+    /// A snapshot of the workflow's health: state, last failure (partition, offset, key, stage,
+    /// exception) and consecutive failures. See WorkflowHealth.isHealthy.
+    member _.Health = health.Health
+
+    /// Raised on every state change, with the new state, from the runtime's threads (keep handlers
+    /// quick; an exception in one is ignored).
+    [<CLIEvent>]
+    member _.StateChanged = health.Changed
+
     /// <summary>Completes when the workflow has stopped after StopAsync; faults with a
-    /// WorkflowFailedException when it halts on a failure (FailurePolicy.Halt).</summary>
+    /// WorkflowFailedException when it halts on a failure (ErrorPolicy.Halt), or with a
+    /// WorkflowStartException when the cluster shows a setting to be wrong at start.</summary>
     member _.Completion = completion
 
     /// A snapshot of the workflow's counters.
@@ -62,7 +113,12 @@ module Workflow =
             | ValueSome tp, ValueNone -> $" on {tp}"
             | _ -> ""
 
-        $"Workflow '{name}': stage '{report.Stage}' failed{where}: {report.Error.Message}"
+        let key =
+            match report.Key with
+            | ValueSome k -> $" (key '{k}')"
+            | ValueNone -> ""
+
+        $"Workflow '{name}': stage '{report.Stage}' failed{where}{key}: {report.Error.Message}"
 
     /// <summary>Starts a workflow: consumes the options' topics in their group and runs
     /// <paramref name="pipe"/> on every assigned partition (one loop per partition, concurrently).
@@ -87,14 +143,23 @@ module Workflow =
         let newRun () = PipeRun.startWith Defer pipe
         let counters = Counters()
         let stop = new CancellationTokenSource()
+        let health = HealthCell()
+        let handling = FailureHandling.create options
+
+        let running () =
+            health.Update(fun h -> { h with State = WorkflowState.Running })
 
         let create () =
-            Incarnation(options, newRun, counters, stop.Token)
+            Incarnation(options, newRun, counters, stop.Token, handling, running)
         // The first consumer is built here, so a bad librdkafka property fails the call itself.
         let first =
             try
                 create ()
-            with :? InvalidOperationException as e ->
+            with
+            | :? InvalidOperationException
+            | :? ArgumentException as e ->
+                handling.DeadLetters |> Option.iter (fun d -> (d :> IDisposable).Dispose())
+
                 raise (
                     ArgumentException(
                         $"The Kafka consumer refused its configuration ({e.Message}); check WorkflowOptions.Properties.",
@@ -108,68 +173,143 @@ module Workflow =
                 Outcome.Failed {
                     TopicPartition = ValueNone
                     Offset = ValueNone
+                    Key = ValueNone
                     Stage = "consumer"
                     Error = ex
                 }
             )
 
-        let supervise () = task {
-            let mutable current = Ok first
-            let mutable attempt = 0
-            let mutable finished = false
-
-            while not finished do
-                let started = Stopwatch.StartNew()
-                counters.ResetInFlight()
-
-                let! outcome =
-                    match current with
-                    | Ok incarnation -> incarnation.Start()
-                    | Error ex -> failedToStart ex
-
-                match outcome with
-                | Outcome.Stopped ->
-                    log $"Workflow '{options.Name}' stopped."
-                    finished <- true
-                | Outcome.Failed report when stop.IsCancellationRequested ->
-                    log $"{failureText options.Name report} (while stopping)"
-                    finished <- true
-                | Outcome.Failed report ->
-                    let text = failureText options.Name report
-
-                    match options.OnFailure with
-                    | Halt ->
-                        log $"{text}; halting."
-
-                        raise (
-                            WorkflowFailedException(
-                                text,
-                                report.TopicPartition,
-                                report.Offset,
-                                report.Stage,
-                                report.Error
-                            )
-                        )
-                    | RestartWithBackoff backoff ->
-                        attempt <- (if started.Elapsed >= backoff.Max then 1 else attempt + 1)
-                        let delay = Backoff.delay attempt backoff
-                        log $"{text}; restarting from the committed offsets in {delay} (attempt {attempt})."
-
-                        try
-                            do! Task.Delay(delay, stop.Token)
-                        with :? OperationCanceledException ->
-                            ()
-
-                        if stop.IsCancellationRequested then
-                            finished <- true
-                        else
-                            counters.Restarted()
-
-                            current <-
-                                try
-                                    Ok(create ())
-                                with ex ->
-                                    Error ex
+        let infoOf (report: FailureReport) = {
+            TopicPartition = report.TopicPartition
+            Offset = report.Offset
+            Key = report.Key
+            Stage = report.Stage
+            Error = report.Error
+            At = DateTimeOffset.UtcNow
         }
 
-        WorkflowHandle(options.Name, supervise () :> Task, stop, counters)
+        let fallback = ErrorPolicies.workflowBackoff handling.Policies
+
+        let halt (info: FailureInfo) (error: exn) =
+            health.Update(fun h -> {
+                h with
+                    State = WorkflowState.Failed info
+                    LastFailure = Some info
+                    ConsecutiveFailures = h.ConsecutiveFailures + 1
+            })
+
+            raise error
+
+        let supervise () = task {
+            try
+                try
+                    do! Task.Run(fun () -> Preflight.check options)
+                with :? WorkflowStartException as e ->
+                    log e.Message
+                    first.Discard()
+
+                    halt
+                        {
+                            TopicPartition = ValueNone
+                            Offset = ValueNone
+                            Key = ValueNone
+                            Stage = "start"
+                            Error = e
+                            At = DateTimeOffset.UtcNow
+                        }
+                        e
+
+                let mutable current = Ok first
+                let mutable schedule = RestartSchedule.start
+                let mutable finished = false
+
+                while not finished do
+                    let started = Stopwatch.StartNew()
+                    counters.ResetInFlight()
+
+                    let outcomeTask =
+                        match current with
+                        | Ok incarnation -> incarnation.Start()
+                        | Error ex -> failedToStart ex
+
+                    // An incarnation running for the backoff's Max without failing makes the workflow
+                    // healthy again (the same rule resets the restart delays).
+                    if schedule.ConsecutiveFailures > 0 then
+                        let! _ = Task.WhenAny(outcomeTask, Task.Delay(fallback.Max, stop.Token))
+
+                        if not outcomeTask.IsCompleted && not stop.IsCancellationRequested then
+                            schedule <- RestartSchedule.healthy schedule
+                            health.Update(fun h -> { h with ConsecutiveFailures = 0 })
+
+                    let! outcome = outcomeTask
+
+                    match outcome with
+                    | Outcome.Stopped ->
+                        log $"Workflow '{options.Name}' stopped."
+                        finished <- true
+                    | Outcome.Failed report when stop.IsCancellationRequested ->
+                        log $"{failureText options.Name report} (while stopping)"
+                        finished <- true
+                    | Outcome.Failed report ->
+                        let text = failureText options.Name report
+                        let info = infoOf report
+                        let policy = FailureHandling.policyOf report.Stage handling
+
+                        match ErrorPolicy.terminal policy with
+                        | Halt ->
+                            log $"{text}; halting."
+
+                            halt
+                                info
+                                (WorkflowFailedException(
+                                    text,
+                                    report.TopicPartition,
+                                    report.Offset,
+                                    report.Key,
+                                    report.Stage,
+                                    report.Error
+                                ))
+                        | _ ->
+                            let backoff = ErrorPolicy.restartBackoff fallback policy
+
+                            let next, delay =
+                                RestartSchedule.failed (handling.Draw()) started.Elapsed backoff schedule
+
+                            schedule <- next
+
+                            health.Update(fun h -> {
+                                State = WorkflowState.BackingOff(info, delay)
+                                LastFailure = Some info
+                                ConsecutiveFailures = next.ConsecutiveFailures
+                            })
+
+                            log
+                                $"{text}; restarting from the committed offsets in {delay} (attempt {next.ConsecutiveFailures})."
+
+                            try
+                                do! Task.Delay(delay, stop.Token)
+                            with :? OperationCanceledException ->
+                                ()
+
+                            if stop.IsCancellationRequested then
+                                finished <- true
+                            else
+                                counters.Restarted()
+
+                                health.Update(fun h -> {
+                                    h with
+                                        State = WorkflowState.Starting
+                                })
+
+                                current <-
+                                    try
+                                        Ok(create ())
+                                    with ex ->
+                                        Error ex
+
+                health.Update(fun h -> { h with State = WorkflowState.Stopped })
+            finally
+                handling.DeadLetters |> Option.iter (fun d -> (d :> IDisposable).Dispose())
+        }
+
+        WorkflowHandle(options.Name, supervise () :> Task, stop, counters, health)

@@ -32,18 +32,6 @@ type BackpressureOptions = {
     FlushWhenStalled: TimeSpan
 }
 
-/// What the workflow does when a stage throws or a sink or async call fails.
-[<NoEquality; NoComparison>]
-type FailurePolicy =
-    /// Stop this incarnation (nothing is committed past the failed message), wait, and restart from
-    /// the committed offsets, so the failed message is read again (KFlow's model; the default, with
-    /// Backoff.defaults). The wait doubles after each failure and resets once an incarnation ran
-    /// for Backoff.Max without failing.
-    | RestartWithBackoff of Backoff
-    /// Stop the workflow: Completion faults with a WorkflowFailedException naming the topic,
-    /// partition, offset and stage. The safe commit points reached are committed first.
-    | Halt
-
 /// The settings of one workflow. Build them with `WorkflowOptions.create` and `{ o with … }`.
 [<NoEquality; NoComparison>]
 type WorkflowOptions = {
@@ -73,8 +61,20 @@ type WorkflowOptions = {
     /// How long a revoke or a stop waits for in-flight sink writes and async calls before it commits
     /// what is finished and lets go. Default 10 s.
     DrainTimeout: TimeSpan
-    /// What a failure does. Default RestartWithBackoff Backoff.defaults.
-    OnFailure: FailurePolicy
+    /// What a failure does (ErrorPolicy). Default RestartAndReplay Backoff.defaults.
+    OnFailure: ErrorPolicy
+    /// Policies of single stages by name (a stage's, sink's or async map's name), overriding
+    /// OnFailure. Default none.
+    OnStageFailure: Map<string, ErrorPolicy>
+    /// Retries in place of a failed sink write before the sink's policy applies (a transient failure:
+    /// connection lost, timeout), unless that policy is a RetryInPlace of its own. 0 disables them.
+    /// Default 3.
+    SinkRetries: int
+    /// The backoff between those retries. Default 100 ms doubling to 5 s, jitter 0.2.
+    SinkRetryBackoff: Backoff
+    /// How long the start waits for the cluster to answer (bootstrap servers reachable, topics
+    /// known) before Completion faults with an error naming the setting. Default 30 s.
+    StartTimeout: TimeSpan
     /// Receives the runtime's log lines (assignments, revokes, pauses, failures, restarts, refused
     /// completions, librdkafka warnings). Called from the consumer thread and the partition loops;
     /// keep it quick and thread-safe. Default ignores them.
@@ -105,7 +105,15 @@ module WorkflowOptions =
         Backpressure = backpressure
         TickInterval = TimeSpan.FromSeconds 1.
         DrainTimeout = TimeSpan.FromSeconds 10.
-        OnFailure = RestartWithBackoff Backoff.defaults
+        OnFailure = ErrorPolicy.defaults
+        OnStageFailure = Map.empty
+        SinkRetries = 3
+        SinkRetryBackoff = {
+            First = TimeSpan.FromMilliseconds 100.
+            Max = TimeSpan.FromSeconds 5.
+            Jitter = 0.2
+        }
+        StartTimeout = TimeSpan.FromSeconds 30.
         Log = ignore
     }
 
@@ -187,14 +195,34 @@ module WorkflowOptions =
                 "Backpressure"
                 $"WorkflowOptions.Backpressure.ResumeAt must be in [0, 1) (got {b.ResumeAt}); it is the fraction of each limit at which intake resumes."
 
-        match o.OnFailure with
-        | RestartWithBackoff backoff -> Backoff.validate "WorkflowOptions.OnFailure" backoff |> ignore
-        | Halt -> ()
+        ErrorPolicy.validate "WorkflowOptions.OnFailure" o.OnFailure
+
+        for KeyValue(stage, policy) in o.OnStageFailure do
+            if blank stage then
+                invalidSetting
+                    "OnStageFailure"
+                    "WorkflowOptions.OnStageFailure: a stage name must not be empty."
+
+            ErrorPolicy.validate $"WorkflowOptions.OnStageFailure[{stage}]" policy
+
+        if o.SinkRetries < 0 then
+            invalidSetting
+                "SinkRetries"
+                $"WorkflowOptions.SinkRetries must be ≥ 0 (got {o.SinkRetries}); 0 disables them."
+
+        Backoff.validate "WorkflowOptions.SinkRetryBackoff" o.SinkRetryBackoff |> ignore
+        positive "StartTimeout" o.StartTimeout "how long the start waits for the cluster to answer"
 
         if isNull (box o.Log) then
             invalidSetting "Log" "WorkflowOptions.Log must not be null; use ignore to drop the log lines."
 
         o
+
+    /// The workflow's error policies: OnFailure and its overrides by stage.
+    let policies (o: WorkflowOptions) = {
+        Default = o.OnFailure
+        Stages = o.OnStageFailure
+    }
 
     /// The Confluent consumer configuration: the pass-through properties, then the settings the
     /// runtime owns (offsets stored explicitly, committed by librdkafka every CommitInterval).

@@ -77,7 +77,8 @@ type Log() =
         all |> Array.skip (max 0 (all.Length - 40)) |> String.concat "\n"
 
 /// Options for a workflow on the embedded cluster: the fast client settings, ticks every 100 ms,
-/// restarts after 100 ms doubling to 1 s, logs into `log`.
+/// restarts after 100 ms doubling to 1 s, sink retries in place after 20 ms doubling to 100 ms,
+/// logs into `log`.
 let options (cluster: EmbeddedKafkaCluster) (log: Log) (group: string) (topics: string list) =
     let fast =
         FastClientSettings.consumer
@@ -90,10 +91,16 @@ let options (cluster: EmbeddedKafkaCluster) (log: Log) (group: string) (topics: 
             Properties = fast
             TickInterval = TimeSpan.FromMilliseconds 100.
             OnFailure =
-                RestartWithBackoff {
-                    First = TimeSpan.FromMilliseconds 100.
-                    Max = TimeSpan.FromSeconds 1.
+                RestartAndReplay {
+                    Backoff.defaults with
+                        First = TimeSpan.FromMilliseconds 100.
+                        Max = TimeSpan.FromSeconds 1.
                 }
+            SinkRetryBackoff = {
+                Backoff.defaults with
+                    First = TimeSpan.FromMilliseconds 20.
+                    Max = TimeSpan.FromMilliseconds 100.
+            }
             Log = log.Add
     }
 

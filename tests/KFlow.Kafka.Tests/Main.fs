@@ -8,15 +8,20 @@ open Expecto
 let all =
     testList "Kafka" [
         BackoffTests.tests
+        ErrorPolicyTests.tests
+        RestartScheduleTests.tests
+        DeadLetterWriterTests.tests
         BackpressureTests.tests
         CommitPlanTests.tests
         WorkflowOptionsTests.tests
         WorkflowTests.tests
+        SupervisionTests.tests
         RuntimeDocTests.tests
         KafkaSinkTests.tests
         FileSinkTests.tests
         RetransmitTests.tests
         CrashTests.tests
+        FailureHandlingDocTests.tests
     ]
 
 [<EntryPoint>]

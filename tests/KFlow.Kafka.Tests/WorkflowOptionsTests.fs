@@ -28,6 +28,16 @@ let tests =
             Expect.equal o.Backpressure.ResumeAt 0.5 "resume at half"
             Expect.equal o.Backpressure.MaxOpenOffsetsPerPartition 20_000 "20k open offsets"
             Expect.equal o.Backpressure.FlushWhenStalled (TimeSpan.FromSeconds 2.) "flush after a 2 s stall"
+
+            Expect.equal
+                (ErrorPolicy.describe o.OnFailure)
+                (ErrorPolicy.describe ErrorPolicy.defaults)
+                "restart and replay"
+
+            Expect.equal o.SinkRetries 3 "3 sink retries"
+            Expect.equal o.SinkRetryBackoff.First (TimeSpan.FromMilliseconds 100.) "from 100 ms"
+            Expect.equal o.SinkRetryBackoff.Max (TimeSpan.FromSeconds 5.) "to 5 s"
+            Expect.equal o.StartTimeout (TimeSpan.FromSeconds 30.) "start timeout 30 s"
         }
 
         test "every bad setting is refused with a message naming it" {
@@ -105,9 +115,10 @@ let tests =
                 {
                     valid with
                         OnFailure =
-                            RestartWithBackoff {
-                                First = TimeSpan.Zero
-                                Max = TimeSpan.Zero
+                            RestartAndReplay {
+                                Backoff.defaults with
+                                    First = TimeSpan.Zero
+                                    Max = TimeSpan.Zero
                             }
                 }
                 "OnFailure.First"

@@ -1,0 +1,141 @@
+// What the partition loops need to apply the error policies: the policies, the dead-letter writer,
+// a jitter source, and the retry-in-place runner that wraps a sink write or an async call.
+namespace KFlow.Kafka
+
+open System
+open System.Threading.Tasks
+open KFlow
+
+/// The error policies of a running workflow and the means to apply them (shared by its incarnations).
+[<NoEquality; NoComparison>]
+type internal FailureHandling = {
+    /// The policies (OnFailure and the overrides by stage).
+    Policies: ErrorPolicies
+    /// The dead-letter producer; None when no policy dead-letters.
+    DeadLetters: DeadLetterWriter option
+    /// Retries in place of a sink write before its policy (WorkflowOptions.SinkRetries).
+    SinkRetries: int
+    /// The backoff between them.
+    SinkRetryBackoff: Backoff
+    /// A random number in [0, 1) for the jitter (thread-safe).
+    Draw: unit -> float
+    /// The runtime's log.
+    Log: string -> unit
+}
+
+/// Applying the policies.
+[<RequireQualifiedAccess>]
+module internal FailureHandling =
+    /// The policies of the options, a dead-letter writer if one is needed, Random.Shared for jitter.
+    let create (options: WorkflowOptions) =
+        let policies = WorkflowOptions.policies options
+
+        {
+            Policies = policies
+            DeadLetters =
+                if ErrorPolicies.all policies |> List.exists ErrorPolicy.deadLetters then
+                    Some(new DeadLetterWriter(options))
+                else
+                    None
+            SinkRetries = options.SinkRetries
+            SinkRetryBackoff = options.SinkRetryBackoff
+            Draw = fun () -> Random.Shared.NextDouble()
+            Log = options.Log
+        }
+
+    /// The policy of a stage.
+    let policyOf (stage: string) (handling: FailureHandling) =
+        ErrorPolicy.ofStage stage handling.Policies
+
+    /// The policy of a sink: its stage policy with the default sink retries first (ErrorPolicy.forSink).
+    let sinkPolicyOf (sink: string) (handling: FailureHandling) =
+        ErrorPolicy.forSink handling.SinkRetries handling.SinkRetryBackoff (policyOf sink handling)
+
+    let private attempt (run: unit -> Task<'T>) =
+        try
+            run ()
+        with ex ->
+            Task.FromException<'T> ex
+
+    /// <summary>Runs <paramref name="run"/>, retrying it in place as the policy allows (waiting the
+    /// backoff between tries); the task faults with the last error once the retries are spent.
+    /// Without retries it is just <c>run ()</c>.</summary>
+    let retrying
+        (handling: FailureHandling)
+        (what: string)
+        (policy: ErrorPolicy)
+        (run: unit -> Task<'T>)
+        : Task<'T> =
+        let first = attempt run
+
+        if ErrorPolicy.retries policy = 0 || first.IsCompletedSuccessfully then
+            first
+        else
+            task {
+                let mutable current = first
+                let mutable failures = 0
+                let mutable result = Unchecked.defaultof<'T>
+                let mutable error = None
+                let mutable go = true
+
+                while go do
+                    try
+                        let! value = current
+                        result <- value
+                        go <- false
+                    with ex ->
+                        failures <- failures + 1
+
+                        match ErrorPolicy.retryDelay (handling.Draw()) failures policy with
+                        | ValueSome delay ->
+                            handling.Log
+                                $"{what} failed (try {failures}): {ex.GetType().Name}: {ex.Message}; retrying in place in {delay}"
+
+                            do! Task.Delay delay
+                            current <- attempt run
+                        | ValueNone ->
+                            error <- Some ex
+                            go <- false
+
+                match error with
+                | Some ex -> return raise ex
+                | None -> return result
+            }
+
+    /// <summary>A sink write with the sink's policy applied (sinkPolicyOf): retried in place, then,
+    /// under DeadLetter, the original messages of its tokens (<paramref name="originalsOf"/>, called
+    /// now, on the partition's loop) are dead-lettered, so the write succeeds once the broker
+    /// acknowledged them. Without retries or dead-lettering the request is returned as it is.</summary>
+    let guardWrite
+        (handling: FailureHandling)
+        (what: string)
+        (originalsOf: Token list -> Confluent.Kafka.ConsumeResult<byte[], byte[]> list)
+        (request: SinkRequest)
+        =
+        let policy = sinkPolicyOf request.Sink handling
+
+        match ErrorPolicy.terminal policy, handling.DeadLetters with
+        | DeadLetter topic, Some dlq ->
+            let originals = originalsOf request.Envelope.Tokens
+            let attempts = 1 + ErrorPolicy.retries policy
+            let what = $"{what} at offset {request.Envelope.Position.Offset}"
+
+            let write (value: obj) : Task = task {
+                try
+                    do! retrying handling what policy (fun () -> task { do! request.Write value })
+                with ex ->
+                    for original in originals do
+                        do! dlq.Write(topic, original, request.Sink, ex, attempts)
+
+                    handling.Log $"{what} failed {attempts} times ({ex.Message}); dead-lettered to '{topic}'"
+            }
+
+            { request with Write = write }
+        | _ when ErrorPolicy.retries policy > 0 ->
+            let what = $"{what} at offset {request.Envelope.Position.Offset}"
+
+            let write (value: obj) : Task =
+                retrying handling what policy (fun () -> task { do! request.Write value })
+
+            { request with Write = write }
+        | _ -> request
