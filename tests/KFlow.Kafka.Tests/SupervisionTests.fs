@@ -17,7 +17,12 @@ open KFlow.Testing
 
 let private seconds (n: float) = TimeSpan.FromSeconds n
 let private ms (n: float) = TimeSpan.FromMilliseconds n
-let private quick = { First = ms 20.; Max = ms 100.; Jitter = 0.2 }
+
+let private quick = {
+    First = ms 20.
+    Max = ms 100.
+    Jitter = 0.2
+}
 
 let private stopped (log: Log) (handle: WorkflowHandle) =
     if not (handle.StopAsync().Wait(seconds 30.)) then
@@ -73,7 +78,14 @@ let private header (name: string) (cr: ConsumeResult<string, byte[]>) =
     Encoding.UTF8.GetString(cr.Message.Headers.GetLastBytes name)
 
 /// One partition of `n` string values "k0:i"; a map stage named "parse" throws on k0:`poison` while `broken`.
-let private poisonedStage (cluster: EmbeddedKafkaCluster) topic n poison (broken: bool ref) (sunk: ConcurrentQueue<string>) =
+let private poisonedStage
+    (cluster: EmbeddedKafkaCluster)
+    topic
+    n
+    poison
+    (broken: bool ref)
+    (sunk: ConcurrentQueue<string>)
+    =
     cluster.CreateTopic(topic, 1)
     produceKeyed cluster topic 1 n
 
@@ -95,7 +107,9 @@ let private poisonedStage (cluster: EmbeddedKafkaCluster) topic n poison (broken
         Task.CompletedTask)
 
 let private restartAndReplay =
-    test "a poison message under the default policy is replayed, never committed past, reported as unhealthy with its partition, offset and key, and goes through once fixed" {
+    testCase
+        "a poison message under the default policy is replayed, never committed past, reported as unhealthy with its partition, offset and key, and goes through once fixed"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         let broken = ref true
         let sunk = ConcurrentQueue<string>()
@@ -106,7 +120,12 @@ let private restartAndReplay =
         // failures in a row are not mistaken for healthy runs.
         let options = {
             options cluster log "replay" [ "replay" ] with
-                OnFailure = RestartAndReplay { quick with First = ms 100.; Max = seconds 4. }
+                OnFailure =
+                    RestartAndReplay {
+                        quick with
+                            First = ms 100.
+                            Max = seconds 4.
+                    }
         }
 
         let handle = Workflow.run options pipe
@@ -128,9 +147,10 @@ let private restartAndReplay =
         Expect.stringContains (WorkflowHealth.describe health) "replay[0] at offset 40 (key 'k0')" "described"
 
         Expect.isTrue
-            (states |> Seq.exists (function
-                | WorkflowState.BackingOff _ -> true
-                | _ -> false))
+            (states
+             |> Seq.exists (function
+                 | WorkflowState.BackingOff _ -> true
+                 | _ -> false))
             "BackingOff was raised"
 
         Expect.isTrue
@@ -139,19 +159,25 @@ let private restartAndReplay =
 
         Expect.isFalse (Seq.contains "k0:40" sunk) "the poison message was never sunk"
         broken.Value <- false // the fix is deployed
-        waitUntil log (seconds 20.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= 100)
-        waitUntil log (seconds 20.) "running and healthy again" (fun () -> WorkflowHealth.isHealthy handle.Health)
+
+        waitUntil log (seconds 20.) "every message is sunk" (fun () ->
+            (Seq.distinct sunk |> Seq.length) >= 100)
+
+        waitUntil log (seconds 20.) "running and healthy again" (fun () ->
+            WorkflowHealth.isHealthy handle.Health)
+
         Expect.isTrue (isState "Running" handle.State) "running"
         stopped log handle
         Expect.isTrue (isState "Stopped" handle.State) "stopped"
         Expect.equal (committed cluster "replay" "replay" 1) [ 0, 100L ] "all committed after the fix"
-    }
 
 /// An order as JSON carries it.
 type Order = { Id: int; Amount: decimal }
 
 let private deadLetterDeserialization =
-    test "values that fail to deserialise go to the dead-letter topic with the failure headers, exactly once, and the stream continues" {
+    testCase
+        "values that fail to deserialise go to the dead-letter topic with the failure headers, exactly once, and the stream continues"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("orders", 1)
         cluster.CreateTopic("orders-dlq", 1)
@@ -185,9 +211,23 @@ let private deadLetterDeserialization =
         waitUntil log (seconds 20.) "18 orders are sunk" (fun () -> sunk.Count >= 18)
         let dead = readAll cluster log "orders-dlq" 2
         stopped log handle
-        Expect.equal (sunk |> Seq.map _.Id |> List.ofSeq) [ for i in 0..19 do if i <> 7 && i <> 12 then i ] "the others, in order"
+
+        Expect.equal
+            (sunk |> Seq.map _.Id |> List.ofSeq)
+            [
+                for i in 0..19 do
+                    if i <> 7 && i <> 12 then
+                        i
+            ]
+            "the others, in order"
+
         Expect.equal (dead |> List.map (header "kflow.source.offset")) [ "7"; "12" ] "the two bad offsets"
-        Expect.equal (dead |> List.map (fun d -> d.Message.Value)) [ values[7]; values[12] ] "the original values"
+
+        Expect.equal
+            (dead |> List.map (fun d -> d.Message.Value))
+            [ values[7]; values[12] ]
+            "the original values"
+
         Expect.equal (dead |> List.map (fun d -> d.Message.Key)) [ "k"; "k" ] "the original keys"
 
         for d in dead do
@@ -203,10 +243,14 @@ let private deadLetterDeserialization =
         Expect.equal (readAll cluster log "orders-dlq" 2 |> List.length) 2 "exactly two dead letters"
         Expect.equal handle.Stats.Restarts 0L "no restart"
         Expect.equal (committed cluster "orders" "orders" 1) [ 0, 20L ] "everything committed"
-    }
 
 /// A sink that fails while `broken`, counting its failures.
-let private flakySink (broken: bool ref) (failures: int ref) (poison: string) (sunk: ConcurrentQueue<string>) =
+let private flakySink
+    (broken: bool ref)
+    (failures: int ref)
+    (poison: string)
+    (sunk: ConcurrentQueue<string>)
+    =
     fun (v: string) ->
         task {
             do! Task.Yield()
@@ -220,7 +264,9 @@ let private flakySink (broken: bool ref) (failures: int ref) (poison: string) (s
         :> Task
 
 let private retryInPlace =
-    test "a sink failing transiently is retried in place with backoff: no restart, nothing committed past it meanwhile, everything arrives once" {
+    testCase
+        "a sink failing transiently is retried in place with backoff: no restart, nothing committed past it meanwhile, everything arrives once"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("flaky", 1)
         produceKeyed cluster "flaky" 1 50
@@ -257,10 +303,11 @@ let private retryInPlace =
         Expect.equal handle.Stats.Failures 0L "no failure escalated"
         Expect.isGreaterThan (log.Count "retrying in place") 0 "the retries are logged"
         Expect.equal (committed cluster "flaky" "flaky" 1) [ 0, 50L ] "everything committed"
-    }
 
 let private defaultSinkRetries =
-    test "by default a sink write failing twice is retried in place: no restart, no failure, every message once" {
+    testCase
+        "by default a sink write failing twice is retried in place: no restart, no failure, every message once"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("twice", 1)
         produceKeyed cluster "twice" 1 20
@@ -270,15 +317,14 @@ let private defaultSinkRetries =
         let pipe =
             Pipe.source<byte[]>
             |> Pipe.map Encoding.UTF8.GetString
-            |> Pipe.sink "db" (fun v ->
-                task {
-                    do! Task.Yield()
+            |> Pipe.sink "db" (fun v -> task {
+                do! Task.Yield()
 
-                    if v = "k0:10" && Interlocked.Increment &tries.contents <= 2 then
-                        raise (TimeoutException "the database timed out")
+                if v = "k0:10" && Interlocked.Increment &tries.contents <= 2 then
+                    raise (TimeoutException "the database timed out")
 
-                    sunk.Enqueue v
-                })
+                sunk.Enqueue v
+            })
 
         let log = Log()
         let handle = Workflow.run (options cluster log "twice" [ "twice" ]) pipe
@@ -289,10 +335,11 @@ let private defaultSinkRetries =
         Expect.equal handle.Stats.Restarts 0L "no restart"
         Expect.equal handle.Stats.Failures 0L "no failure escalated"
         Expect.equal (committed cluster "twice" "twice" 1) [ 0, 20L ] "everything committed"
-    }
 
 let private deadLetterAfterRetries =
-    test "a sink still failing after its retries dead-letters the message (attempts counted) while produce requests fail transiently, and moves on" {
+    testCase
+        "a sink still failing after its retries dead-letters the message (attempts counted) while produce requests fail transiently, and moves on"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("writes", 1)
         cluster.CreateTopic("writes-dlq", 1)
@@ -333,10 +380,11 @@ let private deadLetterAfterRetries =
         Expect.equal (readAll cluster log "writes-dlq" 1 |> List.length) 1 "exactly one dead letter"
         Expect.equal handle.Stats.Restarts 0L "no restart"
         Expect.equal (committed cluster "writes" "writes" 1) [ 0, 30L ] "everything committed"
-    }
 
 let private deadLetterAsync =
-    test "an async map still failing after its retries dead-letters its input and the stream continues in order" {
+    testCase
+        "an async map still failing after its retries dead-letters its input and the stream continues in order"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("lookups", 1)
         cluster.CreateTopic("lookups-dlq", 1)
@@ -371,16 +419,26 @@ let private deadLetterAsync =
         waitUntil log (seconds 20.) "29 values are sunk" (fun () -> sunk.Count >= 29)
         let dead = readAll cluster log "lookups-dlq" 1
         stopped log handle
-        Expect.sequenceEqual sunk [ for i in 0..29 do if i <> 4 then $"K0:{i}" ] "the others, in order"
+
+        Expect.sequenceEqual
+            sunk
+            [
+                for i in 0..29 do
+                    if i <> 4 then
+                        $"K0:{i}"
+            ]
+            "the others, in order"
+
         Expect.equal (Encoding.UTF8.GetString dead[0].Message.Value) "k0:4" "the original message"
         Expect.equal (header "kflow.stage" dead[0]) "mapAsync" "stage"
         Expect.equal (header "kflow.attempts" dead[0]) "2" "tried twice"
         Expect.equal handle.Stats.Restarts 0L "no restart"
         Expect.equal (committed cluster "lookups" "lookups" 1) [ 0, 30L ] "everything committed"
-    }
 
 let private commitErrors =
-    test "offset commits refused by the broker lose nothing: everything arrives and the stop commits the end offsets" {
+    testCase
+        "offset commits refused by the broker lose nothing: everything arrives and the stop commits the end offsets"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("commits", 1)
         produceKeyed cluster "commits" 4 400
@@ -394,26 +452,32 @@ let private commitErrors =
                 Task.CompletedTask)
 
         let log = Log()
-        let options = { options cluster log "commits" [ "commits" ] with CommitInterval = ms 100. }
 
-        cluster.PushRequestErrors(
-            KafkaApiKey.OffsetCommit,
-            Array.replicate 6 ErrorCode.RequestTimedOut
-        )
+        let options = {
+            options cluster log "commits" [ "commits" ] with
+                CommitInterval = ms 100.
+        }
+
+        cluster.PushRequestErrors(KafkaApiKey.OffsetCommit, Array.replicate 6 ErrorCode.RequestTimedOut)
 
         let handle = Workflow.run options pipe
         waitUntil log (seconds 20.) "every message is sunk" (fun () -> sunk.Count >= 400)
         stopped log handle
         // A periodic commit refused by the broker is not retried until the partition's offset moves
         // again (librdkafka commits stored offsets that changed); the stop commits synchronously.
-        Expect.equal (committed cluster "commits" "commits" 1) (endOffsets cluster "commits" 1) "the end offsets are committed"
+        Expect.equal
+            (committed cluster "commits" "commits" 1)
+            (endOffsets cluster "commits" 1)
+            "the end offsets are committed"
+
         Expect.isGreaterThan (log.Count "Request timed out") 0 "commits were refused"
         Expect.equal (sunk |> Seq.distinct |> Seq.length) 400 "every message"
         Expect.equal handle.Stats.Restarts 0L "no restart"
-    }
 
 let private haltPerStage =
-    test "a Halt override on one stage fails the workflow with that stage's error; the state is Failed with the failure" {
+    testCase
+        "a Halt override on one stage fails the workflow with that stage's error; the state is Failed with the failure"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         let sunk = ConcurrentQueue<string>()
         let pipe = poisonedStage cluster "stop" 20 5 (ref true) sunk
@@ -439,12 +503,18 @@ let private haltPerStage =
         | other -> failtestf "expected Failed, got %A" other
 
         Expect.equal handle.Stats.Restarts 0L "no restart"
-        Expect.isTrue (committed cluster "stop" "stop" 1 |> List.forall (fun (_, o) -> o <= 5L)) "nothing committed past it"
-    }
+
+        Expect.isTrue
+            (committed cluster "stop" "stop" 1 |> List.forall (fun (_, o) -> o <= 5L))
+            "nothing committed past it"
 
 let private startFailure (options: WorkflowOptions) (setting: string) (says: string) =
     let log = Log()
-    let handle = Workflow.run { options with Log = log.Add } (Pipe.source<byte[]> |> Pipe.sink "none" (fun _ -> Task.CompletedTask))
+
+    let handle =
+        Workflow.run
+            { options with Log = log.Add }
+            (Pipe.source<byte[]> |> Pipe.sink "none" (fun _ -> Task.CompletedTask))
 
     match ended log handle with
     | :? WorkflowStartException as e ->
@@ -458,23 +528,24 @@ let private startFailure (options: WorkflowOptions) (setting: string) (says: str
 
 let private badConfiguration =
     testList "bad configuration fails at start, naming the setting" [
-        test "an unknown topic" {
+        testCase "an unknown topic"
+        <| fun () ->
             use cluster = EmbeddedKafka.start 1
             cluster.CreateTopic("known", 1)
             let o = options cluster (Log()) "unknown" [ "known"; "missing" ]
             startFailure o "Topics" "'missing'"
-        }
 
-        test "unreachable bootstrap servers" {
+        testCase "unreachable bootstrap servers"
+        <| fun () ->
             let o = {
                 WorkflowOptions.create "nowhere" "127.0.0.1:1" "nowhere" [ "t" ] with
                     StartTimeout = seconds 1.
             }
 
             startFailure o "BootstrapServers" "127.0.0.1:1"
-        }
 
-        test "an invalid librdkafka property value" {
+        testCase "an invalid librdkafka property value"
+        <| fun () ->
             let o = {
                 WorkflowOptions.create "bad" "127.0.0.1:1" "bad" [ "t" ] with
                     Properties = [ "session.timeout.ms", "soon" ]
@@ -484,15 +555,14 @@ let private badConfiguration =
                 Expect.isTrue (e :? ArgumentException) "an ArgumentException"
                 Expect.stringContains e.Message "session.timeout.ms" "names the property"
                 Expect.stringContains e.Message "WorkflowOptions.Properties" "names the option")
-        }
 
-        test "a missing group id" {
+        testCase "a missing group id"
+        <| fun () ->
             let o = WorkflowOptions.create "nogroup" "127.0.0.1:1" "" [ "t" ]
 
             Expect.throwsC (fun () -> Workflow.run o Pipe.source<byte[]> |> ignore) (fun e ->
                 Expect.isTrue (e :? ArgumentException) "an ArgumentException"
                 Expect.stringContains e.Message "GroupId" "names GroupId")
-        }
     ]
 
 let tests =
