@@ -27,7 +27,7 @@ internal sealed class ProgressView(long total, bool plain)
 
         var committedTotal = committed.Sum();
         var lag = ends.Sum() - committedTotal;
-        var perPartition = string.Join(" ", committed.Select((c, i) => $"p{i}:{c:N0}"));
+        var perPartition = string.Join(" ", committed.Select((c, i) => plain ? $"p{i}:{c}" : $"p{i}:{c:N0}"));
         if (plain)
         {
             Console.WriteLine(
