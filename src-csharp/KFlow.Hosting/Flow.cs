@@ -147,16 +147,19 @@ public sealed record Flow<T>
     {
         var pipe = Pipe;
         var problems = Problems;
+        var outline = "";
         try
         {
-            pipe(RunContext.DryRun()); // stages that check their arguments (Join, Aggregate) fail here
+            // Stages that check their arguments (Join, Aggregate) fail here; the outline uses a no-op sink.
+            outline = PipeCore.Describe(PipeCore.Sink(pipe(RunContext.DryRun()), sinkName,
+                new Func<T, Task>(_ => Task.CompletedTask)));
         }
         catch (ArgumentException e)
         {
             problems = problems.Add(e.Message);
         }
 
-        return new WorkflowBuilder(Topic, GroupId, problems, async ctx =>
+        return new WorkflowBuilder(Topic, GroupId, problems, outline, async ctx =>
         {
             var write = await createWriter(ctx).ConfigureAwait(false);
             return PipeCore.Sink(pipe(ctx), sinkName, new Func<T, Task>(write));

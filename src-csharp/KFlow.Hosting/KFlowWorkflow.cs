@@ -13,8 +13,16 @@ public sealed class KFlowWorkflow
 {
     private readonly Func<RunContext, Task<Pipe<byte[], Sunk>>> _start;
 
-    internal KFlowWorkflow(string name, string topic, string groupId, Func<RunContext, Task<Pipe<byte[], Sunk>>> start)
+    private readonly string _outline;
+
+    internal KFlowWorkflow(
+        string name,
+        string topic,
+        string groupId,
+        string outline,
+        Func<RunContext, Task<Pipe<byte[], Sunk>>> start)
     {
+        _outline = outline;
         Name = name;
         Topic = topic;
         GroupId = groupId;
@@ -31,8 +39,7 @@ public sealed class KFlowWorkflow
     public string GroupId { get; }
 
     /// <summary>A readable outline of the pipeline, one stage per line.</summary>
-    public string Describe() =>
-        PipeCore.Describe(_start(RunContext.DryRun()).GetAwaiter().GetResult());
+    public string Describe() => _outline;
 
     /// <summary>Starts the workflow: creates its sink (a PostgreSQL sink checks its table now), joins
     /// the consumer group and runs the pipeline on every assigned partition.</summary>

@@ -16,8 +16,10 @@ public sealed record WorkflowBuilder
         string topic,
         string groupId,
         ImmutableList<string> problems,
+        string outline,
         Func<RunContext, Task<Pipe<byte[], Sunk>>> start)
     {
+        Outline = outline;
         Topic = topic;
         GroupId = groupId;
         Problems = problems;
@@ -37,6 +39,8 @@ public sealed record WorkflowBuilder
 
     internal Func<RunContext, Task<Pipe<byte[], Sunk>>> Start { get; init; }
 
+    internal string Outline { get; init; }
+
     /// <summary>This workflow with another name.</summary>
     public WorkflowBuilder WithName(string name) => this with { Name = name };
 
@@ -55,6 +59,6 @@ public sealed record WorkflowBuilder
         if (!problems.IsEmpty)
             throw new ArgumentException(
                 $"Workflow '{name}' is not valid: " + string.Join(" ", problems.Distinct()));
-        return new KFlowWorkflow(name, Topic, GroupId, Start);
+        return new KFlowWorkflow(name, Topic, GroupId, Outline, Start);
     }
 }
