@@ -162,7 +162,11 @@ public sealed record Flow<T>
         return new WorkflowBuilder(Topic, GroupId, problems, outline, async ctx =>
         {
             var write = await createWriter(ctx).ConfigureAwait(false);
-            return PipeCore.Sink(pipe(ctx), sinkName, new Func<T, Task>(write));
+            return PipeCore.Sink(pipe(ctx), sinkName, new Func<T, Task>(async value =>
+            {
+                await write(value).ConfigureAwait(false);
+                ctx.AddWritten(value is System.Collections.ICollection batch ? batch.Count : 1);
+            }));
         });
     }
 }

@@ -49,11 +49,7 @@ public static class PostgresFlowExtensions
             var writer = await UpsertWriterCore.CreateAsync(connection, table.Table, columns, table.Keys,
                 new Func<TRow, object[]>(r => row(r)!)).ConfigureAwait(false);
             ctx.Resources.Add(writer);
-            return async batch =>
-            {
-                await UpsertWriterCore.WriteAsync(writer, batch).ConfigureAwait(false);
-                ctx.AddWritten(batch.Count);
-            };
+            return batch => UpsertWriterCore.WriteAsync(writer, batch);
         });
     }
 

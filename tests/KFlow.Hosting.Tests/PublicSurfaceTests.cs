@@ -29,6 +29,10 @@ internal static class PublicSurfaceTests
 
     private static bool Visible(FieldInfo f) => f.IsPublic || f.IsFamily || f.IsFamilyOrAssembly;
 
+    private static bool IsAccessor(MethodInfo m) =>
+        m.IsSpecialName && (m.Name.StartsWith("get_", StringComparison.Ordinal) || m.Name.StartsWith("set_", StringComparison.Ordinal)
+                            || m.Name.StartsWith("add_", StringComparison.Ordinal) || m.Name.StartsWith("remove_", StringComparison.Ordinal));
+
     /// <summary>Every forbidden type reachable from the public or protected signatures of <paramref name="types"/>,
     /// as "where: type" lines.</summary>
     internal static List<string> Violations(IEnumerable<Type> types)
@@ -76,7 +80,8 @@ internal static class PublicSurfaceTests
             foreach (var i in type.GetInterfaces()) Check(i, owner + " implements");
             foreach (var g in type.GetGenericArguments()) Check(g, owner);
             foreach (var c in type.GetConstructors(Declared).Where(Visible)) CheckMethod(c, owner);
-            foreach (var m in type.GetMethods(Declared).Where(Visible)) CheckMethod(m, owner);
+            // Property and event accessors are checked through their property or event below.
+            foreach (var m in type.GetMethods(Declared).Where(m => Visible(m) && !IsAccessor(m))) CheckMethod(m, owner);
             foreach (var f in type.GetFields(Declared).Where(Visible)) Check(f.FieldType, $"{owner}.{f.Name}");
             foreach (var p in type.GetProperties(Declared))
             {
