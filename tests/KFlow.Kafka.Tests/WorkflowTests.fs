@@ -370,6 +370,7 @@ let private brokerDown =
 
         let options = {
             options cluster log "flaky" [ "flaky" ] with
+                CommitInterval = TimeSpan.FromMilliseconds 200.
                 Backpressure = {
                     WorkflowOptions.backpressure with
                         MaxInFlightMessages = 2000
@@ -382,6 +383,9 @@ let private brokerDown =
         Thread.Sleep 3000
         cluster.BringBrokerUp 1
         waitUntil log (seconds 90.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= n)
+        // After the outage it may still be re-reading what it had sunk but not committed.
+        let ends = endOffsets cluster "flaky" 4
+        waitUntil log (seconds 60.) "every offset is committed" (fun () -> committed cluster "flaky" "flaky" 4 = ends)
         stopped log handle
         let distinct = sunk |> Seq.distinct |> List.ofSeq
         Expect.equal distinct.Length n "every message sunk at least once"
@@ -485,6 +489,7 @@ let private scaleOut (strategy: string option) =
         {
             o with
                 Name = name
+                CommitInterval = TimeSpan.FromMilliseconds 200.
                 Backpressure = {
                     WorkflowOptions.backpressure with
                         MaxInFlightMessages = 2000
@@ -506,6 +511,9 @@ let private scaleOut (strategy: string option) =
     waitUntil log (seconds 30.) "b has every partition" (fun () -> b.Stats.AssignedPartitions = 4)
     let takeover = clock.Elapsed
     waitUntil log (seconds 60.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= n)
+    // b may still be re-reading what a had sunk but not committed: wait for its commits.
+    let ends = endOffsets cluster topic 4
+    waitUntil log (seconds 60.) "every offset is committed" (fun () -> committed cluster "shared" topic 4 = ends)
     stopped log b
     Expect.equal (sunk |> Seq.distinct |> Seq.length) n "every message sunk at least once"
     Expect.equal (committed cluster "shared" topic 4) (endOffsets cluster topic 4) "all committed"
@@ -543,6 +551,7 @@ let private staleCompletion =
             options cluster log "stale" [ "stale" ] with
                 Name = name
                 DrainTimeout = TimeSpan.FromMilliseconds 300.
+                CommitInterval = TimeSpan.FromMilliseconds 200.
                 Properties =
                     (options cluster log "stale" [ "stale" ]).Properties
                     @ [ "partition.assignment.strategy", "cooperative-sticky" ]
@@ -556,9 +565,13 @@ let private staleCompletion =
         gate.SetResult()
         waitUntil log (seconds 30.) "the late completions are refused" (fun () -> a.Stats.Refused >= 1L)
         waitUntil log (seconds 30.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= 40)
+        // Committed by the periodic commit while the group is stable (the mock refuses commits
+        // during the rebalances the stops cause).
+        let ends = endOffsets cluster "stale" 2
+        waitUntil log (seconds 30.) "every offset is committed" (fun () -> committed cluster "stale" "stale" 2 = ends)
         stopped log a
         stopped log b
-        Expect.equal (committed cluster "stale" "stale" 2) (endOffsets cluster "stale" 2) "all committed"
+        Expect.equal (committed cluster "stale" "stale" 2) (endOffsets cluster "stale" 2) $"all committed.\nLog:\n{log.Tail}"
         Expect.isGreaterThan (log.Count "the ledger refused a completion") 0 "the refusal is logged"
     }
 
