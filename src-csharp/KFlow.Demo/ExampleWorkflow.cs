@@ -28,16 +28,17 @@ public static class ExampleWorkflow
     public const string CreateTable =
         "CREATE TABLE IF NOT EXISTS my_table (key text PRIMARY KEY, foo bigint NOT NULL, bar text, baz double precision)";
 
-    private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
-
     /// <summary>The workflow, built and checked.</summary>
-    public static KFlowWorkflow Build() =>
-        // [example-workflow]
-        Workflow.FromKafka(Topic, GroupId)
-            .Map(m => JsonSerializer.Deserialize<Event>(m.Value, Json)! with { Key = m.Key })
+    public static KFlowWorkflow Build()
+    {
+        //[example-workflow]
+        var json = new JsonSerializerOptions(JsonSerializerDefaults.Web);
+        return Workflow.FromKafka("example_topic", "example_consumer_group_id")
+            .Map(m => JsonSerializer.Deserialize<Event>(m.Value, json)! with { Key = m.Key })
             .Demux(e => e.Key)
             .Aggregate(Batch.OfMessages(100))
-            .ToPostgres(Table, "key")
+            .ToPostgres("my_table", "key")
             .Build();
-    // [/example-workflow]
+        //[/example-workflow]
+    }
 }

@@ -15,6 +15,7 @@ internal static class Program
             FlowTests.Tests,
             PostgresColumnsTests.Tests,
             ServiceCollectionExtensionsTests.Tests,
+            CSharpGuideTests.Tests,
             WorkflowTests.Tests,
             DemoTests.Tests,
         }));
