@@ -96,8 +96,50 @@ internal static class PublicSurfaceTests
         return found;
     }
 
+    /// <summary>The facade's public surface, one line per type and visible member, sorted.</summary>
+    internal static string Surface(Assembly assembly)
+    {
+        var lines = new List<string>();
+        foreach (var type in assembly.GetExportedTypes().OrderBy(t => t.FullName, StringComparer.Ordinal))
+        {
+            lines.Add($"{type.FullName} : {type.BaseType?.FullName ?? "-"}");
+            var members = type.GetMembers(Declared).Where(m => m switch
+            {
+                MethodBase mb => Visible(mb),
+                FieldInfo f => Visible(f),
+                PropertyInfo p => (p.GetMethod is { } g && Visible(g)) || (p.SetMethod is { } s && Visible(s)),
+                EventInfo e => e.AddMethod is { } a && Visible(a),
+                Type nested => nested.IsNestedPublic || nested.IsNestedFamily,
+                _ => false,
+            });
+            lines.AddRange(members.Select(m => $"  {m.MemberType} {m}").OrderBy(l => l, StringComparer.Ordinal));
+        }
+
+        return string.Join("\n", lines) + "\n";
+    }
+
+    private static string BaselineFile()
+    {
+        var dir = new System.IO.DirectoryInfo(AppContext.BaseDirectory);
+        while (dir is not null && !System.IO.File.Exists(System.IO.Path.Combine(dir.FullName, "KFlow.Functional.sln"))) dir = dir.Parent;
+        return System.IO.Path.Combine(dir?.FullName ?? ".", "tests", "KFlow.Hosting.Tests", "PublicApi.txt");
+    }
+
     public static readonly Test Tests = Runner.TestList("PublicSurface", new[]
     {
+        Runner.TestCase("the public surface is the one recorded in PublicApi.txt (KFLOW_WRITE_PUBLIC_API=1 rewrites it)", () =>
+        {
+            var actual = Surface(typeof(Flow<>).Assembly);
+            var file = BaselineFile();
+            if (Environment.GetEnvironmentVariable("KFLOW_WRITE_PUBLIC_API") == "1")
+                System.IO.File.WriteAllText(file, actual);
+            var recorded = System.IO.File.Exists(file) ? System.IO.File.ReadAllText(file).Replace("\r\n", "\n") : "";
+            var added = actual.Split('\n').Except(recorded.Split('\n')).ToList();
+            var removed = recorded.Split('\n').Except(actual.Split('\n')).ToList();
+            Expect.IsTrue(added.Count == 0 && removed.Count == 0,
+                "The facade's public API changed; if intended, rerun with KFLOW_WRITE_PUBLIC_API=1 and commit PublicApi.txt.\n" +
+                "added:\n" + string.Join("\n", added) + "\nremoved:\n" + string.Join("\n", removed));
+        }),
         Runner.TestCase("no F# type appears in a public or protected signature of the facade", () =>
         {
             var exported = typeof(Flow<>).Assembly.GetExportedTypes();
