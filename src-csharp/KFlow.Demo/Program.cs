@@ -98,11 +98,30 @@ internal static class Program
         var progress = new ProgressView(total, Console.IsOutputRedirected);
 
         // Embedded: run until every event was consumed. Configured: until Ctrl+C / SIGTERM.
+        // After a failure (none expected) messages are read again, so "consumed ≥ N" alone is not
+        // enough: wait until the commits reach the end offsets; and give up after 60 s without
+        // progress, so a workflow stuck on a failing message still ends with the check.
+        var lastConsumed = -1L;
+        var stalledSince = started.Elapsed;
         while (!lifetime.ApplicationStopping.IsCancellationRequested && !running.Completion.IsCompleted)
         {
             var p = running.Progress;
-            progress.Show(p, monitor.Committed(), monitor.EndOffsets(), started.Elapsed);
-            if (embeddedKafka && p.Consumed >= total && p.Failures == 0) break;
+            var committedNow = monitor.Committed();
+            var endsNow = monitor.EndOffsets();
+            progress.Show(p, committedNow, endsNow, started.Elapsed);
+            if (p.Consumed != lastConsumed)
+            {
+                lastConsumed = p.Consumed;
+                stalledSince = started.Elapsed;
+            }
+
+            if (embeddedKafka && p.Consumed >= total && (p.Failures == 0 || committedNow.Sum() >= endsNow.Sum())) break;
+            if (embeddedKafka && started.Elapsed - stalledSince > TimeSpan.FromSeconds(60))
+            {
+                Console.WriteLine("No progress for 60 s (see the failures above); stopping.");
+                break;
+            }
+
             try
             {
                 await Task.Delay(progress.Interval, lifetime.ApplicationStopping);

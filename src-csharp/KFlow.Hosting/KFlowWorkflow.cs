@@ -44,8 +44,8 @@ public sealed class KFlowWorkflow
     /// <summary>Starts the workflow: creates its sink (a PostgreSQL sink checks its table now), joins
     /// the consumer group and runs the pipeline on every assigned partition.</summary>
     /// <param name="options">Kafka and PostgreSQL settings; validated here.</param>
-    /// <param name="logger">Receives the runtime's log lines (assignments, revokes, pauses, failures,
-    /// restarts). Default: none.</param>
+    /// <param name="logger">Receives the runtime's log lines: assignments, revokes and pauses at
+    /// Information, failures and restarts at Warning. Default: none.</param>
     /// <param name="cancellationToken">Cancels the start (the sink's creation).</param>
     /// <exception cref="ArgumentException">A setting is invalid; the message names it.</exception>
     public async Task<RunningWorkflow> StartAsync(
@@ -62,7 +62,17 @@ public sealed class KFlowWorkflow
         cancellationToken.ThrowIfCancellationRequested();
         var pipe = await _start(ctx).ConfigureAwait(false);
         var kafka = options.Kafka;
-        Action<string>? log = logger is null ? null : line => logger.LogInformation("{Line}", line);
+        // The runtime's lines are plain text; failures and restarts are raised to Warning so they
+        // show under the usual "Information for the app, Warning for libraries" filters.
+        Action<string>? log = logger is null
+            ? null
+            : line =>
+            {
+                var warning = line.Contains(" failed", StringComparison.Ordinal)
+                              || line.Contains("restarting", StringComparison.Ordinal)
+                              || line.Contains("halting", StringComparison.Ordinal);
+                logger.Log(warning ? LogLevel.Warning : LogLevel.Information, "{Line}", line);
+            };
         var handle = WorkflowCore.Run(
             Name,
             kafka.BootstrapServers!,
