@@ -29,6 +29,7 @@ public sealed class RunningWorkflow : IAsyncDisposable
         _stopping = stopping;
         _drainTimeout = drainTimeout;
         _stop = new Lazy<Task>(StopOnceAsync);
+        KFlowMeter.Track(this);
     }
 
     /// <summary>The workflow's name.</summary>
@@ -74,6 +75,7 @@ public sealed class RunningWorkflow : IAsyncDisposable
         }
 
         _stopping.Dispose();
+        KFlowMeter.Untrack(this);
     }
 
     /// <inheritdoc />

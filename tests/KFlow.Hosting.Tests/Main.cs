@@ -17,6 +17,7 @@ internal static class Program
             ServiceCollectionExtensionsTests.Tests,
             CSharpGuideTests.Tests,
             WorkflowTests.Tests,
+            KFlowMeterTests.Tests,
             DemoTests.Tests,
         }));
 }

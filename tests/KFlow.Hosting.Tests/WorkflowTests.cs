@@ -22,7 +22,7 @@ internal static class WorkflowTests
 {
     private static readonly Lazy<EmbeddedKafkaCluster> Cluster = new(() => EmbeddedKafka.Start(1));
 
-    private static KFlowOptions Options() => new()
+    internal static KFlowOptions Options() => new()
     {
         Kafka = new KafkaSettings
         {
@@ -33,7 +33,7 @@ internal static class WorkflowTests
         },
     };
 
-    private static void Produce(string topic, int count, int keys)
+    internal static void Produce(string topic, int count, int keys)
     {
         Cluster.Value.CreateTopic(topic, 4);
         using var producer = new ProducerBuilder<string, string>(Cluster.Value.ProducerConfig()).Build();
@@ -52,7 +52,7 @@ internal static class WorkflowTests
         return committed.Select(c => Math.Max(0, c.Offset.Value)).Concat(ends).ToArray();
     }
 
-    private static async Task Until(Func<bool> condition, string what)
+    internal static async Task Until(Func<bool> condition, string what)
     {
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
         while (!condition())
