@@ -2,6 +2,7 @@
 using System;
 using System.Collections.Generic;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -19,7 +20,9 @@ public sealed class KFlowBuilder
     public IServiceCollection Services { get; }
 
     /// <summary>Runs <paramref name="workflow"/> as a hosted service: started with the host, stopped
-    /// gracefully (flush, drain, commit) when the host stops.</summary>
+    /// gracefully (flush, drain, commit) when the host stops. Also adds its health check
+    /// "kflow:&lt;name&gt;" (tag "kflow"): unhealthy before the start, after a stop or a halt; degraded
+    /// while it waits to restart after a failure; healthy otherwise.</summary>
     /// <exception cref="ArgumentException">A workflow of the same name was added already.</exception>
     public KFlowBuilder AddWorkflow(KFlowWorkflow workflow)
     {
@@ -34,6 +37,12 @@ public sealed class KFlowBuilder
             sp.GetRequiredService<KFlowRuntime>(),
             sp.GetRequiredService<IHostApplicationLifetime>(),
             sp.GetRequiredService<ILoggerFactory>()));
+        var name = workflow.Name;
+        Services.AddHealthChecks().Add(new HealthCheckRegistration(
+            "kflow:" + name,
+            sp => new WorkflowHealthCheck(name, sp.GetRequiredService<KFlowRuntime>()),
+            failureStatus: null,
+            tags: new[] { "kflow" }));
         return this;
     }
 

@@ -18,6 +18,7 @@ internal static class Program
             CSharpGuideTests.Tests,
             WorkflowTests.Tests,
             KFlowMeterTests.Tests,
+            WorkflowHealthCheckTests.Tests,
             DemoTests.Tests,
         }));
 }

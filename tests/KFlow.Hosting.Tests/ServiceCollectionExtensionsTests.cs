@@ -67,11 +67,16 @@ internal static class ServiceCollectionExtensionsTests
             Expect.Contains(e.Message, "KFlow__Kafka__BootstrapServers", "the message names the environment variable");
             Expect.Contains(e.Message, "KFlow:Kafka:MaxInFlightMessages must be ≥ 1 (got 0)", "every problem is named");
         }),
-        Runner.TestCase("each workflow is one hosted service", () =>
+        Runner.TestCase("each workflow is one hosted service with its health check", () =>
         {
             var services = new ServiceCollection();
             services.AddKFlow().AddWorkflow(Sample("a")).AddWorkflow(Sample("b"));
-            Expect.AreEqual(services.Count(d => d.ServiceType == typeof(IHostedService)), 2, "two hosted services");
+            // (AddHealthChecks adds its publisher, a hosted service of its own type.)
+            Expect.AreEqual(services.Count(d => d.ServiceType == typeof(IHostedService) && d.ImplementationFactory is not null), 2,
+                "two workflow hosted services");
+            var checks = services.BuildServiceProvider()
+                .GetRequiredService<IOptions<Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckServiceOptions>>().Value.Registrations;
+            Expect.SequenceEqual(checks.Select(r => r.Name).OrderBy(n => n), new[] { "kflow:a", "kflow:b" }, "one health check each");
         }),
         Runner.TestCase("a second workflow of the same name is refused", () =>
         {
