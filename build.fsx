@@ -5,7 +5,6 @@
 open System
 open System.Diagnostics
 open System.IO
-open System.Xml.Linq
 
 let root = __SOURCE_DIRECTORY__
 let solution = Path.Combine(root, "KFlow.Functional.sln")
@@ -113,13 +112,16 @@ type Counts = {
 
 /// Reads Expecto's --nunit-summary file: total, failures, errors, ignored/not-run.
 let readSummary (file: string) =
-    let results = XDocument.Load(file).Root
+    // Only the root element's counts are read: Expecto writes failure messages verbatim, colour
+    // codes (0x1B) included, which an XML parser refuses further down the file.
+    use reader = Xml.XmlReader.Create file
+    reader.MoveToContent() |> ignore
 
     let attr (name: string) =
-        match results.Attribute(XName.Get name) with
+        match reader.GetAttribute name with
         | null -> 0
-        | a when String.IsNullOrWhiteSpace a.Value -> 0
-        | a -> int a.Value
+        | value when String.IsNullOrWhiteSpace value -> 0
+        | value -> int value
 
     let failed = attr "failures" + attr "errors"
     let skipped = attr "ignored" + attr "not-run" + attr "skipped"
@@ -150,7 +152,12 @@ let test (args: string list) =
             let code = run root "dotnet" ([ dll; "--nunit-summary"; summary ] @ args)
 
             if File.Exists summary then
-                let c = readSummary summary
+                let c =
+                    try
+                        readSummary summary
+                    with e ->
+                        eprintfn "build.fsx: cannot read %s (%s); counted as one failure." summary e.Message
+                        { Passed = 0; Failed = 1; Skipped = 0 }
 
                 if c.Passed + c.Failed + c.Skipped = 0 then
                     eprintfn "build.fsx: %s ran no test; counted as one failure." name
@@ -233,7 +240,7 @@ let targets: (string * string * (string list -> unit)) list = [
     "dev-cluster",
     "run an embedded Kafka cluster until Ctrl+C (--brokers N --topic name:partitions)",
     devCluster
-    "bench", "run the benchmarks, write artifacts/bench-results.json (--only NAME)", bench
+    "bench", "run the benchmarks, write artifacts/bench-results.json (--only NAME, --messages N)", bench
     "format", "format the F# sources with fantomas", (fun _ -> format ())
     "format-check", "fail if an F# source is not formatted", (fun _ -> formatCheck ())
 ]

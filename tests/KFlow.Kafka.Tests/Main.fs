@@ -13,6 +13,10 @@ let all =
         WorkflowOptionsTests.tests
         WorkflowTests.tests
         RuntimeDocTests.tests
+        KafkaSinkTests.tests
+        FileSinkTests.tests
+        RetransmitTests.tests
+        CrashTests.tests
     ]
 
 [<EntryPoint>]

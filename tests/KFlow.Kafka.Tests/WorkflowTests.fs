@@ -16,7 +16,10 @@ open KFlow.Kafka.Tests.Kafka
 open KFlow.Testing
 
 let private keyOf (value: string) = value.Substring(0, value.IndexOf ':')
-let private seqOf (value: string) = int (value.Substring(value.IndexOf ':' + 1))
+
+let private seqOf (value: string) =
+    int (value.Substring(value.IndexOf ':' + 1))
+
 let private seconds (n: float) = TimeSpan.FromSeconds n
 
 /// Batches of `count`, or fewer once the oldest waited 200 ms: a revoke's flush shifts batch
@@ -53,7 +56,9 @@ let private stopped (log: Log) (handle: WorkflowHandle) =
     Expect.equal handle.Completion.Status TaskStatus.RanToCompletion $"a clean stop.\nLog:\n{log.Tail}"
 
 let private endToEnd =
-    test "100,000 keyed messages over 8 partitions go through map, demux, aggregate and sink exactly once, in key order, and are all committed" {
+    testCase
+        "100,000 keyed messages over 8 partitions go through map, demux, aggregate and sink exactly once, in key order, and are all committed"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("orders", 8)
         let n = 100_000
@@ -95,10 +100,11 @@ let private endToEnd =
             processed.TotalSeconds
             (float full / processed.TotalSeconds)
             stats.PeakInFlightMessages
-    }
 
 let private gracefulStop =
-    test "a stop flushes the buffered aggregates, sinks them and commits them; before it nothing buffered is committed" {
+    testCase
+        "a stop flushes the buffered aggregates, sinks them and commits them; before it nothing buffered is committed"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("buffered", 1)
         produceKeyed cluster "buffered" 1 50
@@ -111,19 +117,28 @@ let private gracefulStop =
             |> Pipe.sink "record" (recordBatches sunk)
 
         let log = Log()
-        let options = { options cluster log "buffered" [ "buffered" ] with CommitInterval = TimeSpan.FromMilliseconds 100. }
+
+        let options = {
+            options cluster log "buffered" [ "buffered" ] with
+                CommitInterval = TimeSpan.FromMilliseconds 100.
+        }
+
         let handle = Workflow.run options pipe
         waitUntil log (seconds 30.) "50 messages are consumed" (fun () -> handle.Stats.Consumed >= 50L)
         Thread.Sleep 300 // three commit intervals: a wrong commit would show
         Expect.isEmpty sunk "nothing sunk: the batch is not full"
-        Expect.isTrue (committed cluster "buffered" "buffered" 1 |> List.forall (fun (_, o) -> o <= 0L)) "nothing committed past the buffer"
+
+        Expect.isTrue
+            (committed cluster "buffered" "buffered" 1 |> List.forall (fun (_, o) -> o <= 0L))
+            "nothing committed past the buffer"
+
         stopped log handle
         expectOrderedOnce sunk 50
         Expect.equal (committed cluster "buffered" "buffered" 1) [ 0, 50L ] "the flushed batch is committed"
-    }
 
 let private gaps =
-    test "offsets taken by transaction markers never stall the commits" {
+    testCase "offsets taken by transaction markers never stall the commits"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("gaps", 1)
         let config = cluster.ProducerConfig()
@@ -158,20 +173,23 @@ let private gaps =
 
         let log = Log()
         let handle = Workflow.run (options cluster log "gaps" [ "gaps" ]) pipe
+
         waitUntil log (seconds 30.) "the a and b messages are sunk" (fun () ->
             sunk |> Seq.filter (fun v -> not (v.StartsWith "x")) |> Seq.length >= 20)
         // The periodic commit (no stop yet) gets past the three markers, the last one included.
-        waitUntil log (seconds 30.) "the end offset is committed" (fun () -> committed cluster "gaps" "gaps" 1 = ends)
+        waitUntil log (seconds 30.) "the end offset is committed" (fun () ->
+            committed cluster "gaps" "gaps" 1 = ends)
+
         stopped log handle
         expectOrderedOnce (sunk |> Seq.filter (fun v -> not (v.StartsWith "x"))) 20
         // librdkafka's mock cluster does not filter aborted transactions for read_committed
         // consumers (a real broker does): the 5 aborted messages arrive too (docs/runtime.md).
         let aborted = sunk |> Seq.filter (fun v -> v.StartsWith "x") |> Seq.length
         Expect.isTrue (aborted = 0 || aborted = 5) "aborted messages: none (real broker) or all once (mock)"
-    }
 
 let private asyncMaps =
-    test "async maps run their calls concurrently and pass results on in input order" {
+    testCase "async maps run their calls concurrently and pass results on in input order"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("calls", 2)
         let n = 2000
@@ -180,18 +198,17 @@ let private asyncMaps =
         let mutable running = 0
         let mutable peak = 0
 
-        let call (v: string) =
-            task {
-                let now = Interlocked.Increment &running
-                let mutable seen = Volatile.Read &peak
+        let call (v: string) = task {
+            let now = Interlocked.Increment &running
+            let mutable seen = Volatile.Read &peak
 
-                while now > seen && Interlocked.CompareExchange(&peak, now, seen) <> seen do
-                    seen <- Volatile.Read &peak
+            while now > seen && Interlocked.CompareExchange(&peak, now, seen) <> seen do
+                seen <- Volatile.Read &peak
 
-                do! Task.Delay(1 + (seqOf v % 3))
-                Interlocked.Decrement &running |> ignore
-                return v
-            }
+            do! Task.Delay(1 + (seqOf v % 3))
+            Interlocked.Decrement &running |> ignore
+            return v
+        }
 
         let pipe =
             Pipe.source<byte[]>
@@ -207,10 +224,11 @@ let private asyncMaps =
         Expect.isGreaterThan peak 1 "calls overlapped"
         Expect.isLessThanOrEqual peak 16 "at most 8 per partition"
         Expect.equal (committed cluster "calls" "calls" 2) (endOffsets cluster "calls" 2) "all committed"
-    }
 
 let private slowSink =
-    test "a slow sink pauses intake at the in-flight limit and resumes it below the threshold, without loss" {
+    testCase
+        "a slow sink pauses intake at the in-flight limit and resumes it below the threshold, without loss"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("slow", 2)
         let n = 3000
@@ -230,15 +248,14 @@ let private slowSink =
 
                 Encoding.UTF8.GetString bytes)
             |> Pipe.demux keyOf (fun sub -> sub |> Pipe.aggregate (Buffer.count 5))
-            |> Pipe.sink "slow" (fun (batch: string list) ->
-                task {
-                    do! Task.Delay 2
+            |> Pipe.sink "slow" (fun (batch: string list) -> task {
+                do! Task.Delay 2
 
-                    for v in batch do
-                        sunk.Enqueue v
+                for v in batch do
+                    sunk.Enqueue v
 
-                    Interlocked.Add(&inPipe, -batch.Length) |> ignore
-                })
+                Interlocked.Add(&inPipe, -batch.Length) |> ignore
+            })
 
         let log = Log()
         let limit = 200
@@ -262,11 +279,18 @@ let private slowSink =
         Expect.isLessThanOrEqual stats.PeakInFlightMessages (int64 limit) "in flight never above the limit"
         Expect.isLessThanOrEqual peakInPipe limit "the pipe never held more than the limit"
         Expect.equal (committed cluster "slow" "slow" 2) (endOffsets cluster "slow" 2) "all committed"
-        printfn "runtime slow sink: %d pauses, %d resumes, peak in flight %d (limit %d)" stats.Pauses stats.Resumes stats.PeakInFlightMessages limit
-    }
+
+        printfn
+            "runtime slow sink: %d pauses, %d resumes, peak in flight %d (limit %d)"
+            stats.Pauses
+            stats.Resumes
+            stats.PeakInFlightMessages
+            limit
 
 let private stallFlush =
-    test "buffers holding more than the in-flight limit are flushed when intake stalls, instead of waiting for the idle eviction" {
+    testCase
+        "buffers holding more than the in-flight limit are flushed when intake stalls, instead of waiting for the idle eviction"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("stall", 2)
         let n = 5000
@@ -298,10 +322,10 @@ let private stallFlush =
         Expect.isGreaterThanOrEqual handle.Stats.StallFlushes 1L "stalls were flushed"
         Expect.isLessThanOrEqual handle.Stats.PeakInFlightMessages 1000L "the limit held"
         Expect.equal (committed cluster "stall" "stall" 2) (endOffsets cluster "stall" 2) "all committed"
-    }
 
 let private partitionLimit =
-    test "a partition reaching its open-offset limit pauses alone and never holds more" {
+    testCase "a partition reaching its open-offset limit pauses alone and never holds more"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("open", 2)
         let n = 1000
@@ -318,12 +342,11 @@ let private partitionLimit =
 
                 lock peaks (fun () -> peaks[p] <- max peaks[p] now)
                 p, Encoding.UTF8.GetString e.Value)
-            |> Pipe.sink "slow" (fun (p: int, v: string) ->
-                task {
-                    do! Task.Delay 1
-                    sunk.Enqueue v
-                    Interlocked.Decrement &opened[p] |> ignore
-                })
+            |> Pipe.sink "slow" (fun (p: int, v: string) -> task {
+                do! Task.Delay 1
+                sunk.Enqueue v
+                Interlocked.Decrement &opened[p] |> ignore
+            })
 
         let log = Log()
         let limit = 50
@@ -344,10 +367,10 @@ let private partitionLimit =
         Expect.equal handle.Stats.Pauses 0L "the workflow-wide limit was never reached"
         Expect.all peaks (fun peak -> peak <= limit) "no partition held more than its limit"
         Expect.equal (committed cluster "open" "open" 2) (endOffsets cluster "open" 2) "all committed"
-    }
 
 let private brokerDown =
-    test "a broker down for a few seconds mid-stream loses nothing" {
+    testCase "a broker down for a few seconds mid-stream loses nothing"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("flaky", 4)
         let n = 20_000
@@ -358,13 +381,12 @@ let private brokerDown =
             Pipe.source<byte[]>
             |> Pipe.map Encoding.UTF8.GetString
             |> Pipe.demux keyOf (fun sub -> sub |> Pipe.aggregate (batches 10))
-            |> Pipe.sink "record" (fun (batch: string list) ->
-                task {
-                    do! Task.Delay 1
+            |> Pipe.sink "record" (fun (batch: string list) -> task {
+                do! Task.Delay 1
 
-                    for v in batch do
-                        sunk.Enqueue v
-                })
+                for v in batch do
+                    sunk.Enqueue v
+            })
 
         let log = Log()
 
@@ -385,33 +407,41 @@ let private brokerDown =
         waitUntil log (seconds 90.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= n)
         // After the outage it may still be re-reading what it had sunk but not committed.
         let ends = endOffsets cluster "flaky" 4
-        waitUntil log (seconds 60.) "every offset is committed" (fun () -> committed cluster "flaky" "flaky" 4 = ends)
+
+        waitUntil log (seconds 60.) "every offset is committed" (fun () ->
+            committed cluster "flaky" "flaky" 4 = ends)
+
         stopped log handle
         let distinct = sunk |> Seq.distinct |> List.ofSeq
         Expect.equal distinct.Length n "every message sunk at least once"
         Expect.equal (committed cluster "flaky" "flaky" 4) (endOffsets cluster "flaky" 4) "all committed"
         printfn "runtime broker down: %d writes for %d messages (%d duplicates)" sunk.Count n (sunk.Count - n)
-    }
 
 /// A topic of 200 messages (one partition) and a sink that fails on message 100 while `broken`.
-let private poisoned (cluster: EmbeddedKafkaCluster) (topic: string) (broken: bool ref) (sunk: ConcurrentQueue<string>) =
+let private poisoned
+    (cluster: EmbeddedKafkaCluster)
+    (topic: string)
+    (broken: bool ref)
+    (sunk: ConcurrentQueue<string>)
+    =
     cluster.CreateTopic(topic, 1)
     produceKeyed cluster topic 1 200
 
     Pipe.source<byte[]>
     |> Pipe.map Encoding.UTF8.GetString
-    |> Pipe.sink "record" (fun (v: string) ->
-        task {
-            do! Task.Yield()
+    |> Pipe.sink "record" (fun (v: string) -> task {
+        do! Task.Yield()
 
-            if broken.Value && v = "k0:100" then
-                failwith "the sink cannot write k0:100"
+        if broken.Value && v = "k0:100" then
+            failwith "the sink cannot write k0:100"
 
-            sunk.Enqueue v
-        })
+        sunk.Enqueue v
+    })
 
 let private failingSink =
-    test "a failing sink never lets the commit point pass its message; the workflow restarts until it succeeds" {
+    testCase
+        "a failing sink never lets the commit point pass its message; the workflow restarts until it succeeds"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         let broken = ref true
         let sunk = ConcurrentQueue<string>()
@@ -426,22 +456,30 @@ let private failingSink =
 
         Expect.isFalse (Seq.contains "k0:100" sunk) "the failing message was never written"
         broken.Value <- false // the fix is deployed
-        waitUntil log (seconds 30.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= 200)
+
+        waitUntil log (seconds 30.) "every message is sunk" (fun () ->
+            (Seq.distinct sunk |> Seq.length) >= 200)
+
         stopped log handle
         Expect.equal (committed cluster "poison" "poison" 1) [ 0, 200L ] "all committed after the fix"
         Expect.isGreaterThanOrEqual handle.Stats.Failures 2L "the failures are counted"
         Expect.isGreaterThan (log.Count "stage 'record' failed") 0 "the failure is logged with its stage"
-    }
 
 let private halt =
-    test "under Halt a failure faults Completion with the topic, partition, offset and stage" {
+    testCase "under Halt a failure faults Completion with the topic, partition, offset and stage"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         let sunk = ConcurrentQueue<string>()
         let pipe = poisoned cluster "halt" (ref true) sunk
         let log = Log()
 
         let handle =
-            Workflow.run { options cluster log "halt" [ "halt" ] with OnFailure = Halt } pipe
+            Workflow.run
+                {
+                    options cluster log "halt" [ "halt" ] with
+                        OnFailure = Halt
+                }
+                pipe
 
         let ended = handle.Completion.ContinueWith(fun (_: Task) -> ()).Wait(seconds 30.)
         Expect.isTrue ended $"the workflow halted.\nLog:\n{log.Tail}"
@@ -455,9 +493,11 @@ let private halt =
             Expect.stringContains e.Message "halt[0] at offset 100" "the message says where"
         | other -> failtestf "expected a WorkflowFailedException, got %O" other
 
-        Expect.isTrue (committed cluster "halt" "halt" 1 |> List.forall (fun (_, o) -> o <= 100L)) "nothing committed past it"
+        Expect.isTrue
+            (committed cluster "halt" "halt" 1 |> List.forall (fun (_, o) -> o <= 100L))
+            "nothing committed past it"
+
         handle.StopAsync().Wait(seconds 10.) |> ignore
-    }
 
 /// Two instances in one group share 4 partitions; the first stops mid-stream and the second takes
 /// over. Returns the takeover time.
@@ -473,13 +513,12 @@ let private scaleOut (strategy: string option) =
         Pipe.source<byte[]>
         |> Pipe.map Encoding.UTF8.GetString
         |> Pipe.demux keyOf (fun sub -> sub |> Pipe.aggregate (batches 10))
-        |> Pipe.sink "record" (fun (batch: string list) ->
-            task {
-                do! Task.Delay 3
+        |> Pipe.sink "record" (fun (batch: string list) -> task {
+            do! Task.Delay 3
 
-                for v in batch do
-                    sunk.Enqueue v
-            })
+            for v in batch do
+                sunk.Enqueue v
+        })
 
     let log = Log()
 
@@ -496,13 +535,18 @@ let private scaleOut (strategy: string option) =
                 }
                 Properties =
                     o.Properties
-                    @ (strategy |> Option.map (fun s -> "partition.assignment.strategy", s) |> Option.toList)
+                    @ (strategy
+                       |> Option.map (fun s -> "partition.assignment.strategy", s)
+                       |> Option.toList)
         }
 
     let a = Workflow.run (options "a") pipe
     waitUntil log (seconds 30.) "a has partitions" (fun () -> a.Stats.AssignedPartitions > 0)
     let b = Workflow.run (options "b") pipe
-    waitUntil log (seconds 30.) "both share the partitions" (fun () -> a.Stats.AssignedPartitions > 0 && b.Stats.AssignedPartitions > 0)
+
+    waitUntil log (seconds 30.) "both share the partitions" (fun () ->
+        a.Stats.AssignedPartitions > 0 && b.Stats.AssignedPartitions > 0)
+
     Expect.equal (a.Stats.AssignedPartitions + b.Stats.AssignedPartitions) 4 "4 partitions shared"
     // The second half arrives while both run; a stops right away, mid-stream.
     produceRange cluster topic 40 (n / 2) (n / 2)
@@ -513,7 +557,10 @@ let private scaleOut (strategy: string option) =
     waitUntil log (seconds 60.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= n)
     // b may still be re-reading what a had sunk but not committed: wait for its commits.
     let ends = endOffsets cluster topic 4
-    waitUntil log (seconds 60.) "every offset is committed" (fun () -> committed cluster "shared" topic 4 = ends)
+
+    waitUntil log (seconds 60.) "every offset is committed" (fun () ->
+        committed cluster "shared" topic 4 = ends)
+
     stopped log b
     Expect.equal (sunk |> Seq.distinct |> Seq.length) n "every message sunk at least once"
     Expect.equal (committed cluster "shared" topic 4) (endOffsets cluster topic 4) "all committed"
@@ -529,7 +576,9 @@ let private scaleOut (strategy: string option) =
         (sunk.Count - n)
 
 let private staleCompletion =
-    test "a write that finishes after its partition was revoked is refused by the ledger and changes nothing" {
+    testCase
+        "a write that finishes after its partition was revoked is refused by the ledger and changes nothing"
+    <| fun () ->
         use cluster = EmbeddedKafka.start 1
         cluster.CreateTopic("stale", 2)
         produceKeyed cluster "stale" 8 40
@@ -539,11 +588,10 @@ let private staleCompletion =
         let pipe =
             Pipe.source<byte[]>
             |> Pipe.map Encoding.UTF8.GetString
-            |> Pipe.sink "gated" (fun (v: string) ->
-                task {
-                    do! gate.Task
-                    sunk.Enqueue v
-                })
+            |> Pipe.sink "gated" (fun (v: string) -> task {
+                do! gate.Task
+                sunk.Enqueue v
+            })
 
         let log = Log()
 
@@ -558,25 +606,38 @@ let private staleCompletion =
         }
 
         let a = Workflow.run (options "a") pipe
-        waitUntil log (seconds 30.) "a holds both partitions with writes waiting" (fun () -> a.Stats.InFlightMessages >= 40L)
+
+        waitUntil log (seconds 30.) "a holds both partitions with writes waiting" (fun () ->
+            a.Stats.InFlightMessages >= 40L)
+
         let b = Workflow.run (options "b") pipe
         waitUntil log (seconds 30.) "b got a partition" (fun () -> b.Stats.AssignedPartitions = 1)
         // a's drain of the revoked partition timed out; its waiting writes now finish, too late.
         gate.SetResult()
         waitUntil log (seconds 30.) "the late completions are refused" (fun () -> a.Stats.Refused >= 1L)
-        waitUntil log (seconds 30.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= 40)
+
+        waitUntil log (seconds 30.) "every message is sunk" (fun () ->
+            (Seq.distinct sunk |> Seq.length) >= 40)
         // Committed by the periodic commit while the group is stable (the mock refuses commits
         // during the rebalances the stops cause).
         let ends = endOffsets cluster "stale" 2
-        waitUntil log (seconds 30.) "every offset is committed" (fun () -> committed cluster "stale" "stale" 2 = ends)
+
+        waitUntil log (seconds 30.) "every offset is committed" (fun () ->
+            committed cluster "stale" "stale" 2 = ends)
+
         stopped log a
         stopped log b
-        Expect.equal (committed cluster "stale" "stale" 2) (endOffsets cluster "stale" 2) $"all committed.\nLog:\n{log.Tail}"
+
+        Expect.equal
+            (committed cluster "stale" "stale" 2)
+            (endOffsets cluster "stale" 2)
+            $"all committed.\nLog:\n{log.Tail}"
+
         Expect.isGreaterThan (log.Count "the ledger refused a completion") 0 "the refusal is logged"
-    }
 
 let private badProperty =
-    test "an unknown librdkafka property fails Workflow.run with an ArgumentException naming it" {
+    testCase "an unknown librdkafka property fails Workflow.run with an ArgumentException naming it"
+    <| fun () ->
         let log = Log()
 
         let options = {
@@ -588,7 +649,6 @@ let private badProperty =
         Expect.throwsC (fun () -> Workflow.run options Pipe.source<byte[]> |> ignore) (fun e ->
             Expect.isTrue (e :? ArgumentException) $"an ArgumentException, got {e}"
             Expect.stringContains e.Message "no.such.property" "names the property")
-    }
 
 let tests =
     testSequenced
@@ -603,12 +663,12 @@ let tests =
         brokerDown
         failingSink
         halt
-        test "two instances with eager assignment share the partitions and one takes over when the other stops" {
-            scaleOut None
-        }
-        test "two instances with cooperative-sticky assignment share the partitions and one takes over when the other stops" {
-            scaleOut (Some "cooperative-sticky")
-        }
+        testCase
+            "two instances with eager assignment share the partitions and one takes over when the other stops"
+        <| fun () -> scaleOut None
+        testCase
+            "two instances with cooperative-sticky assignment share the partitions and one takes over when the other stops"
+        <| fun () -> scaleOut (Some "cooperative-sticky")
         staleCompletion
         badProperty
     ]
