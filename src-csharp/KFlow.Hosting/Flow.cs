@@ -142,6 +142,35 @@ public sealed record Flow<T>
         return flow.End(name ?? "sink", _ => Task.FromResult<Func<T, Task>>(v => write(v, _.Stopping)));
     }
 
+    /// <summary>Ends the pipeline in a Kafka sink: each value becomes one message of
+    /// <paramref name="topic"/> with the key and value given by <paramref name="key"/> and
+    /// <paramref name="value"/> (Confluent's serializers for their types: string, byte[], int, long,
+    /// ...). The producer is idempotent and uses KafkaSettings.BootstrapServers and
+    /// KafkaSettings.ProducerProperties; a value counts as processed when its delivery report
+    /// succeeds. After a failure and replay a message may be written twice (at least once).</summary>
+    public WorkflowBuilder ToKafka<TKey, TValue>(string topic, Func<T, TKey> key, Func<T, TValue> value)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(value);
+        var flow = string.IsNullOrWhiteSpace(topic) ? Problem("ToKafka: topic must not be empty; name the topic to write to.") : this;
+        return flow.End("kafka:" + topic, ctx =>
+        {
+            var sink = KafkaSinkCore.Create(ctx.Options.Kafka.BootstrapServers!, topic, key, value,
+                ctx.Options.Kafka.ProducerProperties);
+            ctx.Resources.Add(new Disposing(sink));
+            return Task.FromResult<Func<T, Task>>(v => KafkaSinkCore.WriteAsync(sink, new[] { v }));
+        });
+    }
+
+    private sealed class Disposing(IDisposable resource) : IAsyncDisposable
+    {
+        public ValueTask DisposeAsync()
+        {
+            resource.Dispose();
+            return ValueTask.CompletedTask;
+        }
+    }
+
     /// <summary>Ends the pipeline in a sink whose writer is created when the workflow starts.</summary>
     internal WorkflowBuilder End(string sinkName, Func<RunContext, Task<Func<T, Task>>> createWriter)
     {

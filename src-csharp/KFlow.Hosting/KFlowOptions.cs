@@ -30,6 +30,10 @@ public sealed class KafkaSettings
     /// auto.commit.interval.ms and auto.offset.reset are owned by KFlow and refused.</summary>
     public Dictionary<string, string> Properties { get; set; } = new();
 
+    /// <summary>librdkafka producer properties of <c>ToKafka</c> sinks (TLS, SASL, linger.ms, …).
+    /// Default none; enable.idempotence is true unless set here.</summary>
+    public Dictionary<string, string> ProducerProperties { get; set; } = new();
+
     /// <summary>How often the safe offsets are committed. Default 5 s (librdkafka's default too);
     /// revokes and stops also commit.</summary>
     public TimeSpan CommitInterval { get; set; } = TimeSpan.FromSeconds(5);

@@ -100,6 +100,31 @@ internal static class WorkflowTests
             var offsets = Committed(topic, "facade-stages");
             Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "committed offsets = end offsets after the stop");
         }),
+        Runner.TestCase("ToKafka writes each value to the output topic and commits the input", async () =>
+        {
+            const string topic = "facade-kafka-in";
+            Produce(topic, 100, 5);
+            var running = await Workflow.FromKafka(topic, "facade-kafka")
+                .Map(m => (m.Key, Text: Encoding.UTF8.GetString(m.Value!)))
+                .ToKafka("facade-kafka-out", e => e.Key, e => "v" + e.Text)
+                .Build()
+                .StartAsync(Options());
+            await Until(() => running.Progress.Written >= 100, "100 messages are produced");
+            await running.StopAsync();
+            using var reader = new ConsumerBuilder<string, string>(Cluster.Value.ConsumerConfig("facade-kafka-reader")).Build();
+            reader.Subscribe("facade-kafka-out");
+            var read = new List<(string Key, string Value)>();
+            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+            while (read.Count < 100 && DateTime.UtcNow < deadline)
+                if (reader.Consume(TimeSpan.FromMilliseconds(200)) is { } r) read.Add((r.Message.Key, r.Message.Value));
+            reader.Close();
+            Expect.SequenceEqual(read.Select(r => r.Value).OrderBy(v => v, StringComparer.Ordinal),
+                Enumerable.Range(0, 100).Select(i => "v" + i).OrderBy(v => v, StringComparer.Ordinal), "every value was written once");
+            Expect.IsTrue(read.All(r => r.Key == "k" + (int.Parse(r.Value[1..]) % 5)),
+                "each message keeps its input's key");
+            var offsets = Committed(topic, "facade-kafka");
+            Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "the input's committed offsets = its end offsets");
+        }),
         Runner.TestCase("a workflow added with AddKFlow starts and stops with the host", async () =>
         {
             const string topic = "facade-hosted";
