@@ -210,6 +210,17 @@ let bench (args: string list) =
 
     exec "dotnet" (dll :: args)
 
+/// Runs the demo service (src-csharp/KFlow.Demo): the example workflow on an embedded Kafka cluster and
+/// a throwaway PostgreSQL unless configured otherwise; args go to the program (`--events N`, `--keys K`,
+/// `--KFlow:Kafka:BootstrapServers=host:9092`, ...). Exits with the demo's code (non-zero if data was lost).
+let demo (args: string list) =
+    build ()
+
+    let dll =
+        Path.Combine(root, "src-csharp", "KFlow.Demo", "bin", configuration, "net10.0", "KFlow.Demo.dll")
+
+    exit (run root "dotnet" (dll :: args))
+
 let private formatted = [ "src"; "tests"; "bench"; "build.fsx" ]
 
 /// Formats the F# sources with the pinned fantomas.
@@ -223,6 +234,7 @@ let formatCheck () =
     exec "dotnet" ([ "fantomas"; "--check" ] @ formatted)
 
 let targets: (string * string * (string list -> unit)) list = [
+    "demo", "build, run the demo service: embedded Kafka + throwaway PostgreSQL, check (--events N)", demo
     "build", "restore tools and packages, build the solution (Release)", (fun _ -> build ())
     "test", "build, run every test project, print 'N passed, N failed'", test
     "dev-cluster",

@@ -1,0 +1,61 @@
+// The settings every workflow of a host shares, bound from configuration section "KFlow"
+// (appsettings.json, environment variables KFlow__Kafka__BootstrapServers, command line).
+using System;
+using System.Collections.Generic;
+
+namespace KFlow.Hosting;
+
+/// <summary>KFlow's settings: configuration section <see cref="SectionName"/>.</summary>
+public sealed class KFlowOptions
+{
+    /// <summary>The configuration section the settings bind from: "KFlow".</summary>
+    public const string SectionName = "KFlow";
+
+    /// <summary>The Kafka cluster and the runtime's limits.</summary>
+    public KafkaSettings Kafka { get; set; } = new();
+
+    /// <summary>The PostgreSQL database of <c>ToPostgres</c> sinks.</summary>
+    public PostgresSettings Postgres { get; set; } = new();
+}
+
+/// <summary>Kafka settings (section KFlow:Kafka).</summary>
+public sealed class KafkaSettings
+{
+    /// <summary>The bootstrap.servers list, e.g. "host1:9092,host2:9092". Required, no default
+    /// (env KFlow__Kafka__BootstrapServers).</summary>
+    public string? BootstrapServers { get; set; }
+
+    /// <summary>Other librdkafka consumer properties (TLS, SASL, session.timeout.ms, …). Default none.
+    /// group.id, bootstrap.servers, enable.auto.commit, enable.auto.offset.store,
+    /// auto.commit.interval.ms and auto.offset.reset are owned by KFlow and refused.</summary>
+    public Dictionary<string, string> Properties { get; set; } = new();
+
+    /// <summary>librdkafka producer properties of <c>ToKafka</c> sinks (TLS, SASL, linger.ms, …).
+    /// Default none; enable.idempotence is true unless set here.</summary>
+    public Dictionary<string, string> ProducerProperties { get; set; } = new();
+
+    /// <summary>How often the safe offsets are committed. Default 5 s (librdkafka's default too);
+    /// revokes and stops also commit.</summary>
+    public TimeSpan CommitInterval { get; set; } = TimeSpan.FromSeconds(5);
+
+    /// <summary>Messages in flight per workflow before intake pauses. Default 50,000.</summary>
+    public int MaxInFlightMessages { get; set; } = 50_000;
+
+    /// <summary>Unfinished messages per partition before that partition pauses. Default 20,000.</summary>
+    public int MaxOpenOffsetsPerPartition { get; set; } = 20_000;
+
+    /// <summary>How long a stop or revoke waits for in-flight writes. Default 10 s.</summary>
+    public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Stop the workflow (and the host) on a failure instead of restarting it from the
+    /// committed offsets with backoff (1 s doubling to 30 s). Default false.</summary>
+    public bool HaltOnFailure { get; set; }
+}
+
+/// <summary>PostgreSQL settings (section KFlow:Postgres).</summary>
+public sealed class PostgresSettings
+{
+    /// <summary>The Npgsql connection string of <c>ToPostgres</c> sinks that set none themselves.
+    /// Default null (env KFlow__Postgres__ConnectionString).</summary>
+    public string? ConnectionString { get; set; }
+}

@@ -1,0 +1,63 @@
+// ToPostgres: the sink that upserts batches of POCOs/records into a table (KFlow.Postgres through
+// its C# face), mapping properties to columns by name.
+using System;
+using System.Collections.Generic;
+using System.Linq;
+using System.Threading.Tasks;
+using KFlow.Postgres;
+
+namespace KFlow.Hosting;
+
+/// <summary>PostgreSQL sinks for flows of batches.</summary>
+public static class PostgresFlowExtensions
+{
+    /// <summary>Ends the pipeline by upserting each batch into <paramref name="table"/> in one
+    /// transaction (the last row per key in a batch wins; replays are idempotent). Properties map to
+    /// columns by name (see <see cref="PostgresColumns"/>). The table, its columns and its key are
+    /// checked when the workflow starts; transient errors are retried (10 attempts, 100 ms to 5 s).</summary>
+    public static WorkflowBuilder ToPostgres<TRow>(this Flow<IReadOnlyList<TRow>> flow, PostgresTable table)
+    {
+        ArgumentNullException.ThrowIfNull(flow);
+        ArgumentNullException.ThrowIfNull(table);
+        var columns = table.Columns ?? PostgresColumns.Of<TRow>();
+        var problems = table.Problems().ToList();
+        var known = PostgresColumns.Of<TRow>();
+        if (columns.Count == 0)
+            problems.Add($"ToPostgres: {typeof(TRow).Name} has no public property to write; give it properties or set PostgresTable.Columns.");
+        problems.AddRange(columns.Where(c => !known.Contains(c)).Select(c =>
+            $"ToPostgres: column '{c}' is not a property of {typeof(TRow).Name} (its columns: {string.Join(", ", known)}); use [Column(\"{c}\")] on the property."));
+        problems.AddRange(table.Keys.Where(k => !columns.Contains(k)).Select(k =>
+            $"ToPostgres: key column '{k}' is not among the columns written ({string.Join(", ", columns)})."));
+        var positions = columns.Select(c => known.ToList().IndexOf(c)).ToArray();
+        var all = PostgresColumns.Row<TRow>();
+        Func<TRow, object?[]> row = positions.SequenceEqual(Enumerable.Range(0, known.Count))
+            ? all
+            : r =>
+            {
+                var values = all(r);
+                return positions.Select(p => p < 0 ? null : values[p]).ToArray();
+            };
+        var withProblems = problems.Aggregate(flow, (f, p) => f with { Problems = f.Problems.Add(p) });
+        return withProblems.End("postgres:" + table.Table, async ctx =>
+        {
+            var connection = table.ConnectionString ?? ctx.Options.Postgres.ConnectionString;
+            if (string.IsNullOrWhiteSpace(connection))
+                throw new ArgumentException(
+                    $"ToPostgres('{table.Table}'): no connection string; set KFlow:Postgres:ConnectionString " +
+                    "(appsettings.json, env KFlow__Postgres__ConnectionString, or --KFlow:Postgres:ConnectionString=...) " +
+                    "or PostgresTable.WithConnectionString.");
+            var writer = await UpsertWriterCore.CreateAsync(connection, table.Table, columns, table.Keys,
+                new Func<TRow, object[]>(r => row(r)!)).ConfigureAwait(false);
+            ctx.Resources.Add(writer);
+            return batch => UpsertWriterCore.WriteAsync(writer, batch);
+        });
+    }
+
+    /// <summary>Ends the pipeline by upserting each batch into <paramref name="table"/> keyed by
+    /// <paramref name="keys"/>; see <see cref="ToPostgres{TRow}(Flow{IReadOnlyList{TRow}}, PostgresTable)"/>.</summary>
+    public static WorkflowBuilder ToPostgres<TRow>(
+        this Flow<IReadOnlyList<TRow>> flow,
+        string table,
+        params string[] keys) =>
+        flow.ToPostgres(PostgresTable.Named(table, keys));
+}
