@@ -141,19 +141,20 @@ internal static class CSharpGuideTests
     private static void PageMatches(string page)
     {
         var regions = AllRegions();
-        var snippets = Snippets(File.ReadAllText(Path.Combine(Root(), "docs", page)));
-        Expect.IsTrue(snippets.Count > 0, $"docs/{page} has snippets");
+        var snippets = Snippets(File.ReadAllText(Path.Combine(Root(), page)));
+        Expect.IsTrue(snippets.Count > 0, $"{page} has snippets");
         foreach (var (name, body) in snippets)
         {
-            Expect.IsTrue(regions.ContainsKey(name), $"docs/{page}: snippet '{name}' has a compiled region");
-            Expect.AreEqual(body, regions[name], $"docs/{page}: snippet '{name}' is the compiled code");
+            Expect.IsTrue(regions.ContainsKey(name), $"{page}: snippet '{name}' has a compiled region");
+            Expect.AreEqual(body, regions[name], $"{page}: snippet '{name}' is the compiled code");
         }
     }
 
     public static readonly Test Tests = Runner.TestList("CSharpGuide", new[]
     {
-        Runner.TestCase("every snippet of docs/csharp-guide.md is compiled code", () => PageMatches("csharp-guide.md")),
-        Runner.TestCase("every snippet of docs/demo.md is compiled code", () => PageMatches("demo.md")),
+        Runner.TestCase("every snippet of docs/csharp-guide.md is compiled code", () => PageMatches(Path.Combine("docs", "csharp-guide.md"))),
+        Runner.TestCase("every snippet of docs/demo.md is compiled code", () => PageMatches(Path.Combine("docs", "demo.md"))),
+        Runner.TestCase("every C# snippet of README.md is compiled code", () => PageMatches("README.md")),
         Runner.TestCase("every compiled region of the guide appears in docs/csharp-guide.md", () =>
         {
             var guide = Snippets(File.ReadAllText(Path.Combine(Root(), "docs", "csharp-guide.md"))).Select(s => s.Name).ToHashSet();

@@ -22,6 +22,7 @@ let all =
         RetransmitTests.tests
         CrashTests.tests
         FailureHandlingDocTests.tests
+        ReadmeTests.tests
     ]
 
 [<EntryPoint>]
