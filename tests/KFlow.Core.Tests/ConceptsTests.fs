@@ -7,6 +7,7 @@ open System.IO
 open System.Threading.Tasks
 open Expecto
 open KFlow
+open KFlow.Testing
 
 //[stage]
 /// Passes a value on only when it differs from the previous one; a repeat is dropped, which
@@ -27,75 +28,6 @@ let pipe: Pipe<string, Sunk> =
     |> Pipe.demux (fun line -> line.Substring(0, 1)) (fun sub -> sub |> Pipe.aggregate (Buffer.count 2))
     |> Pipe.sink "db" (fun (batch: string list) -> Task.CompletedTask)
 //[/pipe]
-
-/// The fenced snippets of a markdown page: `<!-- snippet: name -->` right above a ```fsharp fence.
-let private snippetsOf (markdown: string) =
-    let lines = markdown.Replace("\r\n", "\n").Split('\n')
-
-    [
-        for i in 0 .. lines.Length - 2 do
-            let line = lines[i].Trim()
-
-            if line.StartsWith "<!-- snippet:" && lines[i + 1].Trim() = "```fsharp" then
-                let name = line.Substring(13).Replace("-->", "").Trim()
-
-                let body =
-                    lines
-                    |> Seq.skip (i + 2)
-                    |> Seq.takeWhile (fun l -> l.Trim() <> "```")
-                    |> List.ofSeq
-
-                name, String.Join("\n", body)
-    ]
-
-/// The marked regions of a source file, dedented.
-let private regionsOf (source: string) =
-    let lines = source.Replace("\r\n", "\n").Split('\n')
-
-    [
-        for i in 0 .. lines.Length - 1 do
-            let line = lines[i].Trim()
-
-            if line.StartsWith "//[" && not (line.StartsWith "//[/") && line.EndsWith "]" then
-                let name = line.Substring(3, line.Length - 4)
-
-                let body =
-                    lines
-                    |> Seq.skip (i + 1)
-                    |> Seq.takeWhile (fun l -> l.Trim() <> sprintf "//[/%s]" name)
-                    |> List.ofSeq
-
-                let indent =
-                    body
-                    |> List.filter (fun l -> l.Trim() <> "")
-                    |> List.map (fun l -> l.Length - l.TrimStart().Length)
-                    |> function
-                        | [] -> 0
-                        | xs -> List.min xs
-
-                name,
-                String.Join(
-                    "\n",
-                    body
-                    |> List.map (fun l ->
-                        if l.Length >= indent then
-                            l.Substring indent
-                        else
-                            l.TrimStart())
-                )
-    ]
-
-/// The repository root: the first directory upwards from the test assembly holding KFlow.Functional.sln.
-let private repoRoot () =
-    let rec up (dir: DirectoryInfo | null) =
-        match dir with
-        | null ->
-            failwith
-                "KFlow.Functional.sln not found above the test assembly; run the tests from the repository."
-        | dir when File.Exists(Path.Combine(dir.FullName, "KFlow.Functional.sln")) -> dir.FullName
-        | dir -> up dir.Parent
-
-    up (DirectoryInfo AppContext.BaseDirectory)
 
 let tests =
     testList "Concepts (docs)" [
@@ -175,23 +107,12 @@ let tests =
             Expect.equal (TestDriver.committed tp afterSecond) 6L "second batch sunk"
         //[/manual]
         }
-        test "docs/concepts.md shows exactly the marked regions of this file" {
-            let root = repoRoot ()
-            let page = File.ReadAllText(Path.Combine(root, "docs", "concepts.md"))
+        testCase "docs/concepts.md shows exactly the marked regions of this file"
+        <| fun () ->
+            let root = DocSnippets.repoRoot ()
 
-            let source =
-                File.ReadAllText(Path.Combine(root, "tests", "KFlow.Core.Tests", "ConceptsTests.fs"))
-
-            let shown = snippetsOf page
-            let marked = regionsOf source |> Map.ofList
-            Expect.isNonEmpty shown "the page has snippets"
-
-            Expect.equal
-                (shown |> List.map fst |> Set.ofList)
-                (marked |> Map.keys |> Set.ofSeq)
-                "every region is shown, nothing else"
-
-            for name, body in shown do
-                Expect.equal body marked[name] (sprintf "snippet %s matches its region" name)
-        }
+            DocSnippets.expectPageShowsRegions
+                "fsharp"
+                (Path.Combine(root, "docs", "concepts.md"))
+                (Path.Combine(root, "tests", "KFlow.Core.Tests", "ConceptsTests.fs"))
     ]

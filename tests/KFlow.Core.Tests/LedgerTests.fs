@@ -6,6 +6,7 @@ open System
 open System.IO
 open Expecto
 open KFlow
+open KFlow.Testing
 open KFlow.Core.Tests.LedgerModel
 
 let private modelBased (commands: Command list) =
@@ -197,35 +198,6 @@ let example () =
     before, after, again
 //[/ledger-example]
 
-/// The repository root: the directory above the test assembly that holds the solution.
-let repoRoot () =
-    let rec up (dir: DirectoryInfo | null) =
-        match dir with
-        | null -> failtest "No directory above the test assembly holds KFlow.Functional.sln."
-        | dir when File.Exists(Path.Combine(dir.FullName, "KFlow.Functional.sln")) -> dir.FullName
-        | dir -> up dir.Parent
-
-    up (DirectoryInfo AppContext.BaseDirectory)
-
-/// The lines between `//[key]` and `//[/key]` in a source file.
-let markedRegion (key: string) (lines: string[]) =
-    let first =
-        Array.findIndex (fun (l: string) -> l.Trim() = sprintf "//[%s]" key) lines
-
-    let last =
-        Array.findIndex (fun (l: string) -> l.Trim() = sprintf "//[/%s]" key) lines
-
-    lines.[first + 1 .. last - 1] |> List.ofArray
-
-/// The fenced block that follows `<!-- snippet: key ... -->` in a Markdown file.
-let fencedSnippet (key: string) (lines: string[]) =
-    let marker =
-        Array.findIndex (fun (l: string) -> l.StartsWith(sprintf "<!-- snippet: %s " key)) lines
-
-    let opening = Array.FindIndex(lines, marker, fun l -> l.StartsWith "```")
-    let closing = Array.FindIndex(lines, opening + 1, fun l -> l.StartsWith "```")
-    lines.[opening + 1 .. closing - 1] |> List.ofArray
-
 let tests =
     testList "Ledger" [
         testList "properties" [
@@ -405,18 +377,13 @@ let tests =
                 | Error(NotOpen t) -> Expect.equal t.Position.Offset 100L "100 was completed"
                 | other -> failtestf "expected NotOpen, got %A" other
             }
-            test "docs/ledger.md shows the example exactly as LedgerTests.fs compiles it" {
-                let root = repoRoot ()
+            testCase "docs/ledger.md shows the example exactly as LedgerTests.fs compiles it"
+            <| fun () ->
+                let root = DocSnippets.repoRoot ()
 
-                let source =
-                    File.ReadAllLines(Path.Combine(root, "tests", "KFlow.Core.Tests", "LedgerTests.fs"))
-
-                let doc = File.ReadAllLines(Path.Combine(root, "docs", "ledger.md"))
-
-                Expect.sequenceEqual
-                    (fencedSnippet "ledger-example" doc)
-                    (markedRegion "ledger-example" source)
-                    "snippet"
-            }
+                DocSnippets.expectPageShowsRegions
+                    "fsharp"
+                    (Path.Combine(root, "docs", "ledger.md"))
+                    (Path.Combine(root, "tests", "KFlow.Core.Tests", "LedgerTests.fs"))
         ]
     ]

@@ -86,7 +86,12 @@ let tests =
                 "the stage is named deserialize"
         }
 
-        test "docs/failure-handling.md shows exactly the marked regions of this file" {
-            DocSnippets.expectPageShowsRegions "failure-handling.md" "FailureHandlingDocTests.fs"
-        }
+        testCase "docs/failure-handling.md shows exactly the marked regions of this file"
+        <| fun () ->
+            let root = KFlow.Testing.DocSnippets.repoRoot ()
+
+            KFlow.Testing.DocSnippets.expectPageShowsRegions
+                "fsharp"
+                (IO.Path.Combine(root, "docs", "failure-handling.md"))
+                (IO.Path.Combine(root, "tests", "KFlow.Kafka.Tests", "FailureHandlingDocTests.fs"))
     ]

@@ -7,6 +7,7 @@ open System.Threading.Tasks
 open Expecto
 open KFlow
 open KFlow.Kafka
+open KFlow.Testing
 
 /// One event of example_topic and one row of my_table.
 type Event = {
@@ -42,13 +43,8 @@ let tests =
         <| fun () ->
             let root = DocSnippets.repoRoot ()
 
-            let shown =
-                DocSnippets.snippetsOf (File.ReadAllText(Path.Combine(root, "README.md")))
-
-            let marked =
-                DocSnippets.regionsOf (
-                    File.ReadAllText(Path.Combine(root, "tests", "KFlow.Kafka.Tests", "ReadmeTests.fs"))
-                )
-
-            Expect.equal shown marked "README.md's F# snippets are the marked regions of ReadmeTests.fs"
+            DocSnippets.expectPageShowsRegions
+                "fsharp"
+                (Path.Combine(root, "README.md"))
+                (Path.Combine(root, "tests", "KFlow.Kafka.Tests", "ReadmeTests.fs"))
     ]

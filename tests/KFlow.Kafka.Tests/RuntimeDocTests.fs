@@ -46,57 +46,6 @@ let consoleMain (argv: string[]) =
     if handle.Completion.IsFaulted then 1 else 0
 //[/console]
 
-/// The fenced snippets of a markdown page: `<!-- snippet: name -->` right above a ```fsharp fence.
-let private snippetsOf (markdown: string) =
-    let lines = markdown.Replace("\r\n", "\n").Split('\n')
-
-    [
-        for i in 0 .. lines.Length - 2 do
-            if lines[i].Trim().StartsWith "<!-- snippet:" && lines[i + 1].Trim() = "```fsharp" then
-                let name = lines[i].Trim().Substring(13).Replace("-->", "").Trim()
-                let body = lines |> Seq.skip (i + 2) |> Seq.takeWhile (fun l -> l.Trim() <> "```")
-                name, String.Join("\n", body)
-    ]
-
-/// The marked regions of a source file, dedented.
-let private regionsOf (source: string) =
-    let lines = source.Replace("\r\n", "\n").Split('\n')
-
-    [
-        for i in 0 .. lines.Length - 1 do
-            let line = lines[i].Trim()
-
-            if line.StartsWith "//[" && not (line.StartsWith "//[/") && line.EndsWith "]" then
-                let name = line.Substring(3, line.Length - 4)
-
-                let body =
-                    lines
-                    |> Seq.skip (i + 1)
-                    |> Seq.takeWhile (fun l -> l.Trim() <> $"//[/{name}]")
-                    |> List.ofSeq
-
-                let indent =
-                    match body |> List.filter (fun l -> l.Trim() <> "") with
-                    | [] -> 0
-                    | xs -> xs |> List.map (fun l -> l.Length - l.TrimStart().Length) |> List.min
-
-                name,
-                String.Join(
-                    "\n",
-                    body
-                    |> List.map (fun l -> if l.Length >= indent then l.Substring indent else l.Trim())
-                )
-    ]
-
-let private repoRoot () =
-    let rec up (dir: DirectoryInfo | null) =
-        match dir with
-        | null -> failtest "KFlow.Functional.sln not found above the test binaries"
-        | d when File.Exists(Path.Combine(d.FullName, "KFlow.Functional.sln")) -> d.FullName
-        | d -> up d.Parent
-
-    up (DirectoryInfo AppContext.BaseDirectory)
-
 let tests =
     testSequenced
     <| testList "RuntimeDoc" [
@@ -151,22 +100,12 @@ let tests =
             Expect.equal committed ends "every partition with messages is committed to its end"
         }
 
-        test "docs/runtime.md shows exactly the marked regions of this file" {
-            let root = repoRoot ()
-            let page = File.ReadAllText(Path.Combine(root, "docs", "runtime.md"))
+        testCase "docs/runtime.md shows exactly the marked regions of this file"
+        <| fun () ->
+            let root = DocSnippets.repoRoot ()
 
-            let source =
-                File.ReadAllText(Path.Combine(root, "tests", "KFlow.Kafka.Tests", "RuntimeDocTests.fs"))
-
-            let shown = snippetsOf page
-            let marked = regionsOf source |> Map.ofList
-
-            Expect.equal
-                (shown |> List.map fst |> Set.ofList)
-                (marked |> Map.keys |> Set.ofSeq)
-                "every region is shown"
-
-            for name, body in shown do
-                Expect.equal body marked[name] $"snippet {name} matches its region"
-        }
+            DocSnippets.expectPageShowsRegions
+                "fsharp"
+                (Path.Combine(root, "docs", "runtime.md"))
+                (Path.Combine(root, "tests", "KFlow.Kafka.Tests", "RuntimeDocTests.fs"))
     ]

@@ -11,6 +11,7 @@ let all =
         PostgresTests.tests
         PipePropertiesTests.tests
         TestingPipesDocTests.tests
+        DocSnippetsTests.tests
     ]
 
 [<EntryPoint>]

@@ -41,66 +41,6 @@ let orderTests =
     ]
 //[/property-expecto]
 
-/// The repository root: the first directory above the test assembly holding KFlow.Functional.sln.
-let private repoRoot () =
-    let rec up (dir: DirectoryInfo | null) =
-        match dir with
-        | null ->
-            failwithf
-                "No KFlow.Functional.sln above %s; run the tests from a clone of the repository."
-                AppContext.BaseDirectory
-        | dir when File.Exists(Path.Combine(dir.FullName, "KFlow.Functional.sln")) -> dir.FullName
-        | dir -> up dir.Parent
-
-    up (DirectoryInfo AppContext.BaseDirectory)
-
-/// Lines without their common indentation and without surrounding blank lines.
-let private dedent (lines: string list) =
-    let lines = lines |> List.map (fun l -> l.TrimEnd())
-
-    let indents =
-        lines
-        |> List.filter (fun l -> l <> "")
-        |> List.map (fun l -> l.Length - l.TrimStart().Length)
-
-    let cut = if indents.IsEmpty then 0 else List.min indents
-
-    lines
-    |> List.map (fun l -> if l = "" then l else l.Substring cut)
-    |> List.skipWhile ((=) "")
-    |> List.rev
-    |> List.skipWhile ((=) "")
-    |> List.rev
-
-/// The marked regions of a source file: name -> lines.
-let private regions (source: string list) =
-    source
-    |> List.indexed
-    |> List.choose (fun (i, l) ->
-        let t = l.Trim()
-
-        if t.StartsWith "//[" && not (t.StartsWith "//[/") && t.EndsWith "]" then
-            let name = t.Substring(3, t.Length - 4)
-            let stop = source |> List.findIndex (fun l -> l.Trim() = sprintf "//[/%s]" name)
-            Some(name, dedent source[i + 1 .. stop - 1])
-        else
-            None)
-    |> Map.ofList
-
-/// The F# blocks of a markdown file: (snippet name from the preceding `<!-- snippet: name -->`, lines).
-let private fences (doc: string list) =
-    let rec go (acc: (string option * string list) list) (previous: string option) lines =
-        match lines with
-        | [] -> List.rev acc
-        | (l: string) :: rest when l.Trim() = "```fsharp" ->
-            let body = rest |> List.takeWhile (fun l -> l.Trim() <> "```")
-            go ((previous, dedent body) :: acc) None (List.skip (body.Length + 1) rest)
-        | l :: rest when l.Trim().StartsWith "<!-- snippet:" ->
-            go acc (Some(l.Trim().Replace("<!-- snippet:", "").Replace("-->", "").Trim())) rest
-        | l :: rest -> go acc (if l.Trim() = "" then previous else None) rest
-
-    go [] None doc
-
 let tests =
     testList "Testing pipes guide" [
         test "a test driver run: feed, commit points, written batches" {
@@ -206,45 +146,12 @@ let tests =
         //[/property-check]
         }
         orderTests
-        test "every F# block of the doc equals its marked region here" {
-            let root = repoRoot ()
+        testCase "every F# block of the doc equals its marked region here"
+        <| fun () ->
+            let root = DocSnippets.repoRoot ()
 
-            let doc =
-                File.ReadAllLines(Path.Combine(root, "docs", "testing-pipes.md"))
-                |> List.ofArray
-
-            let source =
-                File.ReadAllLines(
-                    Path.Combine(root, "tests", "KFlow.Testing.Tests", "TestingPipesDocTests.fs")
-                )
-                |> List.ofArray
-
-            let marked = regions source
-            let blocks = fences doc
-            Expect.isNonEmpty blocks "the doc has F# examples"
-
-            for name, lines in blocks do
-                match name with
-                | None ->
-                    failtestf
-                        "An F# block of the doc has no <!-- snippet: name --> line before it:\n%s"
-                        (String.concat "\n" lines)
-                | Some name ->
-                    match Map.tryFind name marked with
-                    | None ->
-                        failtestf
-                            "The doc's snippet %s has no //[%s] region in TestingPipesDocTests.fs"
-                            name
-                            name
-                    | Some region ->
-                        Expect.sequenceEqual
-                            lines
-                            region
-                            (sprintf "snippet %s equals its compiled region" name)
-
-            let used = blocks |> List.choose fst |> Set.ofList
-
-            for KeyValue(name, _) in marked do
-                Expect.isTrue (used.Contains name) (sprintf "region %s is shown in the doc" name)
-        }
+            DocSnippets.expectPageShowsRegions
+                "fsharp"
+                (Path.Combine(root, "docs", "testing-pipes.md"))
+                (Path.Combine(root, "tests", "KFlow.Testing.Tests", "TestingPipesDocTests.fs"))
     ]
