@@ -122,9 +122,18 @@ let problems (language: string) (markdown: string) (source: string) : string lis
     ]
 
 /// Raises an exception listing the problems (see `problems`) when the markdown file at `pagePath`
-/// does not show exactly the regions of the source file at `sourcePath`.
+/// does not show exactly the regions of the source file at `sourcePath`. A relative path is read
+/// from `repoRoot ()`, e.g. `expectPageShowsRegions "fsharp" "docs/guide.md" "tests/X/GuideTests.fs"`.
 let expectPageShowsRegions (language: string) (pagePath: string) (sourcePath: string) : unit =
-    match problems language (File.ReadAllText pagePath) (File.ReadAllText sourcePath) with
+    let read (path: string) =
+        File.ReadAllText(
+            if Path.IsPathRooted path then
+                path
+            else
+                Path.Combine(repoRoot (), path)
+        )
+
+    match problems language (read pagePath) (read sourcePath) with
     | [] -> ()
     | found ->
         failwithf

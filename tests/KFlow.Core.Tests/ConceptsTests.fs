@@ -109,10 +109,8 @@ let tests =
         }
         testCase "docs/concepts.md shows exactly the marked regions of this file"
         <| fun () ->
-            let root = DocSnippets.repoRoot ()
-
             DocSnippets.expectPageShowsRegions
                 "fsharp"
-                (Path.Combine(root, "docs", "concepts.md"))
-                (Path.Combine(root, "tests", "KFlow.Core.Tests", "ConceptsTests.fs"))
+                "docs/concepts.md"
+                "tests/KFlow.Core.Tests/ConceptsTests.fs"
     ]

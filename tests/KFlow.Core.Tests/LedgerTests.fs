@@ -379,11 +379,9 @@ let tests =
             }
             testCase "docs/ledger.md shows the example exactly as LedgerTests.fs compiles it"
             <| fun () ->
-                let root = DocSnippets.repoRoot ()
-
                 DocSnippets.expectPageShowsRegions
                     "fsharp"
-                    (Path.Combine(root, "docs", "ledger.md"))
-                    (Path.Combine(root, "tests", "KFlow.Core.Tests", "LedgerTests.fs"))
+                    "docs/ledger.md"
+                    "tests/KFlow.Core.Tests/LedgerTests.fs"
         ]
     ]

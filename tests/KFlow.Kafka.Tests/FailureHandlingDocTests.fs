@@ -88,10 +88,8 @@ let tests =
 
         testCase "docs/failure-handling.md shows exactly the marked regions of this file"
         <| fun () ->
-            let root = KFlow.Testing.DocSnippets.repoRoot ()
-
             KFlow.Testing.DocSnippets.expectPageShowsRegions
                 "fsharp"
-                (IO.Path.Combine(root, "docs", "failure-handling.md"))
-                (IO.Path.Combine(root, "tests", "KFlow.Kafka.Tests", "FailureHandlingDocTests.fs"))
+                "docs/failure-handling.md"
+                "tests/KFlow.Kafka.Tests/FailureHandlingDocTests.fs"
     ]

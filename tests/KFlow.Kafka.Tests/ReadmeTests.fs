@@ -41,10 +41,5 @@ let tests =
     testList "README" [
         testCase "shows the F# example exactly as compiled here"
         <| fun () ->
-            let root = DocSnippets.repoRoot ()
-
-            DocSnippets.expectPageShowsRegions
-                "fsharp"
-                (Path.Combine(root, "README.md"))
-                (Path.Combine(root, "tests", "KFlow.Kafka.Tests", "ReadmeTests.fs"))
+            DocSnippets.expectPageShowsRegions "fsharp" "README.md" "tests/KFlow.Kafka.Tests/ReadmeTests.fs"
     ]

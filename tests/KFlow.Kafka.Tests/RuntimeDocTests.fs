@@ -102,10 +102,8 @@ let tests =
 
         testCase "docs/runtime.md shows exactly the marked regions of this file"
         <| fun () ->
-            let root = DocSnippets.repoRoot ()
-
             DocSnippets.expectPageShowsRegions
                 "fsharp"
-                (Path.Combine(root, "docs", "runtime.md"))
-                (Path.Combine(root, "tests", "KFlow.Kafka.Tests", "RuntimeDocTests.fs"))
+                "docs/runtime.md"
+                "tests/KFlow.Kafka.Tests/RuntimeDocTests.fs"
     ]

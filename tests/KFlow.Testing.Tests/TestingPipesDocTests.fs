@@ -148,10 +148,8 @@ let tests =
         orderTests
         testCase "every F# block of the doc equals its marked region here"
         <| fun () ->
-            let root = DocSnippets.repoRoot ()
-
             DocSnippets.expectPageShowsRegions
                 "fsharp"
-                (Path.Combine(root, "docs", "testing-pipes.md"))
-                (Path.Combine(root, "tests", "KFlow.Testing.Tests", "TestingPipesDocTests.fs"))
+                "docs/testing-pipes.md"
+                "tests/KFlow.Testing.Tests/TestingPipesDocTests.fs"
     ]
