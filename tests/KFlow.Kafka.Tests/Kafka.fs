@@ -1,11 +1,12 @@
 // Helpers of the runtime tests against the embedded cluster: producing keyed messages, reading a
-// group's committed offsets and the end offsets, workflow options for the cluster, waiting.
+// group's committed offsets and the end offsets, workflow options for the cluster, waiting, stopping.
 module KFlow.Kafka.Tests.Kafka
 
 open System
 open System.Collections.Concurrent
 open System.Diagnostics
 open System.Threading
+open System.Threading.Tasks
 open Confluent.Kafka
 open Expecto
 open KFlow.Kafka
@@ -113,3 +114,26 @@ let waitUntil (log: Log) (within: TimeSpan) (what: string) (condition: unit -> b
             failtestf "Timed out after %O waiting until %s.\nLog:\n%s" within what log.Tail
 
         Thread.Sleep 20
+
+/// A span of `n` seconds.
+let seconds (n: float) = TimeSpan.FromSeconds n
+
+/// A one-broker embedded cluster holding `topic` with `partitions` partitions and `count` messages
+/// over `keys` keys (see `produceKeyed`); the caller disposes it.
+let clusterWith (topic: string) (partitions: int) (keys: int) (count: int) =
+    let cluster = EmbeddedKafka.start 1
+
+    try
+        cluster.CreateTopic(topic, partitions)
+        produceKeyed cluster topic keys count
+        cluster
+    with _ ->
+        cluster.Dispose()
+        reraise ()
+
+/// Stops a workflow; fails the test (with the log's tail) unless the stop ends cleanly within 30 s.
+let stopped (log: Log) (handle: WorkflowHandle) =
+    if not (handle.StopAsync().Wait(seconds 30.)) then
+        failtestf "StopAsync did not finish within 30 s.\nLog:\n%s" log.Tail
+
+    Expect.equal handle.Completion.Status TaskStatus.RanToCompletion $"a clean stop.\nLog:\n{log.Tail}"

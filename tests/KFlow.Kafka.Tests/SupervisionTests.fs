@@ -15,7 +15,6 @@ open KFlow.Kafka
 open KFlow.Kafka.Tests.Kafka
 open KFlow.Testing
 
-let private seconds (n: float) = TimeSpan.FromSeconds n
 let private ms (n: float) = TimeSpan.FromMilliseconds n
 
 let private quick = {
@@ -23,12 +22,6 @@ let private quick = {
     Max = ms 100.
     Jitter = 0.2
 }
-
-let private stopped (log: Log) (handle: WorkflowHandle) =
-    if not (handle.StopAsync().Wait(seconds 30.)) then
-        failtestf "StopAsync did not finish within 30 s.\nLog:\n%s" log.Tail
-
-    Expect.equal handle.Completion.Status TaskStatus.RanToCompletion $"a clean stop.\nLog:\n{log.Tail}"
 
 let private ended (log: Log) (handle: WorkflowHandle) =
     let finished = handle.Completion.ContinueWith(fun (_: Task) -> ()).Wait(seconds 30.)
@@ -267,9 +260,7 @@ let private retryInPlace =
     testCase
         "a sink failing transiently is retried in place with backoff: no restart, nothing committed past it meanwhile, everything arrives once"
     <| fun () ->
-        use cluster = EmbeddedKafka.start 1
-        cluster.CreateTopic("flaky", 1)
-        produceKeyed cluster "flaky" 1 50
+        use cluster = clusterWith "flaky" 1 1 50
         let broken, failures = ref true, ref 0
         let sunk = ConcurrentQueue<string>()
 
@@ -308,9 +299,7 @@ let private defaultSinkRetries =
     testCase
         "by default a sink write failing twice is retried in place: no restart, no failure, every message once"
     <| fun () ->
-        use cluster = EmbeddedKafka.start 1
-        cluster.CreateTopic("twice", 1)
-        produceKeyed cluster "twice" 1 20
+        use cluster = clusterWith "twice" 1 1 20
         let tries = ref 0
         let sunk = ConcurrentQueue<string>()
 
@@ -439,9 +428,7 @@ let private commitErrors =
     testCase
         "offset commits refused by the broker lose nothing: everything arrives and the stop commits the end offsets"
     <| fun () ->
-        use cluster = EmbeddedKafka.start 1
-        cluster.CreateTopic("commits", 1)
-        produceKeyed cluster "commits" 4 400
+        use cluster = clusterWith "commits" 1 4 400
         let sunk = ConcurrentQueue<string>()
 
         let pipe =

@@ -20,7 +20,6 @@ let private keyOf (value: string) = value.Substring(0, value.IndexOf ':')
 let private seqOf (value: string) =
     int (value.Substring(value.IndexOf ':' + 1))
 
-let private seconds (n: float) = TimeSpan.FromSeconds n
 
 /// Batches of `count`, or fewer once the oldest waited 200 ms: a revoke's flush shifts batch
 /// boundaries, so a key's last batch may stay partial (without an age it would wait for the
@@ -47,22 +46,12 @@ let private expectOrderedOnce (sunk: string seq) (count: int) =
     for key, vs in values |> List.groupBy keyOf do
         Expect.sequenceEqual (vs |> List.map seqOf) [ 0 .. vs.Length - 1 ] $"key {key} in order"
 
-let private stopped (log: Log) (handle: WorkflowHandle) =
-    let stop = handle.StopAsync()
-
-    if not (stop.Wait(seconds 30.)) then
-        failtestf "StopAsync did not finish within 30 s.\nLog:\n%s" log.Tail
-
-    Expect.equal handle.Completion.Status TaskStatus.RanToCompletion $"a clean stop.\nLog:\n{log.Tail}"
-
 let private endToEnd =
     testCase
         "100,000 keyed messages over 8 partitions go through map, demux, aggregate and sink exactly once, in key order, and are all committed"
     <| fun () ->
-        use cluster = EmbeddedKafka.start 1
-        cluster.CreateTopic("orders", 8)
         let n = 100_000
-        produceKeyed cluster "orders" 120 n
+        use cluster = clusterWith "orders" 8 120 n
         let sunk = ConcurrentQueue<string>()
 
         let pipe =
@@ -105,9 +94,7 @@ let private gracefulStop =
     testCase
         "a stop flushes the buffered aggregates, sinks them and commits them; before it nothing buffered is committed"
     <| fun () ->
-        use cluster = EmbeddedKafka.start 1
-        cluster.CreateTopic("buffered", 1)
-        produceKeyed cluster "buffered" 1 50
+        use cluster = clusterWith "buffered" 1 1 50
         let sunk = ConcurrentQueue<string>()
 
         let pipe =
@@ -190,10 +177,8 @@ let private gaps =
 let private asyncMaps =
     testCase "async maps run their calls concurrently and pass results on in input order"
     <| fun () ->
-        use cluster = EmbeddedKafka.start 1
-        cluster.CreateTopic("calls", 2)
         let n = 2000
-        produceKeyed cluster "calls" 20 n
+        use cluster = clusterWith "calls" 2 20 n
         let sunk = ConcurrentQueue<string>()
         let mutable running = 0
         let mutable peak = 0
@@ -229,10 +214,8 @@ let private slowSink =
     testCase
         "a slow sink pauses intake at the in-flight limit and resumes it below the threshold, without loss"
     <| fun () ->
-        use cluster = EmbeddedKafka.start 1
-        cluster.CreateTopic("slow", 2)
         let n = 3000
-        produceKeyed cluster "slow" 10 n
+        use cluster = clusterWith "slow" 2 10 n
         let sunk = ConcurrentQueue<string>()
         let mutable inPipe = 0
         let mutable peakInPipe = 0
@@ -291,10 +274,8 @@ let private stallFlush =
     testCase
         "buffers holding more than the in-flight limit are flushed when intake stalls, instead of waiting for the idle eviction"
     <| fun () ->
-        use cluster = EmbeddedKafka.start 1
-        cluster.CreateTopic("stall", 2)
         let n = 5000
-        produceKeyed cluster "stall" 50 n
+        use cluster = clusterWith "stall" 2 50 n
         let sunk = ConcurrentQueue<string>()
 
         // 100 messages per key never fill a batch of 1,000: only a flush empties the buffers.
@@ -326,10 +307,8 @@ let private stallFlush =
 let private partitionLimit =
     testCase "a partition reaching its open-offset limit pauses alone and never holds more"
     <| fun () ->
-        use cluster = EmbeddedKafka.start 1
-        cluster.CreateTopic("open", 2)
         let n = 1000
-        produceKeyed cluster "open" 16 n
+        use cluster = clusterWith "open" 2 16 n
         let sunk = ConcurrentQueue<string>()
         let opened = Array.zeroCreate<int> 2
         let peaks = Array.zeroCreate<int> 2
@@ -371,10 +350,8 @@ let private partitionLimit =
 let private brokerDown =
     testCase "a broker down for a few seconds mid-stream loses nothing"
     <| fun () ->
-        use cluster = EmbeddedKafka.start 1
-        cluster.CreateTopic("flaky", 4)
         let n = 20_000
-        produceKeyed cluster "flaky" 100 n
+        use cluster = clusterWith "flaky" 4 100 n
         let sunk = ConcurrentQueue<string>()
 
         let pipe =
@@ -579,9 +556,7 @@ let private staleCompletion =
     testCase
         "a write that finishes after its partition was revoked is refused by the ledger and changes nothing"
     <| fun () ->
-        use cluster = EmbeddedKafka.start 1
-        cluster.CreateTopic("stale", 2)
-        produceKeyed cluster "stale" 8 40
+        use cluster = clusterWith "stale" 2 8 40
         let sunk = ConcurrentQueue<string>()
         let gate = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
 
