@@ -137,3 +137,7 @@ let stopped (log: Log) (handle: WorkflowHandle) =
         failtestf "StopAsync did not finish within 30 s.\nLog:\n%s" log.Tail
 
     Expect.equal handle.Completion.Status TaskStatus.RanToCompletion $"a clean stop.\nLog:\n{log.Tail}"
+
+/// A pipe reading each message's bytes as a UTF-8 string: the start of most test pipes.
+let decoded () =
+    KFlow.Pipe.source<byte[]> |> KFlow.Pipe.map Text.Encoding.UTF8.GetString

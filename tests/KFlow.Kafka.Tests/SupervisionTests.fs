@@ -264,10 +264,7 @@ let private retryInPlace =
         let broken, failures = ref true, ref 0
         let sunk = ConcurrentQueue<string>()
 
-        let pipe =
-            Pipe.source<byte[]>
-            |> Pipe.map Encoding.UTF8.GetString
-            |> Pipe.sink "db" (flakySink broken failures "k0:20" sunk)
+        let pipe = decoded () |> Pipe.sink "db" (flakySink broken failures "k0:20" sunk)
 
         let log = Log()
 
@@ -304,8 +301,7 @@ let private defaultSinkRetries =
         let sunk = ConcurrentQueue<string>()
 
         let pipe =
-            Pipe.source<byte[]>
-            |> Pipe.map Encoding.UTF8.GetString
+            decoded ()
             |> Pipe.sink "db" (fun v -> task {
                 do! Task.Yield()
 
@@ -336,10 +332,7 @@ let private deadLetterAfterRetries =
         let failures = ref 0
         let sunk = ConcurrentQueue<string>()
 
-        let pipe =
-            Pipe.source<byte[]>
-            |> Pipe.map Encoding.UTF8.GetString
-            |> Pipe.sink "db" (flakySink (ref true) failures "k0:10" sunk)
+        let pipe = decoded () |> Pipe.sink "db" (flakySink (ref true) failures "k0:10" sunk)
 
         let log = Log()
 
@@ -390,8 +383,7 @@ let private deadLetterAsync =
         }
 
         let pipe =
-            Pipe.source<byte[]>
-            |> Pipe.map Encoding.UTF8.GetString
+            decoded ()
             |> Pipe.mapAsync 4 lookup
             |> Pipe.sink "record" (fun v ->
                 sunk.Enqueue v
@@ -432,8 +424,7 @@ let private commitErrors =
         let sunk = ConcurrentQueue<string>()
 
         let pipe =
-            Pipe.source<byte[]>
-            |> Pipe.map Encoding.UTF8.GetString
+            decoded ()
             |> Pipe.sink "record" (fun v ->
                 sunk.Enqueue v
                 Task.CompletedTask)

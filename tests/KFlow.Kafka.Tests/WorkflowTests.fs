@@ -55,8 +55,7 @@ let private endToEnd =
         let sunk = ConcurrentQueue<string>()
 
         let pipe =
-            Pipe.source<byte[]>
-            |> Pipe.map Encoding.UTF8.GetString
+            decoded ()
             |> Pipe.demux keyOf (fun sub -> sub |> Pipe.aggregate (Buffer.count 100))
             |> Pipe.sink "record" (recordBatches sunk)
 
@@ -98,8 +97,7 @@ let private gracefulStop =
         let sunk = ConcurrentQueue<string>()
 
         let pipe =
-            Pipe.source<byte[]>
-            |> Pipe.map Encoding.UTF8.GetString
+            decoded ()
             |> Pipe.aggregate (Buffer.count 1000)
             |> Pipe.sink "record" (recordBatches sunk)
 
@@ -153,10 +151,7 @@ let private gaps =
         Expect.equal (snd ends[0]) 28L "10 + marker + 5 aborted + marker + 10 + marker"
         let sunk = ConcurrentQueue<string>()
 
-        let pipe =
-            Pipe.source<byte[]>
-            |> Pipe.map Encoding.UTF8.GetString
-            |> Pipe.sink "record" (fun v -> recordBatches sunk [ v ])
+        let pipe = decoded () |> Pipe.sink "record" (fun v -> recordBatches sunk [ v ])
 
         let log = Log()
         let handle = Workflow.run (options cluster log "gaps" [ "gaps" ]) pipe
@@ -196,8 +191,7 @@ let private asyncMaps =
         }
 
         let pipe =
-            Pipe.source<byte[]>
-            |> Pipe.map Encoding.UTF8.GetString
+            decoded ()
             |> Pipe.mapAsync 8 call
             |> Pipe.sink "record" (fun v -> recordBatches sunk [ v ])
 
@@ -280,8 +274,7 @@ let private stallFlush =
 
         // 100 messages per key never fill a batch of 1,000: only a flush empties the buffers.
         let pipe =
-            Pipe.source<byte[]>
-            |> Pipe.map Encoding.UTF8.GetString
+            decoded ()
             |> Pipe.demux keyOf (fun sub -> sub |> Pipe.aggregate (Buffer.count 1000))
             |> Pipe.sink "record" (recordBatches sunk)
 
@@ -355,8 +348,7 @@ let private brokerDown =
         let sunk = ConcurrentQueue<string>()
 
         let pipe =
-            Pipe.source<byte[]>
-            |> Pipe.map Encoding.UTF8.GetString
+            decoded ()
             |> Pipe.demux keyOf (fun sub -> sub |> Pipe.aggregate (batches 10))
             |> Pipe.sink "record" (fun (batch: string list) -> task {
                 do! Task.Delay 1
@@ -404,8 +396,7 @@ let private poisoned
     cluster.CreateTopic(topic, 1)
     produceKeyed cluster topic 1 200
 
-    Pipe.source<byte[]>
-    |> Pipe.map Encoding.UTF8.GetString
+    decoded ()
     |> Pipe.sink "record" (fun (v: string) -> task {
         do! Task.Yield()
 
@@ -487,8 +478,7 @@ let private scaleOut (strategy: string option) =
     let sunk = ConcurrentQueue<string>()
 
     let pipe =
-        Pipe.source<byte[]>
-        |> Pipe.map Encoding.UTF8.GetString
+        decoded ()
         |> Pipe.demux keyOf (fun sub -> sub |> Pipe.aggregate (batches 10))
         |> Pipe.sink "record" (fun (batch: string list) -> task {
             do! Task.Delay 3
@@ -561,8 +551,7 @@ let private staleCompletion =
         let gate = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
 
         let pipe =
-            Pipe.source<byte[]>
-            |> Pipe.map Encoding.UTF8.GetString
+            decoded ()
             |> Pipe.sink "gated" (fun (v: string) -> task {
                 do! gate.Task
                 sunk.Enqueue v
