@@ -13,6 +13,7 @@ open System.Threading
 open System.Threading.Tasks
 open Confluent.Kafka
 open Expecto
+open KFlow.Tests
 open KFlow
 open KFlow.Kafka
 open KFlow.Kafka.Tests.Kafka
@@ -20,40 +21,8 @@ open KFlow.Testing
 
 let private seconds (n: float) = TimeSpan.FromSeconds n
 
-/// KFlow.Kafka.CrashChild.dll, built next to this test assembly's configuration (the test project
-/// references the child for build order only).
 let private childDll () =
-    let parent (path: string) =
-        match Path.GetDirectoryName path with
-        | null -> failwith "KFlow.Functional.sln not found above the test assembly."
-        | p -> p
-
-    let baseDir = AppContext.BaseDirectory.TrimEnd Path.DirectorySeparatorChar // tests/X/bin/<Configuration>/<tfm>
-    let tfm = string (Path.GetFileName baseDir)
-    let configuration = string (Path.GetFileName(parent baseDir))
-
-    let rec root (d: string) =
-        if File.Exists(Path.Combine(d, "KFlow.Functional.sln")) then
-            d
-        else
-            root (parent d)
-
-    let dll =
-        Path.Combine(
-            root baseDir,
-            "tests",
-            "support",
-            "KFlow.Kafka.CrashChild",
-            "bin",
-            configuration,
-            tfm,
-            "KFlow.Kafka.CrashChild.dll"
-        )
-
-    if not (File.Exists dll) then
-        failwith $"{dll} is missing: build the solution first (dotnet fsi build.fsx build)."
-
-    dll
+    BuiltProgram.dll "tests/support/KFlow.Kafka.CrashChild" "KFlow.Kafka.CrashChild"
 
 /// The fast consumer settings (session timeout 2 s, …) as the child's KEY=VALUE arguments;
 /// auto.offset.reset is the runtime's own option (earliest by default).

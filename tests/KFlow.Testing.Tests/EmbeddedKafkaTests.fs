@@ -9,6 +9,7 @@ open System.Net.Sockets
 open System.Threading
 open Confluent.Kafka
 open Expecto
+open KFlow.Tests
 open KFlow.Testing
 
 let private endpoints (bootstrap: string) =
@@ -293,39 +294,8 @@ let private clusterTests =
 // ---------------------------------------------------------------------------------------------
 // The dev cluster program, run as a separate process
 
-/// KFlow.DevCluster.dll built next to this test assembly's configuration (the test project
-/// references the program for build order only).
 let private devClusterDll () =
-    let parent (path: string) =
-        match Path.GetDirectoryName path with
-        | null -> failwith "KFlow.Functional.sln not found above the test assembly."
-        | p -> p
-
-    let baseDir = AppContext.BaseDirectory.TrimEnd Path.DirectorySeparatorChar // tests/X/bin/<Configuration>/<tfm>
-    let tfm = string (Path.GetFileName baseDir)
-    let configuration = string (Path.GetFileName(parent baseDir))
-
-    let rec root (d: string) =
-        if File.Exists(Path.Combine(d, "KFlow.Functional.sln")) then
-            d
-        else
-            root (parent d)
-
-    let dll =
-        Path.Combine(
-            root baseDir,
-            "src",
-            "KFlow.DevCluster",
-            "bin",
-            configuration,
-            tfm,
-            "KFlow.DevCluster.dll"
-        )
-
-    if not (File.Exists dll) then
-        failwith $"{dll} is missing: build the solution first (dotnet fsi build.fsx build)."
-
-    dll
+    BuiltProgram.dll "src/KFlow.DevCluster" "KFlow.DevCluster"
 
 let private startDevCluster (args: string list) =
     let psi =
