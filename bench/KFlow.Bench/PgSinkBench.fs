@@ -101,19 +101,14 @@ let private sink (streams: int) (connectionString: string) =
 
     rate rowCount elapsed
 
-/// Raw binary COPY of the same rows into an empty table, in one stream and one transaction.
-let private rawCopy (connectionString: string) =
-    freshTable connectionString "bench_copy"
-    let rows = Array.init rowCount record
-    use connection = new NpgsqlConnection(connectionString)
-    connection.Open()
-    let watch = Stopwatch.StartNew()
+/// Copies rows (id, name, qty, price, at) into a table with one binary COPY, in one transaction.
+let private copyInTransaction (connection: NpgsqlConnection) (table: string) (rows: obj[] seq) =
     use transaction = connection.BeginTransaction()
 
     do
         use importer =
             connection.BeginBinaryImport(
-                "COPY bench_copy (id, name, qty, price, at) FROM STDIN (FORMAT BINARY)"
+                $"COPY {table} (id, name, qty, price, at) FROM STDIN (FORMAT BINARY)"
             )
 
         for row in rows do
@@ -127,6 +122,15 @@ let private rawCopy (connectionString: string) =
         importer.Complete() |> ignore
 
     transaction.Commit()
+
+/// Raw binary COPY of the same rows into an empty table, in one stream and one transaction.
+let private rawCopy (connectionString: string) =
+    freshTable connectionString "bench_copy"
+    let rows = Array.init rowCount record
+    use connection = new NpgsqlConnection(connectionString)
+    connection.Open()
+    let watch = Stopwatch.StartNew()
+    copyInTransaction connection "bench_copy" rows
     let elapsed = watch.Elapsed
 
     if count connectionString "bench_copy" <> int64 rowCount then
@@ -144,26 +148,7 @@ let private rawCopyBatched (connectionString: string) =
 
     for b in 0 .. rowCount / batchSize - 1 do
         use connection = dataSource.OpenConnection()
-        use transaction = connection.BeginTransaction()
-
-        do
-            use importer =
-                connection.BeginBinaryImport(
-                    "COPY bench_copy_batched (id, name, qty, price, at) FROM STDIN (FORMAT BINARY)"
-                )
-
-            for i in b * batchSize .. (b + 1) * batchSize - 1 do
-                let row = rows[i]
-                importer.StartRow()
-                importer.Write(unbox<int64> row[0], NpgsqlDbType.Bigint)
-                importer.Write(unbox<string> row[1], NpgsqlDbType.Text)
-                importer.Write(unbox<int> row[2], NpgsqlDbType.Integer)
-                importer.Write(unbox<float> row[3], NpgsqlDbType.Double)
-                importer.Write(unbox<DateTime> row[4], NpgsqlDbType.TimestampTz)
-
-            importer.Complete() |> ignore
-
-        transaction.Commit()
+        copyInTransaction connection "bench_copy_batched" (ArraySegment(rows, b * batchSize, batchSize))
 
     let elapsed = watch.Elapsed
 
