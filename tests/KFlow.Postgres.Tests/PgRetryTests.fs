@@ -20,6 +20,25 @@ let private quick = {
 let private postgresError (sqlState: string) =
     PostgresException("message", "ERROR", "ERROR", sqlState)
 
+/// Runs PgRetry with `quick` on an attempt that always fails with the SQLSTATE `code`; returns how
+/// many attempts were made and the exception raised, whose message is "<attempts> <transient>".
+let private alwaysFailing (code: string) =
+    let mutable calls = 0
+
+    let attempt () : Task =
+        calls <- calls + 1
+        Task.FromException(postgresError code)
+
+    let e =
+        Expect.throwsC
+            (fun () ->
+                (PgRetry.run quick ignore (fun e n t -> exn ($"{n} {t}", e)) attempt)
+                    .GetAwaiter()
+                    .GetResult())
+            id
+
+    calls, e
+
 let tests =
     testList "PgRetry" [
         test "lost connections, restarts, serialization failures and deadlocks are transient" {
@@ -68,39 +87,13 @@ let tests =
         }
 
         test "a permanent failure is raised at once" {
-            let mutable calls = 0
-
-            let attempt () : Task =
-                calls <- calls + 1
-                Task.FromException(postgresError "23505")
-
-            let e =
-                Expect.throwsC
-                    (fun () ->
-                        (PgRetry.run quick ignore (fun e n t -> exn ($"{n} {t}", e)) attempt)
-                            .GetAwaiter()
-                            .GetResult())
-                    id
-
+            let calls, e = alwaysFailing "23505"
             Expect.equal calls 1 "no retry"
             Expect.equal e.Message "1 False" "described after one attempt, not transient"
         }
 
         test "transient failures stop after MaxAttempts" {
-            let mutable calls = 0
-
-            let attempt () : Task =
-                calls <- calls + 1
-                Task.FromException(postgresError "57P01")
-
-            let e =
-                Expect.throwsC
-                    (fun () ->
-                        (PgRetry.run quick ignore (fun e n t -> exn ($"{n} {t}", e)) attempt)
-                            .GetAwaiter()
-                            .GetResult())
-                    id
-
+            let calls, e = alwaysFailing "57P01"
             Expect.equal calls 4 "MaxAttempts"
             Expect.equal e.Message "4 True" "described after four attempts, transient"
         }
