@@ -47,12 +47,22 @@ let private produceValues (cluster: EmbeddedKafkaCluster) (topic: string) (value
     for v in values do
         producer.ProduceAsync(topic, Confluent.Kafka.Message<_, _>(Key = "k", Value = v)).Wait()
 
-/// Reads `count` messages of a one-partition topic from the start (fails after 20 s).
-let private readAll (cluster: EmbeddedKafkaCluster) (log: Log) (topic: string) (count: int) =
+/// Reads `count` messages of the first `partitions` partitions of a topic from the start (fails
+/// after 20 s).
+let private readPartitions
+    (cluster: EmbeddedKafkaCluster)
+    (log: Log)
+    (topic: string)
+    partitions
+    (count: int)
+    =
     use consumer =
         ConsumerBuilder<string, byte[]>(cluster.ConsumerConfig $"reader-{Guid.NewGuid()}").Build()
 
-    consumer.Assign(TopicPartitionOffset(topic, Partition 0, Offset.Beginning))
+    consumer.Assign [
+        for p in 0 .. partitions - 1 -> TopicPartitionOffset(topic, Partition p, Offset.Beginning)
+    ]
+
     let got = ResizeArray<ConsumeResult<string, byte[]>>()
     let clock = Diagnostics.Stopwatch.StartNew()
 
@@ -66,6 +76,10 @@ let private readAll (cluster: EmbeddedKafkaCluster) (log: Log) (topic: string) (
         failtestf "read %d of %d messages of %s.\nLog:\n%s" got.Count count topic log.Tail
 
     List.ofSeq got
+
+/// Reads `count` messages of a one-partition topic from the start (fails after 20 s).
+let private readAll (cluster: EmbeddedKafkaCluster) (log: Log) (topic: string) (count: int) =
+    readPartitions cluster log topic 1 count
 
 let private header (name: string) (cr: ConsumeResult<string, byte[]>) =
     Encoding.UTF8.GetString(cr.Message.Headers.GetLastBytes name)
@@ -416,6 +430,99 @@ let private deadLetterAsync =
         Expect.equal handle.Stats.Restarts 0L "no restart"
         Expect.equal (committed cluster "lookups" "lookups" 1) [ 0, 30L ] "everything committed"
 
+let private deadLetterBatches =
+    testCase
+        "every message of a batch that fails after an aggregate (in a stage or in the sink) is dead-lettered with its headers, the others reach the sink, and the end offsets are committed"
+    <| fun () ->
+        // 2 partitions, 6 keys, 30 values per key: each key's substream makes three batches of 10.
+        use cluster = clusterWith "batches" 2 6 180
+        cluster.CreateTopic("batches-dlq", 1)
+        let sunk = ConcurrentQueue<string>()
+        let contains (v: string) (batch: string list) = List.contains v batch
+
+        let pipe =
+            decoded ()
+            |> Pipe.demux (fun v -> v.Split(':')[0]) (fun sub ->
+                sub
+                |> Pipe.aggregate (Buffer.count 10)
+                // A pure stage after the aggregate: the batch holding k4:3 (k4's values 0..9) fails.
+                |> Pipe.map (fun batch ->
+                    if contains "k4:3" batch then
+                        invalidOp "cannot price k4:3"
+
+                    batch))
+            // The sink: the batch holding k1:15 (k1's values 10..19) fails on every try.
+            |> Pipe.sink "db" (fun (batch: string list) -> task {
+                do! Task.Yield()
+
+                if contains "k1:15" batch then
+                    raise (TimeoutException "the database rejected k1:15")
+
+                for v in batch do
+                    sunk.Enqueue v
+            })
+
+        let log = Log()
+
+        let options = {
+            options cluster log "batches" [ "batches" ] with
+                OnFailure = DeadLetter "batches-dlq"
+        }
+
+        // Some dead-letter produce requests are refused first; the producer's retries get through.
+        cluster.PushRequestErrors(KafkaApiKey.Produce, ErrorCode.NotEnoughReplicas, ErrorCode.RequestTimedOut)
+        let handle = Workflow.run options pipe
+        waitUntil log (seconds 30.) "160 messages are sunk" (fun () -> sunk.Count >= 160)
+        let dead = readAll cluster log "batches-dlq" 20
+
+        waitUntil log (seconds 30.) "the end offsets are committed" (fun () ->
+            committed cluster "batches" "batches" 2 = endOffsets cluster "batches" 2)
+
+        stopped log handle
+        cluster.ClearRequestErrors KafkaApiKey.Produce
+
+        let value (cr: ConsumeResult<string, byte[]>) =
+            Encoding.UTF8.GetString cr.Message.Value
+
+        let failedBatches =
+            set [ for i in 10..19 -> $"k1:{i}" ] + set [ for i in 0..9 -> $"k4:{i}" ]
+
+        let everything = set [ for i in 0..179 -> $"k{i % 6}:{i / 6}" ]
+        Expect.equal (set sunk) (everything - failedBatches) "every other message reaches the sink"
+        Expect.equal sunk.Count 160 "each once"
+        Expect.equal (dead |> List.map value |> set) failedBatches "all of both failed batches"
+        Expect.equal (readAll cluster log "batches-dlq" 20 |> List.length) 20 "each dead-lettered once"
+        // Where each source message was read, to check the position headers.
+        let sources =
+            readPartitions cluster log "batches" 2 180
+            |> List.map (fun cr -> value cr, (string cr.Partition.Value, string cr.Offset.Value))
+            |> Map.ofList
+
+        for d in dead do
+            let v = value d
+
+            let stage, errorType, attempts =
+                if v.StartsWith "k1:" then
+                    "db", "System.TimeoutException", "4" // 1 + 3 sink retries
+                else
+                    "map", "System.InvalidOperationException", "1"
+
+            Expect.equal d.Message.Key (v.Split(':')[0]) "the original key"
+            Expect.equal (header "kflow.source.topic" d) "batches" "source topic"
+
+            Expect.equal
+                (header "kflow.source.partition" d, header "kflow.source.offset" d)
+                sources[v]
+                $"the source partition and offset of {v}"
+
+            Expect.equal (header "kflow.stage" d) stage "stage"
+            Expect.equal (header "kflow.error.type" d) errorType "error type"
+            Expect.stringContains (header "kflow.error.message" d) "k" "error message"
+            Expect.equal (header "kflow.attempts" d) attempts "attempts"
+            Expect.isTrue (DateTimeOffset.TryParse(header "kflow.timestamp" d) |> fst) "a timestamp"
+
+        Expect.equal handle.Stats.Restarts 0L "no restart"
+
 let private commitErrors =
     testCase
         "offset commits refused by the broker lose nothing: everything arrives and the stop commits the end offsets"
@@ -552,6 +659,7 @@ let tests =
         defaultSinkRetries
         deadLetterAfterRetries
         deadLetterAsync
+        deadLetterBatches
         commitErrors
         haltPerStage
         badConfiguration
