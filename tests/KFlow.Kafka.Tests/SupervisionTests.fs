@@ -13,6 +13,7 @@ open Expecto
 open KFlow
 open KFlow.Kafka
 open KFlow.Kafka.Tests.Kafka
+open KFlow.Postgres
 open KFlow.Testing
 
 let private ms (n: float) = TimeSpan.FromMilliseconds n
@@ -523,6 +524,130 @@ let private deadLetterBatches =
 
         Expect.equal handle.Stats.Restarts 0L "no restart"
 
+/// Runs one SQL statement on a server.
+let private sql (server: PostgresServer) (text: string) =
+    use connection = new Npgsql.NpgsqlConnection(server.ConnectionString)
+    connection.Open()
+    use command = new Npgsql.NpgsqlCommand(text, connection)
+    command.ExecuteScalar()
+
+let private postgresRestarts =
+    testCase
+        "a PostgreSQL sink whose server restarts twice mid-stream: every message arrives in the table, and no committed offset ever passes a row not yet in it"
+    <| fun () ->
+        let n = 6000
+        use cluster = clusterWith "rows" 2 8 n
+
+        use server =
+            Postgres.startWith {
+                PostgresOptions.defaults with
+                    AllowExternalServer = false
+            }
+
+        sql server "CREATE TABLE rows (p int, o bigint, v text, PRIMARY KEY (p, o))"
+        |> ignore
+        // Each insert statement takes at least 20 ms, so the stream lasts long enough to be hit.
+        sql
+            server
+            "CREATE FUNCTION rows_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.02); \
+             RETURN NULL; END $$; CREATE TRIGGER slow BEFORE INSERT ON rows FOR EACH STATEMENT \
+             EXECUTE FUNCTION rows_slow()"
+        |> ignore
+
+        let rowCount () =
+            try
+                ValueSome(unbox<int64> (sql server "SELECT count(*) FROM rows"))
+            with _ ->
+                ValueNone // the server is restarting
+
+        // Two tries only: a restart outlasts them, so the workflow's retries in place take over.
+        let writer =
+            UpsertConfig.create
+                (PgConnection.ConnectionString server.ConnectionString)
+                "rows"
+                [ "p"; "o"; "v" ]
+                [ "p"; "o" ]
+                id
+            |> UpsertConfig.withRetry {
+                PgRetry.defaults with
+                    MaxAttempts = 2
+                    FirstDelay = ms 50.
+            }
+            |> UpsertWriter.create
+            |> _.GetAwaiter().GetResult()
+
+        let pipe =
+            Pipe.source<byte[]>
+            |> Pipe.mapEnvelope (fun e -> [|
+                box e.Position.TopicPartition.Partition
+                box e.Position.Offset
+                box (Encoding.UTF8.GetString e.Value)
+            |])
+            |> Pipe.aggregate (Buffer.count 100)
+            |> Pipe.sink "db" (UpsertWriter.write writer)
+
+        let log = Log()
+
+        let options = {
+            options cluster log "rows" [ "rows" ] with
+                CommitInterval = ms 50.
+        }
+
+        // Samples the committed offsets, then checks every offset below them is in the table.
+        let early = ConcurrentQueue<string>()
+        let sampling = ref true
+        let samples = ref 0
+
+        let sampler =
+            Task.Run(fun () ->
+                while sampling.Value do
+                    for p, o in committed cluster "rows" "rows" 2 do
+                        if o > 0L then
+                            try
+                                let below =
+                                    unbox<int64> (
+                                        sql server $"SELECT count(*) FROM rows WHERE p = {p} AND o < {o}"
+                                    )
+
+                                Interlocked.Increment &samples.contents |> ignore
+
+                                if below <> o then
+                                    early.Enqueue $"partition {p} committed {o} with {below} rows below it"
+                            with _ ->
+                                () // the server is restarting
+
+                    Thread.Sleep 10)
+
+        let handle = Workflow.run options pipe
+
+        for part in [ 3; 3 * 2 ] do
+            waitUntil log (seconds 60.) $"{part}/9 of the rows are in the table" (fun () ->
+                rowCount () |> ValueOption.exists (fun c -> c >= int64 (n * part / 9)))
+
+            server.Restart()
+
+        waitUntil log (seconds 60.) "every row is in the table" (fun () -> rowCount () = ValueSome(int64 n))
+
+        waitUntil log (seconds 30.) "the end offsets are committed" (fun () ->
+            committed cluster "rows" "rows" 2 = endOffsets cluster "rows" 2)
+
+        sampling.Value <- false
+        sampler.Wait()
+        stopped log handle
+        Expect.isEmpty early "no offset was committed before its row was in the table"
+        Expect.isGreaterThan samples.Value 10 "the commits were sampled while the stream ran"
+
+        Expect.isGreaterThan writer.Retries 0L "the restarts hit the stream: the writer retried"
+
+        Expect.isGreaterThan
+            (log.Count "retrying in place")
+            0
+            "a restart outlasted the writer's two tries: the workflow retried the write in place"
+
+        let values = unbox<int64> (sql server "SELECT count(DISTINCT v) FROM rows")
+
+        Expect.equal values (int64 n) "each message's value once"
+
 let private commitErrors =
     testCase
         "offset commits refused by the broker lose nothing: everything arrives and the stop commits the end offsets"
@@ -660,6 +785,7 @@ let tests =
         deadLetterAfterRetries
         deadLetterAsync
         deadLetterBatches
+        postgresRestarts
         commitErrors
         haltPerStage
         badConfiguration
