@@ -57,6 +57,13 @@ module internal FailureHandling =
         with ex ->
             Task.FromException<'T> ex
 
+    /// The task `run` returns, or a faulted one if it throws.
+    let private started (run: unit -> Task) =
+        try
+            run ()
+        with ex ->
+            Task.FromException ex
+
     /// <summary>Runs <paramref name="run"/>, retrying it in place as the policy allows (waiting the
     /// backoff between tries); the task faults with the last error once the retries are spent.
     /// Without retries it is just <c>run ()</c>.</summary>
@@ -102,6 +109,22 @@ module internal FailureHandling =
                 | None -> return result
             }
 
+    /// <summary>Dead-letters messages: produces each original to <paramref name="topic"/> with the
+    /// failure headers, all at once and in order (the producer is idempotent, so they land in that
+    /// order); the task completes once the broker acknowledged every one, and faults if any could not
+    /// be written. Their offsets may be completed only then.</summary>
+    let deadLetterAll
+        (dlq: DeadLetterWriter)
+        (topic: string)
+        (originals: Confluent.Kafka.ConsumeResult<byte[], byte[]> list)
+        (stage: string)
+        (error: exn)
+        (attempts: int)
+        : Task =
+        originals
+        |> List.map (fun original -> started (fun () -> dlq.Write(topic, original, stage, error, attempts)))
+        |> Task.WhenAll
+
     /// <summary>A sink write with the sink's policy applied (sinkPolicyOf): retried in place, then,
     /// under DeadLetter, the original messages of its tokens (<paramref name="originalsOf"/>, called
     /// now, on the partition's loop) are dead-lettered, so the write succeeds once the broker
@@ -124,8 +147,7 @@ module internal FailureHandling =
                 try
                     do! retrying handling what policy (fun () -> task { do! request.Write value })
                 with ex ->
-                    for original in originals do
-                        do! dlq.Write(topic, original, request.Sink, ex, attempts)
+                    do! deadLetterAll dlq topic originals request.Sink ex attempts
 
                     handling.Log $"{what} failed {attempts} times ({ex.Message}); dead-lettered to '{topic}'"
             }

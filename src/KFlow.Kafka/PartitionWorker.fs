@@ -43,8 +43,19 @@ type internal PartitionWorker
         Finished = 0L
     }
 
+    /// " (key 'k')" for an open offset's message, "" when unknown.
+    let keyText offset =
+        match offsets.KeyAt offset with
+        | ValueSome k -> $" (key '{k}')"
+        | ValueNone -> ""
+
     let report offset stage (error: exn) =
-        log $"{tp}: stage '{stage}' failed at offset {offset}: {error.GetType().Name}: {error.Message}"
+        let at =
+            match offset with
+            | ValueSome o -> $" at offset {o}"
+            | ValueNone -> ""
+
+        log $"{tp}: stage '{stage}' failed{at}{keyText offset}: {error.GetType().Name}: {error.Message}"
 
         fail {
             TopicPartition = ValueSome tp
@@ -53,6 +64,13 @@ type internal PartitionWorker
             Stage = stage
             Error = error
         }
+
+    /// "offset 5", or "offsets 3, 4, 5" (the first 8, then how many in all) for a failed input.
+    let offsetsText (tokens: Token list) =
+        match tokens |> List.map (fun t -> t.Position.Offset) |> List.distinct with
+        | [ o ] -> $"offset {o}"
+        | os when os.Length <= 8 -> "offsets " + String.Join(", ", os)
+        | os -> "offsets " + String.Join(", ", List.truncate 8 os) + $", … ({os.Length} in all)"
 
     let writeEnded (request: SinkRequest) (error: exn option) =
         writesInFlight <- writesInFlight - 1
@@ -119,58 +137,57 @@ type internal PartitionWorker
         writesInFlight <- writesInFlight + 1
         lanes.Enqueue request
 
-    /// A stage or async call failed (after its retries in place): dead-letter its message if the
-    /// stage's policy says so, else report it (the supervisor restarts or halts).
+    /// <summary>A stage or async call failed (after its retries in place): if the stage's policy
+    /// dead-letters, every message its input stands for (a batch from an aggregate: all of them) is
+    /// written to the dead-letter topic, and its tokens complete once every write is acknowledged
+    /// (DeadLettered); else, or if one of them is not open any more, it is reported (the supervisor
+    /// restarts or halts).</summary>
     let stageFailed (f: StageFailure) =
         let offset =
             match f.Position with
             | ValueSome p -> ValueSome p.Offset
             | ValueNone -> ValueNone
 
-        let entry = offsets.Entry offset
         let policy = FailureHandling.policyOf f.Stage handling
 
-        match ErrorPolicy.terminal policy, handling.DeadLetters, entry with
-        | DeadLetter topic, Some dlq, ValueSome e ->
-            let attempts =
-                if calls.IsStage f.Stage then
-                    1 + ErrorPolicy.retries policy
-                else
-                    1
+        match ErrorPolicy.terminal policy, handling.DeadLetters with
+        | DeadLetter topic, Some dlq ->
+            match offsets.DeadLetterable f.Tokens with
+            | ValueSome originals ->
+                let attempts =
+                    if calls.IsStage f.Stage then
+                        1 + ErrorPolicy.retries policy
+                    else
+                        1
 
-            let offset = e.Message.Offset.Value
-            let token = e.Token.Value
-            let gen = generation
+                let gen = generation
+                let tokens = f.Tokens
 
-            log
-                $"{tp}: stage '{f.Stage}' failed at offset {offset}: {f.Error.GetType().Name}: {f.Error.Message}; dead-lettering it to '{topic}'"
+                log
+                    $"{tp}: stage '{f.Stage}' failed at {offsetsText tokens}{keyText offset}: {f.Error.GetType().Name}: {f.Error.Message}; dead-lettering {originals.Length} message(s) to '{topic}'"
 
-            writesInFlight <- writesInFlight + 1
+                writesInFlight <- writesInFlight + 1
 
-            let t =
-                try
-                    dlq.Write(topic, e.Message, f.Stage, f.Error, attempts)
-                with ex ->
-                    Task.FromException ex
+                let t = FailureHandling.deadLetterAll dlq topic originals f.Stage f.Error attempts
 
-            t.ContinueWith(
-                (fun (t: Task) ->
-                    writer.TryWrite(
-                        DeadLettered(
-                            gen,
-                            offset,
-                            token,
-                            f.Stage,
-                            (if t.IsCompletedSuccessfully then
-                                 None
-                             else
-                                 Some(taskError t))
+                t.ContinueWith(
+                    (fun (t: Task) ->
+                        writer.TryWrite(
+                            DeadLettered(
+                                gen,
+                                tokens,
+                                f.Stage,
+                                (if t.IsCompletedSuccessfully then
+                                     None
+                                 else
+                                     Some(taskError t))
+                            )
                         )
-                    )
-                    |> ignore),
-                TaskContinuationOptions.ExecuteSynchronously
-            )
-            |> ignore
+                        |> ignore),
+                    TaskContinuationOptions.ExecuteSynchronously
+                )
+                |> ignore
+            | ValueNone -> report offset f.Stage f.Error
         | _ -> report offset f.Stage f.Error
 
     /// Applies what one push or resume produced, in the order PipeRun prescribes.
@@ -343,17 +360,25 @@ type internal PartitionWorker
                 generation <- -1
 
             true
-        | DeadLettered(gen, offset, token, stage, error) ->
+        | DeadLettered(gen, tokens, stage, error) ->
             if gen = generation then
                 writesInFlight <- writesInFlight - 1
 
                 match error with
                 | None ->
-                    log $"{tp}: offset {offset} failed in '{stage}'; dead-lettered"
-                    offsets.Complete token
+                    log $"{tp}: {offsetsText tokens} failed in '{stage}'; dead-lettered"
+
+                    for t in tokens do
+                        offsets.Complete t
                 | Some ex ->
-                    log $"{tp}: the dead-letter write of offset {offset} failed: {ex.Message}"
-                    report (ValueSome offset) stage ex
+                    log $"{tp}: the dead-letter write of {offsetsText tokens} failed: {ex.Message}"
+
+                    let offset =
+                        match tokens with
+                        | t :: _ -> ValueSome t.Position.Offset
+                        | [] -> ValueNone
+
+                    report offset stage ex
 
             true
         | Abandon -> false
