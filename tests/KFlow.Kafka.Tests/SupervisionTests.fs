@@ -327,14 +327,14 @@ let private defaultSinkRetries =
             })
 
         let log = Log()
-        let handle = Workflow.run (options cluster log "twice" [ "twice" ]) pipe
-        waitUntil log (seconds 20.) "every message is sunk" (fun () -> sunk.Count >= 20)
-        stopped log handle
+
+        let handle =
+            runUntilSunk cluster log (seconds 20.) sunk 20 (options cluster log "twice" [ "twice" ]) pipe
+
         Expect.sequenceEqual sunk [ for i in 0..19 -> $"k0:{i}" ] "each once, in order"
         Expect.equal tries.Value 3 "two failures, then success"
         Expect.equal handle.Stats.Restarts 0L "no restart"
         Expect.equal handle.Stats.Failures 0L "no failure escalated"
-        Expect.equal (committed cluster "twice" "twice" 1) [ 0, 20L ] "everything committed"
 
 let private deadLetterAfterRetries =
     testCase
@@ -476,8 +476,7 @@ let private deadLetterBatches =
         waitUntil log (seconds 30.) "160 messages are sunk" (fun () -> sunk.Count >= 160)
         let dead = readAll cluster log "batches-dlq" 20
 
-        waitUntil log (seconds 30.) "the end offsets are committed" (fun () ->
-            committed cluster "batches" "batches" 2 = endOffsets cluster "batches" 2)
+        waitEndOffsetsCommitted cluster log (seconds 30.) "batches" "batches" 2
 
         stopped log handle
         cluster.ClearRequestErrors KafkaApiKey.Produce
@@ -628,8 +627,7 @@ let private postgresRestarts =
 
         waitUntil log (seconds 60.) "every row is in the table" (fun () -> rowCount () = ValueSome(int64 n))
 
-        waitUntil log (seconds 30.) "the end offsets are committed" (fun () ->
-            committed cluster "rows" "rows" 2 = endOffsets cluster "rows" 2)
+        waitEndOffsetsCommitted cluster log (seconds 30.) "rows" "rows" 2
 
         sampling.Value <- false
         sampler.Wait()
@@ -670,16 +668,10 @@ let private commitErrors =
 
         cluster.PushRequestErrors(KafkaApiKey.OffsetCommit, Array.replicate 6 ErrorCode.RequestTimedOut)
 
-        let handle = Workflow.run options pipe
-        waitUntil log (seconds 20.) "every message is sunk" (fun () -> sunk.Count >= 400)
-        stopped log handle
         // A periodic commit refused by the broker is not retried until the partition's offset moves
-        // again (librdkafka commits stored offsets that changed); the stop commits synchronously.
-        Expect.equal
-            (committed cluster "commits" "commits" 1)
-            (endOffsets cluster "commits" 1)
-            "the end offsets are committed"
-
+        // again (librdkafka commits stored offsets that changed); the stop commits synchronously, so
+        // the end offsets are committed (checked by runUntilSunk).
+        let handle = runUntilSunk cluster log (seconds 20.) sunk 400 options pipe
         Expect.isGreaterThan (log.Count "Request timed out") 0 "commits were refused"
         Expect.equal (sunk |> Seq.distinct |> Seq.length) 400 "every message"
         Expect.equal handle.Stats.Restarts 0L "no restart"

@@ -159,8 +159,7 @@ let private gaps =
         waitUntil log (seconds 30.) "the a and b messages are sunk" (fun () ->
             sunk |> Seq.filter (fun v -> not (v.StartsWith "x")) |> Seq.length >= 20)
         // The periodic commit (no stop yet) gets past the three markers, the last one included.
-        waitUntil log (seconds 30.) "the end offset is committed" (fun () ->
-            committed cluster "gaps" "gaps" 1 = ends)
+        waitEndOffsetsCommitted cluster log (seconds 30.) "gaps" "gaps" 1
 
         stopped log handle
         expectOrderedOnce (sunk |> Seq.filter (fun v -> not (v.StartsWith "x"))) 20
@@ -196,13 +195,13 @@ let private asyncMaps =
             |> Pipe.sink "record" (fun v -> recordBatches sunk [ v ])
 
         let log = Log()
-        let handle = Workflow.run (options cluster log "calls" [ "calls" ]) pipe
-        waitUntil log (seconds 60.) "every message is sunk" (fun () -> sunk.Count >= n)
-        stopped log handle
+
+        runUntilSunk cluster log (seconds 60.) sunk n (options cluster log "calls" [ "calls" ]) pipe
+        |> ignore
+
         expectOrderedOnce sunk n
         Expect.isGreaterThan peak 1 "calls overlapped"
         Expect.isLessThanOrEqual peak 16 "at most 8 per partition"
-        Expect.equal (committed cluster "calls" "calls" 2) (endOffsets cluster "calls" 2) "all committed"
 
 let private slowSink =
     testCase
@@ -246,16 +245,12 @@ let private slowSink =
                 }
         }
 
-        let handle = Workflow.run options pipe
-        waitUntil log (seconds 60.) "every message is sunk" (fun () -> sunk.Count >= n)
-        stopped log handle
-        let stats = handle.Stats
+        let stats = (runUntilSunk cluster log (seconds 60.) sunk n options pipe).Stats
         expectOrderedOnce sunk n
         Expect.isGreaterThanOrEqual stats.Pauses 1L "intake paused"
         Expect.isGreaterThanOrEqual stats.Resumes 1L "intake resumed"
         Expect.isLessThanOrEqual stats.PeakInFlightMessages (int64 limit) "in flight never above the limit"
         Expect.isLessThanOrEqual peakInPipe limit "the pipe never held more than the limit"
-        Expect.equal (committed cluster "slow" "slow" 2) (endOffsets cluster "slow" 2) "all committed"
 
         printfn
             "runtime slow sink: %d pauses, %d resumes, peak in flight %d (limit %d)"
@@ -289,13 +284,10 @@ let private stallFlush =
                 }
         }
 
-        let handle = Workflow.run options pipe
-        waitUntil log (seconds 30.) "every message is sunk" (fun () -> sunk.Count >= n)
-        stopped log handle
+        let handle = runUntilSunk cluster log (seconds 30.) sunk n options pipe
         expectOrderedOnce sunk n
         Expect.isGreaterThanOrEqual handle.Stats.StallFlushes 1L "stalls were flushed"
         Expect.isLessThanOrEqual handle.Stats.PeakInFlightMessages 1000L "the limit held"
-        Expect.equal (committed cluster "stall" "stall" 2) (endOffsets cluster "stall" 2) "all committed"
 
 let private partitionLimit =
     testCase "a partition reaching its open-offset limit pauses alone and never holds more"
@@ -331,14 +323,11 @@ let private partitionLimit =
                 }
         }
 
-        let handle = Workflow.run options pipe
-        waitUntil log (seconds 60.) "every message is sunk" (fun () -> sunk.Count >= n)
-        stopped log handle
+        let handle = runUntilSunk cluster log (seconds 60.) sunk n options pipe
         expectOrderedOnce sunk n
         Expect.isGreaterThanOrEqual handle.Stats.PartitionPauses 2L "partitions paused on their own limit"
         Expect.equal handle.Stats.Pauses 0L "the workflow-wide limit was never reached"
         Expect.all peaks (fun peak -> peak <= limit) "no partition held more than its limit"
-        Expect.equal (committed cluster "open" "open" 2) (endOffsets cluster "open" 2) "all committed"
 
 let private brokerDown =
     testCase "a broker down for a few seconds mid-stream loses nothing"
@@ -375,10 +364,7 @@ let private brokerDown =
         cluster.BringBrokerUp 1
         waitUntil log (seconds 90.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= n)
         // After the outage it may still be re-reading what it had sunk but not committed.
-        let ends = endOffsets cluster "flaky" 4
-
-        waitUntil log (seconds 60.) "every offset is committed" (fun () ->
-            committed cluster "flaky" "flaky" 4 = ends)
+        waitEndOffsetsCommitted cluster log (seconds 60.) "flaky" "flaky" 4
 
         stopped log handle
         let distinct = sunk |> Seq.distinct |> List.ofSeq
@@ -523,10 +509,7 @@ let private scaleOut (strategy: string option) =
     let takeover = clock.Elapsed
     waitUntil log (seconds 60.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= n)
     // b may still be re-reading what a had sunk but not committed: wait for its commits.
-    let ends = endOffsets cluster topic 4
-
-    waitUntil log (seconds 60.) "every offset is committed" (fun () ->
-        committed cluster "shared" topic 4 = ends)
+    waitEndOffsetsCommitted cluster log (seconds 60.) "shared" topic 4
 
     stopped log b
     Expect.equal (sunk |> Seq.distinct |> Seq.length) n "every message sunk at least once"
@@ -584,10 +567,7 @@ let private staleCompletion =
             (Seq.distinct sunk |> Seq.length) >= 40)
         // Committed by the periodic commit while the group is stable (the mock refuses commits
         // during the rebalances the stops cause).
-        let ends = endOffsets cluster "stale" 2
-
-        waitUntil log (seconds 30.) "every offset is committed" (fun () ->
-            committed cluster "stale" "stale" 2 = ends)
+        waitEndOffsetsCommitted cluster log (seconds 30.) "stale" "stale" 2
 
         stopped log a
         stopped log b
