@@ -157,6 +157,13 @@ let waitEndOffsetsCommitted
     waitUntil log within $"the end offsets of {topic} are committed" (fun () ->
         committed cluster group topic partitions = ends)
 
+/// Expects the group to have committed no offset of the one-partition `topic` past `offset` (a
+/// failing or buffered message there must not be committed past).
+let expectNotCommittedPast (cluster: EmbeddedKafkaCluster) (group: string) (topic: string) (offset: int64) =
+    Expect.isTrue
+        (committed cluster group topic 1 |> List.forall (fun (_, o) -> o <= offset))
+        $"nothing of {topic} committed past offset {offset}"
+
 /// How many partitions a topic has.
 let partitionCount (cluster: EmbeddedKafkaCluster) (topic: string) =
     use admin = AdminClientBuilder(cluster.AdminConfig()).Build()

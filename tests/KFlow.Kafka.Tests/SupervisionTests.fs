@@ -161,9 +161,7 @@ let private restartAndReplay =
                  | _ -> false))
             "BackingOff was raised"
 
-        Expect.isTrue
-            (committed cluster "replay" "replay" 1 |> List.forall (fun (_, o) -> o <= 40L))
-            "nothing committed past offset 40"
+        expectNotCommittedPast cluster "replay" "replay" 40L
 
         Expect.isFalse (Seq.contains "k0:40" sunk) "the poison message was never sunk"
         broken.Value <- false // the fix is deployed
@@ -293,9 +291,7 @@ let private retryInPlace =
         waitUntil log (seconds 20.) "five failed tries" (fun () -> failures.Value >= 5)
         Thread.Sleep 300 // three commit intervals: a commit past the failing write would show
 
-        Expect.isTrue
-            (committed cluster "flaky" "flaky" 1 |> List.forall (fun (_, o) -> o <= 20L))
-            "nothing committed past offset 20"
+        expectNotCommittedPast cluster "flaky" "flaky" 20L
 
         Expect.isTrue (isState "Running" handle.State) "still running (no restart)"
         broken.Value <- false // the dependency is back
@@ -706,9 +702,7 @@ let private haltPerStage =
 
         Expect.equal handle.Stats.Restarts 0L "no restart"
 
-        Expect.isTrue
-            (committed cluster "stop" "stop" 1 |> List.forall (fun (_, o) -> o <= 5L))
-            "nothing committed past it"
+        expectNotCommittedPast cluster "stop" "stop" 5L
 
 let private startFailure (options: WorkflowOptions) (setting: string) (says: string) =
     let log = Log()

@@ -113,9 +113,7 @@ let private gracefulStop =
         Thread.Sleep 300 // three commit intervals: a wrong commit would show
         Expect.isEmpty sunk "nothing sunk: the batch is not full"
 
-        Expect.isTrue
-            (committed cluster "buffered" "buffered" 1 |> List.forall (fun (_, o) -> o <= 0L))
-            "nothing committed past the buffer"
+        expectNotCommittedPast cluster "buffered" "buffered" 0L
 
         stopped log handle
         expectOrderedOnce sunk 50
@@ -404,9 +402,7 @@ let private failingSink =
         let handle = Workflow.run (options cluster log "poison" [ "poison" ]) pipe
         waitUntil log (seconds 30.) "two restarts" (fun () -> handle.Stats.Restarts >= 2L)
 
-        Expect.isTrue
-            (committed cluster "poison" "poison" 1 |> List.forall (fun (_, o) -> o <= 100L))
-            "nothing committed past offset 100"
+        expectNotCommittedPast cluster "poison" "poison" 100L
 
         Expect.isFalse (Seq.contains "k0:100" sunk) "the failing message was never written"
         broken.Value <- false // the fix is deployed
@@ -447,9 +443,7 @@ let private halt =
             Expect.stringContains e.Message "halt[0] at offset 100" "the message says where"
         | other -> failtestf "expected a WorkflowFailedException, got %O" other
 
-        Expect.isTrue
-            (committed cluster "halt" "halt" 1 |> List.forall (fun (_, o) -> o <= 100L))
-            "nothing committed past it"
+        expectNotCommittedPast cluster "halt" "halt" 100L
 
         handle.StopAsync().Wait(seconds 10.) |> ignore
 
