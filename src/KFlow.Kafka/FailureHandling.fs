@@ -128,11 +128,13 @@ module internal FailureHandling =
     /// <summary>A sink write with the sink's policy applied (sinkPolicyOf): retried in place, then,
     /// under DeadLetter, the original messages of its tokens (<paramref name="originalsOf"/>, called
     /// now, on the partition's loop) are dead-lettered, so the write succeeds once the broker
-    /// acknowledged them. Without retries or dead-lettering the request is returned as it is.</summary>
+    /// acknowledged every one of them. If not all of them are at hand (ValueNone), the write fails
+    /// with its error instead (nothing is completed unwritten). Without retries or dead-lettering
+    /// the request is returned as it is.</summary>
     let guardWrite
         (handling: FailureHandling)
         (what: string)
-        (originalsOf: Token list -> Confluent.Kafka.ConsumeResult<byte[], byte[]> list)
+        (originalsOf: Token list -> Confluent.Kafka.ConsumeResult<byte[], byte[]> list voption)
         (request: SinkRequest)
         =
         let policy = sinkPolicyOf request.Sink handling
@@ -147,9 +149,13 @@ module internal FailureHandling =
                 try
                     do! retrying handling what policy (fun () -> task { do! request.Write value })
                 with ex ->
-                    do! deadLetterAll dlq topic originals request.Sink ex attempts
+                    match originals with
+                    | ValueSome originals ->
+                        do! deadLetterAll dlq topic originals request.Sink ex attempts
 
-                    handling.Log $"{what} failed {attempts} times ({ex.Message}); dead-lettered to '{topic}'"
+                        handling.Log
+                            $"{what} failed {attempts} times ({ex.Message}); dead-lettered {originals.Length} message(s) to '{topic}'"
+                    | ValueNone -> return raise ex
             }
 
             { request with Write = write }

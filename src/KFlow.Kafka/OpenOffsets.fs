@@ -135,16 +135,6 @@ type internal OpenOffsets(tp: KFlow.TopicPartition, counters: Counters, log: str
         else
             ValueSome originals
 
-    /// The consumed messages of the given tokens that are still open (for dead-lettering).
-    member _.OriginalsOf(tokens: Token list) =
-        tokens
-        |> List.map (fun t -> t.Position.Offset)
-        |> List.distinct
-        |> List.choose (fun o ->
-            match opened.TryGetValue o with
-            | true, e when not (isNull e.Message) -> Some e.Message
-            | _ -> None)
-
     /// Hands the messages and bytes finished since the last call to the counters.
     member _.ReportFinished() =
         if finishedDelta <> 0L || bytesDelta <> 0L then

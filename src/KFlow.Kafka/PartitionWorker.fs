@@ -130,7 +130,7 @@ type internal PartitionWorker
     let calls = AsyncCalls(tp, handling, callPending)
 
     let guarded (request: SinkRequest) =
-        FailureHandling.guardWrite handling $"{tp}: sink '{request.Sink}'" offsets.OriginalsOf request
+        FailureHandling.guardWrite handling $"{tp}: sink '{request.Sink}'" offsets.DeadLetterable request
 
     let enqueueWrite (request: SinkRequest) =
         let request = guarded request
