@@ -85,25 +85,26 @@ type internal PartitionWorker
             report (ValueSome request.Envelope.Position.Offset) request.Sink ex
             false
 
-    let writePending (request: SinkRequest) (t: Task) =
-        let gen = generation
-
+    /// Posts `command error` to the loop once `t` has ended (error None when it succeeded).
+    let whenEnded (t: Task) (command: exn option -> WorkerCommand) =
         t.ContinueWith(
             (fun (t: Task) ->
                 writer.TryWrite(
-                    SinkDone(
-                        gen,
-                        request,
-                        (if t.IsCompletedSuccessfully then
-                             None
-                         else
-                             Some(taskError t))
+                    command (
+                        if t.IsCompletedSuccessfully then
+                            None
+                        else
+                            Some(taskError t)
                     )
                 )
                 |> ignore),
             TaskContinuationOptions.ExecuteSynchronously
         )
         |> ignore
+
+    let writePending (request: SinkRequest) (t: Task) =
+        let gen = generation
+        whenEnded t (fun error -> SinkDone(gen, request, error))
 
     let lanes = SinkLanes(writeEnded, writePending)
 
@@ -168,25 +169,9 @@ type internal PartitionWorker
 
                 writesInFlight <- writesInFlight + 1
 
-                let t = FailureHandling.deadLetterAll dlq topic originals f.Stage f.Error attempts
-
-                t.ContinueWith(
-                    (fun (t: Task) ->
-                        writer.TryWrite(
-                            DeadLettered(
-                                gen,
-                                tokens,
-                                f.Stage,
-                                (if t.IsCompletedSuccessfully then
-                                     None
-                                 else
-                                     Some(taskError t))
-                            )
-                        )
-                        |> ignore),
-                    TaskContinuationOptions.ExecuteSynchronously
-                )
-                |> ignore
+                whenEnded
+                    (FailureHandling.deadLetterAll dlq topic originals f.Stage f.Error attempts)
+                    (fun error -> DeadLettered(gen, tokens, f.Stage, error))
             | ValueNone -> report offset f.Stage f.Error
         | _ -> report offset f.Stage f.Error
 

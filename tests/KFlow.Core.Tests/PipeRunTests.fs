@@ -49,6 +49,15 @@ let private noEffects = {
     Failures = []
 }
 
+/// Batches of 3 of offsets 0 to 8, then a map that throws on the batch holding 4 (offsets 3 to 5).
+let private failingBatch () =
+    Pipe.source<int>
+    |> Pipe.aggregate (Buffer.count 3)
+    |> Pipe.map (fun (batch: int list) -> if List.contains 4 batch then failwith "poison" else batch)
+    |> TestDriver.start
+    |> TestDriver.assign tp
+    |> TestDriver.feedAll [ for o in 0L .. 8L -> Message.create tp o "k" (int o) ]
+
 let private step event (run, _) = run |> PipeRun.push at event
 
 let private answer id (run, _) =
@@ -192,14 +201,7 @@ let tests =
             Expect.isEmpty (PipeRun.held run) "none left"
         }
         test "a stage failing after an aggregate reports every token of the batch, in order" {
-            let d =
-                Pipe.source<int>
-                |> Pipe.aggregate (Buffer.count 3)
-                |> Pipe.map (fun (batch: int list) ->
-                    if List.contains 4 batch then failwith "poison" else batch)
-                |> TestDriver.start
-                |> TestDriver.assign tp
-                |> TestDriver.feedAll [ for o in 0L .. 8L -> Message.create tp o "k" (int o) ]
+            let d = failingBatch ()
 
             let failure = TestDriver.failures d |> List.exactlyOne
 
@@ -213,14 +215,7 @@ let tests =
         }
         test
             "completing a failed batch's tokens (as a runtime does once it dead-lettered them) lets the commit point pass it" {
-            let d =
-                Pipe.source<int>
-                |> Pipe.aggregate (Buffer.count 3)
-                |> Pipe.map (fun (batch: int list) ->
-                    if List.contains 4 batch then failwith "poison" else batch)
-                |> TestDriver.start
-                |> TestDriver.assign tp
-                |> TestDriver.feedAll [ for o in 0L .. 8L -> Message.create tp o "k" (int o) ]
+            let d = failingBatch ()
 
             let ledger =
                 (TestDriver.ledger d, (TestDriver.failures d |> List.exactlyOne).Tokens)
