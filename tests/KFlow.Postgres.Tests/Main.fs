@@ -12,6 +12,7 @@ let all =
         PgSchemaTests.tests
         PgRowTests.tests
         PgRetryTests.tests
+        PgAppliedOffsetsTests.tests
         UpsertWriterTests.tests
     ]
 
