@@ -21,10 +21,10 @@ SIGTERM stops it gracefully (exit code 0)."""
 
 /// The row of one message: topic, partition, offset, key.
 let rowOf (e: Envelope<byte[]>) : obj[] = [|
-    box e.Position.TopicPartition.Topic
-    box e.Position.TopicPartition.Partition
-    box e.Position.Offset
-    box e.Key
+    e.Position.TopicPartition.Topic
+    e.Position.TopicPartition.Partition
+    e.Position.Offset
+    e.Key
 |]
 
 /// map → demux by key → aggregate (50 or 100 ms) → exactly-once sink.
