@@ -33,6 +33,8 @@ type internal PartitionWorker
     let mutable writesInFlight = 0
     // Exactly-once mode (set by Assign, null otherwise): offsets applied already, completed unread.
     let mutable skip: Collections.Generic.HashSet<int64> = null
+    // Exactly-once mode: offsets a stage split into several values (never written; the incarnation fails).
+    let split = Collections.Generic.HashSet<int64>()
 
     let mutable draining: (Event<obj> * ResizeArray<TaskCompletionSource>) voption =
         ValueNone
@@ -182,7 +184,10 @@ type internal PartitionWorker
             | Complete t -> offsets.Complete t
             | Fork(t, n) when n > 1 && not (isNull skip) ->
                 // Exactly-once mode records a message's offset with the first value written for it,
-                // so the other parts would be lost on a replay (ExactlyOnce.ofPipe refuses unfold).
+                // so the other parts would be lost on a replay (ExactlyOnce.ofPipe refuses unfold). The
+                // incarnation fails; no value holding the offset is written, so it stays open.
+                split.Add t.Position.Offset |> ignore
+
                 report
                     (ValueSome t.Position.Offset)
                     "exactly-once"
@@ -201,7 +206,11 @@ type internal PartitionWorker
             stageFailed f
 
         for s in effects.Sinks do
-            enqueueWrite s
+            if
+                split.Count = 0
+                || not (s.Envelope.Tokens |> List.exists (fun t -> split.Contains t.Position.Offset))
+            then
+                enqueueWrite s
 
         for c in effects.Calls do
             calls.Start c
@@ -287,6 +296,7 @@ type internal PartitionWorker
 
     let releaseState () =
         run <- newRun ()
+        split.Clear()
         lanes.Clear()
         calls.Clear()
         writesInFlight <- 0
