@@ -66,9 +66,11 @@ let private freshTable (connectionString: string) (name: string) =
 
 let private rate (rows: int) (elapsed: TimeSpan) = float rows / elapsed.TotalSeconds
 
-/// The sink: rowCount records in batches of batchSize, one after the other.
-let private sink (streams: int) (connectionString: string) =
+/// The sink: rowCount records in batches of batchSize from `streams` concurrent streams; in exactly-once
+/// mode each batch also records its source offsets (offset = the row's id, one partition).
+let private sink (exactlyOnce: bool) (streams: int) (connectionString: string) =
     freshTable connectionString "bench_sink"
+    execute connectionString "DROP TABLE IF EXISTS bench_applied_offsets"
 
     let batches =
         List.init (rowCount / batchSize) (fun b -> List.init batchSize (fun i -> record (b * batchSize + i)))
@@ -80,12 +82,33 @@ let private sink (streams: int) (connectionString: string) =
         |> List.groupBy (fun (i, _) -> i % streams)
         |> List.map (snd >> List.map snd)
 
-    let config =
-        UpsertConfig.create (PgConnection.ConnectionString connectionString) "bench_sink" fields [ "id" ] id
+    let config = {
+        UpsertConfig.create (PgConnection.ConnectionString connectionString) "bench_sink" fields [ "id" ] id with
+            ExactlyOnce =
+                if exactlyOnce then
+                    Some {
+                        GroupId = "bench"
+                        OffsetsTable = "bench_applied_offsets"
+                    }
+                else
+                    None
+    }
 
     use writer = (UpsertWriter.create config).GetAwaiter().GetResult()
+    let source = KFlow.TopicPartition.create "bench" 0
+
+    let write (batch: obj[] list) =
+        if exactlyOnce then
+            writer.WriteApplied(
+                batch
+                |> List.map (fun row -> KFlow.Position.create source (unbox<int64> row[0])),
+                batch
+            )
+        else
+            UpsertWriter.write writer batch
+
     // Warm-up: one batch of another key (connection, type resolution), then the timed run.
-    (UpsertWriter.write writer [ record -1 ]).GetAwaiter().GetResult()
+    (write [ record -1 ]).GetAwaiter().GetResult()
     let watch = Stopwatch.StartNew()
 
     let writes =
@@ -93,7 +116,7 @@ let private sink (streams: int) (connectionString: string) =
         |> List.map (fun part ->
             Task.Run(fun () ->
                 for batch in part do
-                    (UpsertWriter.write writer batch).GetAwaiter().GetResult()))
+                    (write batch).GetAwaiter().GetResult()))
         |> Array.ofList
 
     Task.WaitAll writes
@@ -229,8 +252,9 @@ let run () : (string * float) list =
         List.init rounds (fun _ -> [|
             rawCopy connectionString
             rawCopyBatched connectionString
-            sink 1 connectionString
-            sink concurrentStreams connectionString
+            sink false 1 connectionString
+            sink false concurrentStreams connectionString
+            sink true 1 connectionString
         |])
 
     let rates (i: int) =
@@ -244,7 +268,14 @@ let run () : (string * float) list =
 
     let naiveRate = naive connectionString
 
-    for table in [ "bench_sink"; "bench_copy"; "bench_copy_batched"; "bench_naive" ] do
+    for table in
+        [
+            "bench_sink"
+            "bench_copy"
+            "bench_copy_batched"
+            "bench_naive"
+            "bench_applied_offsets"
+        ] do
         execute connectionString $"DROP TABLE IF EXISTS {table}"
 
     let names = [|
@@ -252,6 +283,7 @@ let run () : (string * float) list =
         "raw COPY, batches of 1,000"
         "sink, batches of 1,000"
         $"sink, {concurrentStreams} concurrent streams"
+        "sink, exactly-once mode"
     |]
 
     printfn "PostgreSQL sink: %d rows of 5 columns, best and median of %d runs" rowCount rounds
@@ -277,4 +309,7 @@ let run () : (string * float) list =
         "ratio_pg_sink_concurrent_vs_copy", best 3 / best 0
         "pg_sink_rows_per_s_median", median 2
         "pg_raw_copy_rows_per_s_median", median 0
+        "pg_sink_concurrent_rows_per_s_median", median 3
+        "pg_sink_exactly_once_rows_per_s", best 4
+        "ratio_pg_sink_exactly_once_vs_sink", best 4 / best 2
     ]
