@@ -95,15 +95,15 @@ let private sink (exactlyOnce: bool) (streams: int) (connectionString: string) =
     }
 
     use writer = (UpsertWriter.create config).GetAwaiter().GetResult()
-    let source = KFlow.TopicPartition.create "bench" 0
+    // Row i stands for offset i of partition 0; the warm-up row (-1) for offset 0 of partition 1.
+    let positionOf (row: obj[]) =
+        match unbox<int64> row[0] with
+        | id when id >= 0L -> KFlow.Position.create (KFlow.TopicPartition.create "bench" 0) id
+        | _ -> KFlow.Position.create (KFlow.TopicPartition.create "bench" 1) 0L
 
     let write (batch: obj[] list) =
         if exactlyOnce then
-            writer.WriteApplied(
-                batch
-                |> List.map (fun row -> KFlow.Position.create source (unbox<int64> row[0])),
-                batch
-            )
+            writer.WriteApplied(batch |> List.map positionOf, batch)
         else
             UpsertWriter.write writer batch
 
