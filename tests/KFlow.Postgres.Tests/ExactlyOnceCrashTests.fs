@@ -220,6 +220,8 @@ let private killCycles () =
     Expect.isEmpty (duplicates rows) $"no message applied twice (seed {seed})"
     Expect.equal (rows |> Map.keys |> Set.ofSeq) produced "every produced message, nothing else"
     Expect.equal (committed cluster group topic partitions) ends "the committed offsets are the end offsets"
+    // The sink refuses a batch that overlaps applied offsets; the runtime must never have offered one.
+    Expect.equal (log.Count "applied already by another write") 0 "no batch overlapped applied offsets"
     let resumed = log.Count "exactly-once: resuming at"
     let skipped = log.Count "will be skipped"
 
