@@ -1,5 +1,6 @@
 // The upsert sink's writer: a batch in, one atomic upsert out (INSERT ... SELECT FROM unnest(arrays)
-// ... ON CONFLICT DO UPDATE, the last record per key winning), retried on transient failures.
+// ... ON CONFLICT DO UPDATE, the last record per key winning), retried on transient failures; in
+// exactly-once mode the same statement records the batch's source offsets (PgAppliedOffsets).
 namespace KFlow.Postgres
 
 open System
@@ -124,6 +125,9 @@ type internal UpsertStatements = {
 /// The Task succeeds only once the batch is committed. Transient failures (connection lost, server
 /// restarting, serialization failure, deadlock) are retried with backoff; other failures and the
 /// last transient one fault the Task with a PgSinkException, and nothing of the batch is committed.
+/// In exactly-once mode (UpsertConfig.ExactlyOnce) the statement also records the batch's source
+/// offsets in the offsets table and writes nothing if they were recorded before (WriteApplied); with
+/// no keys the rows are appended (plain INSERT).
 /// </remarks>
 [<Sealed>]
 type UpsertWriter<'a>
