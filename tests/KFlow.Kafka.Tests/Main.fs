@@ -22,6 +22,7 @@ let all =
         FileSinkTests.tests
         RetransmitTests.tests
         CrashTests.tests
+        ExactlyOnceTests.tests
         FailureHandlingDocTests.tests
         ReadmeTests.tests
     ]
