@@ -173,6 +173,39 @@ module Pipe =
 
         Pipe<'i, 'a>([], scope :: pipe.Scopes)
 
+    let splitByKey (pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> =
+        let scope = {
+            Key = (fun e -> e.Key)
+            Options = demuxOptions
+            Outer = pipe.Root
+        }
+
+        Pipe<'i, 'a>([], scope :: pipe.Scopes)
+
+    let internal routeSplit
+        (key: 'a -> string)
+        (route: string -> Pipe<'i, 'a> -> Pipe<'i, 'b>)
+        (pipe: Pipe<'i, 'a>)
+        : Pipe<'i, 'b> =
+        let nodesOf (k: string) =
+            // The empty pipe only carries the type: route's nodes start from 'a values.
+            let routed = route k (Pipe<'i, 'a>([], []))
+
+            if not routed.Scopes.IsEmpty then
+                invalidArgWith
+                    "route"
+                    $"The route of key '{k}' left a split open; join every split it opens inside the route."
+
+            routed.Root
+
+        let demux = {
+            Key = (fun e -> key (unbox<'a> e.Value))
+            Options = demuxOptions
+            Route = PerKey nodesOf
+        }
+
+        append (DemuxNode demux) pipe
+
     let join (pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> =
         match pipe.Scopes with
         | [] ->

@@ -303,6 +303,24 @@ let tests =
 
             Expect.equal (TestDriver.committed tp d) 4L "all finished"
         }
+        test "splitByKey ... join runs the stages between per Kafka key, like demuxByKey" {
+            let d =
+                Pipe.source<int>
+                |> Pipe.splitByKey
+                |> Pipe.aggregate (Buffer.count 2)
+                |> Pipe.join
+                |> Pipe.sink "db" ignoreWrite
+                |> TestDriver.start
+                |> TestDriver.assign tp
+                |> TestDriver.feedAll [
+                    for o, key in List.indexed [ "x"; "y"; "x"; "z"; "y" ] ->
+                        Message.create tp (int64 o) key o
+                ]
+
+            let batches: int list list = TestDriver.written "db" d
+            Expect.equal batches [ [ 0; 2 ]; [ 1; 4 ] ] "per-key batches in order"
+            Expect.equal (TestDriver.committed tp d) 3L "z (offset 3) is still buffered"
+        }
         test "a split without join runs to the end of the pipe; a join without split is refused" {
             let pipe = Pipe.source<string> |> Pipe.split keyOf |> Pipe.map id
 

@@ -1,5 +1,5 @@
-// Tests of src-csharp/KFlow.Hosting/Flow.cs, Workflow.cs and WorkflowBuilder.cs: immutable building
-// and the checks of Build().
+// Tests of src-csharp/KFlow.Hosting/Flow.cs, Workflow.cs, WorkflowBuilder.cs and FailurePolicy.cs:
+// immutable building and the checks of Build().
 using System;
 using System.Threading.Tasks;
 using Expecto;
@@ -63,6 +63,51 @@ internal static class FlowTests
                 .Aggregate(Batch.OfMessages(0)).To("", Ignore).Build(), "Build fails");
             foreach (var part in new[] { "topic", "groupId", "Batch.MaxMessages", "To: name" })
                 Expect.Contains(e.Message, part, "each problem is listed");
+        }),
+        Runner.TestCase("Mfd, DemuxByKey, a scoped Demux, RouteDependent, AssembleChunks and Stateful show in the outline", () =>
+        {
+            var outline = Workflow.FromKafka("orders", "billing")
+                .Mfd<long>(m => m.Value is null ? null : (m.Key, m.Offset))
+                .Join()
+                .DemuxByKey()
+                .Stateful("pairs", 0L, (sum, v) => (sum + v, Array.Empty<long>()))
+                .Join()
+                .Demux(v => v.ToString(), s => s.Map(v => v + 1))
+                .RouteDependent(v => v.ToString(), (_, s) => s.Filter(v => v > 0))
+                .AssembleChunks(v => new Chunk<long>("o", 0, 1, v), parts => parts.Count)
+                .To("sink", (_, _) => Task.CompletedTask)
+                .Build()
+                .Describe();
+            foreach (var stage in new[] { "mfd", "pairs", "routeDependent", "assembleChunks", "map" })
+                Expect.Contains(outline, stage, "the outline lists the stage");
+        }),
+        Runner.TestCase("Build reports a Stateful stage without a name", () =>
+        {
+            var e = Expect.Throws<ArgumentException>(() => Workflow.FromKafka("orders", "billing")
+                .Stateful(" ", 0, (s, m) => (s, new[] { m })).To("sink", Ignore).Build(), "Build fails");
+            Expect.Contains(e.Message, "Stateful: name must not be empty", "the message names the setting");
+        }),
+        Runner.TestCase("Build reports a failure policy set twice and invalid policies", () =>
+        {
+            var e = Expect.Throws<ArgumentException>(() => Workflow.FromKafka("orders", "billing").To("sink", Ignore)
+                .OnFailure(FailurePolicy.Halt)
+                .OnFailure(FailurePolicy.RestartAndReplay())
+                .OnFailure("map", FailurePolicy.DeadLetter(" "))
+                .OnFailure("sink", FailurePolicy.RetryInPlace(-1, FailurePolicy.Halt))
+                .OnFailure("sink", FailurePolicy.Halt)
+                .Build(), "Build fails");
+            foreach (var part in new[] { "policy is set twice", "DeadLetter: the topic must not be empty",
+                         "retries must be ≥ 0 (got -1)", "policy of stage 'sink' is set twice" })
+                Expect.Contains(e.Message, part, "each problem is listed");
+        }),
+        Runner.TestCase("the failure policies read as sentences and reach the built workflow", () =>
+        {
+            var policy = FailurePolicy.RetryInPlace(3, FailurePolicy.DeadLetter("orders-dlq"));
+            Expect.AreEqual(policy.ToString(), "retry 3 times, then dead-letter to 'orders-dlq'", "ToString");
+            var built = Workflow.FromKafka("orders", "billing").To("sink", Ignore)
+                .OnFailure(FailurePolicy.Halt).OnFailure("sink", policy).Build();
+            Expect.AreEqual(built.Policy, FailurePolicy.Halt, "the workflow's policy");
+            Expect.AreEqual(built.StagePolicies["sink"], policy, "the stage's policy");
         }),
         Runner.TestCase("a null callback is refused at once", () =>
         {
