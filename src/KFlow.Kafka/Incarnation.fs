@@ -1,5 +1,5 @@
 // One incarnation of a workflow: one Confluent consumer driven by one dedicated thread, which polls,
-// routes messages to the partition loops, applies backpressure, stores commit points and handles
+// routes messages to the partition loops (through the Intake), stores commit points and handles
 // rebalances. A failure ends the incarnation; the workflow's supervisor decides what comes next.
 namespace KFlow.Kafka
 
@@ -10,53 +10,6 @@ open System.Threading
 open System.Threading.Tasks
 open Confluent.Kafka
 open KFlow
-
-/// How an incarnation ended.
-[<NoEquality; NoComparison>]
-type internal Outcome =
-    /// StopAsync was called; the graceful stop ran.
-    | Stopped
-    /// A failure stopped it; the safe commit points were committed.
-    | Failed of FailureReport
-
-/// Where the consumer thread is in its life.
-type internal Mode =
-    | Running
-    | Stopping
-    | Closing
-
-/// One assigned partition as the consumer thread sees it (consumer thread only).
-[<Sealed; AllowNullLiteral>]
-type internal Slot(worker: PartitionWorker, kafka: Confluent.Kafka.TopicPartition, generation: int) =
-    member _.Worker = worker
-    member _.Kafka = kafka
-    member _.Generation = generation
-    /// The last offset handed to the pipe in this assignment (-1: none).
-    member val LastRouted = -1L with get, set
-    /// Messages handed to the pipe in this assignment.
-    member val Routed = 0L with get, set
-    /// The offset stored last (-1: none).
-    member val Stored = -1L with get, set
-    /// The partition's own gate (MaxOpenOffsetsPerPartition) is closed.
-    member val Closed = false with get, set
-    /// The partition is paused in the consumer.
-    member val KafkaPaused = false with get, set
-    /// Whether KafkaPaused is known (false until the first applyPauses after the assignment).
-    member val PauseKnown = false with get, set
-    /// Progress of the partition while its own gate is closed.
-    member val Stall = Stall.start 0L with get, set
-    /// Messages returned by Consume while the partition's intake was closed, in offset order;
-    /// handed on first when it reopens (librdkafka may return prefetched messages after a pause).
-    member val Held = Queue<struct (ConsumeResult<byte[], byte[]> * int64)>()
-
-    /// Messages of this assignment in flight.
-    member this.Open =
-        let p = worker.Published
-
-        if p.Generation = generation then
-            this.Routed - p.Finished
-        else
-            this.Routed
 
 [<Sealed>]
 type internal Incarnation
@@ -70,22 +23,11 @@ type internal Incarnation
     ) =
     let log = options.Log
     let name = options.Name
-    let b = options.Backpressure
-
-    let globalGate =
-        Gate.create (int64 b.MaxInFlightMessages) b.MaxInFlightBytes b.ResumeAt
-
-    let partitionGate =
-        Gate.create (int64 b.MaxOpenOffsetsPerPartition) Int64.MaxValue b.ResumeAt
 
     let workers = Dictionary<KFlow.TopicPartition, PartitionWorker>()
     let slots = Dictionary<KFlow.TopicPartition, Slot>()
     let failureLock = obj ()
     let mutable failure: FailureReport option = None
-    let mutable mode = Running
-    let mutable globalClosed = false
-    let mutable globalStall = Stall.start 0L
-    let stallMs = int64 b.FlushWhenStalled.TotalMilliseconds
     let mutable nextGeneration = 0
 
     let fail (report: FailureReport) =
@@ -95,8 +37,7 @@ type internal Incarnation
 
     let currentFailure () = lock failureLock (fun () -> failure)
 
-    let ours (t: Confluent.Kafka.TopicPartition) =
-        KFlow.TopicPartition.create t.Topic t.Partition.Value
+    let ours = Slot.partitionOf
 
     let workerOf tp =
         match workers.TryGetValue tp with
@@ -109,210 +50,13 @@ type internal Incarnation
     // The consumer is created below; the handlers close over this cell.
     let mutable consumer: IConsumer<byte[], byte[]> = Unchecked.defaultof<_>
 
-    let position (slot: Slot) =
-        try
-            let p = consumer.Position slot.Kafka
+    let intake =
+        Intake(options, counters, slots, (fun () -> consumer), (fun () -> (currentFailure ()).IsSome))
 
-            if p.IsSpecial || p.Value < 0L then
-                ValueNone
-            else
-                ValueSome p.Value
-        with _ ->
-            ValueNone
-
-    let store (slot: Slot) =
-        let p = slot.Worker.Published
-
-        if p.Generation = slot.Generation then
-            let lastRouted =
-                if slot.LastRouted >= 0L then
-                    ValueSome slot.LastRouted
-                else
-                    ValueNone
-
-            let stored =
-                if slot.Stored >= 0L then
-                    ValueSome slot.Stored
-                else
-                    ValueNone
-
-            // The position passes held messages, so it only counts when none is held.
-            let position = if slot.Held.Count = 0 then position slot else ValueNone
-
-            match CommitPlan.toStore p.CommitPoint lastRouted position stored with
-            | ValueSome offset ->
-                try
-                    consumer.StoreOffset(TopicPartitionOffset(slot.Kafka, Offset offset))
-                    slot.Stored <- offset
-                with :? KafkaException as e ->
-                    log $"{name}: storing offset {offset} of {slot.Kafka} failed: {e.Error.Reason}"
-            | ValueNone -> ()
+    let store (slot: Slot) = Committer.store log name consumer slot
 
     let commitSync (slots: Slot seq) =
-        let offsets =
-            slots
-            |> Seq.filter (fun s -> s.Stored >= 0L)
-            |> Seq.map (fun s -> TopicPartitionOffset(s.Kafka, Offset s.Stored))
-            |> List.ofSeq
-
-        if offsets.IsEmpty then
-            true
-        else
-            try
-                consumer.Commit offsets
-                counters.Committed()
-
-                log
-                    $"""{name}: committed {offsets
-                                           |> List.map (fun o -> $"{o.TopicPartition}@{o.Offset.Value}")
-                                           |> String.concat ", "}"""
-
-                true
-            with :? KafkaException as e ->
-                log $"{name}: synchronous commit failed (at-least-once still holds): {e.Error.Reason}"
-                false
-
-    let applyPauses () =
-        let pause = List<Confluent.Kafka.TopicPartition>()
-        let resume = List<Confluent.Kafka.TopicPartition>()
-
-        for slot in slots.Values do
-            let wanted = mode <> Running || globalClosed || slot.Closed
-
-            if wanted && (not slot.KafkaPaused || not slot.PauseKnown) then
-                pause.Add slot.Kafka
-            elif not wanted && (slot.KafkaPaused || not slot.PauseKnown) then
-                resume.Add slot.Kafka
-
-            slot.KafkaPaused <- wanted
-            slot.PauseKnown <- true
-
-        try
-            if pause.Count > 0 then
-                consumer.Pause pause
-
-            if resume.Count > 0 then
-                consumer.Resume resume
-
-                // librdkafka's broker thread notices a resume only at its next wake-up, up to 1 s
-                // later (measured here: intake cycles of exactly 1 s under a slow sink; the same
-                // delay shows in confluent-kafka-go issue 630's debug log). A seek to the current
-                // position wakes the fetcher now; it moves nothing (the position is the next
-                // message to return, held ones are handed on first). Cycles fell to ~85 ms.
-                for tp in resume do
-                    let p = consumer.Position tp
-
-                    if not p.IsSpecial then
-                        consumer.Seek(TopicPartitionOffset(tp, p))
-        with :? KafkaException as e ->
-            log $"{name}: pause/resume failed: {e.Error.Reason}"
-
-    let closeGlobal () =
-        globalClosed <- true
-        counters.Paused()
-        log $"{name}: in-flight limit reached ({counters.InFlight}); pausing every partition"
-        applyPauses ()
-
-    let closePartition (slot: Slot) =
-        slot.Closed <- true
-        counters.PartitionPaused()
-        log $"{name}: {slot.Kafka} has {slot.Open} open offsets; pausing it"
-        applyPauses ()
-
-    /// Hands a message to its partition's loop if intake is open and the gates admit it; closes
-    /// the gate that refuses it.
-    let admit (slot: Slot) (cr: ConsumeResult<byte[], byte[]>) (size: int64) =
-        let load = counters.InFlight
-        let pload = { Messages = slot.Open; Bytes = 0L }
-
-        if mode <> Running || globalClosed || slot.Closed || (currentFailure ()).IsSome then
-            false
-        elif not (Gate.fits size load globalGate) then
-            closeGlobal ()
-            false
-        elif not (Gate.fits 0L pload partitionGate) then
-            closePartition slot
-            false
-        else
-            counters.Routed size
-            slot.Routed <- slot.Routed + 1L
-            slot.LastRouted <- cr.Offset.Value
-            slot.Worker.Post(Deliver(cr, size))
-
-            if Gate.full (Gate.add size load) globalGate then
-                closeGlobal ()
-
-            if Gate.full (Gate.add 0L pload) partitionGate then
-                closePartition slot
-
-            true
-
-    /// A message from Consume: handed on, or held (in order) until its partition's intake reopens.
-    let route (cr: ConsumeResult<byte[], byte[]>) =
-        match slots.TryGetValue(ours cr.TopicPartition) with
-        | false, _ -> () // not assigned any more: its new owner reads it
-        | true, slot ->
-            let m = cr.Message
-
-            let size =
-                int64 (if isNull m.Key then 0 else m.Key.Length)
-                + int64 (if isNull m.Value then 0 else m.Value.Length)
-
-            if slot.Held.Count > 0 || not (admit slot cr size) then
-                slot.Held.Enqueue(struct (cr, size))
-
-    /// Flushes the pipes of the given partitions: their intake is closed and nothing finishes.
-    let nudge (stalled: Slot seq) (what: string) =
-        counters.StallFlushed()
-
-        log
-            $"{name}: {what} stalled for {options.Backpressure.FlushWhenStalled} with nothing finishing; flushing the buffers"
-
-        for s in stalled do
-            s.Worker.Post Nudge
-
-    /// Reopens the gates whose load fell to the resume thresholds (flushing the pipes behind a gate
-    /// that stalls), then hands on held messages.
-    let relieve (now: int64) =
-        if globalClosed && Gate.relieved counters.InFlight globalGate then
-            globalClosed <- false
-            counters.Resumed()
-            log $"{name}: in-flight down to {counters.InFlight}; resuming"
-
-        if globalClosed then
-            let watch, stalled = Stall.watch now counters.InFlight.Messages stallMs globalStall
-            globalStall <- watch
-
-            if stalled then
-                nudge slots.Values "intake"
-        else
-            globalStall <- Stall.start now
-
-        for slot in slots.Values do
-            if slot.Closed && Gate.relieved { Messages = slot.Open; Bytes = 0L } partitionGate then
-                slot.Closed <- false
-
-            if slot.Closed then
-                let watch, stalled = Stall.watch now slot.Open stallMs slot.Stall
-                slot.Stall <- watch
-
-                if stalled then
-                    nudge [ slot ] $"{slot.Kafka}"
-            else
-                slot.Stall <- Stall.start now
-
-        applyPauses ()
-
-        for slot in slots.Values do
-            let mutable go = true
-
-            while go && slot.Held.Count > 0 do
-                let struct (cr, size) = slot.Held.Peek()
-
-                if admit slot cr size then
-                    slot.Held.Dequeue() |> ignore
-                else
-                    go <- false
+        Committer.commitSync log name counters consumer slots
 
     let waitAll (what: string) (tasks: Task[]) =
         let finished =
@@ -358,7 +102,7 @@ type internal Incarnation
     let onRevoked (parts: List<TopicPartitionOffset>) =
         let revoked = slotsOf parts
 
-        if mode <> Closing && (currentFailure ()).IsNone then
+        if intake.Mode <> Closing && (currentFailure ()).IsNone then
             // Intake for them stops here (the consumer thread is in this handler); flush and drain.
             revoked
             |> List.map (fun s -> s.Worker.Drain(s.Generation, Revoked(ours s.Kafka)))
@@ -418,7 +162,7 @@ type internal Incarnation
         |> waitAll "stopping the partition loops"
 
     let close () =
-        mode <- Closing
+        intake.Mode <- Closing
 
         try
             consumer.Close()
@@ -429,8 +173,8 @@ type internal Incarnation
         consumer.Dispose()
 
     let gracefulStop (clock: Stopwatch) =
-        mode <- Stopping
-        applyPauses ()
+        intake.Mode <- Stopping
+        intake.ApplyPauses()
         log $"{name}: stopping: flushing and draining {slots.Count} partitions"
 
         let drains =
@@ -451,7 +195,7 @@ type internal Incarnation
             with
             | null -> ()
             | cr when cr.IsPartitionEOF -> ()
-            | cr -> route cr
+            | cr -> intake.Route cr
 
         if not (drains |> Array.forall _.IsCompleted) then
             log
@@ -474,9 +218,9 @@ type internal Incarnation
             with
             | null -> ()
             | cr when cr.IsPartitionEOF -> ()
-            | cr -> route cr
+            | cr -> intake.Route cr
 
-            applyPauses ()
+            intake.ApplyPauses()
 
             for s in slots.Values do
                 store s
@@ -484,11 +228,11 @@ type internal Incarnation
             committed <- commitSync slots.Values
 
         close ()
-        Stopped
+        Outcome.Stopped
 
     let abort (report: FailureReport) =
         counters.Failed()
-        mode <- Closing
+        intake.Mode <- Closing
         abandonWorkers ()
 
         for s in slots.Values do
@@ -496,7 +240,7 @@ type internal Incarnation
 
         commitSync slots.Values |> ignore
         close ()
-        Failed report
+        Outcome.Failed report
 
     let runLoop () =
         consumer.Subscribe options.Topics
@@ -514,7 +258,7 @@ type internal Incarnation
             | None ->
                 let result =
                     try
-                        consumer.Consume(if globalClosed then 10 else 100)
+                        consumer.Consume(if intake.GlobalClosed then 10 else 100)
                     with :? ConsumeException as e ->
                         log $"{name}: consume error {e.Error.Code}: {e.Error.Reason}"
 
@@ -532,13 +276,13 @@ type internal Incarnation
                 match result with
                 | null -> ()
                 | cr when cr.IsPartitionEOF -> ()
-                | cr -> route cr
+                | cr -> intake.Route cr
 
                 let now = clock.ElapsedMilliseconds
 
                 if now >= nextRelieve then
                     nextRelieve <- now + 5L
-                    relieve now
+                    intake.Relieve now
 
                 if now >= nextStore then
                     nextStore <- now + 50L
@@ -578,7 +322,7 @@ type internal Incarnation
                     try
                         abort report
                     with _ ->
-                        Failed report
+                        Outcome.Failed report
 
             ended.SetResult outcome
 

@@ -1,70 +1,14 @@
-// The loop of one assigned partition: it owns the partition's PipeRun and Ledger (single owner, no
-// locks), pushes delivered messages and ticks through the pipe, runs sink writes and async calls as
-// tasks whose completions come back through its channel, and publishes its commit point.
+// The loop of one assigned partition: it owns the partition's PipeRun and open offsets (single
+// owner, no locks), pushes delivered messages and ticks through the pipe, runs sink writes and async
+// calls as tasks whose completions come back through its channel, and publishes its commit point.
 namespace KFlow.Kafka
 
 open System
-open System.Collections.Generic
 open System.Text
 open System.Threading
 open System.Threading.Channels
 open System.Threading.Tasks
 open KFlow
-
-/// What the consumer thread reads of a partition loop: its commit point for one assignment.
-[<NoEquality; NoComparison>]
-type internal Published = {
-    /// The assignment (generation) the values belong to; -1 between assignments.
-    Generation: int
-    /// The ledger's commit point (ValueNone until the first message of the assignment).
-    CommitPoint: int64 voption
-    /// Messages of this assignment whose offset is finished.
-    Finished: int64
-}
-
-/// A failure that stops the incarnation: where and what.
-[<NoEquality; NoComparison>]
-type internal FailureReport = {
-    TopicPartition: KFlow.TopicPartition voption
-    Offset: int64 voption
-    /// The key of the failed message, when known.
-    Key: string voption
-    Stage: string
-    Error: exn
-}
-
-[<NoEquality; NoComparison>]
-type internal WorkerCommand =
-    /// A new assignment of the partition starts.
-    | Assign of generation: int
-    /// A consumed message, with its key + value size.
-    | Deliver of Confluent.Kafka.ConsumeResult<byte[], byte[]> * size: int64
-    /// A sink write of an assignment ended (error None = success).
-    | SinkDone of generation: int * request: SinkRequest * error: exn option
-    /// An async call of an assignment ended.
-    | CallDone of generation: int * callId: int * result: Result<obj, exn>
-    /// The clock ticked.
-    | Clock
-    /// Intake stalled: flush the pipe's buffers now.
-    | Nudge
-    /// Push the event (Revoked or Flush), then wait until no write or call is in flight; then answer.
-    | Drain of generation: int * event: Event<obj> * answer: TaskCompletionSource
-    /// The assignment ends: drop the pipe's state and the ledger's partition.
-    | Release of generation: int
-    /// A dead-letter write of an assignment ended (error None = acknowledged): the token completes.
-    | DeadLettered of generation: int * offset: int64 * token: Token * stage: string * error: exn option
-    /// The incarnation ends: stop the loop.
-    | Abandon
-
-/// One unfinished offset: its open parts, its size, the message (for dead-lettering and failure
-/// reports) and its token (ValueNone if the ledger refused the delivery).
-[<Struct; NoEquality; NoComparison>]
-type internal OpenEntry = {
-    Parts: int
-    Size: int64
-    Message: Confluent.Kafka.ConsumeResult<byte[], byte[]>
-    Token: Token voption
-}
 
 /// The loop of one partition for the life of an incarnation (across its assignments).
 [<Sealed>]
@@ -83,18 +27,10 @@ type internal PartitionWorker
     let writer = channel.Writer
 
     // State owned by the loop.
-    let mutable ledger = Ledger.empty
-    let mutable ledgerAssigned = false
+    let offsets = OpenOffsets(tp, counters, log)
     let mutable run = newRun ()
     let mutable generation = -1
-    let opened = Dictionary<int64, OpenEntry>()
-    let lanes = Dictionary<string, Queue<SinkRequest>>()
-    let readyCalls = Queue<struct (int * Result<obj, exn>)>()
     let mutable writesInFlight = 0
-    let mutable callsInFlight = 0
-    let mutable finished = 0L
-    let mutable finishedDelta = 0L
-    let mutable bytesDelta = 0L
 
     let mutable draining: (Event<obj> * ResizeArray<TaskCompletionSource>) voption =
         ValueNone
@@ -107,77 +43,16 @@ type internal PartitionWorker
         Finished = 0L
     }
 
-    let keyAt (offset: int64 voption) =
-        match offset with
-        | ValueSome o ->
-            match opened.TryGetValue o with
-            | true, e when not (isNull e.Message) && not (isNull e.Message.Message.Key) ->
-                ValueSome(Encoding.UTF8.GetString e.Message.Message.Key)
-            | true, _ -> ValueSome ""
-            | _ -> ValueNone
-        | ValueNone -> ValueNone
-
     let report offset stage (error: exn) =
         log $"{tp}: stage '{stage}' failed at offset {offset}: {error.GetType().Name}: {error.Message}"
 
         fail {
             TopicPartition = ValueSome tp
             Offset = offset
-            Key = keyAt offset
+            Key = offsets.KeyAt offset
             Stage = stage
             Error = error
         }
-
-    // The async nodes seen (their failures come after the retries in place).
-    let callStages = HashSet<string>()
-
-    let offsetDone (offset: int64) (entry: OpenEntry) =
-        opened.Remove offset |> ignore
-        finished <- finished + 1L
-        finishedDelta <- finishedDelta + 1L
-        bytesDelta <- bytesDelta + entry.Size
-
-    let refused (error: LedgerError) =
-        counters.Refused()
-        log $"{tp}: the ledger refused a completion (ignored): %A{error}"
-
-    let complete (token: Token) =
-        match Ledger.complete token ledger with
-        | Ok l ->
-            ledger <- l
-            let offset = token.Position.Offset
-
-            match opened.TryGetValue offset with
-            | true, e when e.Parts <= 1 -> offsetDone offset e
-            | true, e -> opened[offset] <- { e with Parts = e.Parts - 1 }
-            | _ -> ()
-        | Error e -> refused e
-
-    let fork (token: Token) (parts: int) =
-        match Ledger.fork parts token ledger with
-        | Ok l ->
-            ledger <- l
-            let offset = token.Position.Offset
-
-            match opened.TryGetValue offset with
-            | true, e when parts = 0 && e.Parts <= 1 -> offsetDone offset e
-            | true, e -> opened[offset] <- { e with Parts = e.Parts - 1 + parts }
-            | _ -> ()
-        | Error e -> refused e
-
-    let errorOf (t: Task) : exn =
-        match t.Exception with
-        | null -> TaskCanceledException(t) :> exn
-        | agg when agg.InnerExceptions.Count = 1 -> agg.InnerExceptions[0]
-        | agg -> agg :> exn
-
-    let startWrite (request: SinkRequest) =
-        try
-            match request.Write request.Envelope.Value with
-            | null -> Task.CompletedTask
-            | t -> t
-        with ex ->
-            Task.FromException ex
 
     let writeEnded (request: SinkRequest) (error: exn option) =
         writesInFlight <- writesInFlight - 1
@@ -185,132 +60,64 @@ type internal PartitionWorker
         match error with
         | None ->
             for t in request.Envelope.Tokens do
-                complete t
+                offsets.Complete t
 
             true
         | Some ex ->
             report (ValueSome request.Envelope.Position.Offset) request.Sink ex
             false
 
-    /// The next write waiting in a lane, or ValueNone (and the lane is idle again).
-    let nextInLane (lane: string) =
-        match lanes.TryGetValue lane with
-        | true, q when not (isNull q) && q.Count > 0 -> ValueSome(q.Dequeue())
-        | true, _ ->
-            lanes.Remove lane |> ignore
-            ValueNone
-        | _ -> ValueNone
+    let writePending (request: SinkRequest) (t: Task) =
+        let gen = generation
 
-    /// Runs writes of one lane in order, inline while they complete synchronously; an asynchronous
-    /// one leaves the lane busy until its SinkDone arrives.
-    let pump (lane: string) (first: SinkRequest) =
-        let mutable current = first
-        let mutable go = true
-
-        while go do
-            let t = startWrite current
-
-            if t.IsCompleted then
-                let ok =
-                    writeEnded current (if t.IsCompletedSuccessfully then None else Some(errorOf t))
-
-                match (if ok then nextInLane lane else ValueNone) with
-                | ValueSome next -> current <- next
-                | ValueNone -> go <- false
-            else
-                if not (lanes.ContainsKey lane) then
-                    lanes[lane] <- null
-
-                let gen = generation
-                let request = current
-
-                t.ContinueWith(
-                    (fun (t: Task) ->
-                        writer.TryWrite(
-                            SinkDone(
-                                gen,
-                                request,
-                                (if t.IsCompletedSuccessfully then None else Some(errorOf t))
-                            )
-                        )
-                        |> ignore),
-                    TaskContinuationOptions.ExecuteSynchronously
+        t.ContinueWith(
+            (fun (t: Task) ->
+                writer.TryWrite(
+                    SinkDone(
+                        gen,
+                        request,
+                        (if t.IsCompletedSuccessfully then
+                             None
+                         else
+                             Some(taskError t))
+                    )
                 )
-                |> ignore
+                |> ignore),
+            TaskContinuationOptions.ExecuteSynchronously
+        )
+        |> ignore
 
-                go <- false
+    let lanes = SinkLanes(writeEnded, writePending)
 
-    /// The consumed messages of the given tokens that are still open (for dead-lettering).
-    let originalsOf (tokens: Token list) =
-        tokens
-        |> List.map (fun t -> t.Position.Offset)
-        |> List.distinct
-        |> List.choose (fun o ->
-            match opened.TryGetValue o with
-            | true, e when not (isNull e.Message) -> Some e.Message
-            | _ -> None)
+    let callPending (id: int) (t: Task<obj>) =
+        let gen = generation
+
+        t.ContinueWith(
+            (fun (t: Task<obj>) ->
+                writer.TryWrite(
+                    CallDone(
+                        gen,
+                        id,
+                        (if t.IsCompletedSuccessfully then
+                             Ok t.Result
+                         else
+                             Error(taskError t))
+                    )
+                )
+                |> ignore),
+            TaskContinuationOptions.ExecuteSynchronously
+        )
+        |> ignore
+
+    let calls = AsyncCalls(tp, handling, callPending)
 
     let guarded (request: SinkRequest) =
-        FailureHandling.guardWrite handling $"{tp}: sink '{request.Sink}'" originalsOf request
+        FailureHandling.guardWrite handling $"{tp}: sink '{request.Sink}'" offsets.OriginalsOf request
 
     let enqueueWrite (request: SinkRequest) =
         let request = guarded request
         writesInFlight <- writesInFlight + 1
-        let lane = request.Substream
-
-        match lanes.TryGetValue lane with
-        | true, q ->
-            let q =
-                if isNull q then
-                    let q = Queue()
-                    lanes[lane] <- q
-                    q
-                else
-                    q
-
-            q.Enqueue request
-        | _ -> pump lane request
-
-    let startCall (request: AsyncRequest) =
-        callsInFlight <- callsInFlight + 1
-
-        callStages.Add request.Stage |> ignore
-        let policy = FailureHandling.policyOf request.Stage handling
-
-        let t =
-            FailureHandling.retrying
-                handling
-                $"{tp}: async map '{request.Stage}' at offset {request.Envelope.Position.Offset}"
-                policy
-                (fun () -> request.Run request.Envelope.Value)
-
-        if t.IsCompleted then
-            readyCalls.Enqueue(
-                struct (request.Id,
-                        (if t.IsCompletedSuccessfully then
-                             Ok t.Result
-                         else
-                             Error(errorOf t)))
-            )
-        else
-            let gen = generation
-
-            t.ContinueWith(
-                (fun (t: Task<obj>) ->
-                    writer.TryWrite(
-                        CallDone(
-                            gen,
-                            request.Id,
-                            (if t.IsCompletedSuccessfully then
-                                 Ok t.Result
-                             else
-                                 Error(errorOf t))
-                        )
-                    )
-                    |> ignore),
-                TaskContinuationOptions.ExecuteSynchronously
-            )
-            |> ignore
+        lanes.Enqueue request
 
     /// A stage or async call failed (after its retries in place): dead-letter its message if the
     /// stage's policy says so, else report it (the supervisor restarts or halts).
@@ -320,20 +127,13 @@ type internal PartitionWorker
             | ValueSome p -> ValueSome p.Offset
             | ValueNone -> ValueNone
 
-        let entry =
-            match offset with
-            | ValueSome o ->
-                match opened.TryGetValue o with
-                | true, e when not (isNull e.Message) && e.Token.IsSome -> ValueSome e
-                | _ -> ValueNone
-            | ValueNone -> ValueNone
-
+        let entry = offsets.Entry offset
         let policy = FailureHandling.policyOf f.Stage handling
 
         match ErrorPolicy.terminal policy, handling.DeadLetters, entry with
         | DeadLetter topic, Some dlq, ValueSome e ->
             let attempts =
-                if callStages.Contains f.Stage then
+                if calls.IsStage f.Stage then
                     1 + ErrorPolicy.retries policy
                 else
                     1
@@ -361,7 +161,10 @@ type internal PartitionWorker
                             offset,
                             token,
                             f.Stage,
-                            (if t.IsCompletedSuccessfully then None else Some(errorOf t))
+                            (if t.IsCompletedSuccessfully then
+                                 None
+                             else
+                                 Some(taskError t))
                         )
                     )
                     |> ignore),
@@ -374,12 +177,12 @@ type internal PartitionWorker
     let apply (effects: Effects) =
         for e in effects.Ledger do
             match e with
-            | Complete t -> complete t
-            | Fork(t, n) -> fork t n
+            | Complete t -> offsets.Complete t
+            | Fork(t, n) -> offsets.Fork(t, n)
 
         for o in effects.Outputs do
             for t in o.Tokens do
-                complete t
+                offsets.Complete t
 
         for f in effects.Failures do
             stageFailed f
@@ -388,7 +191,7 @@ type internal PartitionWorker
             enqueueWrite s
 
         for c in effects.Calls do
-            startCall c
+            calls.Start c
 
     let push (event: Event<obj>) =
         let run', effects = PipeRun.push DateTimeOffset.UtcNow event run
@@ -397,9 +200,8 @@ type internal PartitionWorker
 
     /// Resumes the async calls that have a result, oldest first.
     let resumeReady () =
-        while readyCalls.Count > 0 do
-            let struct (id, result) = readyCalls.Dequeue()
-            callsInFlight <- callsInFlight - 1
+        while calls.HasReady do
+            let struct (id, result) = calls.Take()
             let run', effects = PipeRun.resume DateTimeOffset.UtcNow id result run
             run <- run'
 
@@ -413,19 +215,12 @@ type internal PartitionWorker
             &published,
             {
                 Generation = generation
-                CommitPoint =
-                    (if ledgerAssigned then
-                         Ledger.commitPoint tp ledger
-                     else
-                         ValueNone)
-                Finished = finished
+                CommitPoint = offsets.CommitPoint
+                Finished = offsets.Finished
             }
         )
 
-        if finishedDelta <> 0L || bytesDelta <> 0L then
-            counters.Finished(finishedDelta, bytesDelta)
-            finishedDelta <- 0L
-            bytesDelta <- 0L
+        offsets.ReportFinished()
 
     /// Answers the drain once nothing is in flight; pushes the drain event again first if async
     /// results moved on after it (they may have refilled a buffer).
@@ -436,7 +231,7 @@ type internal PartitionWorker
             again <- false
 
             match draining with
-            | ValueSome(event, answers) when writesInFlight = 0 && callsInFlight = 0 && readyCalls.Count = 0 ->
+            | ValueSome(event, answers) when writesInFlight = 0 && calls.InFlight = 0 && not calls.HasReady ->
                 if movedWhileDraining then
                     movedWhileDraining <- false
                     push event
@@ -451,67 +246,35 @@ type internal PartitionWorker
             | _ -> ()
 
     let deliver (cr: Confluent.Kafka.ConsumeResult<byte[], byte[]>) (size: int64) =
-        let offset = cr.Offset.Value
-
-        if not ledgerAssigned then
-            ledger <- Ledger.assign tp offset ledger
-            ledgerAssigned <- true
-
-        let position = { TopicPartition = tp; Offset = offset }
-
-        match Ledger.deliver position ledger with
-        | Ok(struct (l, token)) ->
-            ledger <- l
-
-            opened[offset] <- {
-                Parts = 1
-                Size = size
-                Message = cr
-                Token = ValueSome token
-            }
-
+        match offsets.Deliver(cr, size) with
+        | Ok token ->
             let m = cr.Message
 
             let envelope: Envelope<obj> = {
                 Value = box m.Value
                 Tokens = [ token ]
                 Key = (if isNull m.Key then "" else Encoding.UTF8.GetString m.Key)
-                Position = position
+                Position = {
+                    TopicPartition = tp
+                    Offset = cr.Offset.Value
+                }
                 Timestamp = DateTimeOffset(let ts = m.Timestamp in ts.UtcDateTime)
             }
 
             push (Message envelope)
         | Error e ->
             // Kept in flight (never finished) so the commit point cannot pass it.
-            opened[offset] <- {
-                Parts = 1
-                Size = size
-                Message = cr
-                Token = ValueNone
-            }
-
             report
-                (ValueSome offset)
+                (ValueSome cr.Offset.Value)
                 "ledger"
                 (InvalidOperationException $"The ledger refused the delivery: %A{e}")
 
     let releaseState () =
-        if ledgerAssigned then
-            ledger <- Ledger.revoke tp ledger
-
-        ledgerAssigned <- false
         run <- newRun ()
         lanes.Clear()
-        readyCalls.Clear()
+        calls.Clear()
         writesInFlight <- 0
-        callsInFlight <- 0
-
-        for e in opened.Values do
-            finishedDelta <- finishedDelta + 1L
-            bytesDelta <- bytesDelta + e.Size
-
-        opened.Clear()
-        finished <- 0L
+        offsets.Release()
 
         match draining with
         | ValueSome(_, answers) ->
@@ -530,21 +293,19 @@ type internal PartitionWorker
         | SinkDone(gen, request, error) ->
             if gen = generation then
                 if writeEnded request error then
-                    match nextInLane request.Substream with
-                    | ValueSome next -> pump request.Substream next
-                    | ValueNone -> ()
+                    lanes.Continue request.Substream
             else
                 // A write of an earlier assignment: the ledger refuses its tokens (stale epoch).
                 match error with
                 | None ->
                     for t in request.Envelope.Tokens do
-                        complete t
+                        offsets.Complete t
                 | Some _ -> ()
 
             true
         | CallDone(gen, id, result) ->
             if gen = generation then
-                readyCalls.Enqueue(struct (id, result))
+                calls.Arrived(id, result)
             else
                 counters.Refused()
                 log $"{tp}: async call {id} of an earlier assignment ended; ignored."
@@ -589,7 +350,7 @@ type internal PartitionWorker
                 match error with
                 | None ->
                     log $"{tp}: offset {offset} failed in '{stage}'; dead-lettered"
-                    complete token
+                    offsets.Complete token
                 | Some ex ->
                     log $"{tp}: the dead-letter write of offset {offset} failed: {ex.Message}"
                     report (ValueSome offset) stage ex

@@ -1,0 +1,194 @@
+// The consumer thread's intake: it routes consumed messages to the partition loops through two
+// gates (in flight per workflow, open offsets per partition), pauses and resumes partitions with
+// hysteresis, holds messages consumed while closed, and flushes pipes behind a gate that stalls.
+namespace KFlow.Kafka
+
+open System
+open System.Collections.Generic
+open Confluent.Kafka
+
+/// Where the consumer thread is in its life.
+type internal Mode =
+    | Running
+    | Stopping
+    | Closing
+
+/// The intake of one incarnation (consumer thread only). `consumer` gives the incarnation's
+/// consumer; `failed` tells whether a failure was reported (intake stops).
+[<Sealed>]
+type internal Intake
+    (
+        options: WorkflowOptions,
+        counters: Counters,
+        slots: Dictionary<KFlow.TopicPartition, Slot>,
+        consumer: unit -> IConsumer<byte[], byte[]>,
+        failed: unit -> bool
+    ) =
+    let log = options.Log
+    let name = options.Name
+    let b = options.Backpressure
+
+    let globalGate =
+        Gate.create (int64 b.MaxInFlightMessages) b.MaxInFlightBytes b.ResumeAt
+
+    let partitionGate =
+        Gate.create (int64 b.MaxOpenOffsetsPerPartition) Int64.MaxValue b.ResumeAt
+
+    let mutable mode = Running
+    let mutable globalClosed = false
+    let mutable globalStall = Stall.start 0L
+    let stallMs = int64 b.FlushWhenStalled.TotalMilliseconds
+
+    let applyPauses () =
+        let consumer = consumer ()
+        let pause = List<Confluent.Kafka.TopicPartition>()
+        let resume = List<Confluent.Kafka.TopicPartition>()
+
+        for slot in slots.Values do
+            let wanted = mode <> Running || globalClosed || slot.Closed
+
+            if wanted && (not slot.KafkaPaused || not slot.PauseKnown) then
+                pause.Add slot.Kafka
+            elif not wanted && (slot.KafkaPaused || not slot.PauseKnown) then
+                resume.Add slot.Kafka
+
+            slot.KafkaPaused <- wanted
+            slot.PauseKnown <- true
+
+        try
+            if pause.Count > 0 then
+                consumer.Pause pause
+
+            if resume.Count > 0 then
+                consumer.Resume resume
+
+                // librdkafka's broker thread notices a resume only at its next wake-up, up to 1 s
+                // later (measured here: intake cycles of exactly 1 s under a slow sink; the same
+                // delay shows in confluent-kafka-go issue 630's debug log). A seek to the current
+                // position wakes the fetcher now; it moves nothing (the position is the next
+                // message to return, held ones are handed on first). Cycles fell to ~85 ms.
+                for tp in resume do
+                    let p = consumer.Position tp
+
+                    if not p.IsSpecial then
+                        consumer.Seek(TopicPartitionOffset(tp, p))
+        with :? KafkaException as e ->
+            log $"{name}: pause/resume failed: {e.Error.Reason}"
+
+    let closeGlobal () =
+        globalClosed <- true
+        counters.Paused()
+        log $"{name}: in-flight limit reached ({counters.InFlight}); pausing every partition"
+        applyPauses ()
+
+    let closePartition (slot: Slot) =
+        slot.Closed <- true
+        counters.PartitionPaused()
+        log $"{name}: {slot.Kafka} has {slot.Open} open offsets; pausing it"
+        applyPauses ()
+
+    /// Hands a message to its partition's loop if intake is open and the gates admit it; closes
+    /// the gate that refuses it.
+    let admit (slot: Slot) (cr: ConsumeResult<byte[], byte[]>) (size: int64) =
+        let load = counters.InFlight
+        let pload = { Messages = slot.Open; Bytes = 0L }
+
+        if mode <> Running || globalClosed || slot.Closed || failed () then
+            false
+        elif not (Gate.fits size load globalGate) then
+            closeGlobal ()
+            false
+        elif not (Gate.fits 0L pload partitionGate) then
+            closePartition slot
+            false
+        else
+            counters.Routed size
+            slot.Routed <- slot.Routed + 1L
+            slot.LastRouted <- cr.Offset.Value
+            slot.Worker.Post(Deliver(cr, size))
+
+            if Gate.full (Gate.add size load) globalGate then
+                closeGlobal ()
+
+            if Gate.full (Gate.add 0L pload) partitionGate then
+                closePartition slot
+
+            true
+
+    /// Flushes the pipes of the given partitions: their intake is closed and nothing finishes.
+    let nudge (stalled: Slot seq) (what: string) =
+        counters.StallFlushed()
+
+        log
+            $"{name}: {what} stalled for {options.Backpressure.FlushWhenStalled} with nothing finishing; flushing the buffers"
+
+        for s in stalled do
+            s.Worker.Post Nudge
+
+    /// Where the consumer thread is in its life; intake is open only while Running.
+    member _.Mode
+        with get () = mode
+        and set value = mode <- value
+
+    /// Whether the workflow's in-flight gate is closed (every partition paused).
+    member _.GlobalClosed = globalClosed
+
+    /// Pauses or resumes each partition in the consumer as the mode and the gates want it.
+    member _.ApplyPauses() = applyPauses ()
+
+    /// A message from Consume: handed on, or held (in order) until its partition's intake reopens.
+    member _.Route(cr: ConsumeResult<byte[], byte[]>) =
+        match slots.TryGetValue(Slot.partitionOf cr.TopicPartition) with
+        | false, _ -> () // not assigned any more: its new owner reads it
+        | true, slot ->
+            let m = cr.Message
+
+            let size =
+                int64 (if isNull m.Key then 0 else m.Key.Length)
+                + int64 (if isNull m.Value then 0 else m.Value.Length)
+
+            if slot.Held.Count > 0 || not (admit slot cr size) then
+                slot.Held.Enqueue(struct (cr, size))
+
+    /// Reopens the gates whose load fell to the resume thresholds (flushing the pipes behind a gate
+    /// that stalls), then hands on held messages.
+    member _.Relieve(now: int64) =
+        if globalClosed && Gate.relieved counters.InFlight globalGate then
+            globalClosed <- false
+            counters.Resumed()
+            log $"{name}: in-flight down to {counters.InFlight}; resuming"
+
+        if globalClosed then
+            let watch, stalled = Stall.watch now counters.InFlight.Messages stallMs globalStall
+            globalStall <- watch
+
+            if stalled then
+                nudge slots.Values "intake"
+        else
+            globalStall <- Stall.start now
+
+        for slot in slots.Values do
+            if slot.Closed && Gate.relieved { Messages = slot.Open; Bytes = 0L } partitionGate then
+                slot.Closed <- false
+
+            if slot.Closed then
+                let watch, stalled = Stall.watch now slot.Open stallMs slot.Stall
+                slot.Stall <- watch
+
+                if stalled then
+                    nudge [ slot ] $"{slot.Kafka}"
+            else
+                slot.Stall <- Stall.start now
+
+        applyPauses ()
+
+        for slot in slots.Values do
+            let mutable go = true
+
+            while go && slot.Held.Count > 0 do
+                let struct (cr, size) = slot.Held.Peek()
+
+                if admit slot cr size then
+                    slot.Held.Dequeue() |> ignore
+                else
+                    go <- false

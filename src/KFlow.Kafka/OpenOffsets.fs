@@ -1,0 +1,158 @@
+// The offsets a partition loop holds open: the ledger of its partition plus, per unfinished offset,
+// its open parts, size and message (for dead-letters and failure reports). Loop thread only.
+namespace KFlow.Kafka
+
+open System.Collections.Generic
+open System.Text
+open KFlow
+
+/// One unfinished offset: its open parts, its size, the message (for dead-lettering and failure
+/// reports) and its token (ValueNone if the ledger refused the delivery).
+[<Struct; NoEquality; NoComparison>]
+type internal OpenEntry = {
+    Parts: int
+    Size: int64
+    Message: Confluent.Kafka.ConsumeResult<byte[], byte[]>
+    Token: Token voption
+}
+
+/// The ledger of one partition and its open offsets, for the life of a partition loop.
+[<Sealed>]
+type internal OpenOffsets(tp: KFlow.TopicPartition, counters: Counters, log: string -> unit) =
+    let mutable ledger = Ledger.empty
+    let mutable ledgerAssigned = false
+    let opened = Dictionary<int64, OpenEntry>()
+    let mutable finished = 0L
+    let mutable finishedDelta = 0L
+    let mutable bytesDelta = 0L
+
+    let offsetDone (offset: int64) (entry: OpenEntry) =
+        opened.Remove offset |> ignore
+        finished <- finished + 1L
+        finishedDelta <- finishedDelta + 1L
+        bytesDelta <- bytesDelta + entry.Size
+
+    let refused (error: LedgerError) =
+        counters.Refused()
+        log $"{tp}: the ledger refused a completion (ignored): %A{error}"
+
+    /// Messages of this assignment whose offset is finished.
+    member _.Finished = finished
+
+    /// The ledger's commit point (ValueNone until the first message of the assignment).
+    member _.CommitPoint =
+        if ledgerAssigned then
+            Ledger.commitPoint tp ledger
+        else
+            ValueNone
+
+    /// Delivers a consumed message to the ledger and opens its offset. A refused delivery stays
+    /// open (never finished) so the commit point cannot pass it.
+    member _.Deliver(cr: Confluent.Kafka.ConsumeResult<byte[], byte[]>, size: int64) =
+        let offset = cr.Offset.Value
+
+        if not ledgerAssigned then
+            ledger <- Ledger.assign tp offset ledger
+            ledgerAssigned <- true
+
+        let position = { TopicPartition = tp; Offset = offset }
+
+        match Ledger.deliver position ledger with
+        | Ok(struct (l, token)) ->
+            ledger <- l
+
+            opened[offset] <- {
+                Parts = 1
+                Size = size
+                Message = cr
+                Token = ValueSome token
+            }
+
+            Ok token
+        | Error e ->
+            opened[offset] <- {
+                Parts = 1
+                Size = size
+                Message = cr
+                Token = ValueNone
+            }
+
+            Error e
+
+    /// Completes one part of a token's offset; the offset finishes with its last part.
+    member _.Complete(token: Token) =
+        match Ledger.complete token ledger with
+        | Ok l ->
+            ledger <- l
+            let offset = token.Position.Offset
+
+            match opened.TryGetValue offset with
+            | true, e when e.Parts <= 1 -> offsetDone offset e
+            | true, e -> opened[offset] <- { e with Parts = e.Parts - 1 }
+            | _ -> ()
+        | Error e -> refused e
+
+    /// Splits a token into `parts` parts (0 finishes it).
+    member _.Fork(token: Token, parts: int) =
+        match Ledger.fork parts token ledger with
+        | Ok l ->
+            ledger <- l
+            let offset = token.Position.Offset
+
+            match opened.TryGetValue offset with
+            | true, e when parts = 0 && e.Parts <= 1 -> offsetDone offset e
+            | true, e -> opened[offset] <- { e with Parts = e.Parts - 1 + parts }
+            | _ -> ()
+        | Error e -> refused e
+
+    /// The key of an open offset's message ("" without a key), when the offset is open.
+    member _.KeyAt(offset: int64 voption) =
+        match offset with
+        | ValueSome o ->
+            match opened.TryGetValue o with
+            | true, e when not (isNull e.Message) && not (isNull e.Message.Message.Key) ->
+                ValueSome(Encoding.UTF8.GetString e.Message.Message.Key)
+            | true, _ -> ValueSome ""
+            | _ -> ValueNone
+        | ValueNone -> ValueNone
+
+    /// The open entry of an offset that has a message and a token (one that can be dead-lettered).
+    member _.Entry(offset: int64 voption) =
+        match offset with
+        | ValueSome o ->
+            match opened.TryGetValue o with
+            | true, e when not (isNull e.Message) && e.Token.IsSome -> ValueSome e
+            | _ -> ValueNone
+        | ValueNone -> ValueNone
+
+    /// The consumed messages of the given tokens that are still open (for dead-lettering).
+    member _.OriginalsOf(tokens: Token list) =
+        tokens
+        |> List.map (fun t -> t.Position.Offset)
+        |> List.distinct
+        |> List.choose (fun o ->
+            match opened.TryGetValue o with
+            | true, e when not (isNull e.Message) -> Some e.Message
+            | _ -> None)
+
+    /// Hands the messages and bytes finished since the last call to the counters.
+    member _.ReportFinished() =
+        if finishedDelta <> 0L || bytesDelta <> 0L then
+            counters.Finished(finishedDelta, bytesDelta)
+            finishedDelta <- 0L
+            bytesDelta <- 0L
+
+    /// The assignment ends: the ledger drops the partition and every open offset leaves the
+    /// in-flight counts.
+    member _.Release() =
+        if ledgerAssigned then
+            ledger <- Ledger.revoke tp ledger
+
+        ledgerAssigned <- false
+
+        for e in opened.Values do
+            finishedDelta <- finishedDelta + 1L
+            bytesDelta <- bytesDelta + e.Size
+
+        opened.Clear()
+        finished <- 0L

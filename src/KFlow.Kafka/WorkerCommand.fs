@@ -1,0 +1,40 @@
+// The protocol between the consumer thread and a partition loop: the commands the loop reads from
+// its channel, and the commit point it publishes back.
+namespace KFlow.Kafka
+
+open System.Threading.Tasks
+open KFlow
+
+/// What the consumer thread reads of a partition loop: its commit point for one assignment.
+[<NoEquality; NoComparison>]
+type internal Published = {
+    /// The assignment (generation) the values belong to; -1 between assignments.
+    Generation: int
+    /// The ledger's commit point (ValueNone until the first message of the assignment).
+    CommitPoint: int64 voption
+    /// Messages of this assignment whose offset is finished.
+    Finished: int64
+}
+
+[<NoEquality; NoComparison>]
+type internal WorkerCommand =
+    /// A new assignment of the partition starts.
+    | Assign of generation: int
+    /// A consumed message, with its key + value size.
+    | Deliver of Confluent.Kafka.ConsumeResult<byte[], byte[]> * size: int64
+    /// A sink write of an assignment ended (error None = success).
+    | SinkDone of generation: int * request: SinkRequest * error: exn option
+    /// An async call of an assignment ended.
+    | CallDone of generation: int * callId: int * result: Result<obj, exn>
+    /// The clock ticked.
+    | Clock
+    /// Intake stalled: flush the pipe's buffers now.
+    | Nudge
+    /// Push the event (Revoked or Flush), then wait until no write or call is in flight; then answer.
+    | Drain of generation: int * event: Event<obj> * answer: TaskCompletionSource
+    /// The assignment ends: drop the pipe's state and the ledger's partition.
+    | Release of generation: int
+    /// A dead-letter write of an assignment ended (error None = acknowledged): the token completes.
+    | DeadLettered of generation: int * offset: int64 * token: Token * stage: string * error: exn option
+    /// The incarnation ends: stop the loop.
+    | Abandon
