@@ -206,6 +206,23 @@ module Pipe =
 
         append (DemuxNode demux) pipe
 
+    let internal timed enabled record (pipe: Pipe<'i, 'o>) : Pipe<'i, 'o> =
+        let rec nodes (ns: Node list) = ns |> List.map node
+
+        and node n =
+            match n with
+            | StageNode s -> StageNode(Stage.timed enabled record s)
+            | DemuxNode d ->
+                let route =
+                    match d.Route with
+                    | Same sub -> Same(nodes sub)
+                    | PerKey build -> PerKey(fun key -> nodes (build key))
+
+                DemuxNode { d with Route = route }
+            | other -> other
+
+        Pipe<'i, 'o>(nodes pipe.Nodes, [])
+
     let join (pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> =
         match pipe.Scopes with
         | [] ->

@@ -116,6 +116,11 @@ module Pipe =
         pipe: Pipe<'i, 'a> ->
             Pipe<'i, 'b>
 
+    /// The pipe with every pure stage (inside demuxes too) timed by Stage.timed, for the runtime's
+    /// stage latency metric.
+    val internal timed:
+        enabled: (unit -> bool) -> record: (string -> int64 -> unit) -> pipe: Pipe<'i, 'o> -> Pipe<'i, 'o>
+
     /// Closes the innermost open split: its substreams merge back into one stream here.
     /// ArgumentException when no split is open.
     val join: pipe: Pipe<'i, 'a> -> Pipe<'i, 'a>
