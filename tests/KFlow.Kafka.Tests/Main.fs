@@ -23,6 +23,8 @@ let all =
         CrashTests.tests
         FailureHandlingDocTests.tests
         ReadmeTests.tests
+        FSharpGuideTests.tests
+        WorkflowsTests.tests
     ]
 
 [<EntryPoint>]
