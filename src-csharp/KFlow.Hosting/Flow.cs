@@ -151,8 +151,8 @@ public sealed record Flow<T>
     /// key gets its own stages: on a key's first message (after a restart, a rebalance or an idle
     /// eviction: again), <paramref name="route"/> receives the key and an empty flow and appends that
     /// key's stages. The substreams are merged back after it. The route runs on the partition loop; an
-    /// exception in it, or an invalid stage it builds, is a failure of that message (see remarks of
-    /// Flow).</summary>
+    /// exception in it, or an invalid stage it builds, is a failure of that message in the stage named
+    /// "routeDependent" (see remarks of Flow).</summary>
     public Flow<TOut> RouteDependent<TOut>(Func<T, string> key, Func<string, Flow<T>, Flow<TOut>> route)
     {
         ArgumentNullException.ThrowIfNull(key);

@@ -4,6 +4,7 @@ namespace KFlow.Kafka
 
 open System
 open System.Collections.Generic
+open System.Runtime.InteropServices
 open System.Threading.Tasks
 open KFlow
 
@@ -128,8 +129,8 @@ type PipeCore =
             name: string,
             initial: 's,
             add: Func<'s, 'a, KeyValuePair<'s, IReadOnlyList<'b>>>,
-            tick: Func<'s, DateTimeOffset, KeyValuePair<'s, IReadOnlyList<'b>>>,
-            flush: Func<'s, IReadOnlyList<'b>>
+            [<Optional>] tick: Func<'s, DateTimeOffset, KeyValuePair<'s, IReadOnlyList<'b>>>,
+            [<Optional>] flush: Func<'s, IReadOnlyList<'b>>
         ) : Pipe<'i, 'b> =
         let values (emitted: IReadOnlyList<'b>) =
             if isNull emitted then [] else List.ofSeq emitted

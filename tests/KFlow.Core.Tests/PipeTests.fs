@@ -163,6 +163,30 @@ let tests =
 
             Expect.equal (TestDriver.committed tp d) 3L "the dropped one completed"
         }
+        test "a routeDependent route that throws fails the message of its key's first arrival, not the run" {
+            let d =
+                Pipe.source<string>
+                |> Pipe.routeDependent keyOf (fun key sub ->
+                    if key = "bad" then
+                        failwith "no route"
+                    else
+                        sub |> Pipe.map id)
+                |> TestDriver.start
+                |> TestDriver.assign tp
+                |> feed [ "good:x"; "bad:y"; "good:z" ]
+
+            Expect.equal
+                (TestDriver.outputs d |> List.map (fun e -> e.Value))
+                [ "good:x"; "good:z" ]
+                "good passes"
+
+            Expect.equal
+                (TestDriver.failures d |> List.map (fun f -> f.Stage))
+                [ "routeDependent" ]
+                "the route's failure is reported as the routeDependent stage's"
+
+            Expect.equal (TestDriver.committed tp d) 1L "bad:y (offset 1) stays open"
+        }
         test "mfd maps, filters and demuxes in one step" {
             let d =
                 Pipe.source<int>

@@ -1,5 +1,5 @@
-// Tests of src-csharp/KFlow.Hosting/Flow.cs, Workflow.cs, WorkflowBuilder.cs and FailurePolicy.cs:
-// immutable building and the checks of Build().
+// Tests of src-csharp/KFlow.Hosting/Flow.cs, Workflow.cs and WorkflowBuilder.cs: immutable building
+// and the checks of Build().
 using System;
 using System.Threading.Tasks;
 using Expecto;
@@ -86,28 +86,6 @@ internal static class FlowTests
             var e = Expect.Throws<ArgumentException>(() => Workflow.FromKafka("orders", "billing")
                 .Stateful(" ", 0, (s, m) => (s, new[] { m })).To("sink", Ignore).Build(), "Build fails");
             Expect.Contains(e.Message, "Stateful: name must not be empty", "the message names the setting");
-        }),
-        Runner.TestCase("Build reports a failure policy set twice and invalid policies", () =>
-        {
-            var e = Expect.Throws<ArgumentException>(() => Workflow.FromKafka("orders", "billing").To("sink", Ignore)
-                .OnFailure(FailurePolicy.Halt)
-                .OnFailure(FailurePolicy.RestartAndReplay())
-                .OnFailure("map", FailurePolicy.DeadLetter(" "))
-                .OnFailure("sink", FailurePolicy.RetryInPlace(-1, FailurePolicy.Halt))
-                .OnFailure("sink", FailurePolicy.Halt)
-                .Build(), "Build fails");
-            foreach (var part in new[] { "policy is set twice", "DeadLetter: the topic must not be empty",
-                         "retries must be ≥ 0 (got -1)", "policy of stage 'sink' is set twice" })
-                Expect.Contains(e.Message, part, "each problem is listed");
-        }),
-        Runner.TestCase("the failure policies read as sentences and reach the built workflow", () =>
-        {
-            var policy = FailurePolicy.RetryInPlace(3, FailurePolicy.DeadLetter("orders-dlq"));
-            Expect.AreEqual(policy.ToString(), "retry 3 times, then dead-letter to 'orders-dlq'", "ToString");
-            var built = Workflow.FromKafka("orders", "billing").To("sink", Ignore)
-                .OnFailure(FailurePolicy.Halt).OnFailure("sink", policy).Build();
-            Expect.AreEqual(built.Policy, FailurePolicy.Halt, "the workflow's policy");
-            Expect.AreEqual(built.StagePolicies["sink"], policy, "the stage's policy");
         }),
         Runner.TestCase("a null callback is refused at once", () =>
         {
