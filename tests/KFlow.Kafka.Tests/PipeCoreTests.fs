@@ -96,7 +96,12 @@ let tests =
                 |> Pipe.join
 
             let d = run pipe [ for i in 0..7 -> "ignored", i ]
-            Expect.equal (values d) [ [ 2; 4 ]; [ 1; 5 ] ] "per-key pairs in completion order, multiples of 3 dropped"
+
+            Expect.equal
+                (values d)
+                [ [ 2; 4 ]; [ 1; 5 ] ]
+                "per-key pairs in completion order, multiples of 3 dropped"
+
             Expect.equal (TestDriver.committed tp d) 7L "7 is held in its key's batch"
             Expect.stringContains (Pipe.describe pipe) "mfd" "the stage is named mfd"
         }
