@@ -33,8 +33,8 @@ public sealed class FailurePolicy
     /// <paramref name="firstDelay"/> (default 1 s) and doubles up to <paramref name="maxDelay"/>
     /// (default 30 s, or firstDelay when that is longer), jitter 0.2.</summary>
     public static FailurePolicy RestartAndReplay(TimeSpan? firstDelay = null, TimeSpan? maxDelay = null) =>
-        new($"restart and replay ({firstDelay ?? TimeSpan.FromSeconds(1)} to {maxDelay?.ToString() ?? "30 s"})",
-            DelayProblem("RestartAndReplay", firstDelay, maxDelay),
+        new($"restart and replay ({firstDelay ?? TimeSpan.FromSeconds(1)} to {maxDelay ?? Max(firstDelay, TimeSpan.FromSeconds(30))})",
+            DelayProblem("RestartAndReplay", firstDelay, maxDelay, TimeSpan.FromSeconds(1)),
             () => ErrorPolicyCore.RestartAndReplay(firstDelay, maxDelay));
 
     /// <summary>Retry the failed write or async call where it failed, up to <paramref name="retries"/>
@@ -51,7 +51,7 @@ public sealed class FailurePolicy
         ArgumentNullException.ThrowIfNull(then);
         var problem = retries < 0
             ? $"RetryInPlace: retries must be ≥ 0 (got {retries})."
-            : DelayProblem("RetryInPlace", firstDelay, maxDelay) ?? then.Problem;
+            : DelayProblem("RetryInPlace", firstDelay, maxDelay, TimeSpan.FromMilliseconds(100)) ?? then.Problem;
         return new FailurePolicy($"retry {retries} times, then {then.Text}", problem,
             () => ErrorPolicyCore.RetryInPlace(retries, firstDelay, maxDelay, then.ToCore()));
     }
@@ -75,10 +75,12 @@ public sealed class FailurePolicy
 
     internal ErrorPolicy ToCore() => _core();
 
-    private static string? DelayProblem(string policy, TimeSpan? first, TimeSpan? max) =>
+    private static TimeSpan Max(TimeSpan? first, TimeSpan defaultMax) => first > defaultMax ? first.Value : defaultMax;
+
+    private static string? DelayProblem(string policy, TimeSpan? first, TimeSpan? max, TimeSpan defaultFirst) =>
         first <= TimeSpan.Zero
             ? $"{policy}: firstDelay must be > 0 (got {first})."
-            : max < (first ?? TimeSpan.Zero)
-                ? $"{policy}: maxDelay ({max}) must be ≥ firstDelay ({first})."
+            : max < (first ?? defaultFirst)
+                ? $"{policy}: maxDelay ({max}) must be ≥ firstDelay ({first ?? defaultFirst})."
                 : null;
 }

@@ -40,9 +40,12 @@ internal static class FailurePolicyTests
             var e = Expect.Throws<ArgumentException>(() => Workflow.FromKafka("orders", "billing").To("sink", (_, _) => Task.CompletedTask)
                 .OnFailure(FailurePolicy.RestartAndReplay(TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(1)))
                 .OnFailure("sink", FailurePolicy.RetryInPlace(2, FailurePolicy.Halt, TimeSpan.Zero))
+                .OnFailure("map", FailurePolicy.RestartAndReplay(maxDelay: TimeSpan.FromMilliseconds(500)))
                 .Build(), "Build fails");
             Expect.Contains(e.Message, "RestartAndReplay: maxDelay (00:00:01) must be ≥ firstDelay (00:00:05)", "max below first");
             Expect.Contains(e.Message, "RetryInPlace: firstDelay must be > 0 (got 00:00:00)", "zero first delay");
+            Expect.Contains(e.Message, "RestartAndReplay: maxDelay (00:00:00.5000000) must be ≥ firstDelay (00:00:01)",
+                "max below the default first delay");
         }),
     });
 }
