@@ -60,7 +60,8 @@ module internal RunState =
         | StageNode s -> StageState s.Init
         | DemuxNode _ -> DemuxState noHolds
         | AsyncMapNode _ -> AsyncState []
-        | SinkNode _ -> Stateless
+        | SinkNode _
+        | ExactlyOnceSinkNode _ -> Stateless
 
     /// A level's nodes and their initial states.
     let ofNodes (nodes: Node list) =

@@ -23,6 +23,7 @@ let all =
         FileSinkTests.tests
         RetransmitTests.tests
         CrashTests.tests
+        ExactlyOnceTests.tests
         FailureHandlingDocTests.tests
         ReadmeTests.tests
         FSharpGuideTests.tests
