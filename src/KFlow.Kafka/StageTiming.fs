@@ -30,10 +30,10 @@ module StageTiming =
         )
 
     /// Whether a listener is recording the histogram.
-    let enabled () = duration.Enabled
+    let internal enabled () = duration.Enabled
 
     /// Records the time since the Stopwatch timestamp `started` for `stage` of `workflow`.
-    let record (workflow: string) (stage: string) (started: int64) =
+    let internal record (workflow: string) (stage: string) (started: int64) =
         duration.Record(
             Stopwatch.GetElapsedTime(started).TotalMilliseconds,
             KeyValuePair("workflow", box workflow),
