@@ -21,13 +21,18 @@ type internal FailureHandling = {
     Draw: unit -> float
     /// The runtime's log.
     Log: string -> unit
+    /// Counts a retry in place (WorkflowStats.Retries).
+    Retried: unit -> unit
+    /// Counts a dead-lettered message (WorkflowStats.DeadLettered).
+    DeadLettered: unit -> unit
 }
 
 /// Applying the policies.
 [<RequireQualifiedAccess>]
 module internal FailureHandling =
-    /// The policies of the options, a dead-letter writer if one is needed, Random.Shared for jitter.
-    let create (options: WorkflowOptions) =
+    /// The policies of the options, a dead-letter writer if one is needed, Random.Shared for jitter;
+    /// retries are counted in `counters`.
+    let create (counters: Counters) (options: WorkflowOptions) =
         let policies = WorkflowOptions.policies options
 
         {
@@ -41,6 +46,8 @@ module internal FailureHandling =
             SinkRetryBackoff = options.SinkRetryBackoff
             Draw = fun () -> Random.Shared.NextDouble()
             Log = options.Log
+            Retried = counters.Retried
+            DeadLettered = counters.DeadLettered
         }
 
     /// The policy of a stage.
@@ -99,6 +106,7 @@ module internal FailureHandling =
                                 $"{what} failed (try {failures}): {ex.GetType().Name}: {ex.Message}; retrying in place in {delay}"
 
                             do! Task.Delay delay
+                            handling.Retried()
                             current <- attempt run
                         | ValueNone ->
                             error <- Some ex
@@ -152,6 +160,9 @@ module internal FailureHandling =
                     match originals with
                     | ValueSome originals ->
                         do! deadLetterAll dlq topic originals request.Sink ex attempts
+
+                        for _ in originals do
+                            handling.DeadLettered()
 
                         handling.Log
                             $"{what} failed {attempts} times ({ex.Message}); dead-lettered {originals.Length} message(s) to '{topic}'"

@@ -138,7 +138,7 @@ type internal PartitionWorker
         FailureHandling.guardWrite handling $"{tp}: sink '{request.Sink}'" offsets.DeadLetterable request
 
     let enqueueWrite (request: SinkRequest) =
-        let request = guarded request
+        let request = guarded request |> StageTiming.write counters.Name
         writesInFlight <- writesInFlight + 1
         lanes.Enqueue request
 
@@ -215,7 +215,7 @@ type internal PartitionWorker
                 enqueueWrite s
 
         for c in effects.Calls do
-            calls.Start c
+            calls.Start(StageTiming.call counters.Name c)
 
     let push (event: Event<obj>) =
         let run', effects = PipeRun.push DateTimeOffset.UtcNow event run
@@ -379,6 +379,9 @@ type internal PartitionWorker
                 match error with
                 | None ->
                     log $"{tp}: {offsetsText tokens} failed in '{stage}'; dead-lettered"
+
+                    for _ in tokens |> List.distinctBy (fun t -> t.Position.Offset) do
+                        counters.DeadLettered()
 
                     for t in tokens do
                         offsets.Complete t

@@ -23,7 +23,7 @@ let private consumed (offset: int64) =
 
 /// Open offsets with offsets 0 to 4 delivered, and their tokens.
 let private delivered () =
-    let offsets = OpenOffsets(tp, Counters(), ignore)
+    let offsets = OpenOffsets(tp, Counters "open-offsets-tests", ignore)
 
     let tokens = [
         for o in 0L .. 4L ->
