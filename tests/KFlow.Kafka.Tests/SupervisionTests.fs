@@ -517,6 +517,7 @@ let private deadLetterBatches =
             Expect.equal (header "kflow.attempts" d) attempts "attempts"
             Expect.isTrue (DateTimeOffset.TryParse(header "kflow.timestamp" d) |> fst) "a timestamp"
 
+        Expect.equal handle.Stats.DeadLettered 20L "each dead letter counted once"
         Expect.equal handle.Stats.Restarts 0L "no restart"
 
 /// Runs one SQL statement on a server.
