@@ -14,6 +14,7 @@ internal static class Program
             BatchTests.Tests,
             FlowTests.Tests,
             PostgresColumnsTests.Tests,
+            PostgresFlowExtensionsTests.Tests,
             ServiceCollectionExtensionsTests.Tests,
             CSharpGuideTests.Tests,
             WorkflowTests.Tests,
