@@ -1,5 +1,5 @@
-// ToPostgres: the sink that upserts batches of POCOs/records into a table (KFlow.Postgres through
-// its C# face), mapping properties to columns by name.
+// ToPostgres: the sink that upserts batches of POCOs/records into a table, or writes each message once
+// in exactly-once mode (KFlow.Postgres through its C# face), mapping properties to columns by name.
 using System;
 using System.Collections.Generic;
 using System.Linq;

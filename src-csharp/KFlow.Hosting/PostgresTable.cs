@@ -1,5 +1,5 @@
-// Where a PostgreSQL sink writes: the table, its key columns, optionally its own connection string
-// and columns; checked at Build() (settings) and at start (the table itself).
+// Where a PostgreSQL sink writes: the table, its key columns, optionally its own connection string,
+// columns and exactly-once mode; checked at Build() (settings) and at start (the table itself).
 using System;
 using System.Collections.Generic;
 using System.Linq;
