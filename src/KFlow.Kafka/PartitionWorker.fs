@@ -119,7 +119,7 @@ type internal PartitionWorker
         FailureHandling.guardWrite handling $"{tp}: sink '{request.Sink}'" offsets.OriginalsOf request
 
     let enqueueWrite (request: SinkRequest) =
-        let request = guarded request
+        let request = guarded request |> StageTiming.write counters.Name
         writesInFlight <- writesInFlight + 1
         lanes.Enqueue request
 
@@ -213,7 +213,7 @@ type internal PartitionWorker
                 enqueueWrite s
 
         for c in effects.Calls do
-            calls.Start c
+            calls.Start(StageTiming.call counters.Name c)
 
     let push (event: Event<obj>) =
         let run', effects = PipeRun.push DateTimeOffset.UtcNow event run
@@ -377,6 +377,7 @@ type internal PartitionWorker
                 match error with
                 | None ->
                     log $"{tp}: offset {offset} failed in '{stage}'; dead-lettered"
+                    counters.DeadLettered()
                     offsets.Complete token
                 | Some ex ->
                     log $"{tp}: the dead-letter write of offset {offset} failed: {ex.Message}"

@@ -14,6 +14,8 @@ let all =
         BackpressureTests.tests
         CommitPlanTests.tests
         WorkflowOptionsTests.tests
+        StageTimingTests.tests
+        PipeCoreTests.tests
         WorkflowTests.tests
         SupervisionTests.tests
         RuntimeDocTests.tests
@@ -24,6 +26,8 @@ let all =
         ExactlyOnceTests.tests
         FailureHandlingDocTests.tests
         ReadmeTests.tests
+        FSharpGuideTests.tests
+        WorkflowsTests.tests
     ]
 
 [<EntryPoint>]
