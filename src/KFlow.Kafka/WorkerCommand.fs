@@ -36,5 +36,7 @@ type internal WorkerCommand =
     | Release of generation: int
     /// A dead-letter write of an assignment ended (error None = acknowledged): the token completes.
     | DeadLettered of generation: int * offset: int64 * token: Token * stage: string * error: exn option
+    /// Completions wait in the loop's completion queue (they are handled before queued commands).
+    | Wake
     /// The incarnation ends: stop the loop.
     | Abandon
