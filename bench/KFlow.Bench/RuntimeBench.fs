@@ -108,6 +108,29 @@ let private prepare (messages: int) =
     printfn "  %-40s %12.0f msgs/s" "produce (input)" produceRate
     cluster, input, produceRate
 
+/// Runs a contender, printing the CPU its process's threads used meanwhile.
+let private measured (name: string) (contender: unit -> 'a) = ThreadCpu.track name contender
+
+/// (a), (b) and (d) alone (`--only map-filter`): its own cluster and input.
+let runMapFilter (messages: int) () =
+    let cluster, input, _ = prepare messages
+    use _ = cluster
+    let raw = measured "(a)" (fun () -> RawConsumerBench.run input)
+    show "(a) raw Confluent.Kafka loop" (Some raw) "msgs/s"
+    let mapFilter = measured "(b)" (fun () -> KFlowPipes.mapFilter input)
+    show "(b) KFlow map → filter → sink" mapFilter "msgs/s"
+    let streamiz = measured "(d)" (fun () -> StreamizBench.run input)
+    show "(d) Streamiz map → filter → peek" (Some streamiz) "msgs/s"
+
+    [
+        "raw_consumer_msgs_per_s", raw
+        "streamiz_msgs_per_s", streamiz
+        "ratio_raw_vs_streamiz", raw / streamiz
+    ]
+    @ optional "kflow_map_filter_msgs_per_s" mapFilter
+    @ ratio "ratio_map_filter_vs_raw" mapFilter (Some raw)
+    @ ratio "ratio_map_filter_vs_streamiz" mapFilter (Some streamiz)
+
 /// (e) over the input, its step timed by PreciseDelay (the figure against the ideal) and by
 /// Task.Delay, with each timer's own ceiling (1,000 chains of 5 ms waits, nothing else running).
 let private asyncFigures (input: Input) =
@@ -142,13 +165,13 @@ let private asyncFigures (input: Input) =
 let run (messages: int) () =
     let cluster, input, produceRate = prepare messages
     use _ = cluster
-    let raw = RawConsumerBench.run input
+    let raw = measured "(a)" (fun () -> RawConsumerBench.run input)
     show "(a) raw Confluent.Kafka loop" (Some raw) "msgs/s"
-    let mapFilter = KFlowPipes.mapFilter input
+    let mapFilter = measured "(b)" (fun () -> KFlowPipes.mapFilter input)
     show "(b) KFlow map → filter → sink" mapFilter "msgs/s"
     let demuxAggregate = KFlowPipes.demuxAggregate input
     show "(c) KFlow map → demux → aggregate → sink" demuxAggregate "msgs/s"
-    let streamiz = StreamizBench.run input
+    let streamiz = measured "(d)" (fun () -> StreamizBench.run input)
     show "(d) Streamiz map → filter → peek" (Some streamiz) "msgs/s"
     let asyncDemux = asyncFigures input
     let peak = backlogInChild input
