@@ -26,6 +26,9 @@ let private rounds = 3
 /// Concurrent streams of batches in the concurrent sink run (as the runtime writes partitions).
 let private concurrentStreams = 4
 
+/// PostgreSQL's defaults for durability, stated explicitly over the throwaway server's test settings.
+let private durable = [ "fsync", "on"; "synchronous_commit", "on"; "full_page_writes", "on" ]
+
 let private epoch = DateTime(2024, 1, 1, 0, 0, 0, DateTimeKind.Utc)
 
 /// A value as a field of a record (never null here).
@@ -63,9 +66,11 @@ let private freshTable (connectionString: string) (name: string) =
 
 let private rate (rows: int) (elapsed: TimeSpan) = float rows / elapsed.TotalSeconds
 
-/// The sink: rowCount records in batches of batchSize, one after the other.
-let private sink (streams: int) (connectionString: string) =
+/// The sink: rowCount records in batches of batchSize from `streams` concurrent streams; in exactly-once
+/// mode each batch also records its source offsets (offset = the row's id, one partition).
+let private sink (exactlyOnce: bool) (streams: int) (connectionString: string) =
     freshTable connectionString "bench_sink"
+    execute connectionString "DROP TABLE IF EXISTS bench_applied_offsets"
 
     let batches =
         List.init (rowCount / batchSize) (fun b -> List.init batchSize (fun i -> record (b * batchSize + i)))
@@ -77,12 +82,33 @@ let private sink (streams: int) (connectionString: string) =
         |> List.groupBy (fun (i, _) -> i % streams)
         |> List.map (snd >> List.map snd)
 
-    let config =
-        UpsertConfig.create (PgConnection.ConnectionString connectionString) "bench_sink" fields [ "id" ] id
+    let config = {
+        UpsertConfig.create (PgConnection.ConnectionString connectionString) "bench_sink" fields [ "id" ] id with
+            ExactlyOnce =
+                if exactlyOnce then
+                    Some {
+                        GroupId = "bench"
+                        OffsetsTable = "bench_applied_offsets"
+                    }
+                else
+                    None
+    }
 
     use writer = (UpsertWriter.create config).GetAwaiter().GetResult()
+    // Row i stands for offset i of partition 0; the warm-up row (-1) for offset 0 of partition 1.
+    let positionOf (row: obj[]) =
+        match unbox<int64> row[0] with
+        | id when id >= 0L -> KFlow.Position.create (KFlow.TopicPartition.create "bench" 0) id
+        | _ -> KFlow.Position.create (KFlow.TopicPartition.create "bench" 1) 0L
+
+    let write (batch: obj[] list) =
+        if exactlyOnce then
+            writer.WriteApplied(batch |> List.map positionOf, batch)
+        else
+            UpsertWriter.write writer batch
+
     // Warm-up: one batch of another key (connection, type resolution), then the timed run.
-    (UpsertWriter.write writer [ record -1 ]).GetAwaiter().GetResult()
+    (write [ record -1 ]).GetAwaiter().GetResult()
     let watch = Stopwatch.StartNew()
 
     let writes =
@@ -90,7 +116,7 @@ let private sink (streams: int) (connectionString: string) =
         |> List.map (fun part ->
             Task.Run(fun () ->
                 for batch in part do
-                    (UpsertWriter.write writer batch).GetAwaiter().GetResult()))
+                    (write batch).GetAwaiter().GetResult()))
         |> Array.ofList
 
     Task.WaitAll writes
@@ -212,15 +238,23 @@ let private naive (connectionString: string) =
 /// <remarks>The sink and the raw COPYs each run 3 times, alternated, and the best run of each counts. The
 /// naive rate is measured on 20,000 rows (a rate, so it extrapolates to 1,000,000). About a minute.</remarks>
 let run () : (string * float) list =
-    use server = Postgres.start ()
+    // The server's ordinary durable settings, not the tests' (which turn fsync, synchronous_commit and
+    // full_page_writes off): a sink that commits every batch pays for its commits, as in production.
+    use server =
+        Postgres.startWith {
+            PostgresOptions.defaults with
+                Settings = durable
+        }
+
     let connectionString = server.ConnectionString
 
     let measured =
         List.init rounds (fun _ -> [|
             rawCopy connectionString
             rawCopyBatched connectionString
-            sink 1 connectionString
-            sink concurrentStreams connectionString
+            sink false 1 connectionString
+            sink false concurrentStreams connectionString
+            sink true 1 connectionString
         |])
 
     let rates (i: int) =
@@ -234,7 +268,14 @@ let run () : (string * float) list =
 
     let naiveRate = naive connectionString
 
-    for table in [ "bench_sink"; "bench_copy"; "bench_copy_batched"; "bench_naive" ] do
+    for table in
+        [
+            "bench_sink"
+            "bench_copy"
+            "bench_copy_batched"
+            "bench_naive"
+            "bench_applied_offsets"
+        ] do
         execute connectionString $"DROP TABLE IF EXISTS {table}"
 
     let names = [|
@@ -242,6 +283,7 @@ let run () : (string * float) list =
         "raw COPY, batches of 1,000"
         "sink, batches of 1,000"
         $"sink, {concurrentStreams} concurrent streams"
+        "sink, exactly-once mode"
     |]
 
     printfn "PostgreSQL sink: %d rows of 5 columns, best and median of %d runs" rowCount rounds
@@ -267,4 +309,7 @@ let run () : (string * float) list =
         "ratio_pg_sink_concurrent_vs_copy", best 3 / best 0
         "pg_sink_rows_per_s_median", median 2
         "pg_raw_copy_rows_per_s_median", median 0
+        "pg_sink_concurrent_rows_per_s_median", median 3
+        "pg_sink_exactly_once_rows_per_s", best 4
+        "ratio_pg_sink_exactly_once_vs_sink", best 4 / best 2
     ]

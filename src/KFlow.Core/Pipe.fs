@@ -16,6 +16,7 @@ type Node =
     | DemuxNode of Demux
     | AsyncMapNode of name: string * parallelism: int * run: (obj -> Task<obj>)
     | SinkNode of name: string * write: (obj -> Task)
+    | ExactlyOnceSinkNode of name: string * store: AppliedOffsetStore * write: (Position list -> obj -> Task)
 
 and [<NoEquality; NoComparison>] Demux = {
     Key: Envelope<obj> -> string
@@ -164,6 +165,22 @@ module Pipe =
 
         append (SinkNode(name, (fun v -> write (unbox<'a> v)))) pipe
 
+    let sinkExactlyOnce
+        (name: string)
+        (store: AppliedOffsetStore)
+        (write: Position list -> 'a -> Task)
+        (pipe: Pipe<'i, 'a>)
+        : Pipe<'i, Sunk> =
+        if String.IsNullOrWhiteSpace name then
+            invalidArgWith "name" "A sink needs a non-empty name; it names the sink in reports and failures."
+
+        if obj.ReferenceEquals(store, null) || String.IsNullOrWhiteSpace store.GroupId then
+            invalidArgWith
+                "store"
+                "An exactly-once sink needs an applied-offset store with the workflow's consumer group."
+
+        append (ExactlyOnceSinkNode(name, store, (fun positions v -> write positions (unbox<'a> v)))) pipe
+
     let split (key: 'a -> string) (pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> =
         let scope = {
             Key = (fun e -> key (unbox<'a> e.Value))
@@ -189,6 +206,22 @@ module Pipe =
 
     let nodes (pipe: Pipe<'i, 'o>) = pipe.Nodes
 
+    let appliedOffsetStores (pipe: Pipe<'i, 'o>) =
+        let rec walk (nodes: Node list) =
+            nodes
+            |> List.collect (fun node ->
+                match node with
+                | ExactlyOnceSinkNode(_, store, _) -> [ store ]
+                | DemuxNode { Route = Same sub } -> walk sub
+                | _ -> [])
+
+        (walk pipe.Nodes, [])
+        ||> List.foldBack (fun store kept ->
+            if kept |> List.exists (fun k -> obj.ReferenceEquals(k, store)) then
+                kept
+            else
+                store :: kept)
+
     let describe (pipe: Pipe<'i, 'o>) =
         let lines = Text.StringBuilder()
 
@@ -201,6 +234,8 @@ module Pipe =
                 | AsyncMapNode(name, p, _) ->
                     lines.AppendLine(sprintf "%s%s (parallelism %d)" pad name p) |> ignore
                 | SinkNode(name, _) -> lines.AppendLine(sprintf "%ssink %s" pad name) |> ignore
+                | ExactlyOnceSinkNode(name, _, _) ->
+                    lines.AppendLine(sprintf "%ssink %s (exactly once)" pad name) |> ignore
                 | DemuxNode d ->
                     match d.Route with
                     | Same sub ->

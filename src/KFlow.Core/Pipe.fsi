@@ -29,6 +29,9 @@ type Node =
     /// A described sink effect: the interpreter runs `write` on each arriving value (usually a batch);
     /// the envelope's tokens complete when it succeeds, none when it fails.
     | SinkNode of name: string * write: (obj -> Task)
+    /// A sink in exactly-once mode: `write` receives the source positions of the value's tokens with
+    /// the value, and records them in `store` in the same transaction as its effect.
+    | ExactlyOnceSinkNode of name: string * store: AppliedOffsetStore * write: (Position list -> obj -> Task)
 
 /// A demux node.
 and [<NoEquality; NoComparison>] Demux = {
@@ -144,6 +147,24 @@ module Pipe =
     /// A sink named `name`: each arriving value (usually a batch from an aggregate) is written by
     /// `write`; its tokens complete when the write succeeds. Nothing flows past a sink.
     val sink: name: string -> write: ('a -> Task) -> pipe: Pipe<'i, 'a> -> Pipe<'i, Sunk>
+
+    /// <summary>A sink in exactly-once mode named <paramref name="name"/>: each arriving value is written by
+    /// <c>write positions value</c>, where positions are the source messages the value stands for (its
+    /// tokens'); the write must apply the value's effect and record those positions in
+    /// <paramref name="store"/> in one transaction. The runtime resumes past and skips recorded offsets
+    /// (Workflow.run), so each message's effect is applied once even across crashes.</summary>
+    /// <remarks>A message must reach the sink as one value: Workflow.run refuses a pipe with an unfold,
+    /// and a stage that splits one message into several outputs fails the workflow.</remarks>
+    val sinkExactlyOnce:
+        name: string ->
+        store: AppliedOffsetStore ->
+        write: (Position list -> 'a -> Task) ->
+        pipe: Pipe<'i, 'a> ->
+            Pipe<'i, Sunk>
+
+    /// <summary>The applied-offset stores of the pipe's exactly-once sinks (in sub-pipes too, except
+    /// routeDependent ones, which are built per key), each once, in pipe order.</summary>
+    val appliedOffsetStores: pipe: Pipe<'i, 'o> -> AppliedOffsetStore list
 
     /// The default demux options.
     val demuxOptions: DemuxOptions

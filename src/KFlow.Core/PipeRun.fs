@@ -165,6 +165,13 @@ module PipeRun =
                     Write = write
                     Substream = RunState.substreamName path
                 }
+            | ExactlyOnceSinkNode(name, _, write) ->
+                acc.Sinks.Add {
+                    Sink = name
+                    Envelope = env
+                    Write = write (AppliedOffsets.positionsOf env)
+                    Substream = RunState.substreamName path
+                }
             | AsyncMapNode(name, parallelism, run) ->
                 match acc.Mode, states[i] with
                 | Defer, AsyncState queue ->

@@ -50,7 +50,8 @@ module internal RunState =
         | StageNode s -> StageState s.Init
         | DemuxNode _ -> DemuxState noHolds
         | AsyncMapNode _ -> AsyncState AsyncQueue.empty
-        | SinkNode _ -> Stateless
+        | SinkNode _
+        | ExactlyOnceSinkNode _ -> Stateless
 
     /// A level's nodes and their initial states.
     let ofNodes (nodes: Node list) =

@@ -19,6 +19,7 @@ type internal Incarnation
         counters: Counters,
         stop: CancellationToken,
         handling: FailureHandling,
+        exactlyOnce: ExactlyOnce,
         assigned: unit -> unit
     ) =
     let log = options.Log
@@ -69,7 +70,32 @@ type internal Incarnation
             log
                 $"{name}: {what} did not finish within the drain timeout ({options.DrainTimeout}); committing what is finished"
 
+    /// Exactly-once mode: where each partition starts and what it skips (ExactlyOnce.Resume). A store
+    /// that cannot answer fails the incarnation, which then reads nothing and restarts.
+    let resumeOf (parts: List<Confluent.Kafka.TopicPartition>) =
+        if not exactlyOnce.Enabled then
+            Map.empty
+        else
+            try
+                exactlyOnce.Resume(consumer, parts)
+                |> List.map (fun r -> ours r.Start.TopicPartition, r)
+                |> Map.ofList
+            with e ->
+                log $"{name}: exactly-once: reading the applied offsets failed: {e.Message}"
+
+                fail {
+                    TopicPartition = ValueNone
+                    Offset = ValueNone
+                    Key = ValueNone
+                    Stage = "exactly-once"
+                    Error = e
+                }
+
+                Map.empty
+
     let onAssigned (parts: List<Confluent.Kafka.TopicPartition>) =
+        let resumes = resumeOf parts
+
         for p in parts do
             let tp = ours p
             let w = workerOf tp
@@ -78,11 +104,26 @@ type internal Incarnation
             // eager rebalance: the partitions paused before it never resumed), so the next
             // applyPauses pauses or resumes it explicitly (PauseKnown is false).
             slots[tp] <- Slot(w, p, nextGeneration)
-            w.Post(Assign nextGeneration)
+
+            let skip =
+                match Map.tryFind tp resumes with
+                | Some r -> r.Skip
+                | None when exactlyOnce.Enabled -> HashSet<int64>()
+                | None -> null
+
+            w.Post(Assign(nextGeneration, skip))
 
         counters.SetAssigned slots.Count
         assigned ()
         log $"""{name}: assigned {parts |> Seq.map string |> String.concat ", "}"""
+
+        parts
+        |> Seq.map (fun p ->
+            match Map.tryFind (ours p) resumes with
+            | Some r -> r.Start
+            | None -> TopicPartitionOffset(p, Offset.Unset))
+        |> List.ofSeq
+        :> seq<_>
 
     let drop (revoked: Slot list) =
         for s in revoked do
@@ -129,9 +170,16 @@ type internal Incarnation
         consumer <-
             ConsumerBuilder<byte[], byte[]>(config)
                 .SetPartitionsAssignedHandler(
-                    Action<IConsumer<byte[], byte[]>, List<Confluent.Kafka.TopicPartition>>(fun _ parts ->
-                        onAssigned parts)
+                    Func<
+                        IConsumer<byte[], byte[]>,
+                        List<Confluent.Kafka.TopicPartition>,
+                        seq<TopicPartitionOffset>
+                     >
+                        (fun _ parts -> onAssigned parts)
                 )
+                .SetOffsetsCommittedHandler(fun _ committed ->
+                    if exactlyOnce.Enabled then
+                        exactlyOnce.Prune committed)
                 .SetPartitionsRevokedHandler(
                     Action<IConsumer<byte[], byte[]>, List<TopicPartitionOffset>>(fun _ parts ->
                         onRevoked parts)

@@ -46,6 +46,10 @@ type internal PartitionWorker
     let mutable run = newRun ()
     let mutable generation = -1
     let mutable writesInFlight = 0
+    // Exactly-once mode (set by Assign, null otherwise): offsets applied already, completed unread.
+    let mutable skip: Collections.Generic.HashSet<int64> = null
+    // Exactly-once mode: offsets a stage split into several values (never written; the incarnation fails).
+    let split = Collections.Generic.HashSet<int64>()
 
     let mutable draining: (Event<obj> * ResizeArray<TaskCompletionSource>) voption =
         ValueNone
@@ -195,6 +199,20 @@ type internal PartitionWorker
         for e in effects.Ledger do
             match e with
             | Complete t -> offsets.Complete t
+            | Fork(t, n) when n > 1 && not (isNull skip) ->
+                // Exactly-once mode records a message's offset with the first value written for it,
+                // so the other parts would be lost on a replay (ExactlyOnce.ofPipe refuses unfold). The
+                // incarnation fails; no value holding the offset is written, so it stays open.
+                split.Add t.Position.Offset |> ignore
+
+                report
+                    (ValueSome t.Position.Offset)
+                    "exactly-once"
+                    (InvalidOperationException
+                        $"A stage split the message at offset {t.Position.Offset} into {n} values; exactly-once \
+                          mode needs each message to reach its sink as one value (emit the parts as one list).")
+
+                offsets.Fork(t, n)
             | Fork(t, n) -> offsets.Fork(t, n)
 
         for o in effects.Outputs do
@@ -205,7 +223,11 @@ type internal PartitionWorker
             stageFailed f
 
         for s in effects.Sinks do
-            enqueueWrite s
+            if
+                split.Count = 0
+                || not (s.Envelope.Tokens |> List.exists (fun t -> split.Contains t.Position.Offset))
+            then
+                enqueueWrite s
 
         for c in effects.Calls do
             calls.Start c
@@ -264,6 +286,9 @@ type internal PartitionWorker
 
     let deliver (cr: Confluent.Kafka.ConsumeResult<byte[], byte[]>) (size: int64) =
         match offsets.Deliver(cr, size) with
+        | Ok token when not (isNull skip) && skip.Remove cr.Offset.Value ->
+            // Exactly-once mode: its effect is applied already; finished without running the pipe.
+            offsets.Complete token
         | Ok token ->
             let m = cr.Message
 
@@ -288,6 +313,7 @@ type internal PartitionWorker
 
     let releaseState () =
         run <- newRun ()
+        split.Clear()
         lanes.Clear()
         calls.Clear()
         writesInFlight <- 0
@@ -349,9 +375,10 @@ type internal PartitionWorker
                 push event
 
             true
-        | Assign gen ->
+        | Assign(gen, applied) ->
             releaseState ()
             generation <- gen
+            skip <- applied
             push (Assigned tp)
             true
         | Release gen ->

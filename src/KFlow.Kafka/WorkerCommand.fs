@@ -18,8 +18,9 @@ type internal Published = {
 
 [<NoEquality; NoComparison>]
 type internal WorkerCommand =
-    /// A new assignment of the partition starts.
-    | Assign of generation: int
+    /// A new assignment of the partition starts. In exactly-once mode `skip` holds the offsets whose
+    /// effect is applied already (completed when read, not run again); null otherwise.
+    | Assign of generation: int * skip: System.Collections.Generic.HashSet<int64>
     /// A consumed message, with its key + value size.
     | Deliver of Confluent.Kafka.ConsumeResult<byte[], byte[]> * size: int64
     /// A sink write of an assignment ended (error None = success).

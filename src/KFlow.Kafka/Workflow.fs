@@ -141,6 +141,7 @@ module Workflow =
 
         let options = { options with Log = log }
         let newRun () = PipeRun.startWith Defer pipe
+        let exactlyOnce = ExactlyOnce.ofPipe options pipe
         let counters = Counters()
         let stop = new CancellationTokenSource()
         let health = HealthCell()
@@ -150,7 +151,7 @@ module Workflow =
             health.Update(fun h -> { h with State = WorkflowState.Running })
 
         let create () =
-            Incarnation(options, newRun, counters, stop.Token, handling, running)
+            Incarnation(options, newRun, counters, stop.Token, handling, exactlyOnce, running)
         // The first consumer is built here, so a bad librdkafka property fails the call itself.
         let first =
             try

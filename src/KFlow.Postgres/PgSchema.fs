@@ -220,7 +220,7 @@ module PgSchema =
 
         let keySet = Set.ofList keys
 
-        if not (table.UniqueKeys |> List.contains keySet) then
+        if not keys.IsEmpty && not (table.UniqueKeys |> List.contains keySet) then
             let keyList = keys |> List.map PgIdentifier.quote |> String.concat ", "
 
             let present =

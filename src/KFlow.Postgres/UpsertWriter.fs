@@ -1,5 +1,6 @@
 // The upsert sink's writer: a batch in, one atomic upsert out (INSERT ... SELECT FROM unnest(arrays)
-// ... ON CONFLICT DO UPDATE, the last record per key winning), retried on transient failures.
+// ... ON CONFLICT DO UPDATE, the last record per key winning), retried on transient failures; in
+// exactly-once mode the same statement records the batch's source offsets (PgAppliedOffsets).
 namespace KFlow.Postgres
 
 open System
@@ -10,6 +11,7 @@ open System.Threading
 open System.Threading.Tasks
 open Npgsql
 open NpgsqlTypes
+open KFlow
 
 /// Where the sink's database is.
 [<RequireQualifiedAccess; NoEquality; NoComparison>]
@@ -32,13 +34,16 @@ type UpsertConfig<'a> = {
     /// The columns written, in the order of the row mapper's values. No default.
     Fields: string list
     /// The key columns (a subset of Fields): a primary key or unique constraint must cover exactly
-    /// them. No default.
+    /// them. No default. Empty only in exactly-once mode: batches are then appended (plain INSERT).
     Keys: string list
     /// The row mapper: a record's values in field order (null, None or DBNull for NULL). No default;
     /// PgRow has mappers for dictionaries and JSON objects.
     Row: 'a -> obj[]
     /// Retries after transient failures. Default RetryOptions.Default (10 attempts, 100 ms to 5 s).
     Retry: RetryOptions
+    /// Exactly-once mode: each batch records the source offsets it applies in a table of the sink's own,
+    /// in the same statement (see ExactlyOnceOptions and UpsertWriter.sinkExactlyOnce). Default None.
+    ExactlyOnce: ExactlyOnceOptions option
 }
 
 /// Building configurations.
@@ -60,6 +65,7 @@ module UpsertConfig =
             Keys = keys
             Row = row
             Retry = PgRetry.defaults
+            ExactlyOnce = None
         }
 
     /// A configuration for records that are dictionaries keyed by field name (PgRow.ofDictionary).
@@ -72,6 +78,13 @@ module UpsertConfig =
 
     /// The configuration with other retry options.
     let withRetry (retry: RetryOptions) (config: UpsertConfig<'a>) = { config with Retry = retry }
+
+    /// The configuration in exactly-once mode for the workflow's consumer group, with the default
+    /// offsets table (kflow_applied_offsets).
+    let withExactlyOnce (groupId: string) (config: UpsertConfig<'a>) = {
+        config with
+            ExactlyOnce = Some(ExactlyOnceOptions.create groupId)
+    }
 
 /// How a writer sends a batch (chosen at start-up from the fields' types).
 [<RequireQualifiedAccess>]
@@ -86,6 +99,9 @@ type UpsertMethod =
 /// The SQL of one writer, built once from quoted identifiers.
 type internal UpsertStatements = {
     Method: UpsertMethod
+    /// The offsets table in exactly-once mode: the statements below then record the batch's offsets and
+    /// return how many of them were recorded before (nothing is written unless none was).
+    Applied: PgAppliedOffsets option
     Unnest: string
     UnnestInsert: string
     CreateStage: string
@@ -109,6 +125,9 @@ type internal UpsertStatements = {
 /// The Task succeeds only once the batch is committed. Transient failures (connection lost, server
 /// restarting, serialization failure, deadlock) are retried with backoff; other failures and the
 /// last transient one fault the Task with a PgSinkException, and nothing of the batch is committed.
+/// In exactly-once mode (UpsertConfig.ExactlyOnce) the statement also records the batch's source
+/// offsets in the offsets table and writes nothing if they were recorded before (WriteApplied); with
+/// no keys the rows are appended (plain INSERT).
 /// </remarks>
 [<Sealed>]
 type UpsertWriter<'a>
@@ -202,8 +221,21 @@ type UpsertWriter<'a>
         ()
     }
 
-    /// One attempt of the Copy method: temp table, binary COPY, INSERT, commit.
-    let attemptCopy (rows: obj[][]) () : Task = task {
+    /// The outcome of an exactly-once statement: how many of the batch's offsets were recorded before.
+    let seenOf (result: obj) =
+        match result with
+        | :? int64 as n -> n
+        | _ -> 0L
+
+    /// The record parameters of a batch's positions (exactly-once mode), else none.
+    let recordParameters (positions: Position list) =
+        match statements.Applied with
+        | Some offsets -> PgAppliedOffsets.recordParameters offsets positions
+        | None -> []
+
+    /// One attempt of the Copy method: temp table, binary COPY, INSERT, commit. Returns how many of the
+    /// batch's offsets were recorded before (exactly-once mode; 0 otherwise).
+    let attemptCopy (positions: Position list) (rows: obj[][]) (seen: int64 ref) () : Task = task {
         use! connection = dataSource.OpenConnectionAsync()
         use! transaction = connection.BeginTransactionAsync()
 
@@ -217,97 +249,164 @@ type UpsertWriter<'a>
 
         do! task {
             use command = new NpgsqlCommand(statements.Insert, connection, transaction)
-            let! _ = command.ExecuteNonQueryAsync()
-            ()
+
+            for p in recordParameters positions do
+                command.Parameters.Add p |> ignore
+
+            let! result = command.ExecuteScalarAsync()
+            seen.Value <- seenOf result
         }
 
         do! transaction.CommitAsync()
     }
 
     /// One attempt of the Unnest method: the batch as one array per field, one statement.
-    let attemptUnnest (rows: obj[][]) (fieldArrays: obj[][]) () : Task = task {
-        use! connection = dataSource.OpenConnectionAsync()
+    let attemptUnnest
+        (positions: Position list)
+        (rows: obj[][])
+        (fieldArrays: obj[][])
+        (seen: int64 ref)
+        ()
+        : Task =
+        task {
+            use! connection = dataSource.OpenConnectionAsync()
 
-        /// Runs one statement over the batch's arrays: Ok true, Ok false on a unique violation when
-        /// `conflictIsFine`, Error for a value Npgsql cannot write.
-        let execute (sql: string) (conflictIsFine: bool) = task {
-            use command = new NpgsqlCommand(sql, connection)
+            /// Runs one statement over the batch's arrays: Ok true, Ok false on a unique violation when
+            /// `conflictIsFine`, Error for a value Npgsql cannot write.
+            let execute (sql: string) (conflictIsFine: bool) = task {
+                use command = new NpgsqlCommand(sql, connection)
 
-            for i in 0 .. columns.Length - 1 do
-                command.Parameters.Add(
-                    NpgsqlParameter(
-                        NpgsqlDbType = (NpgsqlDbType.Array ||| dbTypes[i]),
-                        Value = fieldArrays[i]
+                for i in 0 .. columns.Length - 1 do
+                    command.Parameters.Add(
+                        NpgsqlParameter(
+                            NpgsqlDbType = (NpgsqlDbType.Array ||| dbTypes[i]),
+                            Value = fieldArrays[i]
+                        )
                     )
-                )
-                |> ignore
+                    |> ignore
 
-            try
-                // Prepared statements persist on Npgsql's pooled physical connections: parsed and
-                // planned once per connection, not once per batch.
-                do! command.PrepareAsync()
-                let! _ = command.ExecuteNonQueryAsync()
-                return Ok true
-            with
-            | :? PostgresException as error when
-                conflictIsFine && error.SqlState = PostgresErrorCodes.UniqueViolation
-                ->
-                return Ok false
-            | :? InvalidCastException
-            | :? NotSupportedException
-            | :? ArgumentException as error -> return Error error
-        }
+                for p in recordParameters positions do
+                    command.Parameters.Add p |> ignore
 
-        // Insert first while batches bring new keys (a plain INSERT is much cheaper than ON CONFLICT);
-        // after a conflict, upsert directly for a number of batches that doubles while conflicts go on.
-        let optimistic = Volatile.Read &upsertOnlyBatches <= 0
-
-        if not optimistic then
-            Interlocked.Decrement &upsertOnlyBatches |> ignore
-
-        let! inserted =
-            if optimistic then
-                execute statements.UnnestInsert true
-            else
-                Task.FromResult(Ok false)
-
-        let! outcome =
-            match inserted with
-            | Ok true ->
-                Volatile.Write(&conflictPenalty, 0)
-                Task.FromResult(Ok true)
-            | Ok false ->
-                if optimistic then
-                    let penalty = min 1024 (max 1 (2 * Volatile.Read &conflictPenalty))
-                    Volatile.Write(&conflictPenalty, penalty)
-                    Volatile.Write(&upsertOnlyBatches, penalty)
-
-                execute statements.Unnest false
-            | Error error -> Task.FromResult(Error error)
-
-        match outcome with
-        | Ok _ -> ()
-        | Error error ->
-            // A value Npgsql cannot write: find its column and record with the Copy method's field-by-field
-            // writes into a temp table that is rolled back; raise the original error if that passes.
-            use! transaction = connection.BeginTransactionAsync()
-
-            do! task {
-                use command = new NpgsqlCommand(statements.CreateStage, connection, transaction)
-                let! _ = command.ExecuteNonQueryAsync()
-                ()
+                try
+                    // Prepared statements persist on Npgsql's pooled physical connections: parsed and
+                    // planned once per connection, not once per batch.
+                    do! command.PrepareAsync()
+                    let! result = command.ExecuteScalarAsync()
+                    seen.Value <- seenOf result
+                    return Ok true
+                with
+                | :? PostgresException as error when
+                    conflictIsFine && error.SqlState = PostgresErrorCodes.UniqueViolation
+                    ->
+                    return Ok false
+                | :? InvalidCastException
+                | :? NotSupportedException
+                | :? ArgumentException as error -> return Error error
             }
 
-            do! copyRows connection rows
-            do! transaction.RollbackAsync()
-            ExceptionDispatchInfo.Capture(error).Throw()
-    }
+            // Insert first while batches bring new keys (a plain INSERT is much cheaper than ON CONFLICT);
+            // after a conflict, upsert directly for a number of batches that doubles while conflicts go on.
+            let optimistic = Volatile.Read &upsertOnlyBatches <= 0
+
+            if not optimistic then
+                Interlocked.Decrement &upsertOnlyBatches |> ignore
+
+            let! inserted =
+                if optimistic then
+                    execute statements.UnnestInsert true
+                else
+                    Task.FromResult(Ok false)
+
+            let! outcome =
+                match inserted with
+                | Ok true ->
+                    Volatile.Write(&conflictPenalty, 0)
+                    Task.FromResult(Ok true)
+                | Ok false ->
+                    if optimistic then
+                        let penalty = min 1024 (max 1 (2 * Volatile.Read &conflictPenalty))
+                        Volatile.Write(&conflictPenalty, penalty)
+                        Volatile.Write(&upsertOnlyBatches, penalty)
+
+                    execute statements.Unnest false
+                | Error error -> Task.FromResult(Error error)
+
+            match outcome with
+            | Ok _ -> ()
+            | Error error ->
+                // A value Npgsql cannot write: find its column and record with the Copy method's field-by-field
+                // writes into a temp table that is rolled back; raise the original error if that passes.
+                use! transaction = connection.BeginTransactionAsync()
+
+                do! task {
+                    use command = new NpgsqlCommand(statements.CreateStage, connection, transaction)
+                    let! _ = command.ExecuteNonQueryAsync()
+                    ()
+                }
+
+                do! copyRows connection rows
+                do! transaction.RollbackAsync()
+                ExceptionDispatchInfo.Capture(error).Throw()
+        }
 
     let onTransient (error: exn) =
         Threading.Interlocked.Increment &retries |> ignore
 
         if PgRetry.connectionLost error then
             dataSource.Clear()
+
+    /// Writes a batch (positions: its source messages, recorded in exactly-once mode).
+    let write (positions: Position list) (batch: 'a list) : Task =
+        if disposed then
+            Task.FromException(
+                ObjectDisposedException(nameof UpsertWriter, "This upsert writer has been disposed.")
+            )
+        elif List.isEmpty batch then
+            Task.CompletedTask
+        else
+            task {
+                let rows = prepare batch
+                let seen = ref 0L
+
+                let describe (error: exn) (tries: int) (transient: bool) : exn =
+                    let attempts = if tries > 1 then $" after {tries} attempts" else ""
+
+                    PgSinkException(
+                        $"Upsert of {rows.Length} record(s) into {table} ({server}) failed{attempts}: {error.Message}",
+                        error,
+                        transient
+                    )
+
+                let attempt =
+                    match statements.Method with
+                    | UpsertMethod.Copy -> attemptCopy positions rows seen
+                    | UpsertMethod.Unnest ->
+                        let fieldArrays =
+                            Array.init columns.Length (fun i -> rows |> Array.map (fun row -> row[i]))
+
+                        attemptUnnest positions rows fieldArrays seen
+
+                do! PgRetry.run retry onTransient describe attempt
+
+                // In exactly-once mode nothing was written if any offset was recorded before: all of them
+                // means the batch was applied already (a replay, or a retry after a commit whose answer
+                // was lost); some of them means two writes overlap, which only a second owner of the
+                // partition can cause.
+                let total = positions |> List.distinct |> List.length |> int64
+
+                if seen.Value > 0L && seen.Value < total then
+                    raise (
+                        PgSinkException(
+                            $"{seen.Value} of the {total} source offsets of a batch for {table} ({server}) were \
+                              applied already by another write, so none of it was written. Two instances \
+                              may own the same partition; the workflow's restart reads the applied offsets \
+                              again and skips them.",
+                            null,
+                            false
+                        )
+                    )
+            }
 
     /// The target table (schema.table as configured).
     member _.Table = string table
@@ -330,38 +429,71 @@ type UpsertWriter<'a>
     /// Writing the same batch again leaves the table as it was. The Task faults with ArgumentException
     /// for a record the mapper or a column type cannot take, and with PgSinkException when the
     /// database refuses the batch or transient failures outlast the retries; then nothing of the
-    /// batch was committed.
+    /// batch was committed. In exactly-once mode use WriteApplied (this faults with
+    /// InvalidOperationException).
     /// </remarks>
     member _.Write(batch: 'a list) : Task =
-        if disposed then
+        match statements.Applied with
+        | Some _ ->
             Task.FromException(
-                ObjectDisposedException(nameof UpsertWriter, "This upsert writer has been disposed.")
+                InvalidOperationException(
+                    $"The writer of {table} is in exactly-once mode: write batches with WriteApplied (or \
+                      UpsertWriter.sinkExactlyOnce), which records their source offsets."
+                )
             )
-        elif List.isEmpty batch then
-            Task.CompletedTask
-        else
-            task {
-                let rows = prepare batch
+        | None -> write [] batch
 
-                let describe (error: exn) (tries: int) (transient: bool) : exn =
-                    let attempts = if tries > 1 then $" after {tries} attempts" else ""
+    /// <summary>Exactly-once mode: writes a batch and records its source positions in the offsets table,
+    /// in one statement; the Task succeeds once it is committed.</summary>
+    /// <remarks>If every position was recorded before (the batch was applied already), nothing is
+    /// written and the Task succeeds; if only some were, nothing is written and the Task faults with
+    /// PgSinkException. A retry after a lost answer is therefore safe even on an insert-only table.
+    /// Without exactly-once mode the positions are ignored.</remarks>
+    member _.WriteApplied(positions: Position list, batch: 'a list) : Task = write positions batch
 
-                    PgSinkException(
-                        $"Upsert of {rows.Length} record(s) into {table} ({server}) failed{attempts}: {error.Message}",
-                        error,
-                        transient
-                    )
+    /// <summary>The store of applied offsets the runtime reads on assignment (exactly-once mode;
+    /// InvalidOperationException otherwise). Its calls are retried like batches.</summary>
+    member _.AppliedOffsets: AppliedOffsetStore =
+        match statements.Applied with
+        | None ->
+            raise (
+                InvalidOperationException(
+                    $"The writer of {table} is not in exactly-once mode; set UpsertConfig.ExactlyOnce."
+                )
+            )
+        | Some offsets ->
+            let describe (error: exn) (tries: int) (transient: bool) : exn =
+                let attempts = if tries > 1 then $" after {tries} attempts" else ""
 
-                let attempt =
-                    match statements.Method with
-                    | UpsertMethod.Copy -> attemptCopy rows
-                    | UpsertMethod.Unnest ->
-                        let fieldArrays =
-                            Array.init columns.Length (fun i -> rows |> Array.map (fun row -> row[i]))
+                PgSinkException(
+                    $"Reading the applied offsets in {offsets.Table} ({server}) failed{attempts}: {error.Message}",
+                    error,
+                    transient
+                )
 
-                        attemptUnnest rows fieldArrays
+            let retried (run: NpgsqlConnection -> Task) : Task =
+                PgRetry.run retry onTransient describe (fun () -> task {
+                    use! connection = dataSource.OpenConnectionAsync()
+                    do! run connection
+                })
 
-                do! PgRetry.run retry onTransient describe attempt
+            {
+                GroupId = offsets.GroupId
+                Load =
+                    fun committed -> task {
+                        let mutable found = Map.empty
+
+                        do!
+                            retried (fun connection -> task {
+                                let! loaded = PgAppliedOffsets.load offsets connection committed
+                                found <- loaded
+                            })
+
+                        return found
+                    }
+                Prune =
+                    fun committed ->
+                        retried (fun connection -> PgAppliedOffsets.prune offsets connection committed)
             }
 
     /// Disposes the data source if the writer made it from a connection string.
@@ -410,10 +542,21 @@ module UpsertWriter =
             let names = duplicates |> List.map fst |> String.concat ", "
             invalid $"UpsertConfig.Fields names {names} more than once; name each column once."
 
-        if List.isEmpty config.Keys then
+        if List.isEmpty config.Keys && config.ExactlyOnce.IsNone then
             invalid
                 "UpsertConfig.Keys is empty; list the key columns (covered by the table's primary key or a \
-                 unique constraint)."
+                 unique constraint). Appending without keys is safe only in exactly-once mode \
+                 (UpsertConfig.withExactlyOnce)."
+
+        match config.ExactlyOnce with
+        | Some exactly when String.IsNullOrWhiteSpace exactly.GroupId ->
+            invalid
+                "ExactlyOnceOptions.GroupId is empty; give the workflow's consumer group (WorkflowOptions.GroupId)."
+        | Some exactly when String.IsNullOrWhiteSpace exactly.OffsetsTable ->
+            invalid
+                $"ExactlyOnceOptions.OffsetsTable is empty; name the sink's offsets table (default \
+                  {ExactlyOnceOptions.DefaultOffsetsTable})."
+        | _ -> ()
 
         match config.Keys |> List.filter (fun key -> not (List.contains key config.Fields)) with
         | [] -> ()
@@ -431,7 +574,12 @@ module UpsertWriter =
 
         PgRetry.validate config.Retry
 
-    let private statementsFor (table: PgIdentifier) (fieldColumns: PgColumn list) (keys: string list) =
+    let private statementsFor
+        (table: PgIdentifier)
+        (fieldColumns: PgColumn list)
+        (keys: string list)
+        (applied: PgAppliedOffsets option)
+        =
         let fields = fieldColumns |> List.map _.Name
 
         let ordinal =
@@ -463,23 +611,45 @@ module UpsertWriter =
 
         let parameters = fields |> List.mapi (fun i _ -> $"${i + 1}") |> String.concat ", "
 
+        // In exactly-once mode the rows are written only if none of the batch's offsets was recorded
+        // before (kflow_seen), by a data-modifying WITH item, in the statement that records them.
+        let guard =
+            match applied with
+            | Some _ -> " WHERE (SELECT n FROM kflow_seen) = 0"
+            | None -> ""
+
+        /// INSERT of `source` (a FROM clause whose rows carry the fields and the ordinal), the last row
+        /// per key winning, with `conflict` ("" for a plain insert).
+        let insertFrom (source: string) (conflict: string) =
+            if List.isEmpty keys then
+                $"INSERT INTO {table.Sql} ({columns}) SELECT {columns} FROM {source}{guard}"
+            else
+                $"INSERT INTO {table.Sql} ({columns}) SELECT DISTINCT ON ({keyColumns}) {columns}                   FROM {source}{guard} ORDER BY {keyColumns}, {ordinal} DESC{conflict}"
+
+        let recording (firstParameter: int) (insert: string) =
+            match applied with
+            | Some offsets ->
+                $"WITH {PgAppliedOffsets.recordItems offsets firstParameter}, kflow_write AS ({insert})                   SELECT n FROM kflow_seen"
+            | None -> insert
+
+        let unnested =
+            $"unnest({parameters}) WITH ORDINALITY AS kflow_rows ({columns}, {ordinal})"
+
+        let upsert =
+            if List.isEmpty keys then
+                ""
+            else
+                $" ON CONFLICT ({keyColumns}) {onConflict}"
+
         {
             Method = method
-            Unnest =
-                $"INSERT INTO {table.Sql} ({columns}) SELECT DISTINCT ON ({keyColumns}) {columns} \
-                  FROM unnest({parameters}) WITH ORDINALITY AS kflow_rows ({columns}, {ordinal}) \
-                  ORDER BY {keyColumns}, {ordinal} DESC ON CONFLICT ({keyColumns}) {onConflict}"
-            UnnestInsert =
-                $"INSERT INTO {table.Sql} ({columns}) SELECT DISTINCT ON ({keyColumns}) {columns} \
-                  FROM unnest({parameters}) WITH ORDINALITY AS kflow_rows ({columns}, {ordinal}) \
-                  ORDER BY {keyColumns}, {ordinal} DESC"
+            Applied = applied
+            Unnest = recording (fields.Length + 1) (insertFrom unnested upsert)
+            UnnestInsert = recording (fields.Length + 1) (insertFrom unnested "")
             CreateStage =
-                $"CREATE TEMP TABLE kflow_stage ON COMMIT DROP AS SELECT 0::int4 AS {ordinal}, {columns} \
-                  FROM {table.Sql} WITH NO DATA"
+                $"CREATE TEMP TABLE kflow_stage ON COMMIT DROP AS SELECT 0::int4 AS {ordinal}, {columns}                   FROM {table.Sql} WITH NO DATA"
             Copy = $"COPY {stage} ({ordinal}, {columns}) FROM STDIN (FORMAT BINARY)"
-            Insert =
-                $"INSERT INTO {table.Sql} ({columns}) SELECT DISTINCT ON ({keyColumns}) {columns} FROM {stage} \
-                  ORDER BY {keyColumns}, {ordinal} DESC ON CONFLICT ({keyColumns}) {onConflict}"
+            Insert = recording 1 (insertFrom stage upsert)
         }
 
     /// <summary>Makes a writer after checking the configuration and the table.</summary>
@@ -494,6 +664,11 @@ module UpsertWriter =
     let create (config: UpsertConfig<'a>) : Task<UpsertWriter<'a>> = task {
         checkConfig config
         let table = PgIdentifier.parse config.Table
+
+        let applied =
+            config.ExactlyOnce
+            |> Option.map (fun exactly ->
+                PgAppliedOffsets.create (PgIdentifier.parse exactly.OffsetsTable) exactly.GroupId)
 
         let dataSource, owns =
             match config.Connection with
@@ -519,6 +694,11 @@ module UpsertWriter =
             let load () : Task = task {
                 use! connection = dataSource.OpenConnectionAsync()
                 let! found = PgSchema.load connection table
+
+                match applied with
+                | Some offsets -> do! PgAppliedOffsets.ensure offsets connection
+                | None -> ()
+
                 loaded <- Some found
             }
 
@@ -561,7 +741,7 @@ module UpsertWriter =
                     Array.ofList columns,
                     config.Row,
                     config.Retry,
-                    statementsFor table columns config.Keys
+                    statementsFor table columns config.Keys applied
                 )
         with error ->
             if owns then
@@ -574,3 +754,13 @@ module UpsertWriter =
     /// <summary>Writes a batch (see UpsertWriter.Write). Partially applied, it is the sink's write
     /// function: <c>UpsertWriter.write writer : 'a list -> Task</c>.</summary>
     let write (writer: UpsertWriter<'a>) (batch: 'a list) : Task = writer.Write batch
+
+    /// <summary>Ends a pipe with the writer as an exactly-once sink named <paramref name="name"/>
+    /// (Pipe.sinkExactlyOnce with the writer's AppliedOffsets and WriteApplied). The writer must be in
+    /// exactly-once mode (UpsertConfig.withExactlyOnce) for the workflow's group.</summary>
+    let sinkExactlyOnce (name: string) (writer: UpsertWriter<'a>) (pipe: Pipe<'i, 'a list>) : Pipe<'i, Sunk> =
+        Pipe.sinkExactlyOnce
+            name
+            writer.AppliedOffsets
+            (fun positions batch -> writer.WriteApplied(positions, batch))
+            pipe

@@ -8,6 +8,7 @@ let all =
     testList "Core" [
         OffsetTests.tests
         LedgerTests.tests
+        AppliedOffsetsTests.tests
         StageTests.tests
         AggregateTests.tests
         ChunksTests.tests

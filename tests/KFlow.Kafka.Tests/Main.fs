@@ -21,6 +21,7 @@ let all =
         FileSinkTests.tests
         RetransmitTests.tests
         CrashTests.tests
+        ExactlyOnceTests.tests
         FailureHandlingDocTests.tests
         ReadmeTests.tests
     ]

@@ -12,7 +12,10 @@ let all =
         PgSchemaTests.tests
         PgRowTests.tests
         PgRetryTests.tests
+        PgAppliedOffsetsTests.tests
         UpsertWriterTests.tests
+        ExactlyOnceCrashTests.tests
+        PostgresSinkDocTests.tests
     ]
 
 [<EntryPoint>]

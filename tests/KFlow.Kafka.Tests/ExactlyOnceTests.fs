@@ -1,0 +1,142 @@
+// Tests for src/KFlow.Kafka/ExactlyOnce.fs: pipes that exactly-once mode cannot serve are refused at
+// start, and on assignment a partition resumes past the applied offsets an in-memory store reports,
+// skips the applied ones after a gap, and prunes what Kafka committed.
+module KFlow.Kafka.Tests.ExactlyOnceTests
+
+open System
+open System.Collections.Concurrent
+open System.Threading.Tasks
+open Confluent.Kafka
+open Expecto
+open KFlow
+open KFlow.Kafka
+open KFlow.Kafka.Tests.Kafka
+
+/// An applied-offset store in memory: it reports `applied` and remembers what it was asked to prune.
+type private MemoryStore(group: string, applied: Map<KFlow.TopicPartition, int64[]>) =
+    let pruned = ConcurrentQueue<(KFlow.TopicPartition * int64) list>()
+
+    member _.Pruned = List.ofSeq pruned
+
+    member _.Store: AppliedOffsetStore = {
+        GroupId = group
+        Load =
+            fun committed ->
+                committed
+                |> List.choose (fun (tp, c) ->
+                    Map.tryFind tp applied
+                    |> Option.map (fun a -> tp, a |> Array.filter (fun o -> o >= c)))
+                |> Map.ofList
+                |> Task.FromResult
+        Prune =
+            fun committed ->
+                pruned.Enqueue committed
+                Task.CompletedTask
+    }
+
+let private nowhere group =
+    WorkflowOptions.create "eo" "127.0.0.1:1" group [ "t" ]
+
+let private noWrite _ _ = Task.CompletedTask
+
+let tests =
+    testSequenced
+    <| testList "ExactlyOnce" [
+        test "Workflow.run refuses an exactly-once pipe with an unfold, saying why" {
+            let pipe =
+                Pipe.source<byte[]>
+                |> Pipe.unfold (fun v -> [ v; v ])
+                |> Pipe.sinkExactlyOnce "db" (MemoryStore("g", Map.empty).Store) noWrite
+
+            Expect.throwsC (fun () -> Workflow.run (nowhere "g") pipe |> ignore) (fun e ->
+                Expect.isTrue (e :? ArgumentException) "ArgumentException"
+                Expect.stringContains e.Message "unfold" "names the stage")
+        }
+
+        test "Workflow.run refuses an exactly-once sink that records another consumer group" {
+            let pipe =
+                Pipe.source<byte[]>
+                |> Pipe.sinkExactlyOnce "db" (MemoryStore("other", Map.empty).Store) noWrite
+
+            Expect.throwsC (fun () -> Workflow.run (nowhere "g") pipe |> ignore) (fun e ->
+                Expect.stringContains e.Message "WorkflowOptions.GroupId" "says what to give")
+        }
+
+        testCase
+            "a partition resumes past the applied offsets after its committed one, skips applied ones after a gap, and prunes commits"
+        <| fun () ->
+            use cluster = clusterWith "eo" 1 4 100
+            let tp = KFlow.TopicPartition.create "eo" 0
+            let log = Log()
+
+            do
+                use consumer = ConsumerBuilder<Ignore, Ignore>(cluster.ConsumerConfig "eo").Build()
+                consumer.Commit [ TopicPartitionOffset("eo", Partition 0, Offset 10L) ]
+
+            let applied = Array.append [| 10L .. 39L |] [| 50L .. 59L |]
+            let store = MemoryStore("eo", Map.ofList [ tp, applied ])
+            let written = ConcurrentQueue<int64>()
+
+            let pipe =
+                Pipe.source<byte[]>
+                |> Pipe.demuxByKey (fun sub ->
+                    sub
+                    |> Pipe.aggregate (
+                        Buffer.create {
+                            Buffer.options with
+                                MaxCount = Some 5
+                                MaxAge = Some(TimeSpan.FromMilliseconds 100.)
+                        }
+                    ))
+                |> Pipe.sinkExactlyOnce "db" store.Store (fun positions (_: byte[] list) ->
+                    for p in positions do
+                        written.Enqueue p.Offset
+
+                    Task.CompletedTask)
+
+            let handle =
+                Workflow.run
+                    {
+                        options cluster log "eo" [ "eo" ] with
+                            CommitInterval = TimeSpan.FromMilliseconds 200.
+                    }
+                    pipe
+
+            waitUntil log (seconds 30.) "the end offset is committed" (fun () ->
+                committed cluster "eo" "eo" 1 = [ 0, 100L ])
+
+            waitUntil log (seconds 10.) "a prune up to the end offset" (fun () ->
+                store.Pruned |> List.exists (List.contains (tp, 100L)))
+
+            stopped log handle
+
+            Expect.equal
+                (written |> Seq.sort |> List.ofSeq)
+                ([ 40L .. 49L ] @ [ 60L .. 99L ])
+                "only the offsets not applied are written, each once"
+
+            Expect.equal (log.Count "resuming at 40") 1 "resumed at 40, past 10..39"
+            Expect.equal handle.Stats.Consumed 60L "50..59 are read and skipped, 10..39 not read at all"
+
+        testCase "a stage splitting a message into several values fails the workflow in exactly-once mode"
+        <| fun () ->
+            use cluster = clusterWith "eosplit" 1 2 10
+            let log = Log()
+
+            let pipe =
+                Pipe.source<byte[]>
+                |> Pipe.stateful "twice" () (fun _ event () ->
+                    match event with
+                    | Message e -> (), Output.split [ e.Value; e.Value ] e
+                    | _ -> (), Output.none)
+                |> Pipe.sinkExactlyOnce "db" (MemoryStore("eosplit", Map.empty).Store) noWrite
+
+            let handle = Workflow.run (options cluster log "eosplit" [ "eosplit" ]) pipe
+
+            waitUntil log (seconds 30.) "the split is reported" (fun () ->
+                handle.Health.LastFailure |> Option.exists (fun f -> f.Stage = "exactly-once"))
+
+            let committedAt = committed cluster "eosplit" "eosplit" 1 |> List.exactlyOne |> snd
+            Expect.isLessThanOrEqual committedAt 0L "nothing committed past the split message (offset 0)"
+            handle.StopAsync().Wait(seconds 30.) |> ignore
+    ]

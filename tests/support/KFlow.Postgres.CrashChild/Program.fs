@@ -1,0 +1,105 @@
+// The exactly-once crash test's child process: a workflow map → demux by key → aggregate → exactly-once
+// PostgreSQL sink appending one row per message to an insert-only table, so a message applied twice
+// after a SIGKILL would show as a duplicate row.
+module KFlow.Postgres.CrashChild.Program
+
+open System
+open System.Runtime.InteropServices
+open System.Threading
+open KFlow
+open KFlow.Kafka
+open KFlow.Postgres
+
+let usage =
+    """usage: KFlow.Postgres.CrashChild BOOTSTRAP TOPIC GROUP CONNECTION-STRING TABLE [KEY=VALUE]...
+
+Runs the workflow map → demux by key → aggregate (50 messages or 100 ms) → exactly-once PostgreSQL sink
+on TOPIC in GROUP. Each message becomes the row (topic, partition, src_offset, key) of TABLE, which has
+no key: a message applied twice would show as two rows. KEY=VALUE pairs are librdkafka consumer
+properties. Prints READY once it owns partitions and PARTITIONS n whenever the count changes; SIGINT or
+SIGTERM stops it gracefully (exit code 0)."""
+
+/// The row of one message: topic, partition, offset, key.
+let rowOf (e: Envelope<byte[]>) : obj[] = [|
+    e.Position.TopicPartition.Topic
+    e.Position.TopicPartition.Partition
+    e.Position.Offset
+    e.Key
+|]
+
+/// map → demux by key → aggregate (50 or 100 ms) → exactly-once sink.
+let pipe (writer: UpsertWriter<obj[]>) =
+    let batches =
+        Buffer.create {
+            Buffer.options with
+                MaxCount = Some 50
+                MaxAge = Some(TimeSpan.FromMilliseconds 100.)
+        }
+
+    Pipe.source<byte[]>
+    |> Pipe.mapEnvelope rowOf
+    |> Pipe.demuxByKey (fun sub -> sub |> Pipe.aggregate batches)
+    |> UpsertWriter.sinkExactlyOnce "events" writer
+
+/// Splits "key=value".
+let property (text: string) =
+    match text.IndexOf '=' with
+    | i when i > 0 -> text.Substring(0, i), text.Substring(i + 1)
+    | _ -> failwith $"'{text}' is not KEY=VALUE.\n{usage}"
+
+[<EntryPoint>]
+let main argv =
+    if argv.Length < 5 then
+        eprintfn "%s" usage
+        2
+    else
+        let bootstrap, topic, group, connection, table =
+            argv[0], argv[1], argv[2], argv[3], argv[4]
+
+        let config =
+            UpsertConfig.create
+                (PgConnection.ConnectionString connection)
+                table
+                [ "topic"; "partition"; "src_offset"; "key" ]
+                []
+                id
+            |> UpsertConfig.withExactlyOnce group
+
+        use writer = (UpsertWriter.create config).GetAwaiter().GetResult()
+
+        let options = {
+            WorkflowOptions.create "pg-crash-child" bootstrap group [ topic ] with
+                Properties = argv |> Array.skip 5 |> Array.map property |> List.ofArray
+                CommitInterval = TimeSpan.FromMilliseconds 200.
+                TickInterval = TimeSpan.FromMilliseconds 50.
+                Log = fun line -> eprintfn "%s" line
+        }
+
+        let handle = Workflow.run options (pipe writer)
+        use stopping = new ManualResetEventSlim()
+
+        let stop =
+            Action<PosixSignalContext>(fun context ->
+                context.Cancel <- true
+                stopping.Set())
+
+        use _sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, stop)
+        use _sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, stop)
+        let completion = (handle.Completion :> IAsyncResult).AsyncWaitHandle
+        let mutable partitions = 0
+
+        while not stopping.IsSet && not handle.Completion.IsCompleted do
+            let now = handle.Stats.AssignedPartitions
+
+            if now <> partitions then
+                if partitions = 0 && now > 0 then
+                    Console.Out.WriteLine "READY"
+
+                Console.Out.WriteLine $"PARTITIONS {now}"
+                Console.Out.Flush()
+                partitions <- now
+
+            WaitHandle.WaitAny([| stopping.WaitHandle; completion |], 20) |> ignore
+
+        handle.StopAsync().Wait()
+        if handle.Completion.IsFaulted then 1 else 0
