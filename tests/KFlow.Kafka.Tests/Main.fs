@@ -13,6 +13,7 @@ let all =
         DeadLetterWriterTests.tests
         BackpressureTests.tests
         CommitPlanTests.tests
+        SinkLanesTests.tests
         WorkflowOptionsTests.tests
         WorkflowTests.tests
         SupervisionTests.tests
