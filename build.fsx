@@ -221,6 +221,28 @@ let demo (args: string list) =
 
     exit (run root "dotnet" (dll :: args))
 
+/// Rewrites tests/KFlow.Hosting.Tests/PublicApi.txt from the built facade: runs the surface test with
+/// KFLOW_WRITE_PUBLIC_API=1 (which writes the file before comparing). Review the diff, then commit it.
+let publicApi () =
+    build ()
+
+    let dll =
+        Path.Combine(
+            root,
+            "tests",
+            "KFlow.Hosting.Tests",
+            "bin",
+            configuration,
+            "net10.0",
+            "KFlow.Hosting.Tests.dll"
+        )
+
+    Environment.SetEnvironmentVariable("KFLOW_WRITE_PUBLIC_API", "1")
+    exec "dotnet" [ dll; "--filter"; "KFlow.Hosting.PublicSurface" ]
+
+    printfn
+        "\nbuild.fsx: rewrote tests/KFlow.Hosting.Tests/PublicApi.txt; review it (git diff) and commit it."
+
 let private formatted = [ "src"; "tests"; "bench"; "build.fsx" ]
 
 /// Formats the F# sources with the pinned fantomas.
@@ -241,6 +263,7 @@ let targets: (string * string * (string list -> unit)) list = [
     "run an embedded Kafka cluster until Ctrl+C (--brokers N --topic name:partitions)",
     devCluster
     "bench", "run the benchmarks, write artifacts/bench-results.json (--only NAME, --messages N)", bench
+    "public-api", "build, rewrite the facade's PublicApi.txt from its public surface", (fun _ -> publicApi ())
     "format", "format the F# sources with fantomas", (fun _ -> format ())
     "format-check", "fail if an F# source is not formatted", (fun _ -> formatCheck ())
 ]

@@ -109,14 +109,126 @@ public sealed record Flow<T>
 
     /// <summary>Splits the stream by <paramref name="key"/> into substreams (virtual partitions) that
     /// run concurrently while keeping per-key order; the stages after it run per key until
-    /// <see cref="Join"/> or the sink. Idle substreams are dropped after 60 s.</summary>
+    /// <see cref="Join"/> or the sink (KFlow's split). Idle substreams are dropped after 60 s.</summary>
     public Flow<T> Demux(Func<T, string> key)
     {
         ArgumentNullException.ThrowIfNull(key);
         return Then((pipe, _) => PipeCore.Split(pipe, key));
     }
 
-    /// <summary>Merges the substreams of the innermost <see cref="Demux"/> back into one stream.</summary>
+    /// <summary>Splits the stream by the Kafka message key ("" for a null key), or by the key an
+    /// earlier <see cref="Mfd{TOut}"/> set, as <see cref="Demux(Func{T, string})"/> does by a key
+    /// function: the stages after it run per key until <see cref="Join"/> or the sink.</summary>
+    public Flow<T> DemuxByKey() => Then((pipe, _) => PipeCore.SplitByKey(pipe));
+
+    /// <summary>Splits the stream by <paramref name="key"/>, runs the stages that
+    /// <paramref name="perKey"/> appends on each key's substream, and merges the substreams back:
+    /// <c>Demux(key, s => s.Map(f))</c> is <c>Demux(key).Map(f).Join()</c>.</summary>
+    /// <param name="key">The substream key of a value.</param>
+    /// <param name="perKey">Appends the per-key stages to the flow it receives (called once, at the
+    /// call, not per key); it must not call <see cref="Join"/> more often than <see cref="Demux(Func{T, string})"/>.</param>
+    public Flow<TOut> Demux<TOut>(Func<T, string> key, Func<Flow<T>, Flow<TOut>> perKey)
+    {
+        ArgumentNullException.ThrowIfNull(perKey);
+        return perKey(Demux(key)).Join();
+    }
+
+    /// <summary>Map + filter + demux in one step (KFlow's mfd): <paramref name="f"/> returns null to
+    /// drop a value (it counts as processed) or (key, value) to send the value to the substream of that
+    /// key. The stages after it run per key until <see cref="Join"/> or the sink; a later
+    /// <see cref="DemuxByKey"/> sees the key. The stage is named "mfd" (for
+    /// <see cref="WorkflowBuilder.OnFailure(string, FailurePolicy)"/>). C# cannot infer
+    /// <typeparamref name="TOut"/> from a lambda returning null in one branch: write
+    /// <c>.Mfd&lt;Order&gt;(m => … ? (key, order) : null)</c>.</summary>
+    public Flow<TOut> Mfd<TOut>(Func<T, (string Key, TOut Value)?> f)
+    {
+        ArgumentNullException.ThrowIfNull(f);
+        return Then((pipe, _) => PipeCore.Mfd(pipe, new Func<T, ValueTuple<bool, string, TOut>>(v =>
+            f(v) is { } kept ? (true, kept.Key ?? "", kept.Value) : (false, "", default!))));
+    }
+
+    /// <summary>Like <see cref="Demux{TOut}(Func{T, string}, Func{Flow{T}, Flow{TOut}})"/>, but each
+    /// key gets its own stages: on a key's first message (after a restart, a rebalance or an idle
+    /// eviction: again), <paramref name="route"/> receives the key and an empty flow and appends that
+    /// key's stages. The substreams are merged back after it. The route runs on the partition loop; an
+    /// exception in it, or an invalid stage it builds, is a failure of that message in the stage named
+    /// "routeDependent" (see remarks of Flow).</summary>
+    public Flow<TOut> RouteDependent<TOut>(Func<T, string> key, Func<string, Flow<T>, Flow<TOut>> route)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(route);
+        return Then((pipe, ctx) => PipeCore.RouteDependent(pipe, key,
+            new Func<string, Pipe<byte[], T>, Pipe<byte[], TOut>>((k, empty) =>
+            {
+                var routed = route(k, new Flow<T>(Topic, GroupId, _ => empty, ImmutableList<string>.Empty));
+                if (!routed.Problems.IsEmpty)
+                    throw new ArgumentException($"RouteDependent: the stages of key '{k}' are not valid: " +
+                                                string.Join(" ", routed.Problems));
+                return routed.Pipe(ctx);
+            })));
+    }
+
+    /// <summary>Assembles objects split across several messages: <paramref name="chunkOf"/> reads a
+    /// value's chunk (object id, index, count, part); once every chunk of an object has arrived,
+    /// <paramref name="combine"/> receives the parts in index order and its result stands for all the
+    /// chunks (their offsets count as processed when it is). A repeated chunk is dropped. An incomplete
+    /// object is dropped on revoke and shutdown without finishing its chunks, so they are read again
+    /// after a restart. The chunks of an object must come from one partition (one Kafka key). A chunk
+    /// whose index is out of range is a failure of its message. The stage is named "assembleChunks".</summary>
+    public Flow<TOut> AssembleChunks<TPart, TOut>(
+        Func<T, Chunk<TPart>> chunkOf,
+        Func<IReadOnlyList<TPart>, TOut> combine)
+    {
+        ArgumentNullException.ThrowIfNull(chunkOf);
+        ArgumentNullException.ThrowIfNull(combine);
+        return Then((pipe, _) => PipeCore.AssembleChunks(pipe,
+            new Func<T, ValueTuple<string, int, int, TPart>>(v =>
+            {
+                var c = chunkOf(v) ?? throw new ArgumentException("AssembleChunks: chunkOf returned null.");
+                return (c.Id, c.Index, c.Count, c.Part);
+            }),
+            combine));
+    }
+
+    /// <summary>A custom stage that holds values in its own state (KFlow's aggregate behaviour): each
+    /// value goes to <paramref name="add"/>, which returns the next state and the values to emit. What
+    /// is emitted stands for every value added since the previous emission (their offsets count as
+    /// processed when all emitted values are); emitting nothing keeps the values held (not committed).
+    /// The state is per partition (per key after Demux) and starts again from
+    /// <paramref name="initial"/> after a restart, a rebalance, a flush or an idle eviction.</summary>
+    /// <param name="name">The stage's name, in logs, failures and
+    /// <see cref="WorkflowBuilder.OnFailure(string, FailurePolicy)"/>.</param>
+    /// <param name="initial">The empty state; also the state after a flush. Treat states as
+    /// immutable: return a new one rather than changing the one received.</param>
+    /// <param name="add">(state, value) → (next state, values to emit).</param>
+    /// <param name="flush">On revoke and shutdown (and when stalled intake forces a flush): the values
+    /// to emit for what is held. Default null: nothing, and the held values count as processed
+    /// without output.</param>
+    /// <param name="tick">On the workflow's 1 s tick: (state, now) → (next state, values to emit), e.g.
+    /// to emit what has waited too long. Default null: nothing happens on ticks. Values emitted while
+    /// nothing is held are discarded.</param>
+    public Flow<TOut> Stateful<TState, TOut>(
+        string name,
+        TState initial,
+        Func<TState, T, (TState State, IReadOnlyList<TOut> Emit)> add,
+        Func<TState, IReadOnlyList<TOut>>? flush = null,
+        Func<TState, DateTimeOffset, (TState State, IReadOnlyList<TOut> Emit)>? tick = null)
+    {
+        ArgumentNullException.ThrowIfNull(add);
+        static KeyValuePair<TState, IReadOnlyList<TOut>> Pair((TState State, IReadOnlyList<TOut> Emit) step) =>
+            new(step.State, step.Emit);
+        var next = Then((pipe, _) => PipeCore.Stateful(pipe, string.IsNullOrWhiteSpace(name) ? "stateful" : name,
+            initial,
+            new Func<TState, T, KeyValuePair<TState, IReadOnlyList<TOut>>>((s, v) => Pair(add(s, v))),
+            tick is null ? null! : new Func<TState, DateTimeOffset, KeyValuePair<TState, IReadOnlyList<TOut>>>((s, now) => Pair(tick(s, now))),
+            flush is null ? null! : new Func<TState, IReadOnlyList<TOut>>(flush)));
+        return string.IsNullOrWhiteSpace(name)
+            ? next with { Problems = next.Problems.Add("Stateful: name must not be empty; name the stage.") }
+            : next;
+    }
+
+    /// <summary>Merges the substreams of the innermost <see cref="Demux(Func{T, string})"/> (or
+    /// <see cref="DemuxByKey"/>, <see cref="Mfd{TOut}"/>) back into one stream.</summary>
     public Flow<T> Join() => Then((pipe, _) => PipeCore.Join(pipe));
 
     /// <summary>Collects values into batches (see <see cref="Batch"/>); a batch is also emitted on

@@ -1,5 +1,8 @@
 // A checked, runnable workflow (what Build() returns): start it with options, get a RunningWorkflow.
 using System;
+using System.Collections.Generic;
+using System.Collections.Immutable;
+using System.Linq;
 using System.Threading;
 using System.Threading.Tasks;
 using KFlow.Kafka;
@@ -15,13 +18,21 @@ public sealed class KFlowWorkflow
 
     private readonly string _outline;
 
+    private readonly FailurePolicy? _policy;
+
+    private readonly ImmutableDictionary<string, FailurePolicy> _stagePolicies;
+
     internal KFlowWorkflow(
         string name,
         string topic,
         string groupId,
         string outline,
-        Func<RunContext, Task<Pipe<byte[], Sunk>>> start)
+        Func<RunContext, Task<Pipe<byte[], Sunk>>> start,
+        FailurePolicy? policy,
+        ImmutableDictionary<string, FailurePolicy> stagePolicies)
     {
+        _policy = policy;
+        _stagePolicies = stagePolicies;
         _outline = outline;
         Name = name;
         Topic = topic;
@@ -37,6 +48,12 @@ public sealed class KFlowWorkflow
 
     /// <summary>The consumer group.</summary>
     public string GroupId { get; }
+
+    /// <summary>The workflow's failure policy, or null for the default (see <see cref="WorkflowBuilder.Policy"/>).</summary>
+    public FailurePolicy? Policy => _policy;
+
+    /// <summary>The failure policies of single stages, by stage name.</summary>
+    public IReadOnlyDictionary<string, FailurePolicy> StagePolicies => _stagePolicies;
 
     /// <summary>A readable outline of the pipeline, one stage per line.</summary>
     public string Describe() => _outline;
@@ -85,7 +102,9 @@ public sealed class KFlowWorkflow
             kafka.MaxOpenOffsetsPerPartition,
             kafka.DrainTimeout,
             kafka.HaltOnFailure,
-            log);
+            log,
+            _policy?.ToCore()!,
+            _stagePolicies.ToDictionary(kv => kv.Key, kv => kv.Value.ToCore(), StringComparer.Ordinal));
         return new RunningWorkflow(Name, handle, ctx, stopping, kafka.DrainTimeout);
     }
 }

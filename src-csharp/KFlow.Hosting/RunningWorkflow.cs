@@ -1,6 +1,7 @@
 // A started workflow: its progress, its completion, and the graceful stop that also disposes the
 // sink's resources once the last write has finished.
 using System;
+using System.Linq;
 using System.Threading;
 using System.Threading.Tasks;
 using KFlow.Kafka;
@@ -46,7 +47,15 @@ public sealed class RunningWorkflow : IAsyncDisposable
         {
             var s = _handle.Stats;
             return new WorkflowProgress(s.Consumed, s.InFlightMessages, _context.Written, s.Pauses, s.Failures,
-                s.Restarts, s.AssignedPartitions);
+                s.Restarts, s.AssignedPartitions)
+            {
+                Completed = s.Completed,
+                Retries = s.Retries,
+                DeadLettered = s.DeadLettered,
+                PausedPartitions = s.PausedPartitions,
+                Partitions = s.Partitions.Select(p => new PartitionProgress(p.Topic, p.Partition, p.Committed,
+                    p.Position, p.HighWatermark, p.Lag, p.OpenOffsets, p.Paused)).ToArray(),
+            };
         }
     }
 

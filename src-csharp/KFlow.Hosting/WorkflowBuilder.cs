@@ -41,8 +41,44 @@ public sealed record WorkflowBuilder
 
     internal string Outline { get; init; }
 
+    /// <summary>What a failure of any stage without a policy of its own does. Default null:
+    /// <see cref="FailurePolicy.RestartAndReplay"/> (1 s doubling to 30 s), or
+    /// <see cref="FailurePolicy.Halt"/> when KafkaSettings.HaltOnFailure is true; a policy set here
+    /// wins over HaltOnFailure.</summary>
+    public FailurePolicy? Policy { get; init; }
+
+    /// <summary>The policies of single stages by name ("map", "filter", "mfd", "mapAsync", a sink's
+    /// name such as "postgres:my_table" or "kafka:topic", a Stateful or Scan stage's name; see
+    /// <see cref="KFlowWorkflow.Describe"/>). Default none.</summary>
+    public ImmutableDictionary<string, FailurePolicy> StagePolicies { get; init; } =
+        ImmutableDictionary<string, FailurePolicy>.Empty.WithComparers(StringComparer.Ordinal);
+
     /// <summary>This workflow with another name.</summary>
     public WorkflowBuilder WithName(string name) => this with { Name = name };
+
+    /// <summary>This workflow with <paramref name="policy"/> for every stage without a policy of its
+    /// own (see <see cref="Policy"/>). Setting it twice is refused at <see cref="Build"/>.</summary>
+    public WorkflowBuilder OnFailure(FailurePolicy policy)
+    {
+        ArgumentNullException.ThrowIfNull(policy);
+        return Policy is null
+            ? this with { Policy = policy }
+            : this with { Problems = Problems.Add("OnFailure: the workflow's policy is set twice; set it once.") };
+    }
+
+    /// <summary>This workflow with <paramref name="policy"/> for the stage(s) named
+    /// <paramref name="stage"/> (see <see cref="StagePolicies"/>), e.g.
+    /// <c>.OnFailure("map", FailurePolicy.DeadLetter("orders-dlq"))</c>. Setting one stage twice is
+    /// refused at <see cref="Build"/>.</summary>
+    public WorkflowBuilder OnFailure(string stage, FailurePolicy policy)
+    {
+        ArgumentNullException.ThrowIfNull(policy);
+        if (string.IsNullOrWhiteSpace(stage))
+            return this with { Problems = Problems.Add("OnFailure: the stage name must not be empty.") };
+        return StagePolicies.ContainsKey(stage)
+            ? this with { Problems = Problems.Add($"OnFailure: the policy of stage '{stage}' is set twice; set it once.") }
+            : this with { StagePolicies = StagePolicies.Add(stage, policy) };
+    }
 
     /// <summary>Checks the pipeline and its settings and returns the runnable workflow.</summary>
     /// <exception cref="ArgumentException">A setting is missing or invalid; the message names it.</exception>
@@ -55,10 +91,15 @@ public sealed record WorkflowBuilder
             problems = problems.Insert(0, "Workflow.FromKafka: groupId must not be empty; set the consumer group (group.id).");
         if (Name is not null && string.IsNullOrWhiteSpace(Name))
             problems = problems.Add("WithName: the name must not be blank; leave it unset to use the group id.");
+        if (Policy?.Problem is { } policyProblem)
+            problems = problems.Add("OnFailure: " + policyProblem);
+        foreach (var (stage, policy) in StagePolicies)
+            if (policy.Problem is { } stageProblem)
+                problems = problems.Add($"OnFailure('{stage}'): " + stageProblem);
         var name = Name ?? GroupId;
         if (!problems.IsEmpty)
             throw new ArgumentException(
                 $"Workflow '{name}' is not valid: " + string.Join(" ", problems.Distinct()));
-        return new KFlowWorkflow(name, Topic, GroupId, Outline, Start);
+        return new KFlowWorkflow(name, Topic, GroupId, Outline, Start, Policy, StagePolicies);
     }
 }

@@ -1,6 +1,7 @@
 // A health check per workflow (registered by AddWorkflow as "kflow:<name>", tag "kflow"): unhealthy
 // when not running or halted, degraded while it waits to restart after a failure.
 using System.Collections.Generic;
+using System.Linq;
 using System.Threading;
 using System.Threading.Tasks;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
@@ -28,6 +29,9 @@ internal sealed class WorkflowHealthCheck(string name, KFlowRuntime runtime) : I
             ["failures"] = p.Failures,
             ["restarts"] = p.Restarts,
             ["assignedPartitions"] = p.AssignedPartitions,
+            ["pausedPartitions"] = p.PausedPartitions,
+            ["lag"] = p.Partitions.Where(x => x.Lag > 0).Sum(x => x.Lag),
+            ["deadLettered"] = p.DeadLettered,
         };
         return Task.FromResult(p.Failures > p.Restarts
             ? HealthCheckResult.Degraded($"Workflow '{name}' failed and waits to restart from the committed offsets.", data: data)

@@ -190,6 +190,56 @@ module Pipe =
 
         Pipe<'i, 'a>([], scope :: pipe.Scopes)
 
+    let splitByKey (pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> =
+        let scope = {
+            Key = (fun e -> e.Key)
+            Options = demuxOptions
+            Outer = pipe.Root
+        }
+
+        Pipe<'i, 'a>([], scope :: pipe.Scopes)
+
+    let internal routeSplit
+        (key: 'a -> string)
+        (route: string -> Pipe<'i, 'a> -> Pipe<'i, 'b>)
+        (pipe: Pipe<'i, 'a>)
+        : Pipe<'i, 'b> =
+        let nodesOf (k: string) =
+            // The empty pipe only carries the type: route's nodes start from 'a values.
+            let routed = route k (Pipe<'i, 'a>([], []))
+
+            if not routed.Scopes.IsEmpty then
+                invalidArgWith
+                    "route"
+                    $"The route of key '{k}' left a split open; join every split it opens inside the route."
+
+            routed.Root
+
+        let demux = {
+            Key = (fun e -> key (unbox<'a> e.Value))
+            Options = demuxOptions
+            Route = PerKey nodesOf
+        }
+
+        append (DemuxNode demux) pipe
+
+    let internal timed enabled record (pipe: Pipe<'i, 'o>) : Pipe<'i, 'o> =
+        let rec nodes (ns: Node list) = ns |> List.map node
+
+        and node n =
+            match n with
+            | StageNode s -> StageNode(Stage.timed enabled record s)
+            | DemuxNode d ->
+                let route =
+                    match d.Route with
+                    | Same sub -> Same(nodes sub)
+                    | PerKey build -> PerKey(fun key -> nodes (build key))
+
+                DemuxNode { d with Route = route }
+            | other -> other
+
+        Pipe<'i, 'o>(nodes pipe.Nodes, [])
+
     let join (pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> =
         match pipe.Scopes with
         | [] ->

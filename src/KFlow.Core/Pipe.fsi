@@ -103,6 +103,27 @@ module Pipe =
     /// is <c>split key >> sub >> join</c>. Idle substreams are dropped after 60 s.</summary>
     val split: key: ('a -> string) -> pipe: Pipe<'i, 'a> -> Pipe<'i, 'a>
 
+    /// <summary>Opens a demux by the envelope's Key (the Kafka message key, or the key an earlier
+    /// <c>mfd</c> set), KFlow's style: the stages appended after it run per key until the matching
+    /// <c>join</c> (or the end of the pipe). <c>demuxByKey sub</c> is <c>splitByKey >> sub >> join</c>.</summary>
+    val splitByKey: pipe: Pipe<'i, 'a> -> Pipe<'i, 'a>
+
+    /// <summary>routeDependent in the split style, for the C# face (PipeCore.RouteDependent): on a
+    /// key's first message, <c>route key empty</c> appends that key's stages to an empty pipe (typed
+    /// as continuing this one) and its nodes become the key's sub-pipe; the substreams are joined
+    /// after it. ArgumentException (when the key's first message arrives) if the route leaves a split
+    /// open.</summary>
+    val internal routeSplit:
+        key: ('a -> string) ->
+        route: (string -> Pipe<'i, 'a> -> Pipe<'i, 'b>) ->
+        pipe: Pipe<'i, 'a> ->
+            Pipe<'i, 'b>
+
+    /// The pipe with every pure stage (inside demuxes too) timed by Stage.timed, for the runtime's
+    /// stage latency metric.
+    val internal timed:
+        enabled: (unit -> bool) -> record: (string -> int64 -> unit) -> pipe: Pipe<'i, 'o> -> Pipe<'i, 'o>
+
     /// Closes the innermost open split: its substreams merge back into one stream here.
     /// ArgumentException when no split is open.
     val join: pipe: Pipe<'i, 'a> -> Pipe<'i, 'a>

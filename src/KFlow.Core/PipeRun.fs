@@ -190,27 +190,31 @@ module PipeRun =
                 match attempt (fun () -> demux.Key env) with
                 | Error ex -> failed acc "demux key" (ValueSome env.Position) ex
                 | Ok key ->
+                    // A new key's sub-pipe is built now; a routeDependent route that throws fails the message.
                     let sub =
                         match Map.tryFind key (RunState.demuxed states[i]).Subs with
-                        | Some sub -> sub
-                        | None -> RunState.substream demux key now
+                        | Some sub -> Ok sub
+                        | None -> attempt (fun () -> RunState.substream demux key now)
 
-                    let subStates = Array.copy sub.States
+                    match sub with
+                    | Error ex -> failed acc "routeDependent" (ValueSome env.Position) ex
+                    | Ok sub ->
+                        let subStates = Array.copy sub.States
 
-                    let after out =
-                        pushAt now acc path nodes states (i + 1) out k
+                        let after out =
+                            pushAt now acc path nodes states (i + 1) out k
 
-                    pushAt now acc ((i, key) :: path) sub.Nodes subStates 0 env after
+                        pushAt now acc ((i, key) :: path) sub.Nodes subStates 0 env after
 
-                    states[i] <-
-                        RunState.withSub
-                            key
-                            {
-                                sub with
-                                    States = subStates
-                                    LastActive = now
-                            }
-                            states[i]
+                        states[i] <-
+                            RunState.withSub
+                                key
+                                {
+                                    sub with
+                                        States = subStates
+                                        LastActive = now
+                                }
+                                states[i]
 
     /// <summary>Sends a broadcast event (Tick, Flush, Revoked, Assigned) to the nodes of a level from
     /// node <paramref name="from"/> on, in order.</summary>

@@ -134,3 +134,18 @@ module Stage =
 
     let boxed (stage: Stage<'a, 'b>) =
         Stage<obj, obj>(stage.Name, stage.Init, stage.Step)
+
+    let internal timed (enabled: unit -> bool) (record: string -> int64 -> unit) (stage: Stage<obj, obj>) =
+        let name = stage.Name
+        let inner = stage.Step
+
+        let step now (event: Event<obj>) state =
+            match event with
+            | Message _ when enabled () ->
+                let started = Diagnostics.Stopwatch.GetTimestamp()
+                let result = inner now event state
+                record name started
+                result
+            | _ -> inner now event state
+
+        Stage<obj, obj>(name, stage.Init, step)

@@ -116,3 +116,12 @@ module Stage =
 
     /// The untyped view of a stage, as pipes store it.
     val boxed: stage: Stage<'a, 'b> -> Stage<obj, obj>
+
+    /// <summary>The stage with its Message steps timed for the runtime's latency metric: when
+    /// <paramref name="enabled"/> () is true, <paramref name="record"/> receives the stage's name and
+    /// the Stopwatch timestamp taken before the step, after it. Other events are not timed.</summary>
+    val internal timed:
+        enabled: (unit -> bool) ->
+        record: (string -> int64 -> unit) ->
+        stage: Stage<obj, obj> ->
+            Stage<obj, obj>

@@ -21,13 +21,18 @@ type internal FailureHandling = {
     Draw: unit -> float
     /// The runtime's log.
     Log: string -> unit
+    /// Counts a retry in place (WorkflowStats.Retries).
+    Retried: unit -> unit
+    /// Counts a dead-lettered message (WorkflowStats.DeadLettered).
+    DeadLettered: unit -> unit
 }
 
 /// Applying the policies.
 [<RequireQualifiedAccess>]
 module internal FailureHandling =
-    /// The policies of the options, a dead-letter writer if one is needed, Random.Shared for jitter.
-    let create (options: WorkflowOptions) =
+    /// The policies of the options, a dead-letter writer if one is needed, Random.Shared for jitter;
+    /// retries are counted in `counters`.
+    let create (counters: Counters) (options: WorkflowOptions) =
         let policies = WorkflowOptions.policies options
 
         {
@@ -41,6 +46,8 @@ module internal FailureHandling =
             SinkRetryBackoff = options.SinkRetryBackoff
             Draw = fun () -> Random.Shared.NextDouble()
             Log = options.Log
+            Retried = counters.Retried
+            DeadLettered = counters.DeadLettered
         }
 
     /// The policy of a stage.
@@ -93,6 +100,7 @@ module internal FailureHandling =
                                 $"{what ()} failed (try {failures}): {ex.GetType().Name}: {ex.Message}; retrying in place in {delay}"
 
                             do! Task.Delay delay
+                            handling.Retried()
                             current <- attempt run
                         | ValueNone ->
                             error <- Some ex
@@ -129,6 +137,7 @@ module internal FailureHandling =
                 with ex ->
                     for original in originals do
                         do! dlq.Write(topic, original, request.Sink, ex, attempts)
+                        handling.DeadLettered()
 
                     handling.Log
                         $"{whatAt ()} failed {attempts} times ({ex.Message}); dead-lettered to '{topic}'"

@@ -297,6 +297,7 @@ type internal Incarnation
         let mutable nextTick = tickMs
         let mutable nextStore = 0L
         let mutable nextRelieve = 0L
+        let mutable nextStats = 0L
         let mutable outcome = None
 
         while outcome.IsNone do
@@ -337,6 +338,10 @@ type internal Incarnation
 
                     for s in slots.Values do
                         store s
+
+                if now >= nextStats then
+                    nextStats <- now + 250L
+                    counters.SetPartitions [| for s in slots.Values -> Slot.stats consumer s |]
 
                 if now >= nextTick then
                     nextTick <- now + tickMs

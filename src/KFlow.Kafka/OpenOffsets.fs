@@ -25,11 +25,13 @@ type internal OpenOffsets(tp: KFlow.TopicPartition, counters: Counters, log: str
     let mutable finished = 0L
     let mutable finishedDelta = 0L
     let mutable bytesDelta = 0L
+    let mutable completedDelta = 0L
 
     let offsetDone (offset: int64) (entry: OpenEntry) =
         opened.Remove offset |> ignore
         finished <- finished + 1L
         finishedDelta <- finishedDelta + 1L
+        completedDelta <- completedDelta + 1L
         bytesDelta <- bytesDelta + entry.Size
 
     let refused (error: LedgerError) =
@@ -138,9 +140,10 @@ type internal OpenOffsets(tp: KFlow.TopicPartition, counters: Counters, log: str
     /// Hands the messages and bytes finished since the last call to the counters.
     member _.ReportFinished() =
         if finishedDelta <> 0L || bytesDelta <> 0L then
-            counters.Finished(finishedDelta, bytesDelta)
+            counters.Finished(finishedDelta, bytesDelta, completedDelta)
             finishedDelta <- 0L
             bytesDelta <- 0L
+            completedDelta <- 0L
 
     /// The assignment ends: the ledger drops the partition and every open offset leaves the
     /// in-flight counts.

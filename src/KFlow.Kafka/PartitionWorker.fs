@@ -136,7 +136,7 @@ type internal PartitionWorker
             request
 
     let enqueueWrite (request: SinkRequest) =
-        let request = guarded request
+        let request = guarded request |> StageTiming.write counters.Name
         writesInFlight <- writesInFlight + 1
         lanes.Enqueue request
 
@@ -230,7 +230,7 @@ type internal PartitionWorker
                 enqueueWrite s
 
         for c in effects.Calls do
-            calls.Start c
+            calls.Start(StageTiming.call counters.Name c)
 
     let push (event: Event<obj>) =
         let run', effects = PipeRun.push DateTimeOffset.UtcNow event run
@@ -394,6 +394,7 @@ type internal PartitionWorker
                 match error with
                 | None ->
                     log $"{tp}: offset {offset} failed in '{stage}'; dead-lettered"
+                    counters.DeadLettered()
                     offsets.Complete token
                 | Some ex ->
                     log $"{tp}: the dead-letter write of offset {offset} failed: {ex.Message}"

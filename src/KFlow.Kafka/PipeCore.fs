@@ -4,6 +4,7 @@ namespace KFlow.Kafka
 
 open System
 open System.Collections.Generic
+open System.Runtime.InteropServices
 open System.Threading.Tasks
 open KFlow
 
@@ -62,6 +63,107 @@ type PipeCore =
     /// after 60 s.</summary>
     static member Split(pipe: Pipe<'i, 'a>, key: Func<'a, string>) : Pipe<'i, 'a> =
         pipe |> Pipe.split key.Invoke
+
+    /// <summary>Opens a demux by the envelope's key (the Kafka key, or the key an earlier <c>Mfd</c>
+    /// set): the stages appended after it run per key until <c>Join</c> or the end of the pipe.</summary>
+    static member SplitByKey(pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> = pipe |> Pipe.splitByKey
+
+    /// <summary>Map + filter + demux (KFlow's mfd): <paramref name="f"/> returns (false, _, _) to drop
+    /// a value (it is finished) or (true, key, value) to send the value to the substream of that key;
+    /// the stages appended after it run per key until <c>Join</c> or the end of the pipe. The stage is
+    /// named "mfd". (A struct triple rather than a Nullable pair: F# cannot form Nullable of a generic
+    /// tuple.)</summary>
+    static member Mfd(pipe: Pipe<'i, 'a>, f: Func<'a, struct (bool * string * 'b)>) : Pipe<'i, 'b> =
+        pipe
+        |> Pipe.via (
+            Stage.mapFilterKey (fun a ->
+                match f.Invoke a with
+                | struct (true, key, value) -> Some(key, value)
+                | _ -> None)
+        )
+        |> Pipe.splitByKey
+
+    /// <summary>Like a demux, but each key gets its own stages: on a key's first message,
+    /// <paramref name="route"/> receives the key and an empty pipe and appends that key's stages to
+    /// it. The substreams are joined after it. The route runs on the partition loop; an exception in it
+    /// is a failure of that message.</summary>
+    static member RouteDependent
+        (pipe: Pipe<'i, 'a>, key: Func<'a, string>, route: Func<string, Pipe<'i, 'a>, Pipe<'i, 'b>>)
+        : Pipe<'i, 'b> =
+        pipe |> Pipe.routeSplit key.Invoke (fun k empty -> route.Invoke(k, empty))
+
+    /// <summary>Assembles objects split across messages (see Chunks.assemble):
+    /// <paramref name="chunkOf"/> reads (object id, index, count, part) from a value; once every
+    /// chunk of an object has arrived, <paramref name="combine"/> receives its parts in index order
+    /// and its result stands for all the chunks. The stage is named "assembleChunks".</summary>
+    static member AssembleChunks
+        (
+            pipe: Pipe<'i, 'a>,
+            chunkOf: Func<'a, struct (string * int * int * 'p)>,
+            combine: Func<IReadOnlyList<'p>, 'b>
+        ) : Pipe<'i, 'b> =
+        let chunk a =
+            let struct (id, index, count, part) = chunkOf.Invoke a
+
+            {
+                Id = id
+                Index = index
+                Count = count
+                Part = part
+            }
+
+        pipe
+        |> Pipe.assembleChunks chunk (fun parts -> combine.Invoke(List.toArray parts :> IReadOnlyList<'p>))
+
+    /// <summary>A user stage that holds values (KFlow's kflow_gen_aggregate): each value is added to the
+    /// user's state by <paramref name="add"/>, which returns the new state and the values to emit. The
+    /// values emitted stand for every value added since the previous emission (their offsets finish
+    /// when the emitted values do; none emitted: the added values stay held). <paramref name="tick"/>
+    /// (null: none) may emit on the workflow's tick; <paramref name="flush"/> (null: emits nothing)
+    /// gives what to emit for the held values on revoke and shutdown, after which the state is
+    /// <paramref name="initial"/> again. Values emitted while nothing is held are discarded (they
+    /// would stand for no offset). The state is per partition, or per substream inside a demux.</summary>
+    static member Stateful
+        (
+            pipe: Pipe<'i, 'a>,
+            name: string,
+            initial: 's,
+            add: Func<'s, 'a, KeyValuePair<'s, IReadOnlyList<'b>>>,
+            [<Optional>] tick: Func<'s, DateTimeOffset, KeyValuePair<'s, IReadOnlyList<'b>>>,
+            [<Optional>] flush: Func<'s, IReadOnlyList<'b>>
+        ) : Pipe<'i, 'b> =
+        let values (emitted: IReadOnlyList<'b>) =
+            if isNull emitted then [] else List.ofSeq emitted
+
+        // The held envelopes (newest first) become the inputs of the next emission.
+        let release (held: Envelope<unit> list) (emitted: 'b list) =
+            match held with
+            | [] -> Output.none
+            | _ -> Output.split emitted (Envelope.merge () (List.rev held))
+
+        let step now event (struct (state: 's, held: Envelope<unit> list)) =
+            match event with
+            | Message envelope ->
+                let next = add.Invoke(state, envelope.Value)
+                let held = Envelope.withValue () envelope :: held
+
+                match values next.Value with
+                | [] -> struct (next.Key, held), Output.none
+                | emitted -> struct (next.Key, []), release held emitted
+            | Tick when not (isNull tick) ->
+                let next = tick.Invoke(state, now)
+
+                match values next.Value with
+                | [] -> struct (next.Key, held), Output.none
+                | emitted -> struct (next.Key, []), release held emitted
+            | Flush
+            | Revoked _ ->
+                let emitted = if isNull flush then [] else values (flush.Invoke state)
+                struct (initial, []), release held emitted
+            | Tick
+            | Assigned _ -> struct (state, held), Output.none
+
+        pipe |> Pipe.stateful name (struct (initial, [])) step
 
     /// Closes the innermost open demux. ArgumentException when none is open.
     static member Join(pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> = pipe |> Pipe.join

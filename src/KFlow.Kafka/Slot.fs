@@ -44,3 +44,47 @@ module internal Slot =
     /// KFlow's name of a Confluent partition.
     let partitionOf (t: Confluent.Kafka.TopicPartition) =
         KFlow.TopicPartition.create t.Topic t.Partition.Value
+
+    /// <summary>The partition's stats as the consumer thread sees it now: the stored offset, the
+    /// consumer's position and the high watermark of its last fetch (both local, no request), the lag
+    /// (high watermark minus the safe commit point), the open offsets and the pause state.</summary>
+    let stats (consumer: IConsumer<byte[], byte[]>) (slot: Slot) =
+        let known (o: Offset) =
+            if o.IsSpecial || o.Value < 0L then -1L else o.Value
+
+        let position =
+            try
+                known (consumer.Position slot.Kafka)
+            with _ ->
+                -1L
+
+        let high =
+            try
+                known (consumer.GetWatermarkOffsets(slot.Kafka).High)
+            with _ ->
+                -1L
+
+        // Lag counts from the safe commit point (what the next commit stores), else the stored
+        // offset, else the position.
+        let published = slot.Worker.Published
+
+        let from =
+            match published.CommitPoint with
+            | ValueSome point when published.Generation = slot.Generation -> max point slot.Stored
+            | _ when slot.Stored >= 0L -> slot.Stored
+            | _ -> position
+
+        {
+            Topic = slot.Kafka.Topic
+            Partition = slot.Kafka.Partition.Value
+            Committed = slot.Stored
+            Position = position
+            HighWatermark = high
+            Lag =
+                (if high >= 0L && from >= 0L then
+                     max 0L (high - from)
+                 else
+                     -1L)
+            OpenOffsets = slot.Open
+            Paused = slot.KafkaPaused
+        }

@@ -140,12 +140,13 @@ module Workflow =
                 ()
 
         let options = { options with Log = log }
-        let newRun () = PipeRun.startWith Defer pipe
+        let timed = StageTiming.pipe options.Name pipe
+        let newRun () = PipeRun.startWith Defer timed
         let exactlyOnce = ExactlyOnce.ofPipe options pipe
-        let counters = Counters()
+        let counters = Counters(options.Name)
         let stop = new CancellationTokenSource()
         let health = HealthCell()
-        let handling = FailureHandling.create options
+        let handling = FailureHandling.create counters options
 
         let running () =
             health.Update(fun h -> { h with State = WorkflowState.Running })

@@ -1,13 +1,45 @@
 // What a running workflow measures about itself: counters updated by the consumer thread and the
-// partition loops, read as a snapshot. Metrics export (issue 7) can build on these.
+// partition loops, and a per-partition view (committed offset, lag, open offsets, paused), read as a
+// snapshot. The C# facade's meter "KFlow" exports them.
 namespace KFlow.Kafka
 
+open System.Collections.Generic
 open System.Threading
 
+/// One assigned partition as the consumer thread last saw it (refreshed every 250 ms).
+type PartitionStats = {
+    /// The topic.
+    Topic: string
+    /// The partition.
+    Partition: int
+    /// The offset stored for commit: every message below it is finished (librdkafka commits it
+    /// within CommitInterval; revokes and stops commit it at once). -1 before the first store.
+    Committed: int64
+    /// The consumer's position: the next offset it will fetch. -1 when unknown.
+    Position: int64
+    /// The partition's high watermark (end offset) from the consumer's last fetch. -1 when unknown.
+    HighWatermark: int64
+    /// HighWatermark minus the safe commit point (the first unfinished offset, what the next store
+    /// stores; Committed or Position before the first message); -1 when unknown.
+    Lag: int64
+    /// Messages of this partition handed to the pipe and not finished (open offsets).
+    OpenOffsets: int64
+    /// Whether the partition is paused (backpressure or stopping).
+    Paused: bool
+}
+
 /// A snapshot of a workflow's counters; totals run over every incarnation since Workflow.run.
+[<NoComparison; NoEquality>]
 type WorkflowStats = {
     /// Messages handed to the pipe (a message read again after a restart or rebalance counts again).
     Consumed: int64
+    /// Messages whose offset finished (sunk, filtered out, dead-lettered); a message dropped with
+    /// its partition on a revoke or restart is not counted.
+    Completed: int64
+    /// Retries in place of sink writes and async calls (RetryInPlace, the sink's default retries).
+    Retries: int64
+    /// Messages dead-lettered (their dead-letter write acknowledged).
+    DeadLettered: int64
     /// Messages in flight now (handed to the pipe, offset not finished).
     InFlightMessages: int64
     /// Key + value bytes in flight now.
@@ -34,11 +66,19 @@ type WorkflowStats = {
     SyncCommits: int64
     /// Partitions assigned now.
     AssignedPartitions: int
+    /// Assigned partitions paused now.
+    PausedPartitions: int
+    /// The assigned partitions, as last refreshed by the consumer thread.
+    Partitions: IReadOnlyList<PartitionStats>
 }
 
-/// The live counters behind WorkflowStats (thread-safe).
-type internal Counters() =
+/// The live counters behind WorkflowStats (thread-safe) of the workflow named `name`.
+type internal Counters(name: string) =
     let mutable consumed = 0L
+    let mutable completed = 0L
+    let mutable retries = 0L
+    let mutable deadLettered = 0L
+    let mutable partitions: PartitionStats[] = [||]
     let mutable inFlightMessages = 0L
     let mutable inFlightBytes = 0L
     let mutable peakMessages = 0L
@@ -52,6 +92,9 @@ type internal Counters() =
     let mutable restarts = 0L
     let mutable syncCommits = 0L
     let mutable assigned = 0
+
+    /// The workflow's name (the stage latency metric's tag).
+    member _.Name = name
 
     member _.InFlight = {
         Messages = Volatile.Read &inFlightMessages
@@ -70,18 +113,34 @@ type internal Counters() =
         if b > peakBytes then
             peakBytes <- b
 
-    /// Messages finished (or dropped with their partition): negative deltas.
-    member _.Finished(messages: int64, bytes: int64) =
+    /// Messages finished (or dropped with their partition): negative deltas; `completed` of them
+    /// finished (not dropped).
+    member _.Finished(messages: int64, bytes: int64, completedMessages: int64) =
+        if completedMessages <> 0L then
+            Interlocked.Add(&completed, completedMessages) |> ignore
+
         if messages <> 0L then
             Interlocked.Add(&inFlightMessages, -messages) |> ignore
 
         if bytes <> 0L then
             Interlocked.Add(&inFlightBytes, -bytes) |> ignore
 
-    /// A new incarnation starts with nothing in flight.
+    /// A new incarnation starts with nothing in flight and no partition.
     member _.ResetInFlight() =
         Volatile.Write(&inFlightMessages, 0L)
         Volatile.Write(&inFlightBytes, 0L)
+        Volatile.Write(&partitions, [||])
+
+    /// A retry in place started.
+    member _.Retried() =
+        Interlocked.Increment &retries |> ignore
+
+    /// A message was dead-lettered.
+    member _.DeadLettered() =
+        Interlocked.Increment &deadLettered |> ignore
+
+    /// The consumer thread's latest view of its partitions.
+    member _.SetPartitions(view: PartitionStats[]) = Volatile.Write(&partitions, view)
 
     member _.Paused() = Interlocked.Increment &pauses |> ignore
 
@@ -110,6 +169,9 @@ type internal Counters() =
 
     member _.Snapshot = {
         Consumed = Volatile.Read &consumed
+        Completed = Volatile.Read &completed
+        Retries = Volatile.Read &retries
+        DeadLettered = Volatile.Read &deadLettered
         InFlightMessages = Volatile.Read &inFlightMessages
         InFlightBytes = Volatile.Read &inFlightBytes
         PeakInFlightMessages = Volatile.Read &peakMessages
@@ -123,4 +185,6 @@ type internal Counters() =
         Restarts = Volatile.Read &restarts
         SyncCommits = Volatile.Read &syncCommits
         AssignedPartitions = Volatile.Read &assigned
+        PausedPartitions = Volatile.Read(&partitions) |> Array.sumBy (fun p -> if p.Paused then 1 else 0)
+        Partitions = Volatile.Read &partitions
     }

@@ -163,6 +163,30 @@ let tests =
 
             Expect.equal (TestDriver.committed tp d) 3L "the dropped one completed"
         }
+        test "a routeDependent route that throws fails the message of its key's first arrival, not the run" {
+            let d =
+                Pipe.source<string>
+                |> Pipe.routeDependent keyOf (fun key sub ->
+                    if key = "bad" then
+                        failwith "no route"
+                    else
+                        sub |> Pipe.map id)
+                |> TestDriver.start
+                |> TestDriver.assign tp
+                |> feed [ "good:x"; "bad:y"; "good:z" ]
+
+            Expect.equal
+                (TestDriver.outputs d |> List.map (fun e -> e.Value))
+                [ "good:x"; "good:z" ]
+                "good passes"
+
+            Expect.equal
+                (TestDriver.failures d |> List.map (fun f -> f.Stage))
+                [ "routeDependent" ]
+                "the route's failure is reported as the routeDependent stage's"
+
+            Expect.equal (TestDriver.committed tp d) 1L "bad:y (offset 1) stays open"
+        }
         test "mfd maps, filters and demuxes in one step" {
             let d =
                 Pipe.source<int>
@@ -302,6 +326,24 @@ let tests =
                 "merged after join"
 
             Expect.equal (TestDriver.committed tp d) 4L "all finished"
+        }
+        test "splitByKey ... join runs the stages between per Kafka key, like demuxByKey" {
+            let d =
+                Pipe.source<int>
+                |> Pipe.splitByKey
+                |> Pipe.aggregate (Buffer.count 2)
+                |> Pipe.join
+                |> Pipe.sink "db" ignoreWrite
+                |> TestDriver.start
+                |> TestDriver.assign tp
+                |> TestDriver.feedAll [
+                    for o, key in List.indexed [ "x"; "y"; "x"; "z"; "y" ] ->
+                        Message.create tp (int64 o) key o
+                ]
+
+            let batches: int list list = TestDriver.written "db" d
+            Expect.equal batches [ [ 0; 2 ]; [ 1; 4 ] ] "per-key batches in order"
+            Expect.equal (TestDriver.committed tp d) 3L "z (offset 3) is still buffered"
         }
         test "a split without join runs to the end of the pipe; a join without split is refused" {
             let pipe = Pipe.source<string> |> Pipe.split keyOf |> Pipe.map id

@@ -1,8 +1,9 @@
-// The examples of docs/csharp-guide.md and docs/demo.md, compiled here (and the demo's workflow in
+// The examples of docs/csharp-guide.md, docs/operations.md and docs/demo.md, compiled here (and the demo's workflow in
 // src-csharp/KFlow.Demo/ExampleWorkflow.cs). Each snippet sits between `//[name]` and `//[/name]`;
 // the tests check that every ```csharp snippet of the pages is exactly such a region.
 using System;
 using System.Collections.Generic;
+using System.Diagnostics.Metrics;
 using System.ComponentModel.DataAnnotations.Schema;
 using System.IO;
 using System.Linq;
@@ -67,6 +68,76 @@ internal static class CSharpGuideTests
         return pipeline.To("audit-log", async (batch, ct) => await File.AppendAllLinesAsync(
             "audit.log", batch.Select(t => $"{t.CustomerId} {t.Country} {t.Total}"), ct));
         //[/stages]
+    }
+
+    internal static WorkflowBuilder MoreStages()
+    {
+        //[more-stages]
+        var pipeline = Workflow.FromKafka<Order>("orders", "order-stats")
+            // Map + filter + demux in one step: null drops the message, (key, value) routes it.
+            .Mfd<Order>(m => m.Value is { Status: "test" } or null ? null : (m.Value.CustomerId, m.Value))
+            // Each key's stages are built on its first message: big customers get their own rule.
+            .RouteDependent(o => o.CustomerId, (customer, perKey) => customer.StartsWith("vip-", StringComparison.Ordinal)
+                ? perKey.Map(o => o with { Status = "priority" })
+                : perKey.Filter(o => o.Amount > 0))
+            // A stage holding values in its state (per key): one (customer, total) per 10 orders; a
+            // revoke or stop emits the partial total. The orders' offsets finish with the total.
+            .Stateful("totals-of-10", (Count: 0, Total: 0m, Customer: ""), (s, o) => s.Count == 9
+                ? ((0, 0m, ""), new[] { (o.CustomerId, Total: s.Total + o.Amount) })
+                : ((s.Count + 1, s.Total + o.Amount, o.CustomerId), Array.Empty<(string, decimal)>()),
+                flush: s => s.Count == 0 ? [] : new[] { (s.Customer, s.Total) })
+            .Join()
+            .Aggregate(Batch.OfMessages(100).WithMaxAge(TimeSpan.FromSeconds(1)));
+        return pipeline.To("totals", (batch, ct) => Task.CompletedTask);
+        //[/more-stages]
+    }
+
+    internal static WorkflowBuilder Chunks()
+    {
+        //[chunks]
+        // Documents split into chunks ("id", "3/5", bytes), keyed by document id: one output per document.
+        return Workflow.FromKafka("document-chunks", "documents")
+            .AssembleChunks(m =>
+            {
+                var header = m.Key.Split('/'); // key "doc-17/3/5": document, index, count
+                return new Chunk<byte[]>(header[0], int.Parse(header[1]), int.Parse(header[2]), m.Value ?? []);
+            }, parts => parts.SelectMany(p => p).ToArray())
+            .To("documents", (document, ct) => File.WriteAllBytesAsync($"doc-{document.Length}.bin", document, ct));
+        //[/chunks]
+    }
+
+    internal static KFlowWorkflow Policies(WorkflowBuilder pipeline)
+    {
+        //[failure-policies]
+        return pipeline
+            // Any stage: restart from the committed offsets, 2 s doubling to 1 min (the default is 1 s to 30 s).
+            .OnFailure(FailurePolicy.RestartAndReplay(TimeSpan.FromSeconds(2), TimeSpan.FromMinutes(1)))
+            // Bad input in "map": straight to a dead-letter topic, the stream moves on.
+            .OnFailure("map", FailurePolicy.DeadLetter("orders-dlq"))
+            // The sink: 5 retries in place (100 ms doubling to 5 s), then dead-letter.
+            .OnFailure("postgres:customer_orders", FailurePolicy.RetryInPlace(5, FailurePolicy.DeadLetter("orders-dlq")))
+            .Build();
+        //[/failure-policies]
+    }
+
+    internal static MeterListener Metrics()
+    {
+        //[metrics-listener]
+        // Without OpenTelemetry: print every KFlow measurement (an exporter does the same by meter name).
+        var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == KFlowMeter.MeterName) l.EnableMeasurementEvents(instrument);
+        };
+        listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
+            Console.WriteLine($"{instrument.Name} {value} {string.Join(",", tags.ToArray())}"));
+        listener.SetMeasurementEventCallback<double>((instrument, value, tags, _) => // kflow.stage.duration
+            Console.WriteLine($"{instrument.Name} {value:F3} ms {string.Join(",", tags.ToArray())}"));
+        listener.Start();
+        // Observable instruments report when collected: an exporter collects every interval.
+        listener.RecordObservableInstruments();
+        //[/metrics-listener]
+        return listener;
     }
 
     internal static async Task Direct(string bootstrap, string connection, CancellationToken shutdown)
@@ -155,11 +226,22 @@ internal static class CSharpGuideTests
         Runner.TestCase("every snippet of docs/csharp-guide.md is compiled code", () => PageMatches(Path.Combine("docs", "csharp-guide.md"))),
         Runner.TestCase("every snippet of docs/demo.md is compiled code", () => PageMatches(Path.Combine("docs", "demo.md"))),
         Runner.TestCase("every C# snippet of README.md is compiled code", () => PageMatches("README.md")),
+        Runner.TestCase("every snippet of docs/operations.md is compiled code", () => PageMatches(Path.Combine("docs", "operations.md"))),
         Runner.TestCase("every compiled region of the guide appears in docs/csharp-guide.md", () =>
         {
             var guide = Snippets(File.ReadAllText(Path.Combine(Root(), "docs", "csharp-guide.md"))).Select(s => s.Name).ToHashSet();
             foreach (var name in Regions(File.ReadAllText(Path.Combine(Root(), "tests", "KFlow.Hosting.Tests", "CSharpGuideTests.cs"))).Keys)
                 Expect.IsTrue(guide.Contains(name), $"region '{name}' is shown in docs/csharp-guide.md");
+        }),
+        Runner.TestCase("the guide's examples of more stages, chunks and failure policies build", () =>
+        {
+            var outline = MoreStages().Build().Describe();
+            foreach (var part in new[] { "mfd", "routeDependent", "totals-of-10" })
+                Expect.Contains(outline, part, "the outline lists the stage");
+            Expect.Contains(Chunks().Build().Describe(), "assembleChunks", "the chunks example builds");
+            var policies = Policies(Workflow.FromKafka("orders", "p").To("s", (_, _) => Task.CompletedTask));
+            Expect.AreEqual(policies.StagePolicies.Count, 2, "two stage policies");
+            using var listener = Metrics();
         }),
         Runner.TestCase("the guide's stage example builds", () =>
         {

@@ -64,6 +64,29 @@ internal static class FlowTests
             foreach (var part in new[] { "topic", "groupId", "Batch.MaxMessages", "To: name" })
                 Expect.Contains(e.Message, part, "each problem is listed");
         }),
+        Runner.TestCase("Mfd, DemuxByKey, a scoped Demux, RouteDependent, AssembleChunks and Stateful show in the outline", () =>
+        {
+            var outline = Workflow.FromKafka("orders", "billing")
+                .Mfd<long>(m => m.Value is null ? null : (m.Key, m.Offset))
+                .Join()
+                .DemuxByKey()
+                .Stateful("pairs", 0L, (sum, v) => (sum + v, Array.Empty<long>()))
+                .Join()
+                .Demux(v => v.ToString(), s => s.Map(v => v + 1))
+                .RouteDependent(v => v.ToString(), (_, s) => s.Filter(v => v > 0))
+                .AssembleChunks(v => new Chunk<long>("o", 0, 1, v), parts => parts.Count)
+                .To("sink", (_, _) => Task.CompletedTask)
+                .Build()
+                .Describe();
+            foreach (var stage in new[] { "mfd", "pairs", "routeDependent", "assembleChunks", "map" })
+                Expect.Contains(outline, stage, "the outline lists the stage");
+        }),
+        Runner.TestCase("Build reports a Stateful stage without a name", () =>
+        {
+            var e = Expect.Throws<ArgumentException>(() => Workflow.FromKafka("orders", "billing")
+                .Stateful(" ", 0, (s, m) => (s, new[] { m })).To("sink", Ignore).Build(), "Build fails");
+            Expect.Contains(e.Message, "Stateful: name must not be empty", "the message names the setting");
+        }),
         Runner.TestCase("a null callback is refused at once", () =>
         {
             Expect.Throws<ArgumentNullException>(() => Workflow.FromKafka("orders", "billing").Map<string>(null!), "Map(null) throws");

@@ -13,6 +13,7 @@ internal static class Program
             PublicSurfaceTests.Tests,
             BatchTests.Tests,
             FlowTests.Tests,
+            FailurePolicyTests.Tests,
             PostgresColumnsTests.Tests,
             ServiceCollectionExtensionsTests.Tests,
             CSharpGuideTests.Tests,

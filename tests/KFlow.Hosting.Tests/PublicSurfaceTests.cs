@@ -127,7 +127,7 @@ internal static class PublicSurfaceTests
 
     public static readonly Test Tests = Runner.TestList("PublicSurface", new[]
     {
-        Runner.TestCase("the public surface is the one recorded in PublicApi.txt (KFLOW_WRITE_PUBLIC_API=1 rewrites it)", () =>
+        Runner.TestCase("the public surface is the one recorded in PublicApi.txt (dotnet fsi build.fsx public-api rewrites it)", () =>
         {
             var actual = Surface(typeof(Flow<>).Assembly);
             var file = BaselineFile();
@@ -137,7 +137,8 @@ internal static class PublicSurfaceTests
             var added = actual.Split('\n').Except(recorded.Split('\n')).ToList();
             var removed = recorded.Split('\n').Except(actual.Split('\n')).ToList();
             Expect.IsTrue(added.Count == 0 && removed.Count == 0,
-                "The facade's public API changed; if intended, rerun with KFLOW_WRITE_PUBLIC_API=1 and commit PublicApi.txt.\n" +
+                "The facade's public API changed; if intended, run `dotnet fsi build.fsx public-api` (it rewrites " +
+                "tests/KFlow.Hosting.Tests/PublicApi.txt), review the diff and commit it.\n" +
                 "added:\n" + string.Join("\n", added) + "\nremoved:\n" + string.Join("\n", removed));
         }),
         Runner.TestCase("no F# type appears in a public or protected signature of the facade", () =>

@@ -38,7 +38,8 @@ internal static class WorkflowHealthCheckTests
             await host.StartAsync();
             var entry = await Check();
             Expect.AreEqual(entry.Status, HealthStatus.Healthy, "while running: " + entry.Description);
-            Expect.IsTrue(entry.Data.ContainsKey("consumed"), "the data holds the counters");
+            foreach (var key in new[] { "consumed", "inFlight", "restarts", "pausedPartitions", "lag", "deadLettered" })
+                Expect.IsTrue(entry.Data.ContainsKey(key), $"the data holds {key}");
             await host.StopAsync();
             Expect.AreEqual((await Check()).Status, HealthStatus.Unhealthy, "after the stop");
         }),

@@ -1,8 +1,10 @@
 // Tests of src-csharp/KFlow.Hosting/KFlowWorkflow.cs and RunningWorkflow.cs on the embedded Kafka
-// cluster: every stage of the facade runs on the real runtime, directly and as a hosted service.
+// cluster: every stage and failure policy of the facade runs on the real runtime, directly and as a
+// hosted service.
 using System;
 using System.Collections.Concurrent;
 using System.Collections.Generic;
+using System.Collections.Immutable;
 using System.Linq;
 using System.Text;
 using System.Threading;
@@ -42,7 +44,36 @@ internal static class WorkflowTests
         producer.Flush(TimeSpan.FromSeconds(30));
     }
 
-    private static long[] Committed(string topic, string group)
+    internal static void Produce(string topic, IEnumerable<(string Key, string Value)> messages)
+    {
+        Cluster.Value.CreateTopic(topic, 4);
+        using var producer = new ProducerBuilder<string, string>(Cluster.Value.ProducerConfig()).Build();
+        foreach (var (key, value) in messages)
+            producer.Produce(topic, new Message<string, string> { Key = key, Value = value });
+        producer.Flush(TimeSpan.FromSeconds(30));
+    }
+
+    internal static List<(string Key, string Value)> Read(string topic, int count)
+    {
+        using var reader = new ConsumerBuilder<string, string>(Cluster.Value.ConsumerConfig(topic + "-reader")).Build();
+        reader.Subscribe(topic);
+        var read = new List<(string Key, string Value)>();
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (read.Count < count && DateTime.UtcNow < deadline)
+            if (reader.Consume(TimeSpan.FromMilliseconds(200)) is { } r) read.Add((r.Message.Key, r.Message.Value));
+        reader.Close();
+        return read;
+    }
+
+    private static int Number(KafkaMessage m) => int.Parse(Encoding.UTF8.GetString(m.Value!));
+
+    private static Func<IReadOnlyList<T>, CancellationToken, Task> Into<T>(ConcurrentBag<T> bag) => (batch, _) =>
+    {
+        foreach (var v in batch) bag.Add(v);
+        return Task.CompletedTask;
+    };
+
+    internal static long[] Committed(string topic, string group)
     {
         using var consumer = new ConsumerBuilder<byte[], byte[]>(Cluster.Value.ConsumerConfig(group)).Build();
         var partitions = Enumerable.Range(0, 4).Select(p => new TopicPartition(topic, p)).ToList();
@@ -100,6 +131,132 @@ internal static class WorkflowTests
             var offsets = Committed(topic, "facade-stages");
             Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "committed offsets = end offsets after the stop");
         }),
+        Runner.TestCase("Mfd, DemuxByKey and a value-holding Stateful stage run on Kafka and commit every offset", async () =>
+        {
+            const string topic = "facade-mfd";
+            Produce(topic, 400, 8);
+            var written = new ConcurrentBag<(string Key, int Sum, int Count)>();
+            var running = await Workflow.FromKafka(topic, "facade-mfd")
+                .Mfd<int>(m => Number(m) % 2 == 0 ? ("r" + Number(m) % 3, Number(m)) : null)
+                .Join()
+                .DemuxByKey()
+                .Map(v => (Key: "r" + v % 3, Value: v))
+                .Stateful("pairs", ImmutableList<int>.Empty,
+                    (held, e) => held.Count == 1
+                        ? (ImmutableList<int>.Empty, new[] { (e.Key, held[0] + e.Value, 2) })
+                        : (held.Add(e.Value), Array.Empty<(string, int, int)>()),
+                    flush: held => held.IsEmpty ? Array.Empty<(string, int, int)>() : new[] { ("flushed", held.Sum(), held.Count) })
+                .Aggregate(Batch.OfMessages(5).WithMaxAge(TimeSpan.FromMilliseconds(200)))
+                .To("collect", Into(written))
+                .Build()
+                .StartAsync(Options());
+            await Until(() => running.Progress.Consumed >= 400, "all 400 messages are consumed");
+            await running.StopAsync();
+            Expect.IsTrue(running.Completion.IsCompletedSuccessfully, "the workflow stopped without failure");
+            Expect.AreEqual(written.Sum(e => e.Sum), Enumerable.Range(0, 200).Sum(i => 2 * i), "every even value is summed once, the odd ones dropped");
+            Expect.AreEqual(written.Sum(e => e.Count), 200, "the pairs and the flushed rest hold the 200 even values");
+            Expect.IsTrue(written.Where(e => e.Key != "flushed").All(e => e.Count == 2), "the stage emits pairs");
+            Expect.IsTrue(written.Where(e => e.Key != "flushed").All(e => e.Key.StartsWith('r')),
+                "DemuxByKey after Mfd splits by the key Mfd set");
+            var offsets = Committed(topic, "facade-mfd");
+            Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "committed offsets = end offsets after the stop");
+        }),
+        Runner.TestCase("RouteDependent gives each key its own stages and a scoped Demux joins its substreams", async () =>
+        {
+            const string topic = "facade-route";
+            Produce(topic, 200, 4);
+            var written = new ConcurrentBag<(string Key, int Value)>();
+            var routes = new ConcurrentBag<string>();
+            var running = await Workflow.FromKafka(topic, "facade-route")
+                .Map(m => (m.Key, Value: Number(m)))
+                .RouteDependent(e => e.Key, (key, perKey) =>
+                {
+                    routes.Add(key);
+                    return key == "k0" ? perKey.Map(e => (e.Key, Value: e.Value * 10)) : perKey.Filter(e => e.Value % 2 == 0);
+                })
+                .Demux(e => e.Key, perKey => perKey.Map(e => (e.Key, Value: e.Value + 1)))
+                .Aggregate(Batch.OfMessages(10).WithMaxAge(TimeSpan.FromMilliseconds(200)))
+                .To("collect", Into(written))
+                .Build()
+                .StartAsync(Options());
+            await Until(() => running.Progress.Consumed >= 200, "all 200 messages are consumed");
+            await running.StopAsync();
+            var expected = Enumerable.Range(0, 200)
+                .Where(i => i % 4 == 0 || i % 2 == 0)
+                .Select(i => i % 4 == 0 ? i * 10 + 1 : i + 1)
+                .OrderBy(v => v);
+            Expect.SequenceEqual(written.Select(e => e.Value).OrderBy(v => v), expected,
+                "k0 is multiplied, the other keys filtered, then every value incremented");
+            Expect.SequenceEqual(routes.Distinct().OrderBy(k => k, StringComparer.Ordinal), new[] { "k0", "k1", "k2", "k3" },
+                "the route is built for each key");
+            var offsets = Committed(topic, "facade-route");
+            Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "committed offsets = end offsets after the stop");
+        }),
+        Runner.TestCase("AssembleChunks emits each object once all its chunks arrived, in index order", async () =>
+        {
+            const string topic = "facade-chunks";
+            // 20 objects of 3 chunks, the chunks of different objects interleaved, index order shuffled.
+            var chunks = Enumerable.Range(0, 3).SelectMany(round => Enumerable.Range(0, 20).Select(o =>
+                (Key: "o" + o, Value: $"{(round + o) % 3}:part{(round + o) % 3}")));
+            Produce(topic, chunks);
+            var written = new ConcurrentBag<(string Id, string Text)>();
+            var running = await Workflow.FromKafka(topic, "facade-chunks")
+                .AssembleChunks(m =>
+                {
+                    var text = Encoding.UTF8.GetString(m.Value!).Split(':');
+                    return new Chunk<(string, string)>(m.Key, int.Parse(text[0]), 3, (m.Key, text[1]));
+                }, parts => (parts[0].Item1, string.Join("+", parts.Select(p => p.Item2))))
+                .Aggregate(Batch.OfMessages(5).WithMaxAge(TimeSpan.FromMilliseconds(200)))
+                .To("collect", Into(written))
+                .Build()
+                .StartAsync(Options());
+            await Until(() => written.Count >= 20, "20 objects are assembled");
+            await running.StopAsync();
+            Expect.AreEqual(written.Count, 20, "each object is emitted once");
+            Expect.IsTrue(written.All(o => o.Text == "part0+part1+part2"), "the parts are combined in index order");
+            var offsets = Committed(topic, "facade-chunks");
+            Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "every chunk's offset is committed");
+        }),
+        Runner.TestCase("a stage's dead-letter policy sends its failing messages to the dead-letter topic and the stream moves on", async () =>
+        {
+            const string topic = "facade-dlq-in";
+            Produce(topic, 100, 4);
+            var written = new ConcurrentBag<int>();
+            var running = await Workflow.FromKafka(topic, "facade-dlq")
+                .Map(m => Number(m) % 25 == 7 ? throw new InvalidOperationException("bad " + Number(m)) : Number(m))
+                .Aggregate(Batch.OfMessages(10).WithMaxAge(TimeSpan.FromMilliseconds(200)))
+                .To("collect", Into(written))
+                .OnFailure("map", FailurePolicy.RetryInPlace(1, FailurePolicy.DeadLetter("facade-dlq-out")))
+                .Build()
+                .StartAsync(Options());
+            await Until(() => written.Count >= 96, "the 96 good values are written");
+            var dead = Read("facade-dlq-out", 4);
+            await running.StopAsync();
+            Expect.SequenceEqual(dead.Select(d => int.Parse(d.Value)).OrderBy(v => v), new[] { 7, 32, 57, 82 },
+                "the failing messages are dead-lettered, each once");
+            Expect.SequenceEqual(written.OrderBy(v => v), Enumerable.Range(0, 100).Where(i => i % 25 != 7),
+                "the others are written");
+            Expect.AreEqual(running.Progress.Restarts, 0L, "dead-lettering does not restart the workflow");
+            var offsets = Committed(topic, "facade-dlq");
+            Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "committed offsets = end offsets, the dead-lettered included");
+        }),
+        Runner.TestCase("the workflow's Halt policy stops it on the first failure and Completion names the stage", async () =>
+        {
+            const string topic = "facade-halt";
+            Produce(topic, 20, 4);
+            var running = await Workflow.FromKafka(topic, "facade-halt")
+                .Filter(m => Number(m) == 13 ? throw new InvalidOperationException("thirteen") : true)
+                .To("nothing", (_, _) => Task.CompletedTask)
+                .OnFailure(FailurePolicy.Halt)
+                .Build()
+                .StartAsync(Options());
+            await Until(() => running.Completion.IsCompleted, "the workflow halts");
+            Expect.IsTrue(running.Completion.IsFaulted, "Completion faults");
+            var error = running.Completion.Exception!.GetBaseException();
+            Expect.Contains(error.Message, "filter", "the failure names the stage");
+            Expect.AreEqual(running.Progress.Restarts, 0L, "a halted workflow does not restart");
+            await running.StopAsync();
+        }),
         Runner.TestCase("ToKafka writes each value to the output topic and commits the input", async () =>
         {
             const string topic = "facade-kafka-in";
@@ -111,13 +268,7 @@ internal static class WorkflowTests
                 .StartAsync(Options());
             await Until(() => running.Progress.Written >= 100, "100 messages are produced");
             await running.StopAsync();
-            using var reader = new ConsumerBuilder<string, string>(Cluster.Value.ConsumerConfig("facade-kafka-reader")).Build();
-            reader.Subscribe("facade-kafka-out");
-            var read = new List<(string Key, string Value)>();
-            var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-            while (read.Count < 100 && DateTime.UtcNow < deadline)
-                if (reader.Consume(TimeSpan.FromMilliseconds(200)) is { } r) read.Add((r.Message.Key, r.Message.Value));
-            reader.Close();
+            var read = Read("facade-kafka-out", 100);
             Expect.SequenceEqual(read.Select(r => r.Value).OrderBy(v => v, StringComparer.Ordinal),
                 Enumerable.Range(0, 100).Select(i => "v" + i).OrderBy(v => v, StringComparer.Ordinal), "every value was written once");
             Expect.IsTrue(read.All(r => r.Key == "k" + (int.Parse(r.Value[1..]) % 5)),

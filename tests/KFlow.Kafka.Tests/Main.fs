@@ -15,6 +15,8 @@ let all =
         CommitPlanTests.tests
         SinkLanesTests.tests
         WorkflowOptionsTests.tests
+        StageTimingTests.tests
+        PipeCoreTests.tests
         WorkflowTests.tests
         SupervisionTests.tests
         RuntimeDocTests.tests
@@ -25,6 +27,8 @@ let all =
         ExactlyOnceTests.tests
         FailureHandlingDocTests.tests
         ReadmeTests.tests
+        FSharpGuideTests.tests
+        WorkflowsTests.tests
     ]
 
 [<EntryPoint>]

@@ -1,0 +1,91 @@
+// Stage latency: the histogram kflow.stage.duration (ms) of meter "KFlow", tagged with the workflow
+// and the stage name, recorded for each message's step of a pure stage, each async call and each
+// sink write (retries in place included). Nothing is measured while no listener enables it.
+namespace KFlow.Kafka
+
+open System.Collections.Generic
+open System.Diagnostics
+open System.Diagnostics.Metrics
+open System.Threading.Tasks
+open KFlow
+
+/// The runtime's stage latency histogram.
+[<RequireQualifiedAccess>]
+module StageTiming =
+    /// The meter's name, shared with the C# facade's observable instruments: "KFlow".
+    [<Literal>]
+    let MeterName = "KFlow"
+
+    /// The histogram's name.
+    [<Literal>]
+    let InstrumentName = "kflow.stage.duration"
+
+    let private meter = new Meter(MeterName)
+
+    let private duration =
+        meter.CreateHistogram<float>(
+            InstrumentName,
+            "ms",
+            "Time a stage took for one message (pure stages), one call (async maps) or one write (sinks)."
+        )
+
+    /// Whether a listener is recording the histogram.
+    let internal enabled () = duration.Enabled
+
+    /// Records the time since the Stopwatch timestamp `started` for `stage` of `workflow`.
+    let internal record (workflow: string) (stage: string) (started: int64) =
+        duration.Record(
+            Stopwatch.GetElapsedTime(started).TotalMilliseconds,
+            KeyValuePair("workflow", box workflow),
+            KeyValuePair("stage", box stage)
+        )
+
+    /// The pipe with its pure stages timed.
+    let internal pipe (workflow: string) (pipe: Pipe<'i, 'o>) =
+        Pipe.timed enabled (record workflow) pipe
+
+    let private whenDone (workflow: string) (stage: string) (started: int64) (t: Task) =
+        if t.IsCompleted then
+            record workflow stage started
+        else
+            t.ContinueWith(
+                (fun (_: Task) -> record workflow stage started),
+                TaskContinuationOptions.ExecuteSynchronously
+            )
+            |> ignore
+
+    /// A sink write timed from its start to its end.
+    let internal write (workflow: string) (request: SinkRequest) =
+        let inner = request.Write
+
+        let write (value: obj) =
+            if enabled () then
+                let started = Stopwatch.GetTimestamp()
+                let t = inner value
+
+                if not (isNull t) then
+                    whenDone workflow request.Sink started t
+
+                t
+            else
+                inner value
+
+        { request with Write = write }
+
+    /// An async call timed from its start to its end.
+    let internal call (workflow: string) (request: AsyncRequest) =
+        let inner = request.Run
+
+        let run (value: obj) =
+            if enabled () then
+                let started = Stopwatch.GetTimestamp()
+                let t = inner value
+
+                if not (isNull t) then
+                    whenDone workflow request.Stage started t
+
+                t
+            else
+                inner value
+
+        { request with Run = run }
