@@ -284,7 +284,23 @@ public sealed record Flow<T>
     }
 
     /// <summary>Ends the pipeline in a sink whose writer is created when the workflow starts.</summary>
-    internal WorkflowBuilder End(string sinkName, Func<RunContext, Task<Func<T, Task>>> createWriter)
+    internal WorkflowBuilder End(string sinkName, Func<RunContext, Task<Func<T, Task>>> createWriter) =>
+        EndWith(sinkName, async ctx =>
+        {
+            var write = await createWriter(ctx).ConfigureAwait(false);
+            return pipe => PipeCore.Sink(pipe, sinkName, new Func<T, Task>(async value =>
+            {
+                await write(value).ConfigureAwait(false);
+                ctx.AddWritten(value is System.Collections.ICollection batch ? batch.Count : 1);
+            }));
+        });
+
+    /// <summary>Ends the pipeline in a sink stage made when the workflow starts: <paramref name="createSink"/>
+    /// returns the function that appends it to the pipe (an exactly-once sink carries its store in the
+    /// pipe, so it is more than a write function).</summary>
+    internal WorkflowBuilder EndWith(
+        string sinkName,
+        Func<RunContext, Task<Func<Pipe<byte[], T>, Pipe<byte[], Sunk>>>> createSink)
     {
         var pipe = Pipe;
         var problems = Problems;
@@ -302,12 +318,8 @@ public sealed record Flow<T>
 
         return new WorkflowBuilder(Topic, GroupId, problems, outline, async ctx =>
         {
-            var write = await createWriter(ctx).ConfigureAwait(false);
-            return PipeCore.Sink(pipe(ctx), sinkName, new Func<T, Task>(async value =>
-            {
-                await write(value).ConfigureAwait(false);
-                ctx.AddWritten(value is System.Collections.ICollection batch ? batch.Count : 1);
-            }));
+            var sink = await createSink(ctx).ConfigureAwait(false);
+            return sink(pipe(ctx));
         });
     }
 }

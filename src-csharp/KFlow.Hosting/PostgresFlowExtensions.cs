@@ -1,5 +1,5 @@
-// ToPostgres: the sink that upserts batches of POCOs/records into a table (KFlow.Postgres through
-// its C# face), mapping properties to columns by name.
+// ToPostgres: the sink that upserts batches of POCOs/records into a table, or writes each message once
+// in exactly-once mode (KFlow.Postgres through its C# face), mapping properties to columns by name.
 using System;
 using System.Collections.Generic;
 using System.Linq;
@@ -14,7 +14,10 @@ public static class PostgresFlowExtensions
     /// <summary>Ends the pipeline by upserting each batch into <paramref name="table"/> in one
     /// transaction (the last row per key in a batch wins; replays are idempotent). Properties map to
     /// columns by name (see <see cref="PostgresColumns"/>). The table, its columns and its key are
-    /// checked when the workflow starts; transient errors are retried (10 attempts, 100 ms to 5 s).</summary>
+    /// checked when the workflow starts; transient errors are retried (10 attempts, 100 ms to 5 s).
+    /// With <see cref="PostgresTable.WithExactlyOnce"/> each batch also records its messages' offsets
+    /// for the workflow's group in the same statement, and each message is applied once (see
+    /// <see cref="PostgresTable.ExactlyOnce"/>).</summary>
     public static WorkflowBuilder ToPostgres<TRow>(this Flow<IReadOnlyList<TRow>> flow, PostgresTable table)
     {
         ArgumentNullException.ThrowIfNull(flow);
@@ -38,19 +41,38 @@ public static class PostgresFlowExtensions
                 return positions.Select(p => p < 0 ? null : values[p]).ToArray();
             };
         var withProblems = problems.Aggregate(flow, (f, p) => f with { Problems = f.Problems.Add(p) });
-        return withProblems.End("postgres:" + table.Table, async ctx =>
+        var sinkName = "postgres:" + table.Table;
+        var values = new Func<TRow, object[]>(r => row(r)!);
+        if (table.ExactlyOnce)
         {
-            var connection = table.ConnectionString ?? ctx.Options.Postgres.ConnectionString;
-            if (string.IsNullOrWhiteSpace(connection))
-                throw new ArgumentException(
-                    $"ToPostgres('{table.Table}'): no connection string; set KFlow:Postgres:ConnectionString " +
-                    "(appsettings.json, env KFlow__Postgres__ConnectionString, or --KFlow:Postgres:ConnectionString=...) " +
-                    "or PostgresTable.WithConnectionString.");
-            var writer = await UpsertWriterCore.CreateAsync(connection, table.Table, columns, table.Keys,
-                new Func<TRow, object[]>(r => row(r)!)).ConfigureAwait(false);
+            var groupId = flow.GroupId;
+            return withProblems.EndWith(sinkName, async ctx =>
+            {
+                var writer = await UpsertWriterCore.CreateExactlyOnceAsync(ConnectionString(table, ctx), table.Table,
+                    columns, table.Keys, values, groupId, table.OffsetsTable!).ConfigureAwait(false);
+                ctx.Resources.Add(writer);
+                return pipe => UpsertWriterCore.SinkExactlyOnce(pipe, sinkName, writer, new Action<int>(n => ctx.AddWritten(n)));
+            });
+        }
+
+        return withProblems.End(sinkName, async ctx =>
+        {
+            var writer = await UpsertWriterCore.CreateAsync(ConnectionString(table, ctx), table.Table, columns,
+                table.Keys, values).ConfigureAwait(false);
             ctx.Resources.Add(writer);
             return batch => UpsertWriterCore.WriteAsync(writer, batch);
         });
+    }
+
+    private static string ConnectionString(PostgresTable table, RunContext ctx)
+    {
+        var connection = table.ConnectionString ?? ctx.Options.Postgres.ConnectionString;
+        if (string.IsNullOrWhiteSpace(connection))
+            throw new ArgumentException(
+                $"ToPostgres('{table.Table}'): no connection string; set KFlow:Postgres:ConnectionString " +
+                "(appsettings.json, env KFlow__Postgres__ConnectionString, or --KFlow:Postgres:ConnectionString=...) " +
+                "or PostgresTable.WithConnectionString.");
+        return connection;
     }
 
     /// <summary>Ends the pipeline by upserting each batch into <paramref name="table"/> keyed by

@@ -1,13 +1,13 @@
-// Where a PostgreSQL sink writes: the table, its key columns, optionally its own connection string
-// and columns; checked at Build() (settings) and at start (the table itself).
+// Where a PostgreSQL sink writes: the table, its key columns, optionally its own connection string,
+// columns and exactly-once mode; checked at Build() (settings) and at start (the table itself).
 using System;
 using System.Collections.Generic;
 using System.Linq;
 
 namespace KFlow.Hosting;
 
-/// <summary>The target of <c>ToPostgres</c>: a table upserted by key. Immutable; change it with the
-/// <c>With…</c> methods or <c>with { … }</c>.</summary>
+/// <summary>The target of <c>ToPostgres</c>: a table upserted by key, or (in exactly-once mode) a table
+/// written once per message. Immutable; change it with the <c>With…</c> methods or <c>with { … }</c>.</summary>
 public sealed record PostgresTable
 {
     private PostgresTable(string table, IReadOnlyList<string> keys)
@@ -19,7 +19,8 @@ public sealed record PostgresTable
     /// <summary>The table, <c>table</c> or <c>schema.table</c>; names are exact (case-sensitive).</summary>
     public string Table { get; init; }
 
-    /// <summary>The key columns; a primary key or unique constraint must cover exactly them.</summary>
+    /// <summary>The key columns; a primary key or unique constraint must cover exactly them. Empty only
+    /// in exactly-once mode: rows are then appended with a plain INSERT.</summary>
     public IReadOnlyList<string> Keys { get; init; }
 
     /// <summary>The columns written. Default null: every mapped property of the row type
@@ -29,18 +30,43 @@ public sealed record PostgresTable
     /// <summary>The Npgsql connection string. Default null: <see cref="PostgresSettings.ConnectionString"/>.</summary>
     public string? ConnectionString { get; init; }
 
+    /// <summary>Exactly-once mode: each batch records the source offsets of its messages, for the
+    /// workflow's consumer group, in <see cref="OffsetsTable"/> in the same statement as its rows; on
+    /// assignment the workflow resumes past the offsets already applied, so each message's effect is
+    /// applied once even when the process dies between the database commit and the Kafka commit. For
+    /// tables whose writes are not idempotent (append-only, counters). Needs one value per message (no
+    /// <c>Unfold</c> before the sink; Build's workflow refuses it at start). Default false: upserts,
+    /// where a replayed batch overwrites what it wrote before.</summary>
+    public bool ExactlyOnce { get; init; }
+
+    /// <summary>The table where exactly-once mode records applied offsets (<c>table</c> or
+    /// <c>schema.table</c>), created at start if missing; several sinks and groups may share it. Default
+    /// null: <c>kflow_applied_offsets</c>. Rewinding the group's offsets does not re-apply messages still
+    /// recorded there; delete the group's rows first.</summary>
+    public string? OffsetsTable { get; init; }
+
     /// <summary>Table <paramref name="table"/> upserted by <paramref name="keys"/>.</summary>
     public static PostgresTable Named(string table, params string[] keys) => new(table ?? "", keys ?? Array.Empty<string>());
 
     /// <summary>This table written through its own connection string.</summary>
     public PostgresTable WithConnectionString(string connectionString) => this with { ConnectionString = connectionString };
 
+    /// <summary>This table written in exactly-once mode (see <see cref="ExactlyOnce"/>), its applied
+    /// offsets recorded in <paramref name="offsetsTable"/> (default null: <c>kflow_applied_offsets</c>).</summary>
+    public PostgresTable WithExactlyOnce(string? offsetsTable = null) =>
+        this with { ExactlyOnce = true, OffsetsTable = offsetsTable };
+
     internal IEnumerable<string> Problems()
     {
         if (string.IsNullOrWhiteSpace(Table))
             yield return "ToPostgres: the table name must not be empty.";
-        if (Keys.Count == 0 || Keys.Any(string.IsNullOrWhiteSpace))
-            yield return $"ToPostgres: table '{Table}' needs at least one key column (PostgresTable.Named(table, keys)).";
+        if (Keys.Count == 0 && !ExactlyOnce)
+            yield return $"ToPostgres: table '{Table}' needs at least one key column (PostgresTable.Named(table, keys)), " +
+                         "or exactly-once mode to append rows (PostgresTable.WithExactlyOnce()).";
+        if (Keys.Any(string.IsNullOrWhiteSpace))
+            yield return $"ToPostgres: table '{Table}' has a blank key column; name every key column.";
+        if (OffsetsTable is not null && (string.IsNullOrWhiteSpace(OffsetsTable) || !ExactlyOnce))
+            yield return "ToPostgres: OffsetsTable is set but blank or without ExactlyOnce; use PostgresTable.WithExactlyOnce(offsetsTable).";
         if (ConnectionString is not null && string.IsNullOrWhiteSpace(ConnectionString))
             yield return "ToPostgres: ConnectionString is blank; leave it null to use KFlow:Postgres:ConnectionString.";
     }

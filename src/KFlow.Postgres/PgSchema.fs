@@ -74,6 +74,31 @@ module PgSchema =
     let private fail (message: string) =
         raise (InvalidOperationException message)
 
+    /// The rows of a catalog query about one relation ($1 is its oid), each read by `read`.
+    let private rowsOf
+        (connection: NpgsqlConnection)
+        (sql: string)
+        (oid: uint32)
+        (read: Data.Common.DbDataReader -> 'row)
+        : Task<'row list> =
+        task {
+            use command = new NpgsqlCommand(sql, connection)
+
+            command.Parameters.Add(NpgsqlParameter(Value = oid, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Oid))
+            |> ignore
+
+            use! reader = command.ExecuteReaderAsync()
+            let rows = ResizeArray()
+            let mutable more = true
+
+            while more do
+                let! next = reader.ReadAsync()
+
+                if next then rows.Add(read reader) else more <- false
+
+            return List.ofSeq rows
+        }
+
     /// <summary>Reads the table's columns and unique keys; raises if it does not exist or is not a table.</summary>
     /// <param name="connection">An open connection.</param>
     /// <param name="table">The table name.</param>
@@ -107,60 +132,23 @@ module PgSchema =
                     return oid
         }
 
-        let! columns = task {
-            use command = new NpgsqlCommand(columnsSql, connection)
+        let! columns =
+            rowsOf connection columnsSql oid (fun reader ->
+                let typname = reader.GetString 1
+                let elementTypname = if reader.IsDBNull 2 then null else reader.GetString 2
+                let typeName = reader.GetString 3
 
-            command.Parameters.Add(NpgsqlParameter(Value = oid, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Oid))
-            |> ignore
+                {
+                    Name = reader.GetString 0
+                    Type = PgValue.tryType typname elementTypname typeName
+                    TypeName = typeName
+                    NotNull = reader.GetBoolean 4
+                    Defaulted = reader.GetBoolean 5
+                    ReadOnly = reader.GetBoolean 6
+                })
 
-            use! reader = command.ExecuteReaderAsync()
-            let columns = ResizeArray()
-
-            let mutable more = true
-
-            while more do
-                let! next = reader.ReadAsync()
-
-                if next then
-                    let typname = reader.GetString 1
-                    let elementTypname = if reader.IsDBNull 2 then null else reader.GetString 2
-                    let typeName = reader.GetString 3
-
-                    columns.Add {
-                        Name = reader.GetString 0
-                        Type = PgValue.tryType typname elementTypname typeName
-                        TypeName = typeName
-                        NotNull = reader.GetBoolean 4
-                        Defaulted = reader.GetBoolean 5
-                        ReadOnly = reader.GetBoolean 6
-                    }
-                else
-                    more <- false
-
-            return List.ofSeq columns
-        }
-
-        let! uniqueKeys = task {
-            use command = new NpgsqlCommand(uniqueKeysSql, connection)
-
-            command.Parameters.Add(NpgsqlParameter(Value = oid, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Oid))
-            |> ignore
-
-            use! reader = command.ExecuteReaderAsync()
-            let keys = ResizeArray()
-
-            let mutable more = true
-
-            while more do
-                let! next = reader.ReadAsync()
-
-                if next then
-                    keys.Add(Set.ofArray (reader.GetFieldValue<string[]> 0))
-                else
-                    more <- false
-
-            return List.ofSeq keys
-        }
+        let! uniqueKeys =
+            rowsOf connection uniqueKeysSql oid (fun reader -> Set.ofArray (reader.GetFieldValue<string[]> 0))
 
         return {
             Name = table

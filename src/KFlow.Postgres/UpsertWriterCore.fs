@@ -4,7 +4,9 @@ namespace KFlow.Postgres
 
 open System
 open System.Collections.Generic
+open System.Runtime.InteropServices
 open System.Threading.Tasks
+open KFlow
 
 /// Creating and using upsert writers from C#; the F# API is `UpsertConfig` + `UpsertWriter`.
 [<AbstractClass; Sealed>]
@@ -20,19 +22,88 @@ type UpsertWriterCore =
             keys: IReadOnlyList<string>,
             row: Func<'a, obj[]>
         ) : Task<UpsertWriter<'a>> =
+        UpsertWriter.create (UpsertWriterCore.Config(connectionString, table, fields, keys, row))
+
+    /// <summary>Creates a writer in exactly-once mode (see UpsertConfig.withExactlyOnce): each batch
+    /// records its source offsets for <paramref name="groupId"/> in the offsets table in the same
+    /// statement as its rows. <paramref name="keys"/> may be empty: rows are then appended. Checks the
+    /// table now and creates the offsets table if it is missing. Write with
+    /// <see cref="SinkExactlyOnce"/>.</summary>
+    /// <param name="connectionString">The Npgsql connection string (a pooled data source is made).</param>
+    /// <param name="table">The table, table or schema.table; names are exact.</param>
+    /// <param name="fields">The columns written, in the order of the row mapper's values.</param>
+    /// <param name="keys">The key columns (covered by a unique constraint), or none to append.</param>
+    /// <param name="row">A record's values in field order (null for NULL).</param>
+    /// <param name="groupId">The workflow's consumer group; the runtime refuses another.</param>
+    /// <param name="offsetsTable">The offsets table (table or schema.table). Default null:
+    /// kflow_applied_offsets.</param>
+    static member CreateExactlyOnceAsync
+        (
+            connectionString: string,
+            table: string,
+            fields: IReadOnlyList<string>,
+            keys: IReadOnlyList<string>,
+            row: Func<'a, obj[]>,
+            groupId: string,
+            [<Optional; DefaultParameterValue(null: string)>] offsetsTable: string
+        ) : Task<UpsertWriter<'a>> =
+        let exactlyOnce = {
+            ExactlyOnceOptions.create groupId with
+                OffsetsTable =
+                    if isNull offsetsTable then
+                        ExactlyOnceOptions.DefaultOffsetsTable
+                    else
+                        offsetsTable
+        }
+
+        UpsertWriter.create {
+            UpsertWriterCore.Config(connectionString, table, fields, keys, row) with
+                ExactlyOnce = Some exactlyOnce
+        }
+
+    static member private Config
+        (
+            connectionString: string,
+            table: string,
+            fields: IReadOnlyList<string>,
+            keys: IReadOnlyList<string>,
+            row: Func<'a, obj[]>
+        ) : UpsertConfig<'a> =
         if isNull row then
             raise (ArgumentNullException("row", "Give the row mapper: a record's values in field order."))
 
-        let config =
-            UpsertConfig.create
-                (PgConnection.ConnectionString connectionString)
-                table
-                (if isNull fields then [] else List.ofSeq fields)
-                (if isNull keys then [] else List.ofSeq keys)
-                row.Invoke
-
-        UpsertWriter.create config
+        UpsertConfig.create
+            (PgConnection.ConnectionString connectionString)
+            table
+            (if isNull fields then [] else List.ofSeq fields)
+            (if isNull keys then [] else List.ofSeq keys)
+            row.Invoke
 
     /// Upserts one batch atomically; the Task succeeds once it is committed.
     static member WriteAsync(writer: UpsertWriter<'a>, batch: IReadOnlyList<'a>) : Task =
         writer.Write(List.ofSeq batch)
+
+    /// <summary>Ends a pipe of batches with <paramref name="writer"/> as an exactly-once sink named
+    /// <paramref name="name"/> (see UpsertWriter.sinkExactlyOnce): each batch is written with the
+    /// source offsets of its messages, and on assignment the runtime resumes past the offsets already
+    /// applied. The writer must come from <see cref="CreateExactlyOnceAsync"/> with the workflow's
+    /// group.</summary>
+    /// <param name="pipe">The pipe, ending in batches (e.g. after PipeCore.Aggregate).</param>
+    /// <param name="name">The sink's name (logs, failures, stage policies).</param>
+    /// <param name="writer">An exactly-once writer for the workflow's group.</param>
+    /// <param name="written">Called with the batch's size after each batch is committed (on the
+    /// writing thread). Default null: none.</param>
+    static member SinkExactlyOnce
+        (
+            pipe: Pipe<'i, IReadOnlyList<'a>>,
+            name: string,
+            writer: UpsertWriter<'a>,
+            [<Optional; DefaultParameterValue(null: Action<int>)>] written: Action<int>
+        ) : Pipe<'i, Sunk> =
+        pipe
+        |> Pipe.sinkExactlyOnce name writer.AppliedOffsets (fun positions batch -> task {
+            do! writer.WriteApplied(positions, List.ofSeq batch)
+
+            if not (isNull written) then
+                written.Invoke batch.Count
+        })

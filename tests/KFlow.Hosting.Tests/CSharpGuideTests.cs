@@ -204,6 +204,7 @@ internal static class CSharpGuideTests
             {
                 Path.Combine(root, "tests", "KFlow.Hosting.Tests", "CSharpGuideTests.cs"),
                 Path.Combine(root, "src-csharp", "KFlow.Demo", "ExampleWorkflow.cs"),
+                Path.Combine(root, "tests", "KFlow.Hosting.Tests", "PostgresFlowExtensionsTests.cs"),
             }
             .SelectMany(f => Regions(File.ReadAllText(f)))
             .ToDictionary(kv => kv.Key, kv => kv.Value);

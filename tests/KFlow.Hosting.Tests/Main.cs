@@ -15,6 +15,7 @@ internal static class Program
             FlowTests.Tests,
             FailurePolicyTests.Tests,
             PostgresColumnsTests.Tests,
+            PostgresFlowExtensionsTests.Tests,
             ServiceCollectionExtensionsTests.Tests,
             CSharpGuideTests.Tests,
             WorkflowTests.Tests,

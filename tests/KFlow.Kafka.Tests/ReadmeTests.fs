@@ -1,4 +1,5 @@
 // The F# example of README.md, compiled here; a test checks the README shows exactly this region.
+// Also compiled into KFlow.Postgres.Tests, whose SeedWorkflowTests run it end to end.
 module KFlow.Kafka.Tests.ReadmeTests
 
 open System.IO

@@ -16,6 +16,7 @@ let all =
         UpsertWriterTests.tests
         ExactlyOnceCrashTests.tests
         PostgresSinkDocTests.tests
+        SeedWorkflowTests.tests
     ]
 
 [<EntryPoint>]

@@ -41,124 +41,46 @@ let private reading<'t> : NpgsqlDataReader -> int -> obj =
         else
             box (reader.GetFieldValue<'t> i)
 
+/// A column named `name` of SQL type `declaration`, read back as `read` reads it.
+let private column name declaration read = {
+    Name = name
+    Declaration = declaration
+    Read = read
+}
+
 let private columns = [
-    {
-        Name = "t"
-        Declaration = "text"
-        Read = reading<string>
-    }
-    {
-        Name = "vc"
-        Declaration = "varchar(40)"
-        Read = reading<string>
-    }
-    {
-        Name = "i2"
-        Declaration = "smallint"
-        Read = reading<int16>
-    }
-    {
-        Name = "i4"
-        Declaration = "integer"
-        Read = reading<int>
-    }
-    {
-        Name = "i8"
-        Declaration = "bigint"
-        Read = reading<int64>
-    }
-    {
-        Name = "num"
-        Declaration = "numeric"
-        Read = reading<decimal>
-    }
-    {
-        Name = "f4"
-        Declaration = "real"
-        Read = reading<float32>
-    }
-    {
-        Name = "f8"
-        Declaration = "double precision"
-        Read = reading<float>
-    }
-    {
-        Name = "b"
-        Declaration = "boolean"
-        Read = reading<bool>
-    }
-    {
-        Name = "ts"
-        Declaration = "timestamp"
-        Read = reading<DateTime>
-    }
-    {
-        Name = "tstz"
-        Declaration = "timestamptz"
-        Read = reading<DateTime>
-    }
-    {
-        Name = "d"
-        Declaration = "date"
-        Read = reading<DateOnly>
-    }
-    {
-        Name = "u"
-        Declaration = "uuid"
-        Read = reading<Guid>
-    }
-    {
-        Name = "j"
-        Declaration = "jsonb"
-        Read = reading<string>
-    }
-    {
-        Name = "js"
-        Declaration = "json"
-        Read = reading<string>
-    }
-    {
-        Name = "by"
-        Declaration = "bytea"
-        Read = reading<byte[]>
-    }
-    {
-        Name = "ai"
-        Declaration = "integer[]"
-        Read = reading<Nullable<int>[]>
-    }
-    {
-        Name = "at"
-        Declaration = "text[]"
-        Read = reading<string[]>
-    }
-    {
-        Name = "anum"
-        Declaration = "numeric[]"
-        Read = reading<decimal[]>
-    }
-    {
-        Name = "atstz"
-        Declaration = "timestamptz[]"
-        Read = reading<DateTime[]>
-    }
-    {
-        Name = "au"
-        Declaration = "uuid[]"
-        Read = reading<Guid[]>
-    }
-    {
-        Name = "ajb"
-        Declaration = "jsonb[]"
-        Read = reading<string[]>
-    }
+    column "t" "text" reading<string>
+    column "vc" "varchar(40)" reading<string>
+    column "i2" "smallint" reading<int16>
+    column "i4" "integer" reading<int>
+    column "i8" "bigint" reading<int64>
+    column "num" "numeric" reading<decimal>
+    column "f4" "real" reading<float32>
+    column "f8" "double precision" reading<float>
+    column "b" "boolean" reading<bool>
+    column "ts" "timestamp" reading<DateTime>
+    column "tstz" "timestamptz" reading<DateTime>
+    column "d" "date" reading<DateOnly>
+    column "u" "uuid" reading<Guid>
+    column "j" "jsonb" reading<string>
+    column "js" "json" reading<string>
+    column "by" "bytea" reading<byte[]>
+    column "ai" "integer[]" reading<Nullable<int>[]>
+    column "at" "text[]" reading<string[]>
+    column "anum" "numeric[]" reading<decimal[]>
+    column "atstz" "timestamptz[]" reading<DateTime[]>
+    column "au" "uuid[]" reading<Guid[]>
+    column "ajb" "jsonb[]" reading<string[]>
 ]
 
 /// The scalar columns (no array): a table of these is written with the Unnest method.
 let private scalarColumns =
     columns |> List.filter (fun c -> not (c.Declaration.EndsWith "[]"))
 
-let private fields = "id" :: (columns |> List.map _.Name)
+/// The id field and the columns' names: the fields of a round-trip table's writer.
+let private fieldsOf (columns: Column list) = "id" :: (columns |> List.map _.Name)
+
+let private fields = fieldsOf columns
 
 /// A fresh table with an integer key and the given columns.
 let private tableOf (columns: Column list) =
@@ -175,7 +97,7 @@ let private roundTripTable () = tableOf columns
 
 /// The table's rows as maps from column name to value read back (null for NULL), by id.
 let private readBackOf (columns: Column list) (table: string) : Map<int, Map<string, obj>> =
-    let fields = "id" :: (columns |> List.map _.Name)
+    let fields = fieldsOf columns
     use connection = new NpgsqlConnection(connectionString ())
     connection.Open()
     let names = fields |> String.concat ", "
@@ -230,6 +152,24 @@ let private full: (string * obj * obj) list = [
 let private expectRow (row: Map<string, obj>) (expected: (string * obj) list) (what: string) =
     for name, value in expected do
         Expect.equal row[name] value $"{what}: column {name}"
+
+/// Expects every one of the columns to be NULL in the row.
+let private expectNulls (row: Map<string, obj>) (columns: Column list) (what: string) =
+    expectRow row (columns |> List.map (fun c -> c.Name, null)) what
+
+/// The row `id` with the given values of `full` (or a part of it), in their order.
+let private valuesRow (id: int) (given: (string * obj * obj) list) : obj[] =
+    box id :: (given |> List.map (fun (_, value, _) -> value)) |> Array.ofList
+
+/// The row `id` with every column NULL, as null and as DBNull.Value alternately.
+let private nullsRow (id: int) (columns: Column list) : obj[] =
+    box id
+    :: (columns |> List.mapi (fun i _ -> if i % 2 = 0 then null else box DBNull.Value))
+    |> Array.ofList
+
+/// The values of `full` (or a part of it) as read back, by column name.
+let private readBackValues (given: (string * obj * obj) list) =
+    given |> List.map (fun (name, _, back) -> name, back)
 
 let private normalization =
     testList "normalize" [
@@ -353,40 +293,26 @@ let private roundTrips =
     <| testList "round trip" [
         test "every supported scalar type, nulls and unicode come back as written by the Unnest method" {
             let table = tableOf scalarColumns
-            let fields = "id" :: (scalarColumns |> List.map _.Name)
-            let writer = writerFor (configFor table fields [ "id" ])
+            let writer = writerFor (configFor table (fieldsOf scalarColumns) [ "id" ])
             Expect.equal writer.Method UpsertMethod.Unnest "no array field: one statement"
             let names = set (scalarColumns |> List.map _.Name)
             let given = full |> List.filter (fun (name, _, _) -> names.Contains name)
-            let values = box 1 :: (given |> List.map (fun (_, value, _) -> value))
-
-            let nulls =
-                box 2
-                :: (scalarColumns
-                    |> List.mapi (fun i _ -> if i % 2 = 0 then null else box DBNull.Value))
-
-            writeNow writer [ Array.ofList values; Array.ofList nulls ]
+            writeNow writer [ valuesRow 1 given; nullsRow 2 scalarColumns ]
             let rows = readBackOf scalarColumns table
-            expectRow rows[1] (given |> List.map (fun (name, _, back) -> name, back)) "all values"
-            expectRow rows[2] (scalarColumns |> List.map (fun c -> c.Name, null)) "nulls"
+            expectRow rows[1] (readBackValues given) "all values"
+            expectNulls rows[2] scalarColumns "nulls"
         }
 
         test "every supported type with arrays, nulls and unicode come back as written by the Copy method" {
             let table = roundTripTable ()
             let writer = writerFor (configFor table fields [ "id" ])
             Expect.equal writer.Method UpsertMethod.Copy "array fields: temp table and COPY"
-            let full' = box 1 :: (full |> List.map (fun (_, given, _) -> given))
-
-            let nulls =
-                box 2
-                :: (columns |> List.mapi (fun i _ -> if i % 2 = 0 then null else box DBNull.Value))
-
             let options = box 3 :: (columns |> List.map (fun _ -> box (None: string option)))
-            writeNow writer [ Array.ofList full'; Array.ofList nulls; Array.ofList options ]
+            writeNow writer [ valuesRow 1 full; nullsRow 2 columns; Array.ofList options ]
             let rows = readBack table
-            expectRow rows[1] (full |> List.map (fun (name, _, back) -> name, back)) "all values"
-            expectRow rows[2] (columns |> List.map (fun c -> c.Name, null)) "nulls"
-            expectRow rows[3] (columns |> List.map (fun c -> c.Name, null)) "None"
+            expectRow rows[1] (readBackValues full) "all values"
+            expectNulls rows[2] columns "nulls"
+            expectNulls rows[3] columns "None"
         }
 
         test "JSON objects come back as their values, read by column type" {
@@ -443,7 +369,7 @@ let private roundTrips =
                 ]
                 "JSON"
 
-            expectRow rows[2] (columns |> List.map (fun c -> c.Name, null)) "missing and null properties"
+            expectNulls rows[2] columns "missing and null properties"
         }
 
         test "dictionaries come back as their values" {
@@ -466,7 +392,7 @@ let private roundTrips =
 
             writeNow writer [ record :> IDictionary<string, obj> ]
             let rows = readBack table
-            expectRow rows[1] (full |> List.map (fun (name, _, back) -> name, back)) "dictionary"
+            expectRow rows[1] (readBackValues full) "dictionary"
         }
 
         test "integers of other widths are written to integer, numeric and double columns" {
