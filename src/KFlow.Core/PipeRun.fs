@@ -179,12 +179,12 @@ module PipeRun =
                 match acc.Mode, states[i] with
                 | Defer, AsyncState queue ->
                     let entry =
-                        if RunState.canStart parallelism queue then
+                        if AsyncQueue.canStart parallelism queue then
                             request acc path i name run env
                         else
                             Queued env
 
-                    states[i] <- AsyncState(queue @ [ entry ])
+                    states[i] <- AsyncState(AsyncQueue.enqueue entry queue)
                 | _ ->
                     match attempt (fun () -> (run env.Value).GetAwaiter().GetResult()) with
                     | Ok value -> pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
@@ -250,7 +250,7 @@ module PipeRun =
 
                     go (i + 1)
                 | AsyncMapNode _, AsyncState queue ->
-                    match RunState.holdIn hold event queue with
+                    match AsyncQueue.holdIn hold event queue with
                     | Some queue -> states[i] <- AsyncState queue
                     | None -> go (i + 1)
                 | DemuxNode demux, DemuxState d ->
@@ -315,7 +315,7 @@ module PipeRun =
     let private settle now (acc: Collected) path (nodes: Node[]) (states: NodeState[]) i id result k passed =
         match nodes[i], states[i] with
         | AsyncMapNode(name, parallelism, run), AsyncState queue ->
-            let ready, queue = queue |> RunState.withResult id result |> RunState.ready
+            let ready, queue = queue |> AsyncQueue.withResult id result |> AsyncQueue.ready
 
             for entry in ready do
                 match entry with
@@ -325,7 +325,7 @@ module PipeRun =
                 | Held(hold, event) -> broadcastFrom now acc path nodes states (i + 1) hold event k passed
                 | _ -> ()
 
-            states[i] <- AsyncState(RunState.startWaiting parallelism (request acc path i name run) queue)
+            states[i] <- AsyncState(AsyncQueue.startWaiting parallelism (request acc path i name run) queue)
         | _ -> ()
 
     /// Substream `key` of demux i let a held event through: the events no substream holds any more

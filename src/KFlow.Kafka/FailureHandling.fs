@@ -73,10 +73,11 @@ module internal FailureHandling =
 
     /// <summary>Runs <paramref name="run"/>, retrying it in place as the policy allows (waiting the
     /// backoff between tries); the task faults with the last error once the retries are spent.
-    /// Without retries it is just <c>run ()</c>.</summary>
+    /// Without retries it is just <c>run ()</c>. <paramref name="what"/> names the attempt in the
+    /// log, built only when a try fails (it runs for every message).</summary>
     let retrying
         (handling: FailureHandling)
-        (what: string)
+        (what: unit -> string)
         (policy: ErrorPolicy)
         (run: unit -> Task<'T>)
         : Task<'T> =
@@ -103,7 +104,7 @@ module internal FailureHandling =
                         match ErrorPolicy.retryDelay (handling.Draw()) failures policy with
                         | ValueSome delay ->
                             handling.Log
-                                $"{what} failed (try {failures}): {ex.GetType().Name}: {ex.Message}; retrying in place in {delay}"
+                                $"{what ()} failed (try {failures}): {ex.GetType().Name}: {ex.Message}; retrying in place in {delay}"
 
                             do! Task.Delay delay
                             handling.Retried()
@@ -141,7 +142,7 @@ module internal FailureHandling =
     /// the request is returned as it is.</summary>
     let guardWrite
         (handling: FailureHandling)
-        (what: string)
+        (what: unit -> string)
         (originalsOf: Token list -> Confluent.Kafka.ConsumeResult<byte[], byte[]> list voption)
         (request: SinkRequest)
         =
@@ -151,11 +152,13 @@ module internal FailureHandling =
         | DeadLetter topic, Some dlq ->
             let originals = originalsOf request.Envelope.Tokens
             let attempts = 1 + ErrorPolicy.retries policy
-            let what = $"{what} at offset {request.Envelope.Position.Offset}"
+
+            let whatAt () =
+                $"{what ()} at offset {request.Envelope.Position.Offset}"
 
             let write (value: obj) : Task = task {
                 try
-                    do! retrying handling what policy (fun () -> task { do! request.Write value })
+                    do! retrying handling whatAt policy (fun () -> task { do! request.Write value })
                 with ex ->
                     match originals with
                     | ValueSome originals ->
@@ -165,16 +168,17 @@ module internal FailureHandling =
                             handling.DeadLettered()
 
                         handling.Log
-                            $"{what} failed {attempts} times ({ex.Message}); dead-lettered {originals.Length} message(s) to '{topic}'"
+                            $"{whatAt ()} failed {attempts} times ({ex.Message}); dead-lettered {originals.Length} message(s) to '{topic}'"
                     | ValueNone -> return raise ex
             }
 
             { request with Write = write }
         | _ when ErrorPolicy.retries policy > 0 ->
-            let what = $"{what} at offset {request.Envelope.Position.Offset}"
+            let whatAt () =
+                $"{what ()} at offset {request.Envelope.Position.Offset}"
 
             let write (value: obj) : Task =
-                retrying handling what policy (fun () -> task { do! request.Write value })
+                retrying handling whatAt policy (fun () -> task { do! request.Write value })
 
             { request with Write = write }
         | _ -> request

@@ -14,6 +14,7 @@ let all =
         BackpressureTests.tests
         CommitPlanTests.tests
         OpenOffsetsTests.tests
+        SinkLanesTests.tests
         WorkflowOptionsTests.tests
         StageTimingTests.tests
         PipeCoreTests.tests
