@@ -7,10 +7,16 @@ open System.Threading.Tasks
 open KFlow
 
 /// The async calls of one partition loop. `pending id task` is called for a call that runs on,
-/// whose result comes back as CallDone and is handed to `Arrived`.
+/// whose result comes back as CallDone and is handed to `Arrived`. `gated` runs each try of a call
+/// under the workflow's MaxConcurrentCalls (so a retry's backoff wait holds no slot).
 [<Sealed>]
 type internal AsyncCalls
-    (tp: KFlow.TopicPartition, handling: FailureHandling, pending: int -> Task<obj> -> unit) =
+    (
+        tp: KFlow.TopicPartition,
+        handling: FailureHandling,
+        gated: (unit -> Task<obj>) -> Task<obj>,
+        pending: int -> Task<obj> -> unit
+    ) =
     let ready = Queue<struct (int * Result<obj, exn>)>()
     // The async nodes seen (their failures come after the retries in place).
     let stages = HashSet<string>()
@@ -37,7 +43,7 @@ type internal AsyncCalls
                 handling
                 (fun () -> $"{tp}: async map '{request.Stage}' at offset {request.Envelope.Position.Offset}")
                 policy
-                (fun () -> request.Run request.Envelope.Value)
+                (fun () -> gated (fun () -> request.Run request.Envelope.Value))
 
         if t.IsCompleted then
             ready.Enqueue(

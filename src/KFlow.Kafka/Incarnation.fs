@@ -19,6 +19,8 @@ type internal Incarnation
         counters: Counters,
         stop: CancellationToken,
         handling: FailureHandling,
+        callGate: ConcurrencyGate,
+        writeGate: ConcurrencyGate,
         exactlyOnce: ExactlyOnce,
         assigned: unit -> unit
     ) =
@@ -44,7 +46,9 @@ type internal Incarnation
         match workers.TryGetValue tp with
         | true, w -> w
         | _ ->
-            let w = PartitionWorker(tp, newRun, counters, log, fail, handling)
+            let w =
+                PartitionWorker(tp, newRun, counters, log, fail, handling, callGate, writeGate)
+
             workers[tp] <- w
             w
 

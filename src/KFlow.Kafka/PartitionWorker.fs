@@ -21,7 +21,9 @@ type internal PartitionWorker
         counters: Counters,
         log: string -> unit,
         fail: FailureReport -> unit,
-        handling: FailureHandling
+        handling: FailureHandling,
+        callGate: ConcurrencyGate,
+        writeGate: ConcurrencyGate
     ) =
     let channel =
         Channel.CreateUnbounded<WorkerCommand>(UnboundedChannelOptions(SingleReader = true))
@@ -126,6 +128,16 @@ type internal PartitionWorker
 
     let lanes = SinkLanes(writeEnded, writePending)
 
+    // Cancelled when the assignment's state is released or the loop ends: calls and writes still
+    // waiting for a slot of the workflow's gates are dropped without running (their completions
+    // belong to an earlier assignment).
+    let mutable waiting = new CancellationTokenSource()
+
+    let dropWaiting () =
+        let old = waiting
+        waiting <- new CancellationTokenSource()
+        old.Cancel()
+
     let callPending (id: int) (t: Task<obj>) =
         let gen = generation
 
@@ -145,7 +157,8 @@ type internal PartitionWorker
         )
         |> ignore
 
-    let calls = AsyncCalls(tp, handling, callPending)
+    let calls =
+        AsyncCalls(tp, handling, (fun run -> callGate.Run(waiting.Token, run)), callPending)
 
     let guarded (request: SinkRequest) =
         FailureHandling.guardWrite
@@ -154,8 +167,20 @@ type internal PartitionWorker
             offsets.DeadLetterable
             request
 
+    /// Each try of a write runs under the workflow's MaxConcurrentWrites.
+    let gatedWrite (request: SinkRequest) =
+        if writeGate.Limit = Int32.MaxValue then
+            request
+        else
+            let write = request.Write
+
+            {
+                request with
+                    Write = fun value -> writeGate.RunWrite(waiting.Token, (fun () -> write value))
+            }
+
     let enqueueWrite (request: SinkRequest) =
-        let request = guarded request |> StageTiming.write counters.Name
+        let request = gatedWrite request |> guarded |> StageTiming.write counters.Name
         writesInFlight <- writesInFlight + 1
         lanes.Enqueue request
 
@@ -318,6 +343,7 @@ type internal PartitionWorker
         split.Clear()
         lanes.Clear()
         calls.Clear()
+        dropWaiting ()
         writesInFlight <- 0
         offsets.Release()
 
@@ -416,7 +442,9 @@ type internal PartitionWorker
         | Wake ->
             Volatile.Write(&wakePending, 0)
             true
-        | Abandon -> false
+        | Abandon ->
+            dropWaiting ()
+            false
 
     /// Most commands one turn of the loop handles before it yields its thread. 1,024.
     let batchCommands = 1024

@@ -147,12 +147,26 @@ module Workflow =
         let stop = new CancellationTokenSource()
         let health = HealthCell()
         let handling = FailureHandling.create counters options
+        // One pair of gates per run, shared by its incarnations: calls still running after a restart
+        // keep their slots until they end, so the caps hold across restarts too.
+        let callGate = ConcurrencyGate options.MaxConcurrentCalls
+        let writeGate = ConcurrencyGate options.MaxConcurrentWrites
 
         let running () =
             health.Update(fun h -> { h with State = WorkflowState.Running })
 
         let create () =
-            Incarnation(options, newRun, counters, stop.Token, handling, exactlyOnce, running)
+            Incarnation(
+                options,
+                newRun,
+                counters,
+                stop.Token,
+                handling,
+                callGate,
+                writeGate,
+                exactlyOnce,
+                running
+            )
         // The first consumer is built here, so a bad librdkafka property fails the call itself.
         let first =
             try

@@ -61,6 +61,15 @@ type WorkflowOptions = {
     /// How long a revoke or a stop waits for in-flight sink writes and async calls before it commits
     /// what is finished and lets go. Default 10 s.
     DrainTimeout: TimeSpan
+    /// Async calls (of every async map, in every partition and substream) running at once in the
+    /// workflow: a call waits for a free slot before the user's function starts and frees it when the
+    /// function's task ends. Each try of a retry in place takes a slot; its backoff wait holds none.
+    /// Must be ≥ 1; Int32.MaxValue removes the cap. Default 1,024.
+    MaxConcurrentCalls: int
+    /// Sink writes (of every sink, in every partition and substream) running at once in the
+    /// workflow, counted like MaxConcurrentCalls. Must be ≥ 1. Default Int32.MaxValue: no cap beyond
+    /// the in-flight limits of Backpressure.
+    MaxConcurrentWrites: int
     /// What a failure does (ErrorPolicy). Default RestartAndReplay Backoff.defaults.
     OnFailure: ErrorPolicy
     /// Policies of single stages by name (a stage's, sink's or async map's name), overriding
@@ -105,6 +114,8 @@ module WorkflowOptions =
         Backpressure = backpressure
         TickInterval = TimeSpan.FromSeconds 1.
         DrainTimeout = TimeSpan.FromSeconds 10.
+        MaxConcurrentCalls = 1024
+        MaxConcurrentWrites = Int32.MaxValue
         OnFailure = ErrorPolicy.defaults
         OnStageFailure = Map.empty
         SinkRetries = 3
@@ -194,6 +205,16 @@ module WorkflowOptions =
             invalidSetting
                 "Backpressure"
                 $"WorkflowOptions.Backpressure.ResumeAt must be in [0, 1) (got {b.ResumeAt}); it is the fraction of each limit at which intake resumes."
+
+        if o.MaxConcurrentCalls < 1 then
+            invalidSetting
+                "MaxConcurrentCalls"
+                $"WorkflowOptions.MaxConcurrentCalls must be ≥ 1 (got {o.MaxConcurrentCalls}); it is how many async calls run at once in the workflow (Int32.MaxValue: no cap)."
+
+        if o.MaxConcurrentWrites < 1 then
+            invalidSetting
+                "MaxConcurrentWrites"
+                $"WorkflowOptions.MaxConcurrentWrites must be ≥ 1 (got {o.MaxConcurrentWrites}); it is how many sink writes run at once in the workflow (Int32.MaxValue: no cap)."
 
         ErrorPolicy.validate "WorkflowOptions.OnFailure" o.OnFailure
 
