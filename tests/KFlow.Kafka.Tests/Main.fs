@@ -19,6 +19,7 @@ let all =
         StageTimingTests.tests
         PipeCoreTests.tests
         WorkflowTests.tests
+        ConcurrencyGateTests.tests
         SupervisionTests.tests
         RuntimeDocTests.tests
         KafkaSinkTests.tests

@@ -38,6 +38,8 @@ let tests =
             Expect.equal o.SinkRetryBackoff.First (TimeSpan.FromMilliseconds 100.) "from 100 ms"
             Expect.equal o.SinkRetryBackoff.Max (TimeSpan.FromSeconds 5.) "to 5 s"
             Expect.equal o.StartTimeout (TimeSpan.FromSeconds 30.) "start timeout 30 s"
+            Expect.equal o.MaxConcurrentCalls 1024 "1,024 async calls at once"
+            Expect.equal o.MaxConcurrentWrites Int32.MaxValue "no cap on sink writes"
         }
 
         test "every bad setting is refused with a message naming it" {
@@ -67,6 +69,9 @@ let tests =
                         DrainTimeout = TimeSpan.Zero
                 }
                 "DrainTimeout"
+
+            refused { valid with MaxConcurrentCalls = 0 } "MaxConcurrentCalls"
+            refused { valid with MaxConcurrentWrites = 0 } "MaxConcurrentWrites"
 
             let bp = valid.Backpressure
 
