@@ -44,6 +44,14 @@ public sealed class KafkaSettings
     /// <summary>Unfinished messages per partition before that partition pauses. Default 20,000.</summary>
     public int MaxOpenOffsetsPerPartition { get; set; } = 20_000;
 
+    /// <summary>Async calls (<c>MapAsync</c> steps of every partition and key) running at once in a
+    /// workflow; each further call waits for one to end. Default 1,024.</summary>
+    public int MaxConcurrentCalls { get; set; } = 1024;
+
+    /// <summary>Sink writes running at once in a workflow; each further write waits for one to end.
+    /// Default int.MaxValue (no cap beyond MaxInFlightMessages).</summary>
+    public int MaxConcurrentWrites { get; set; } = int.MaxValue;
+
     /// <summary>How long a stop or revoke waits for in-flight writes. Default 10 s.</summary>
     public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(10);
 

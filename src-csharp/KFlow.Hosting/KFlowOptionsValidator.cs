@@ -28,6 +28,10 @@ internal sealed class KFlowOptionsValidator : IValidateOptions<KFlowOptions>
             problems.Add($"KFlow:Kafka:MaxInFlightMessages must be ≥ 1 (got {kafka.MaxInFlightMessages}).");
         if (kafka.MaxOpenOffsetsPerPartition < 1)
             problems.Add($"KFlow:Kafka:MaxOpenOffsetsPerPartition must be ≥ 1 (got {kafka.MaxOpenOffsetsPerPartition}).");
+        if (kafka.MaxConcurrentCalls < 1)
+            problems.Add($"KFlow:Kafka:MaxConcurrentCalls must be ≥ 1 (got {kafka.MaxConcurrentCalls}).");
+        if (kafka.MaxConcurrentWrites < 1)
+            problems.Add($"KFlow:Kafka:MaxConcurrentWrites must be ≥ 1 (got {kafka.MaxConcurrentWrites}).");
         return problems;
     }
 }

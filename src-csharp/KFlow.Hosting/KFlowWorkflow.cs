@@ -104,7 +104,9 @@ public sealed class KFlowWorkflow
             kafka.HaltOnFailure,
             log,
             _policy?.ToCore()!,
-            _stagePolicies.ToDictionary(kv => kv.Key, kv => kv.Value.ToCore(), StringComparer.Ordinal));
+            _stagePolicies.ToDictionary(kv => kv.Key, kv => kv.Value.ToCore(), StringComparer.Ordinal),
+            kafka.MaxConcurrentCalls,
+            kafka.MaxConcurrentWrites);
         return new RunningWorkflow(Name, handle, ctx, stopping, kafka.DrainTimeout);
     }
 }

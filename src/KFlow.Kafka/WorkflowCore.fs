@@ -17,7 +17,8 @@ type WorkflowCore =
     /// 20,000, drainTimeout 10 s, halt false (restart from the committed offsets with backoff), log
     /// ignored (called from several threads), onFailure null (halt ? Halt : RestartAndReplay with
     /// Backoff.defaults; a policy given here wins over halt), onStageFailure none (overrides by stage
-    /// name).</summary>
+    /// name), maxConcurrentCalls 1,024 (async calls running at once in the workflow),
+    /// maxConcurrentWrites Int32.MaxValue (sink writes running at once; no cap).</summary>
     static member Run
         (
             name: string,
@@ -35,7 +36,9 @@ type WorkflowCore =
             [<Optional; DefaultParameterValue(null: Action<string>)>] log: Action<string>,
             [<Optional>] onFailure: ErrorPolicy,
             [<Optional; DefaultParameterValue(null: IReadOnlyDictionary<string, ErrorPolicy>)>] onStageFailure:
-                IReadOnlyDictionary<string, ErrorPolicy>
+                IReadOnlyDictionary<string, ErrorPolicy>,
+            [<Optional; DefaultParameterValue(Nullable<int>())>] maxConcurrentCalls: Nullable<int>,
+            [<Optional; DefaultParameterValue(Nullable<int>())>] maxConcurrentWrites: Nullable<int>
         ) : WorkflowHandle =
         let topics = if isNull topics then [] else List.ofSeq topics
         let o = WorkflowOptions.create name bootstrapServers groupId topics
@@ -62,6 +65,8 @@ type WorkflowCore =
                 CommitInterval = defaultArg (Option.ofNullable commitInterval) o.CommitInterval
                 DrainTimeout = defaultArg (Option.ofNullable drainTimeout) o.DrainTimeout
                 Backpressure = backpressure
+                MaxConcurrentCalls = defaultArg (Option.ofNullable maxConcurrentCalls) o.MaxConcurrentCalls
+                MaxConcurrentWrites = defaultArg (Option.ofNullable maxConcurrentWrites) o.MaxConcurrentWrites
                 OnFailure =
                     if not (isNull (box onFailure)) then onFailure
                     elif halt then Halt

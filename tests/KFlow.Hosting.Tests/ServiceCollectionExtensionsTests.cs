@@ -32,6 +32,7 @@ internal static class ServiceCollectionExtensionsTests
             services.AddSingleton(Config(
                 ("KFlow:Kafka:BootstrapServers", "kafka1:9092"),
                 ("KFlow:Kafka:MaxInFlightMessages", "1000"),
+                ("KFlow:Kafka:MaxConcurrentCalls", "16"),
                 ("KFlow:Kafka:CommitInterval", "00:00:02"),
                 ("KFlow:Kafka:Properties:session.timeout.ms", "3000"),
                 ("KFlow:Postgres:ConnectionString", "Host=db")));
@@ -39,6 +40,8 @@ internal static class ServiceCollectionExtensionsTests
             var options = services.BuildServiceProvider().GetRequiredService<IOptions<KFlowOptions>>().Value;
             Expect.AreEqual(options.Kafka.BootstrapServers, "kafka1:9092", "bootstrap servers");
             Expect.AreEqual(options.Kafka.MaxInFlightMessages, 1000, "in-flight limit");
+            Expect.AreEqual(options.Kafka.MaxConcurrentCalls, 16, "async calls at once");
+            Expect.AreEqual(options.Kafka.MaxConcurrentWrites, int.MaxValue, "sink writes at once: no cap by default");
             Expect.AreEqual(options.Kafka.CommitInterval, TimeSpan.FromSeconds(2), "commit interval");
             Expect.AreEqual(options.Kafka.Properties["session.timeout.ms"], "3000", "a librdkafka property");
             Expect.AreEqual(options.Postgres.ConnectionString, "Host=db", "connection string");
@@ -61,11 +64,18 @@ internal static class ServiceCollectionExtensionsTests
         Runner.TestCase("the host refuses to start without bootstrap servers and says what to set", () =>
         {
             var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
-            builder.Services.AddKFlow(o => o.Kafka.MaxInFlightMessages = 0);
+            builder.Services.AddKFlow(o =>
+            {
+                o.Kafka.MaxInFlightMessages = 0;
+                o.Kafka.MaxConcurrentCalls = 0;
+                o.Kafka.MaxConcurrentWrites = -1;
+            });
             using var host = builder.Build();
             var e = Expect.Throws<OptionsValidationException>(() => host.StartAsync().GetAwaiter().GetResult(), "start fails");
             Expect.Contains(e.Message, "KFlow__Kafka__BootstrapServers", "the message names the environment variable");
             Expect.Contains(e.Message, "KFlow:Kafka:MaxInFlightMessages must be ≥ 1 (got 0)", "every problem is named");
+            Expect.Contains(e.Message, "KFlow:Kafka:MaxConcurrentCalls must be ≥ 1 (got 0)", "the call cap is named");
+            Expect.Contains(e.Message, "KFlow:Kafka:MaxConcurrentWrites must be ≥ 1 (got -1)", "the write cap is named");
         }),
         Runner.TestCase("each workflow is one hosted service with its health check", () =>
         {

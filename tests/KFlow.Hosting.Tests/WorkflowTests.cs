@@ -131,6 +131,41 @@ internal static class WorkflowTests
             var offsets = Committed(topic, "facade-stages");
             Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "committed offsets = end offsets after the stop");
         }),
+        Runner.TestCase("Kafka:MaxConcurrentCalls caps the async calls running at once over every partition and key, and the cap is reached", async () =>
+        {
+            const string topic = "facade-call-cap";
+            Produce(topic, 400, 40);
+            var now = 0;
+            var peak = 0;
+            var written = new ConcurrentBag<int>();
+            var workflow = Workflow.FromKafka(topic, "facade-call-cap")
+                .Map(m => (m.Key, Value: Number(m)))
+                .Demux(e => e.Key)
+                .MapAsync(async (e, _) =>
+                {
+                    var inCall = Interlocked.Increment(ref now);
+                    int seen;
+                    while (inCall > (seen = Volatile.Read(ref peak)) && Interlocked.CompareExchange(ref peak, inCall, seen) != seen) { }
+                    await Task.Delay(2);
+                    Interlocked.Decrement(ref now);
+                    return e.Value;
+                })
+                .To("collect", (v, _) =>
+                {
+                    written.Add(v);
+                    return Task.CompletedTask;
+                })
+                .Build();
+            var options = Options();
+            options.Kafka.MaxConcurrentCalls = 2;
+            var running = await workflow.StartAsync(options);
+            await Until(() => written.Count >= 400, "all 400 values are written");
+            await running.StopAsync();
+            Expect.IsTrue(running.Completion.IsCompletedSuccessfully, "the workflow stopped without failure");
+            Expect.SequenceEqual(written.OrderBy(v => v), Enumerable.Range(0, 400), "every value is written once");
+            Expect.IsTrue(peak <= 2, $"at most 2 calls at once (saw {peak})");
+            Expect.AreEqual(peak, 2, "the cap is reached");
+        }),
         Runner.TestCase("Mfd, DemuxByKey and a value-holding Stateful stage run on Kafka and commit every offset", async () =>
         {
             const string topic = "facade-mfd";
