@@ -201,19 +201,28 @@ let demuxAggregate (input: Input) : float option =
 
         Some(runUntil "demux-aggregate" o (TimeSpan.FromMinutes 5.0) meter (demuxAggregatePipe meter))
 
-/// (e): asyncDemuxPipe over the input; the rate against the ideal (1,000 keys × 200 msg/s).
-let asyncDemux (timer: AsyncStep.Timer) (input: Input) : AsyncFigure option =
+/// (e): asyncDemuxPipe over the input; the rate against the ideal (concurrency × 200 msg/s), where
+/// the concurrency is the number of calls the workflow lets run at once: one per key (1,000) under
+/// the default MaxConcurrentCalls (1,024), or `cap` (WorkflowOptions.MaxConcurrentCalls) if lower.
+let asyncDemux (timer: AsyncStep.Timer) (cap: int option) (input: Input) : AsyncFigure option =
     let meter = Meter input.Messages
 
-    let achieved =
-        runUntil
-            "async-demux"
-            (options "async-demux" input)
-            (TimeSpan.FromMinutes 5.0)
-            meter
-            (asyncDemuxPipe timer meter)
+    let name =
+        match cap with
+        | Some c -> $"async-demux-cap{c}"
+        | None -> "async-demux"
 
-    let concurrency = min Keys input.Messages
+    let o = options name input
+
+    let o = {
+        o with
+            MaxConcurrentCalls = defaultArg cap o.MaxConcurrentCalls
+    }
+
+    let achieved =
+        runUntil name o (TimeSpan.FromMinutes 5.0) meter (asyncDemuxPipe timer meter)
+
+    let concurrency = min o.MaxConcurrentCalls (min Keys input.Messages)
 
     Some {
         Achieved = achieved
