@@ -3,18 +3,21 @@
 namespace KFlow.Kafka
 
 open System.Collections.Generic
+open System.Threading
 open System.Threading.Tasks
 open KFlow
 
 /// The async calls of one partition loop. `pending id task` is called for a call that runs on,
-/// whose result comes back as CallDone and is handed to `Arrived`. `gated` runs each try of a call
-/// under the workflow's MaxConcurrentCalls (so a retry's backoff wait holds no slot).
+/// whose result comes back as CallDone and is handed to `Arrived`. Each try of a call runs under
+/// `gate` (the workflow's MaxConcurrentCalls, so a retry's backoff wait holds no slot), its wait for
+/// a slot cancelled by the token `waiting ()` gave when the call started.
 [<Sealed>]
 type internal AsyncCalls
     (
         tp: KFlow.TopicPartition,
         handling: FailureHandling,
-        gated: (unit -> Task<obj>) -> Task<obj>,
+        gate: ConcurrencyGate,
+        waiting: unit -> CancellationToken,
         pending: int -> Task<obj> -> unit
     ) =
     let ready = Queue<struct (int * Result<obj, exn>)>()
@@ -37,13 +40,14 @@ type internal AsyncCalls
 
         stages.Add request.Stage |> ignore
         let policy = FailureHandling.policyOf request.Stage handling
+        let cancel = waiting ()
 
         let t =
             FailureHandling.retrying
                 handling
                 (fun () -> $"{tp}: async map '{request.Stage}' at offset {request.Envelope.Position.Offset}")
                 policy
-                (fun () -> gated (fun () -> request.Run request.Envelope.Value))
+                (fun () -> gate.Run(cancel, (fun () -> request.Run request.Envelope.Value)))
 
         if t.IsCompleted then
             ready.Enqueue(

@@ -158,7 +158,7 @@ type internal PartitionWorker
         |> ignore
 
     let calls =
-        AsyncCalls(tp, handling, (fun run -> callGate.Run(waiting.Token, run)), callPending)
+        AsyncCalls(tp, handling, callGate, (fun () -> waiting.Token), callPending)
 
     let guarded (request: SinkRequest) =
         FailureHandling.guardWrite
@@ -173,10 +173,11 @@ type internal PartitionWorker
             request
         else
             let write = request.Write
+            let cancel = waiting.Token
 
             {
                 request with
-                    Write = fun value -> writeGate.RunWrite(waiting.Token, (fun () -> write value))
+                    Write = fun value -> writeGate.RunWrite(cancel, (fun () -> write value))
             }
 
     let enqueueWrite (request: SinkRequest) =
