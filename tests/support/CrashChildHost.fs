@@ -1,11 +1,27 @@
 // The shared main loop of the crash tests' child processes (linked into each project under
-// tests/support): workflow options from the command line, READY/PARTITIONS lines, SIGINT/SIGTERM.
+// tests/support): the pipe up to the sink, workflow options from the command line, READY/PARTITIONS
+// lines, SIGINT/SIGTERM.
 module KFlow.Tests.CrashChildHost
 
 open System
 open System.Runtime.InteropServices
 open System.Threading
+open KFlow
 open KFlow.Kafka
+
+/// The children's pipe up to the sink: map each message with `item`, demux by key, aggregate each
+/// key's items into batches of 50 or of what arrived within 100 ms.
+let batchedByKey (item: Envelope<byte[]> -> 'a) =
+    let batches =
+        Buffer.create {
+            Buffer.options with
+                MaxCount = Some 50
+                MaxAge = Some(TimeSpan.FromMilliseconds 100.)
+        }
+
+    Pipe.source<byte[]>
+    |> Pipe.mapEnvelope item
+    |> Pipe.demuxByKey (fun sub -> sub |> Pipe.aggregate batches)
 
 /// Splits "key=value"; fails with `usage` otherwise.
 let property (usage: string) (text: string) =

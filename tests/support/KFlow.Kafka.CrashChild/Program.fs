@@ -43,16 +43,7 @@ let lineOf (e: Envelope<byte[]>) =
 
 /// map → demux by key → aggregate (50 or 100 ms) → file sink.
 let pipe (file: LineFile) =
-    let batches =
-        Buffer.create {
-            Buffer.options with
-                MaxCount = Some 50
-                MaxAge = Some(TimeSpan.FromMilliseconds 100.)
-        }
-
-    Pipe.source<byte[]>
-    |> Pipe.mapEnvelope lineOf
-    |> Pipe.demuxByKey (fun sub -> sub |> Pipe.aggregate batches)
+    CrashChildHost.batchedByKey lineOf
     |> Pipe.sink "file" (fun (batch: string list) ->
         file.Append batch
         Task.CompletedTask)

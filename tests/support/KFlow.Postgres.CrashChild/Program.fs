@@ -28,16 +28,7 @@ let rowOf (e: Envelope<byte[]>) : obj[] = [|
 
 /// map → demux by key → aggregate (50 or 100 ms) → exactly-once sink.
 let pipe (writer: UpsertWriter<obj[]>) =
-    let batches =
-        Buffer.create {
-            Buffer.options with
-                MaxCount = Some 50
-                MaxAge = Some(TimeSpan.FromMilliseconds 100.)
-        }
-
-    Pipe.source<byte[]>
-    |> Pipe.mapEnvelope rowOf
-    |> Pipe.demuxByKey (fun sub -> sub |> Pipe.aggregate batches)
+    CrashChildHost.batchedByKey rowOf
     |> UpsertWriter.sinkExactlyOnce "events" writer
 
 [<EntryPoint>]
