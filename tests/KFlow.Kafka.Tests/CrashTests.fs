@@ -55,6 +55,18 @@ let private unsunkBelowCommitted (committed: (int * int64) list) (sunk: Set<int 
                 p, o
 ]
 
+/// The end state of a run: every produced message sunk at least once, nothing else sunk, and the
+/// group's committed offsets at the end offsets.
+let private expectAllSunkAndCommitted
+    (produced: Set<int * int64>)
+    (sunk: Set<int * int64>)
+    committedNow
+    ends
+    =
+    Expect.isTrue (Set.isSubset produced sunk) "every produced message sunk at least once"
+    Expect.equal sunk.Count produced.Count "nothing sunk that was not produced"
+    Expect.equal committedNow ends "the committed offsets are the end offsets"
+
 let private killCycles () =
     use cluster = EmbeddedKafka.start 1
     let topic, group, partitions = "crash", "crash", 8
@@ -101,13 +113,7 @@ let private killCycles () =
         Expect.equal (child.Stop()) 0 "the last child stops cleanly"
         let lines = sunkLines topic file
         let sunk = Set.ofList lines
-        Expect.isTrue (Set.isSubset produced sunk) "every produced message sunk at least once"
-        Expect.equal sunk.Count produced.Count "nothing sunk that was not produced"
-
-        Expect.equal
-            (committed cluster group topic partitions)
-            ends
-            "the committed offsets are the end offsets"
+        expectAllSunkAndCommitted produced sunk (committed cluster group topic partitions) ends
 
         let progress = List.rev committedAtKills
 
@@ -217,14 +223,7 @@ let private threeInstances () =
             failtestf "b's stop did not finish within 30 s.\nLog:\n%s" log.Tail
 
         Expect.equal b.Completion.Status TaskStatus.RanToCompletion "b stopped cleanly"
-        let all = allSunk ()
-        Expect.isTrue (Set.isSubset produced all) "every message sunk at least once"
-        Expect.equal all.Count produced.Count "nothing sunk that was not produced"
-
-        Expect.equal
-            (committed cluster group topic partitions)
-            ends
-            "the committed offsets are the end offsets"
+        expectAllSunkAndCommitted produced (allSunk ()) (committed cluster group topic partitions) ends
 
         Expect.isGreaterThan a.Stats.Consumed 0L "a took part"
         Expect.isGreaterThan (sunkLines topic file).Length 0 "c took part"

@@ -78,29 +78,12 @@ let childProperties =
 /// A running child workflow (`dotnet dll args…`, a program built on CrashChildHost): its READY and
 /// PARTITIONS lines; its stderr (the runtime's log) and any other stdout line go to `log`.
 type Child(dll: string, args: string list, log: Log) =
-    let psi =
-        ProcessStartInfo(
-            "dotnet",
-            UseShellExecute = false,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true
-        )
-
-    do
-        psi.ArgumentList.Add dll
-
-        for a in args do
-            psi.ArgumentList.Add a
-
     let ready = new ManualResetEventSlim()
     let started = Stopwatch.StartNew()
     let mutable readyAfter = TimeSpan.Zero
     let mutable partitions = 0
 
-    let proc =
-        match Process.Start psi with
-        | null -> failwith "dotnet did not start."
-        | p -> p
+    let proc = BuiltProgram.start dll args
 
     do
         proc.OutputDataReceived.Add(fun e ->
