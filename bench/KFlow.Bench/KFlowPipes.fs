@@ -41,7 +41,7 @@ let asyncStep = TimeSpan.FromMilliseconds 5.0
 
 /// (e) demux (1,000 keys) → async step of 5 ms (one call in flight per key keeps per-key order) →
 /// no-op sink. Its concurrency is the key count.
-let asyncDemuxPipe (meter: Meter) : Pipe<byte[], Sunk> =
+let asyncDemuxPipe (timer: AsyncStep.Timer) (meter: Meter) : Pipe<byte[], Sunk> =
     Pipe.source<byte[]>
     |> Pipe.map (fun v ->
         meter.Start()
@@ -49,7 +49,7 @@ let asyncDemuxPipe (meter: Meter) : Pipe<byte[], Sunk> =
     |> Pipe.demux (fun n -> key (int n)) (fun sub ->
         sub
         |> Pipe.mapAsync 1 (fun n -> task {
-            do! Task.Delay asyncStep
+            do! AsyncStep.wait timer asyncStep
             return n
         }))
     |> Pipe.sink "no-op" (fun (_: int64) ->
@@ -116,6 +116,12 @@ let private options (name: string) (input: Input) =
         WorkflowOptions.create name input.BootstrapServers group [ input.Topic ] with
             Properties = fast
             CommitInterval = TimeSpan.FromSeconds 1.0
+            // KFLOW_BENCH_LOG=1 prints the runtime's log (pauses, resumes, commits) to stderr.
+            Log =
+                (if isNull (Environment.GetEnvironmentVariable "KFLOW_BENCH_LOG") then
+                     ignore
+                 else
+                     fun line -> eprintfn "%s %s" (DateTime.UtcNow.ToString "HH:mm:ss.fff") line)
     }
 
 /// Runs a pipe until `meter` completes (or `timeout`), then stops the workflow.
@@ -126,6 +132,9 @@ let private runUntil
     (meter: Meter)
     (pipe: Pipe<byte[], Sunk>)
     =
+    let cpu0 = Process.GetCurrentProcess().TotalProcessorTime
+    let gcs0 = Array.init 3 GC.CollectionCount
+    let pause0 = GC.GetTotalPauseDuration()
     let handle = Workflow.run options pipe
 
     try
@@ -136,7 +145,20 @@ let private runUntil
     if handle.Completion.IsFaulted then
         raise (InvalidOperationException($"The {name} workflow failed.", handle.Completion.Exception))
 
-    printfn "  %s wall time (start-up included): %.2f s" name meter.WallSeconds
+    let cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds
+    let gcs = Array.init 3 (fun g -> GC.CollectionCount g - gcs0[g])
+    let pause = (GC.GetTotalPauseDuration() - pause0).TotalSeconds
+
+    printfn
+        "  %s wall time (start-up included): %.2f s; process CPU %.2f s (%.2f cores), %.1f µs per message; GCs by generation %A, paused %.2f s"
+        name
+        meter.WallSeconds
+        cpu
+        (cpu / meter.WallSeconds)
+        (cpu * 1e6 / float meter.Count)
+        gcs
+        pause
+
     meter.MessagesPerSecond
 
 /// (b): mapFilterPipe over the whole input; messages/s.
@@ -180,7 +202,7 @@ let demuxAggregate (input: Input) : float option =
         Some(runUntil "demux-aggregate" o (TimeSpan.FromMinutes 5.0) meter (demuxAggregatePipe meter))
 
 /// (e): asyncDemuxPipe over the input; the rate against the ideal (1,000 keys × 200 msg/s).
-let asyncDemux (input: Input) : AsyncFigure option =
+let asyncDemux (timer: AsyncStep.Timer) (input: Input) : AsyncFigure option =
     let meter = Meter input.Messages
 
     let achieved =
@@ -189,7 +211,7 @@ let asyncDemux (input: Input) : AsyncFigure option =
             (options "async-demux" input)
             (TimeSpan.FromMinutes 5.0)
             meter
-            (asyncDemuxPipe meter)
+            (asyncDemuxPipe timer meter)
 
     let concurrency = min Keys input.Messages
 

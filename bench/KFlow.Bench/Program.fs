@@ -8,6 +8,8 @@ open System
 let benchmarks (messages: int) = [
     "ledger", LedgerBench.run
     "runtime", RuntimeBench.run messages
+    "map-filter", RuntimeBench.runMapFilter messages
+    "async-demux", RuntimeBench.runAsyncDemux messages
     "backlog-memory", RuntimeBench.runBacklog messages
     "pg-sink", PgSinkBench.run
 ]
@@ -41,7 +43,12 @@ let main argv =
                 let all = benchmarks a.Messages
 
                 match a.Only with
-                | None -> Ok(all |> List.filter (fun (n, _) -> n <> "backlog-memory"))
+                | None ->
+                    Ok(
+                        all
+                        |> List.filter (fun (n, _) ->
+                            n <> "backlog-memory" && n <> "async-demux" && n <> "map-filter")
+                    )
                 | Some name ->
                     match all |> List.filter (fun (n, _) -> n = name) with
                     | [] -> Error(sprintf "Unknown benchmark '%s'." name)

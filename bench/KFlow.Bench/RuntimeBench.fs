@@ -108,21 +108,73 @@ let private prepare (messages: int) =
     printfn "  %-40s %12.0f msgs/s" "produce (input)" produceRate
     cluster, input, produceRate
 
+/// Runs a contender, printing the CPU its process's threads used meanwhile.
+let private measured (name: string) (contender: unit -> 'a) = ThreadCpu.track name contender
+
+/// (a), (b) and (d) alone (`--only map-filter`): its own cluster and input.
+let runMapFilter (messages: int) () =
+    let cluster, input, _ = prepare messages
+    use _ = cluster
+    let raw = measured "(a)" (fun () -> RawConsumerBench.run input)
+    show "(a) raw Confluent.Kafka loop" (Some raw) "msgs/s"
+    let mapFilter = measured "(b)" (fun () -> KFlowPipes.mapFilter input)
+    show "(b) KFlow map → filter → sink" mapFilter "msgs/s"
+    let streamiz = measured "(d)" (fun () -> StreamizBench.run input)
+    show "(d) Streamiz map → filter → peek" (Some streamiz) "msgs/s"
+
+    [
+        "raw_consumer_msgs_per_s", raw
+        "streamiz_msgs_per_s", streamiz
+        "ratio_raw_vs_streamiz", raw / streamiz
+    ]
+    @ optional "kflow_map_filter_msgs_per_s" mapFilter
+    @ ratio "ratio_map_filter_vs_raw" mapFilter (Some raw)
+    @ ratio "ratio_map_filter_vs_streamiz" mapFilter (Some streamiz)
+
+/// (e) over the input with its step on Task.Delay (the figure against the ideal, as specified) and
+/// on PreciseDelay (a step that really lasts 5 ms here), with each timer's own ceiling: 1,000 chains
+/// of sequential 5 ms waits with nothing else running.
+let private asyncFigures (input: Input) =
+    let perKey = 200
+
+    let ceiling timer =
+        AsyncStep.ceiling timer Keys perKey KFlowPipes.asyncStep
+
+    let taskDelayCeiling = ceiling AsyncStep.TaskDelay
+    show "(e) timer ceiling, Task.Delay" (Some taskDelayCeiling) "waits/s"
+    let preciseCeiling = ceiling AsyncStep.Precise
+    show "(e) timer ceiling, PreciseDelay" (Some preciseCeiling) "waits/s"
+    let precise = KFlowPipes.asyncDemux AsyncStep.Precise input
+    show "(e) KFlow async demux, PreciseDelay" (precise |> Option.map _.Achieved) "msgs/s"
+    let taskDelay = KFlowPipes.asyncDemux AsyncStep.TaskDelay input
+    show "(e) KFlow async demux, Task.Delay" (taskDelay |> Option.map _.Achieved) "msgs/s"
+    show "    ideal" (taskDelay |> Option.map _.Ideal) "msgs/s"
+
+    let fraction (f: KFlowPipes.AsyncFigure option) =
+        f |> Option.map (fun f -> f.Achieved / f.Ideal)
+
+    [
+        "async_timer_ceiling_task_delay_waits_per_s", taskDelayCeiling
+        "async_timer_ceiling_precise_waits_per_s", preciseCeiling
+    ]
+    @ optional "async_demux_msgs_per_s" (taskDelay |> Option.map _.Achieved)
+    @ optional "async_demux_fraction_of_ideal" (fraction taskDelay)
+    @ optional "async_demux_precise_msgs_per_s" (precise |> Option.map _.Achieved)
+    @ optional "async_demux_precise_fraction_of_ideal" (fraction precise)
+
 /// (a) to (f) over `messages` messages; returns the figures for bench-results.json.
 let run (messages: int) () =
     let cluster, input, produceRate = prepare messages
     use _ = cluster
-    let raw = RawConsumerBench.run input
+    let raw = measured "(a)" (fun () -> RawConsumerBench.run input)
     show "(a) raw Confluent.Kafka loop" (Some raw) "msgs/s"
-    let mapFilter = KFlowPipes.mapFilter input
+    let mapFilter = measured "(b)" (fun () -> KFlowPipes.mapFilter input)
     show "(b) KFlow map → filter → sink" mapFilter "msgs/s"
     let demuxAggregate = KFlowPipes.demuxAggregate input
     show "(c) KFlow map → demux → aggregate → sink" demuxAggregate "msgs/s"
-    let streamiz = StreamizBench.run input
+    let streamiz = measured "(d)" (fun () -> StreamizBench.run input)
     show "(d) Streamiz map → filter → peek" (Some streamiz) "msgs/s"
-    let asyncDemux = KFlowPipes.asyncDemux input
-    show "(e) KFlow async demux" (asyncDemux |> Option.map _.Achieved) "msgs/s"
-    show "    ideal" (asyncDemux |> Option.map _.Ideal) "msgs/s"
+    let asyncDemux = asyncFigures input
     let peak = backlogInChild input
     show "(f) peak memory over the backlog" peak "MB"
 
@@ -137,9 +189,14 @@ let run (messages: int) () =
     @ ratio "ratio_map_filter_vs_raw" mapFilter (Some raw)
     @ ratio "ratio_demux_aggregate_vs_raw" demuxAggregate (Some raw)
     @ ratio "ratio_map_filter_vs_streamiz" mapFilter (Some streamiz)
-    @ optional "async_demux_msgs_per_s" (asyncDemux |> Option.map _.Achieved)
-    @ optional "async_demux_fraction_of_ideal" (asyncDemux |> Option.map (fun f -> f.Achieved / f.Ideal))
+    @ asyncDemux
     @ optional "backlog_peak_memory_mb" peak
+
+/// (e) alone (`--only async-demux`): its own cluster and input.
+let runAsyncDemux (messages: int) () =
+    let cluster, input, _ = prepare messages
+    use _ = cluster
+    asyncFigures input
 
 /// (f) alone (`--only backlog-memory`): its own cluster and input, the workflow in a child process.
 let runBacklog (messages: int) () =

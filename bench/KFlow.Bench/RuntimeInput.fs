@@ -56,7 +56,21 @@ let keep (n: int64) = n >= 0L
 let private producerConfig (cluster: EmbeddedKafkaCluster) =
     let c = cluster.ProducerConfig()
     c.QueueBufferingMaxMessages <- 500_000
-    c.LingerMs <- 5.0
+    // The mock broker answers a Fetch with one produced batch per partition, so the batching here
+    // shapes every contender's fetches (docs/benchmarks.md). KFLOW_BENCH_LINGER_MS and
+    // KFLOW_BENCH_BATCH_MESSAGES override linger.ms and batch.num.messages for such experiments.
+    c.LingerMs <-
+        match Environment.GetEnvironmentVariable "KFLOW_BENCH_LINGER_MS" with
+        | null -> 5.0
+        | v -> float v
+
+    match Environment.GetEnvironmentVariable "KFLOW_BENCH_BATCH_MESSAGES" with
+    | null -> ()
+    | v ->
+        c.BatchNumMessages <- int v
+        c.BatchSize <- 64 * 1024 * 1024
+        c.MessageMaxBytes <- 64 * 1024 * 1024
+
     c.CompressionType <- CompressionType.Lz4
     c
 

@@ -25,8 +25,14 @@ type AsyncRequest = {
 type StageFailure = {
     Stage: string
     Position: Position voption
+    Tokens: Token list
     Error: exn
 }
+
+[<RequireQualifiedAccess>]
+module StageFailure =
+    let positions (failure: StageFailure) =
+        failure.Tokens |> List.map (fun t -> t.Position) |> List.distinct
 
 [<NoEquality; NoComparison>]
 type Effects = {
@@ -96,23 +102,20 @@ module PipeRun =
     /// A `passed` nobody waits on (the root level, and the flush of a substream dropped as idle).
     let private unwatched (_: int) (_: Event<obj>) = ()
 
-    let private failed (acc: Collected) stage position error =
+    /// Records a failure of `stage` on an input envelope (ValueNone: a broadcast event).
+    let private failed (acc: Collected) stage (input: Envelope<obj> voption) error =
         acc.Failures.Add {
             Stage = stage
-            Position = position
+            Position = input |> ValueOption.map (fun e -> e.Position)
+            Tokens =
+                match input with
+                | ValueSome e -> e.Tokens
+                | ValueNone -> []
             Error = error
         }
 
     /// Steps stage i with an event; returns what it emitted (nothing if it threw).
-    let private stepStage
-        now
-        (acc: Collected)
-        (stage: Stage<obj, obj>)
-        (states: NodeState[])
-        i
-        event
-        position
-        =
+    let private stepStage now (acc: Collected) (stage: Stage<obj, obj>) (states: NodeState[]) i event input =
         match states[i] with
         | StageState state ->
             match attempt (fun () -> stage.Step now event state) with
@@ -121,7 +124,7 @@ module PipeRun =
                 acc.Ledger.AddRange output.Effects
                 output.Emitted
             | Error ex ->
-                failed acc (Stage.name stage) position ex
+                failed acc (Stage.name stage) input ex
                 []
         | _ -> []
 
@@ -156,7 +159,7 @@ module PipeRun =
         else
             match nodes[i] with
             | StageNode stage ->
-                for e in stepStage now acc stage states i (Message env) (ValueSome env.Position) do
+                for e in stepStage now acc stage states i (Message env) (ValueSome env) do
                     pushAt now acc path nodes states (i + 1) e k
             | SinkNode(name, write) ->
                 acc.Sinks.Add {
@@ -176,19 +179,19 @@ module PipeRun =
                 match acc.Mode, states[i] with
                 | Defer, AsyncState queue ->
                     let entry =
-                        if RunState.canStart parallelism queue then
+                        if AsyncQueue.canStart parallelism queue then
                             request acc path i name run env
                         else
                             Queued env
 
-                    states[i] <- AsyncState(queue @ [ entry ])
+                    states[i] <- AsyncState(AsyncQueue.enqueue entry queue)
                 | _ ->
                     match attempt (fun () -> (run env.Value).GetAwaiter().GetResult()) with
                     | Ok value -> pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
-                    | Error ex -> failed acc name (ValueSome env.Position) ex
+                    | Error ex -> failed acc name (ValueSome env) ex
             | DemuxNode demux ->
                 match attempt (fun () -> demux.Key env) with
-                | Error ex -> failed acc "demux key" (ValueSome env.Position) ex
+                | Error ex -> failed acc "demux key" (ValueSome env) ex
                 | Ok key ->
                     // A new key's sub-pipe is built now; a routeDependent route that throws fails the message.
                     let sub =
@@ -197,7 +200,7 @@ module PipeRun =
                         | None -> attempt (fun () -> RunState.substream demux key now)
 
                     match sub with
-                    | Error ex -> failed acc "routeDependent" (ValueSome env.Position) ex
+                    | Error ex -> failed acc "routeDependent" (ValueSome env) ex
                     | Ok sub ->
                         let subStates = Array.copy sub.States
 
@@ -247,7 +250,7 @@ module PipeRun =
 
                     go (i + 1)
                 | AsyncMapNode _, AsyncState queue ->
-                    match RunState.holdIn hold event queue with
+                    match AsyncQueue.holdIn hold event queue with
                     | Some queue -> states[i] <- AsyncState queue
                     | None -> go (i + 1)
                 | DemuxNode demux, DemuxState d ->
@@ -312,17 +315,17 @@ module PipeRun =
     let private settle now (acc: Collected) path (nodes: Node[]) (states: NodeState[]) i id result k passed =
         match nodes[i], states[i] with
         | AsyncMapNode(name, parallelism, run), AsyncState queue ->
-            let ready, queue = queue |> RunState.withResult id result |> RunState.ready
+            let ready, queue = queue |> AsyncQueue.withResult id result |> AsyncQueue.ready
 
             for entry in ready do
                 match entry with
                 | Started(_, env, Some(Ok value)) ->
                     pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
-                | Started(_, env, Some(Error ex)) -> failed acc name (ValueSome env.Position) ex
+                | Started(_, env, Some(Error ex)) -> failed acc name (ValueSome env) ex
                 | Held(hold, event) -> broadcastFrom now acc path nodes states (i + 1) hold event k passed
                 | _ -> ()
 
-            states[i] <- AsyncState(RunState.startWaiting parallelism (request acc path i name run) queue)
+            states[i] <- AsyncState(AsyncQueue.startWaiting parallelism (request acc path i name run) queue)
         | _ -> ()
 
     /// Substream `key` of demux i let a held event through: the events no substream holds any more

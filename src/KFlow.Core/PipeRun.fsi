@@ -42,17 +42,29 @@ type AsyncMode =
     /// instance, further inputs wait in order) and passes results on, in input order, on resume.
     | Defer
 
-/// A stage (or key function, or async map) that threw: its input stays unfinished, so its offset
-/// stays open and the commit point stops before it until the pipe restarts and replays it.
+/// <summary>A stage (or key function, or async map) that threw: its input stays unfinished, so its
+/// offsets stay open and the commit point stops before them until the pipe restarts and replays
+/// them, or until the caller completes <c>Tokens</c> itself (a runtime does once it has
+/// dead-lettered every message they stand for).</summary>
 [<NoEquality; NoComparison>]
 type StageFailure = {
     /// The stage's name.
     Stage: string
     /// The position of the input's first message, if the event was a message.
     Position: Position voption
+    /// The tokens the failed input holds, one part each, in order (after an aggregate: every message
+    /// of the batch); empty when the event was not a message (Tick, Flush, Revoked, Assigned).
+    Tokens: Token list
     /// What was thrown.
     Error: exn
 }
+
+/// Functions over StageFailure.
+[<RequireQualifiedAccess>]
+module StageFailure =
+    /// The distinct positions of the messages the failed input stands for, in token order (a batch
+    /// from an aggregate: each of its messages once; parts forked by an unfold: their message once).
+    val positions: failure: StageFailure -> Position list
 
 /// What pushing one event produced, each list in order.
 [<NoEquality; NoComparison>]

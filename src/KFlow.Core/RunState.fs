@@ -5,16 +5,6 @@ namespace KFlow
 
 open System
 
-/// One entry of an async node's queue, in input order.
-[<NoEquality; NoComparison>]
-type internal AsyncEntry =
-    /// A started call, with its result once known.
-    | Started of id: int * input: Envelope<obj> * result: Result<obj, exn> option
-    /// An input waiting for a free slot.
-    | Queued of Envelope<obj>
-    /// A broadcast event (its hold id) waiting for the entries before it to go on.
-    | Held of hold: int * event: Event<obj>
-
 /// A broadcast event held at a demux until none of the substreams in Waiting holds it.
 [<NoEquality; NoComparison>]
 type internal DemuxHold = {
@@ -28,7 +18,7 @@ type internal NodeState =
     | Stateless
     | StageState of obj
     | DemuxState of Demuxed
-    | AsyncState of AsyncEntry list
+    | AsyncState of AsyncQueue
 
 /// A demux's live substreams by key, and the events it holds, oldest first.
 and [<NoEquality; NoComparison>] internal Demuxed = {
@@ -59,7 +49,7 @@ module internal RunState =
         match node with
         | StageNode s -> StageState s.Init
         | DemuxNode _ -> DemuxState noHolds
-        | AsyncMapNode _ -> AsyncState []
+        | AsyncMapNode _ -> AsyncState AsyncQueue.empty
         | SinkNode _
         | ExactlyOnceSinkNode _ -> Stateless
 
@@ -83,44 +73,11 @@ module internal RunState =
             LastActive = now
         }
 
-    /// How many calls of a queue are started (answered or not, until they go on).
-    let started (queue: AsyncEntry list) =
-        queue
-        |> List.sumBy (function
-            | Started _ -> 1
-            | _ -> 0)
-
-    /// Whether an entry waits for a slot.
-    let isQueued entry =
-        match entry with
-        | Queued _ -> true
-        | _ -> false
-
-    /// Whether a new input can start its call now: a slot is free and no input waits before it.
-    let canStart parallelism (queue: AsyncEntry list) =
-        started queue < parallelism && not (List.exists isQueued queue)
-
-    /// Whether a broadcast event must stay behind an entry of an async node's queue: a Flush behind
-    /// every entry, a Revoked behind the inputs of its partition; Flush, Revoked and Assigned behind an
-    /// event held before them (events keep their order). A Tick is never held.
-    let mustFollow (event: Event<obj>) entry =
-        match entry, event with
-        | Held _, (Flush | Revoked _ | Assigned _) -> true
-        | (Started(_, env, _) | Queued env), Flush -> true
-        | (Started(_, env, _) | Queued env), Revoked tp ->
-            env.Tokens |> List.exists (fun t -> t.Position.TopicPartition = tp)
-        | _ -> false
-
-    /// The queue with the event held after the last entry it must follow; None if it passes now.
-    let holdIn hold event (queue: AsyncEntry list) =
-        List.tryFindIndexBack (mustFollow event) queue
-        |> Option.map (fun j -> List.insertAt (j + 1) (Held(hold, event)) queue)
-
     /// Whether a level holds async calls or events (a substream that does is never dropped).
     let rec busy (states: NodeState[]) =
         states
         |> Array.exists (function
-            | AsyncState queue -> not queue.IsEmpty
+            | AsyncState queue -> not (AsyncQueue.isEmpty queue)
             | DemuxState d -> not d.Held.IsEmpty || d.Subs |> Map.exists (fun _ s -> busy s.States)
             | _ -> false)
 
@@ -130,34 +87,6 @@ module internal RunState =
         | [] -> ""
         | [ (_, key) ] -> key
         | _ -> path |> List.rev |> List.map snd |> String.concat "\u001f"
-
-    /// The queue with call `id`'s result recorded.
-    let withResult id result (queue: AsyncEntry list) =
-        queue
-        |> List.map (function
-            | Started(c, e, None) when c = id -> Started(c, e, Some result)
-            | entry -> entry)
-
-    /// The entries that can go on now (answered calls at the head, in input order, and the events
-    /// held behind them), and the rest of the queue.
-    let ready (queue: AsyncEntry list) =
-        let going =
-            queue
-            |> List.takeWhile (function
-                | Started(_, _, Some _)
-                | Held _ -> true
-                | _ -> false)
-
-        going, List.skip going.Length queue
-
-    /// Starts waiting inputs, in order, in the slots free under `parallelism`.
-    let startWaiting parallelism (start: Envelope<obj> -> AsyncEntry) (queue: AsyncEntry list) =
-        (parallelism - started queue, queue)
-        ||> List.mapFold (fun free entry ->
-            match entry with
-            | Queued env when free > 0 -> start env, free - 1
-            | entry -> entry, free)
-        |> fst
 
     /// How many demux substreams a level holds, nested ones included.
     let rec count (states: NodeState[]) =
@@ -172,7 +101,7 @@ module internal RunState =
         for state in states do
             match state with
             | AsyncState queue ->
-                for entry in queue do
+                for entry in AsyncQueue.toList queue do
                     match entry with
                     | Held(hold, event) -> yield hold, event
                     | _ -> ()

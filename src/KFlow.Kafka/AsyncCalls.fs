@@ -35,7 +35,7 @@ type internal AsyncCalls
         let t =
             FailureHandling.retrying
                 handling
-                $"{tp}: async map '{request.Stage}' at offset {request.Envelope.Position.Offset}"
+                (fun () -> $"{tp}: async map '{request.Stage}' at offset {request.Envelope.Position.Offset}")
                 policy
                 (fun () -> request.Run request.Envelope.Value)
 

@@ -64,12 +64,20 @@ module internal FailureHandling =
         with ex ->
             Task.FromException<'T> ex
 
+    /// The task `run` returns, or a faulted one if it throws.
+    let private started (run: unit -> Task) =
+        try
+            run ()
+        with ex ->
+            Task.FromException ex
+
     /// <summary>Runs <paramref name="run"/>, retrying it in place as the policy allows (waiting the
     /// backoff between tries); the task faults with the last error once the retries are spent.
-    /// Without retries it is just <c>run ()</c>.</summary>
+    /// Without retries it is just <c>run ()</c>. <paramref name="what"/> names the attempt in the
+    /// log, built only when a try fails (it runs for every message).</summary>
     let retrying
         (handling: FailureHandling)
-        (what: string)
+        (what: unit -> string)
         (policy: ErrorPolicy)
         (run: unit -> Task<'T>)
         : Task<'T> =
@@ -96,7 +104,7 @@ module internal FailureHandling =
                         match ErrorPolicy.retryDelay (handling.Draw()) failures policy with
                         | ValueSome delay ->
                             handling.Log
-                                $"{what} failed (try {failures}): {ex.GetType().Name}: {ex.Message}; retrying in place in {delay}"
+                                $"{what ()} failed (try {failures}): {ex.GetType().Name}: {ex.Message}; retrying in place in {delay}"
 
                             do! Task.Delay delay
                             handling.Retried()
@@ -110,14 +118,32 @@ module internal FailureHandling =
                 | None -> return result
             }
 
+    /// <summary>Dead-letters messages: produces each original to <paramref name="topic"/> with the
+    /// failure headers, all at once and in order (the producer is idempotent, so they land in that
+    /// order); the task completes once the broker acknowledged every one, and faults if any could not
+    /// be written. Their offsets may be completed only then.</summary>
+    let deadLetterAll
+        (dlq: DeadLetterWriter)
+        (topic: string)
+        (originals: Confluent.Kafka.ConsumeResult<byte[], byte[]> list)
+        (stage: string)
+        (error: exn)
+        (attempts: int)
+        : Task =
+        originals
+        |> List.map (fun original -> started (fun () -> dlq.Write(topic, original, stage, error, attempts)))
+        |> Task.WhenAll
+
     /// <summary>A sink write with the sink's policy applied (sinkPolicyOf): retried in place, then,
     /// under DeadLetter, the original messages of its tokens (<paramref name="originalsOf"/>, called
     /// now, on the partition's loop) are dead-lettered, so the write succeeds once the broker
-    /// acknowledged them. Without retries or dead-lettering the request is returned as it is.</summary>
+    /// acknowledged every one of them. If not all of them are at hand (ValueNone), the write fails
+    /// with its error instead (nothing is completed unwritten). Without retries or dead-lettering
+    /// the request is returned as it is.</summary>
     let guardWrite
         (handling: FailureHandling)
-        (what: string)
-        (originalsOf: Token list -> Confluent.Kafka.ConsumeResult<byte[], byte[]> list)
+        (what: unit -> string)
+        (originalsOf: Token list -> Confluent.Kafka.ConsumeResult<byte[], byte[]> list voption)
         (request: SinkRequest)
         =
         let policy = sinkPolicyOf request.Sink handling
@@ -126,25 +152,33 @@ module internal FailureHandling =
         | DeadLetter topic, Some dlq ->
             let originals = originalsOf request.Envelope.Tokens
             let attempts = 1 + ErrorPolicy.retries policy
-            let what = $"{what} at offset {request.Envelope.Position.Offset}"
+
+            let whatAt () =
+                $"{what ()} at offset {request.Envelope.Position.Offset}"
 
             let write (value: obj) : Task = task {
                 try
-                    do! retrying handling what policy (fun () -> task { do! request.Write value })
+                    do! retrying handling whatAt policy (fun () -> task { do! request.Write value })
                 with ex ->
-                    for original in originals do
-                        do! dlq.Write(topic, original, request.Sink, ex, attempts)
-                        handling.DeadLettered()
+                    match originals with
+                    | ValueSome originals ->
+                        do! deadLetterAll dlq topic originals request.Sink ex attempts
 
-                    handling.Log $"{what} failed {attempts} times ({ex.Message}); dead-lettered to '{topic}'"
+                        for _ in originals do
+                            handling.DeadLettered()
+
+                        handling.Log
+                            $"{whatAt ()} failed {attempts} times ({ex.Message}); dead-lettered {originals.Length} message(s) to '{topic}'"
+                    | ValueNone -> return raise ex
             }
 
             { request with Write = write }
         | _ when ErrorPolicy.retries policy > 0 ->
-            let what = $"{what} at offset {request.Envelope.Position.Offset}"
+            let whatAt () =
+                $"{what ()} at offset {request.Envelope.Position.Offset}"
 
             let write (value: obj) : Task =
-                retrying handling what policy (fun () -> task { do! request.Write value })
+                retrying handling whatAt policy (fun () -> task { do! request.Write value })
 
             { request with Write = write }
         | _ -> request

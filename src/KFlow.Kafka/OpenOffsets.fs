@@ -118,24 +118,24 @@ type internal OpenOffsets(tp: KFlow.TopicPartition, counters: Counters, log: str
             | _ -> ValueNone
         | ValueNone -> ValueNone
 
-    /// The open entry of an offset that has a message and a token (one that can be dead-lettered).
-    member _.Entry(offset: int64 voption) =
-        match offset with
-        | ValueSome o ->
-            match opened.TryGetValue o with
-            | true, e when not (isNull e.Message) && e.Token.IsSome -> ValueSome e
-            | _ -> ValueNone
-        | ValueNone -> ValueNone
+    /// <summary>The consumed messages of the given tokens' offsets, each once in token order, when
+    /// every one of them is open with its message (so all can be dead-lettered); ValueNone if any is
+    /// not, or there is no token. The messages are those kept since delivery: no copy, and no more
+    /// than the in-flight limits already allow.</summary>
+    member _.DeadLetterable(tokens: Token list) =
+        let offsets = tokens |> List.map (fun t -> t.Position.Offset) |> List.distinct
 
-    /// The consumed messages of the given tokens that are still open (for dead-lettering).
-    member _.OriginalsOf(tokens: Token list) =
-        tokens
-        |> List.map (fun t -> t.Position.Offset)
-        |> List.distinct
-        |> List.choose (fun o ->
-            match opened.TryGetValue o with
-            | true, e when not (isNull e.Message) -> Some e.Message
-            | _ -> None)
+        let originals =
+            offsets
+            |> List.choose (fun o ->
+                match opened.TryGetValue o with
+                | true, e when not (isNull e.Message) && e.Token.IsSome -> Some e.Message
+                | _ -> None)
+
+        if offsets.IsEmpty || originals.Length <> offsets.Length then
+            ValueNone
+        else
+            ValueSome originals
 
     /// Hands the messages and bytes finished since the last call to the counters.
     member _.ReportFinished() =

@@ -35,7 +35,10 @@ type internal WorkerCommand =
     | Drain of generation: int * event: Event<obj> * answer: TaskCompletionSource
     /// The assignment ends: drop the pipe's state and the ledger's partition.
     | Release of generation: int
-    /// A dead-letter write of an assignment ended (error None = acknowledged): the token completes.
-    | DeadLettered of generation: int * offset: int64 * token: Token * stage: string * error: exn option
+    /// The dead-letter writes of a failed input of an assignment ended (error None = every one
+    /// acknowledged): its tokens complete (one part each).
+    | DeadLettered of generation: int * tokens: Token list * stage: string * error: exn option
+    /// Completions wait in the loop's completion queue (they are handled before queued commands).
+    | Wake
     /// The incarnation ends: stop the loop.
     | Abandon

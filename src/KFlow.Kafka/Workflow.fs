@@ -118,7 +118,7 @@ module Workflow =
             | ValueSome k -> $" (key '{k}')"
             | ValueNone -> ""
 
-        $"Workflow '{name}': stage '{report.Stage}' failed{where}{key}: {report.Error.Message}"
+        $"Workflow '{name}': stage '{report.Stage}' failed{where}{key}: {report.Error.GetType().Name}: {report.Error.Message}"
 
     /// <summary>Starts a workflow: consumes the options' topics in their group and runs
     /// <paramref name="pipe"/> on every assigned partition (one loop per partition, concurrently).

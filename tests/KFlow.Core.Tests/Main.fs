@@ -13,6 +13,7 @@ let all =
         AggregateTests.tests
         ChunksTests.tests
         PipeTests.tests
+        AsyncQueueTests.tests
         PipeRunTests.tests
         TestDriverTests.tests
         ConceptsTests.tests

@@ -49,6 +49,15 @@ let private noEffects = {
     Failures = []
 }
 
+/// Batches of 3 of offsets 0 to 8, then a map that throws on the batch holding 4 (offsets 3 to 5).
+let private failingBatch () =
+    Pipe.source<int>
+    |> Pipe.aggregate (Buffer.count 3)
+    |> Pipe.map (fun (batch: int list) -> if List.contains 4 batch then failwith "poison" else batch)
+    |> TestDriver.start
+    |> TestDriver.assign tp
+    |> TestDriver.feedAll [ for o in 0L .. 8L -> Message.create tp o "k" (int o) ]
+
 let private step event (run, _) = run |> PipeRun.push at event
 
 let private answer id (run, _) =
@@ -190,6 +199,79 @@ let tests =
             let run, effects = (run, noEffects) |> answer 1
             Expect.equal (values effects) [ [ 1 ] ] "released in order"
             Expect.isEmpty (PipeRun.held run) "none left"
+        }
+        test "a stage failing after an aggregate reports every token of the batch, in order" {
+            let d = failingBatch ()
+
+            let failure = TestDriver.failures d |> List.exactlyOne
+
+            Expect.equal
+                (failure.Stage, failure.Position, StageFailure.positions failure)
+                ("map", ValueSome(Position.create tp 3L), [ for o in 3L .. 5L -> Position.create tp o ])
+                "the whole batch"
+
+            Expect.equal failure.Tokens.Length 3 "one token per message"
+            Expect.equal (TestDriver.committed tp d) 3L "the batch stays open"
+        }
+        test
+            "completing a failed batch's tokens (as a runtime does once it dead-lettered them) lets the commit point pass it" {
+            let d = failingBatch ()
+
+            let ledger =
+                (TestDriver.ledger d, (TestDriver.failures d |> List.exactlyOne).Tokens)
+                ||> List.fold (fun l t -> Ledger.complete t l |> Result.defaultWith (failwithf "%A"))
+
+            Expect.equal (Ledger.commitPoint tp ledger) (ValueSome 9L) "every offset finished"
+        }
+        test "a deferred call failing after an aggregate reports every token of its input" {
+            let d =
+                Pipe.source<int>
+                |> Pipe.aggregate (Buffer.count 2)
+                |> Pipe.mapAsync 1 Threading.Tasks.Task.FromResult
+                |> TestDriver.create deferred
+                |> TestDriver.assign tp
+                |> TestDriver.feedAll [ for o in 0L .. 3L -> Message.create tp o "k" (int o) ]
+                |> TestDriver.failAsync 1 "timeout"
+                |> TestDriver.runAsync 2
+
+            Expect.equal
+                (TestDriver.failures d |> List.map StageFailure.positions)
+                [ [ Position.create tp 0L; Position.create tp 1L ] ]
+                "both messages of the first batch"
+
+            Expect.equal (TestDriver.committed tp d) 0L "open"
+        }
+        test "a failure after an unfold holds the forked part's token; its message is listed once" {
+            let d =
+                Pipe.source<int>
+                |> Pipe.unfold (fun x -> [ x; x ])
+                |> Pipe.aggregate (Buffer.count 2)
+                |> Pipe.map (fun (batch: int list) ->
+                    if List.contains 1 batch then failwith "poison" else batch)
+                |> TestDriver.start
+                |> TestDriver.assign tp
+                |> TestDriver.feedAll [ for o in 0L .. 2L -> Message.create tp o "k" (int o) ]
+
+            let failure = TestDriver.failures d |> List.exactlyOne
+            Expect.equal failure.Tokens.Length 2 "two parts of offset 1"
+            Expect.equal (StageFailure.positions failure) [ Position.create tp 1L ] "offset 1 once"
+        }
+        test "a stage failing on a tick reports no token" {
+            let d =
+                Pipe.source<int>
+                |> Pipe.via (
+                    Stage.create "clock" () (fun _ event () ->
+                        match event with
+                        | Tick -> failwith "tick"
+                        | Message e -> (), Output.emit e
+                        | _ -> (), Output.none)
+                )
+                |> TestDriver.start
+                |> TestDriver.assign tp
+                |> TestDriver.advance (TimeSpan.FromSeconds 1.)
+
+            let failure = TestDriver.failures d |> List.exactlyOne
+            Expect.equal (failure.Position, failure.Tokens) (ValueNone, []) "no message"
         }
         test "resuming a call that is not in flight is refused" {
             let run =

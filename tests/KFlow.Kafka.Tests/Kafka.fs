@@ -99,3 +99,61 @@ let stopped (log: Log) (handle: WorkflowHandle) =
 /// A pipe reading each message's bytes as a UTF-8 string: the start of most test pipes.
 let decoded () =
     KFlow.Pipe.source<byte[]> |> KFlow.Pipe.map Text.Encoding.UTF8.GetString
+
+/// Waits until `group` has committed the end offset of each of the `partitions` partitions of `topic`
+/// (read once, now); fails the test (with the log's tail) after `within`.
+let waitEndOffsetsCommitted
+    (cluster: EmbeddedKafkaCluster)
+    (log: Log)
+    (within: TimeSpan)
+    (group: string)
+    (topic: string)
+    (partitions: int)
+    =
+    let ends = endOffsets cluster topic partitions
+
+    waitUntil log within $"the end offsets of {topic} are committed" (fun () ->
+        committed cluster group topic partitions = ends)
+
+/// Expects the group to have committed no offset of the one-partition `topic` past `offset` (a
+/// failing or buffered message there must not be committed past).
+let expectNotCommittedPast (cluster: EmbeddedKafkaCluster) (group: string) (topic: string) (offset: int64) =
+    Expect.isTrue
+        (committed cluster group topic 1 |> List.forall (fun (_, o) -> o <= offset))
+        $"nothing of {topic} committed past offset {offset}"
+
+/// How many partitions a topic has.
+let partitionCount (cluster: EmbeddedKafkaCluster) (topic: string) =
+    use admin = AdminClientBuilder(cluster.AdminConfig()).Build()
+
+    admin.GetMetadata(topic, seconds 10.).Topics
+    |> Seq.sumBy (fun t -> t.Partitions.Count)
+
+/// Expects the group of `options` to have committed the end offset of every partition of its topics.
+let expectEndOffsetsCommitted (cluster: EmbeddedKafkaCluster) (options: WorkflowOptions) =
+    for topic in options.Topics do
+        let partitions = partitionCount cluster topic
+
+        Expect.equal
+            (committed cluster options.GroupId topic partitions)
+            (endOffsets cluster topic partitions)
+            $"the end offsets of {topic} are committed"
+
+/// <summary>The run of most workflow tests, once: runs <paramref name="pipe"/> under
+/// <paramref name="options"/> until <paramref name="sunk"/> holds <paramref name="count"/> values
+/// (failing after <paramref name="within"/>, with the log's tail), stops it cleanly, and expects the
+/// end offsets to be committed. Returns the stopped handle (its Stats are final).</summary>
+let runUntilSunk
+    (cluster: EmbeddedKafkaCluster)
+    (log: Log)
+    (within: TimeSpan)
+    (sunk: ConcurrentQueue<'v>)
+    (count: int)
+    (options: WorkflowOptions)
+    (pipe: KFlow.Pipe<byte[], 'o>)
+    =
+    let handle = Workflow.run options pipe
+    waitUntil log within $"{count} values are sunk" (fun () -> sunk.Count >= count)
+    stopped log handle
+    expectEndOffsetsCommitted cluster options
+    handle

@@ -13,6 +13,8 @@ let all =
         DeadLetterWriterTests.tests
         BackpressureTests.tests
         CommitPlanTests.tests
+        OpenOffsetsTests.tests
+        SinkLanesTests.tests
         WorkflowOptionsTests.tests
         StageTimingTests.tests
         PipeCoreTests.tests

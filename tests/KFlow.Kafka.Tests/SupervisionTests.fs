@@ -13,6 +13,7 @@ open Expecto
 open KFlow
 open KFlow.Kafka
 open KFlow.Kafka.Tests.Kafka
+open KFlow.Postgres
 open KFlow.Testing
 
 let private ms (n: float) = TimeSpan.FromMilliseconds n
@@ -47,12 +48,22 @@ let private produceValues (cluster: EmbeddedKafkaCluster) (topic: string) (value
     for v in values do
         producer.ProduceAsync(topic, Confluent.Kafka.Message<_, _>(Key = "k", Value = v)).Wait()
 
-/// Reads `count` messages of a one-partition topic from the start (fails after 20 s).
-let private readAll (cluster: EmbeddedKafkaCluster) (log: Log) (topic: string) (count: int) =
+/// Reads `count` messages of the first `partitions` partitions of a topic from the start (fails
+/// after 20 s).
+let private readPartitions
+    (cluster: EmbeddedKafkaCluster)
+    (log: Log)
+    (topic: string)
+    partitions
+    (count: int)
+    =
     use consumer =
         ConsumerBuilder<string, byte[]>(cluster.ConsumerConfig $"reader-{Guid.NewGuid()}").Build()
 
-    consumer.Assign(TopicPartitionOffset(topic, Partition 0, Offset.Beginning))
+    consumer.Assign [
+        for p in 0 .. partitions - 1 -> TopicPartitionOffset(topic, Partition p, Offset.Beginning)
+    ]
+
     let got = ResizeArray<ConsumeResult<string, byte[]>>()
     let clock = Diagnostics.Stopwatch.StartNew()
 
@@ -66,6 +77,10 @@ let private readAll (cluster: EmbeddedKafkaCluster) (log: Log) (topic: string) (
         failtestf "read %d of %d messages of %s.\nLog:\n%s" got.Count count topic log.Tail
 
     List.ofSeq got
+
+/// Reads `count` messages of a one-partition topic from the start (fails after 20 s).
+let private readAll (cluster: EmbeddedKafkaCluster) (log: Log) (topic: string) (count: int) =
+    readPartitions cluster log topic 1 count
 
 let private header (name: string) (cr: ConsumeResult<string, byte[]>) =
     Encoding.UTF8.GetString(cr.Message.Headers.GetLastBytes name)
@@ -146,9 +161,7 @@ let private restartAndReplay =
                  | _ -> false))
             "BackingOff was raised"
 
-        Expect.isTrue
-            (committed cluster "replay" "replay" 1 |> List.forall (fun (_, o) -> o <= 40L))
-            "nothing committed past offset 40"
+        expectNotCommittedPast cluster "replay" "replay" 40L
 
         Expect.isFalse (Seq.contains "k0:40" sunk) "the poison message was never sunk"
         broken.Value <- false // the fix is deployed
@@ -278,9 +291,7 @@ let private retryInPlace =
         waitUntil log (seconds 20.) "five failed tries" (fun () -> failures.Value >= 5)
         Thread.Sleep 300 // three commit intervals: a commit past the failing write would show
 
-        Expect.isTrue
-            (committed cluster "flaky" "flaky" 1 |> List.forall (fun (_, o) -> o <= 20L))
-            "nothing committed past offset 20"
+        expectNotCommittedPast cluster "flaky" "flaky" 20L
 
         Expect.isTrue (isState "Running" handle.State) "still running (no restart)"
         broken.Value <- false // the dependency is back
@@ -312,14 +323,14 @@ let private defaultSinkRetries =
             })
 
         let log = Log()
-        let handle = Workflow.run (options cluster log "twice" [ "twice" ]) pipe
-        waitUntil log (seconds 20.) "every message is sunk" (fun () -> sunk.Count >= 20)
-        stopped log handle
+
+        let handle =
+            runUntilSunk cluster log (seconds 20.) sunk 20 (options cluster log "twice" [ "twice" ]) pipe
+
         Expect.sequenceEqual sunk [ for i in 0..19 -> $"k0:{i}" ] "each once, in order"
         Expect.equal tries.Value 3 "two failures, then success"
         Expect.equal handle.Stats.Restarts 0L "no restart"
         Expect.equal handle.Stats.Failures 0L "no failure escalated"
-        Expect.equal (committed cluster "twice" "twice" 1) [ 0, 20L ] "everything committed"
 
 let private deadLetterAfterRetries =
     testCase
@@ -416,6 +427,222 @@ let private deadLetterAsync =
         Expect.equal handle.Stats.Restarts 0L "no restart"
         Expect.equal (committed cluster "lookups" "lookups" 1) [ 0, 30L ] "everything committed"
 
+let private deadLetterBatches =
+    testCase
+        "every message of a batch that fails after an aggregate (in a stage or in the sink) is dead-lettered with its headers, the others reach the sink, and the end offsets are committed"
+    <| fun () ->
+        // 2 partitions, 6 keys, 30 values per key: each key's substream makes three batches of 10.
+        use cluster = clusterWith "batches" 2 6 180
+        cluster.CreateTopic("batches-dlq", 1)
+        let sunk = ConcurrentQueue<string>()
+        let contains (v: string) (batch: string list) = List.contains v batch
+
+        let pipe =
+            decoded ()
+            |> Pipe.demux (fun v -> v.Split(':')[0]) (fun sub ->
+                sub
+                |> Pipe.aggregate (Buffer.count 10)
+                // A pure stage after the aggregate: the batch holding k4:3 (k4's values 0..9) fails.
+                |> Pipe.map (fun batch ->
+                    if contains "k4:3" batch then
+                        invalidOp "cannot price k4:3"
+
+                    batch))
+            // The sink: the batch holding k1:15 (k1's values 10..19) fails on every try.
+            |> Pipe.sink "db" (fun (batch: string list) -> task {
+                do! Task.Yield()
+
+                if contains "k1:15" batch then
+                    raise (TimeoutException "the database rejected k1:15")
+
+                for v in batch do
+                    sunk.Enqueue v
+            })
+
+        let log = Log()
+
+        let options = {
+            options cluster log "batches" [ "batches" ] with
+                OnFailure = DeadLetter "batches-dlq"
+        }
+
+        // Some dead-letter produce requests are refused first; the producer's retries get through.
+        cluster.PushRequestErrors(KafkaApiKey.Produce, ErrorCode.NotEnoughReplicas, ErrorCode.RequestTimedOut)
+        let handle = Workflow.run options pipe
+        waitUntil log (seconds 30.) "160 messages are sunk" (fun () -> sunk.Count >= 160)
+        let dead = readAll cluster log "batches-dlq" 20
+
+        waitEndOffsetsCommitted cluster log (seconds 30.) "batches" "batches" 2
+
+        stopped log handle
+        cluster.ClearRequestErrors KafkaApiKey.Produce
+
+        let value (cr: ConsumeResult<string, byte[]>) =
+            Encoding.UTF8.GetString cr.Message.Value
+
+        let failedBatches =
+            set [ for i in 10..19 -> $"k1:{i}" ] + set [ for i in 0..9 -> $"k4:{i}" ]
+
+        let everything = set [ for i in 0..179 -> $"k{i % 6}:{i / 6}" ]
+        Expect.equal (set sunk) (everything - failedBatches) "every other message reaches the sink"
+        Expect.equal sunk.Count 160 "each once"
+        Expect.equal (dead |> List.map value |> set) failedBatches "all of both failed batches"
+        Expect.equal (readAll cluster log "batches-dlq" 20 |> List.length) 20 "each dead-lettered once"
+        // Where each source message was read, to check the position headers.
+        let sources =
+            readPartitions cluster log "batches" 2 180
+            |> List.map (fun cr -> value cr, (string cr.Partition.Value, string cr.Offset.Value))
+            |> Map.ofList
+
+        for d in dead do
+            let v = value d
+
+            let stage, errorType, attempts =
+                if v.StartsWith "k1:" then
+                    "db", "System.TimeoutException", "4" // 1 + 3 sink retries
+                else
+                    "map", "System.InvalidOperationException", "1"
+
+            Expect.equal d.Message.Key (v.Split(':')[0]) "the original key"
+            Expect.equal (header "kflow.source.topic" d) "batches" "source topic"
+
+            Expect.equal
+                (header "kflow.source.partition" d, header "kflow.source.offset" d)
+                sources[v]
+                $"the source partition and offset of {v}"
+
+            Expect.equal (header "kflow.stage" d) stage "stage"
+            Expect.equal (header "kflow.error.type" d) errorType "error type"
+            Expect.stringContains (header "kflow.error.message" d) "k" "error message"
+            Expect.equal (header "kflow.attempts" d) attempts "attempts"
+            Expect.isTrue (DateTimeOffset.TryParse(header "kflow.timestamp" d) |> fst) "a timestamp"
+
+        Expect.equal handle.Stats.DeadLettered 20L "each dead letter counted once"
+        Expect.equal handle.Stats.Restarts 0L "no restart"
+
+/// Runs one SQL statement on a server.
+let private sql (server: PostgresServer) (text: string) =
+    use connection = new Npgsql.NpgsqlConnection(server.ConnectionString)
+    connection.Open()
+    use command = new Npgsql.NpgsqlCommand(text, connection)
+    command.ExecuteScalar()
+
+let private postgresRestarts =
+    testCase
+        "a PostgreSQL sink whose server restarts twice mid-stream: every message arrives in the table, and no committed offset ever passes a row not yet in it"
+    <| fun () ->
+        let n = 6000
+        use cluster = clusterWith "rows" 2 8 n
+
+        use server =
+            Postgres.startWith {
+                PostgresOptions.defaults with
+                    AllowExternalServer = false
+            }
+
+        sql server "CREATE TABLE rows (p int, o bigint, v text, PRIMARY KEY (p, o))"
+        |> ignore
+        // Each insert statement takes at least 20 ms, so the stream lasts long enough to be hit.
+        sql
+            server
+            "CREATE FUNCTION rows_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.02); \
+             RETURN NULL; END $$; CREATE TRIGGER slow BEFORE INSERT ON rows FOR EACH STATEMENT \
+             EXECUTE FUNCTION rows_slow()"
+        |> ignore
+
+        let rowCount () =
+            try
+                ValueSome(unbox<int64> (sql server "SELECT count(*) FROM rows"))
+            with _ ->
+                ValueNone // the server is restarting
+
+        // Two tries only: a restart outlasts them, so the workflow's retries in place take over.
+        let writer =
+            UpsertConfig.create
+                (PgConnection.ConnectionString server.ConnectionString)
+                "rows"
+                [ "p"; "o"; "v" ]
+                [ "p"; "o" ]
+                id
+            |> UpsertConfig.withRetry {
+                PgRetry.defaults with
+                    MaxAttempts = 2
+                    FirstDelay = ms 50.
+            }
+            |> UpsertWriter.create
+            |> _.GetAwaiter().GetResult()
+
+        let pipe =
+            Pipe.source<byte[]>
+            |> Pipe.mapEnvelope (fun e -> [|
+                box e.Position.TopicPartition.Partition
+                box e.Position.Offset
+                box (Encoding.UTF8.GetString e.Value)
+            |])
+            |> Pipe.aggregate (Buffer.count 100)
+            |> Pipe.sink "db" (UpsertWriter.write writer)
+
+        let log = Log()
+
+        let options = {
+            options cluster log "rows" [ "rows" ] with
+                CommitInterval = ms 50.
+        }
+
+        // Samples the committed offsets, then checks every offset below them is in the table.
+        let early = ConcurrentQueue<string>()
+        let sampling = ref true
+        let samples = ref 0
+
+        let sampler =
+            Task.Run(fun () ->
+                while sampling.Value do
+                    for p, o in committed cluster "rows" "rows" 2 do
+                        if o > 0L then
+                            try
+                                let below =
+                                    unbox<int64> (
+                                        sql server $"SELECT count(*) FROM rows WHERE p = {p} AND o < {o}"
+                                    )
+
+                                Interlocked.Increment &samples.contents |> ignore
+
+                                if below <> o then
+                                    early.Enqueue $"partition {p} committed {o} with {below} rows below it"
+                            with _ ->
+                                () // the server is restarting
+
+                    Thread.Sleep 10)
+
+        let handle = Workflow.run options pipe
+
+        for part in [ 3; 3 * 2 ] do
+            waitUntil log (seconds 60.) $"{part}/9 of the rows are in the table" (fun () ->
+                rowCount () |> ValueOption.exists (fun c -> c >= int64 (n * part / 9)))
+
+            server.Restart()
+
+        waitUntil log (seconds 60.) "every row is in the table" (fun () -> rowCount () = ValueSome(int64 n))
+
+        waitEndOffsetsCommitted cluster log (seconds 30.) "rows" "rows" 2
+
+        sampling.Value <- false
+        sampler.Wait()
+        stopped log handle
+        Expect.isEmpty early "no offset was committed before its row was in the table"
+        Expect.isGreaterThan samples.Value 10 "the commits were sampled while the stream ran"
+
+        Expect.isGreaterThan writer.Retries 0L "the restarts hit the stream: the writer retried"
+
+        Expect.isGreaterThan
+            (log.Count "retrying in place")
+            0
+            "a restart outlasted the writer's two tries: the workflow retried the write in place"
+
+        let values = unbox<int64> (sql server "SELECT count(DISTINCT v) FROM rows")
+
+        Expect.equal values (int64 n) "each message's value once"
+
 let private commitErrors =
     testCase
         "offset commits refused by the broker lose nothing: everything arrives and the stop commits the end offsets"
@@ -438,16 +665,10 @@ let private commitErrors =
 
         cluster.PushRequestErrors(KafkaApiKey.OffsetCommit, Array.replicate 6 ErrorCode.RequestTimedOut)
 
-        let handle = Workflow.run options pipe
-        waitUntil log (seconds 20.) "every message is sunk" (fun () -> sunk.Count >= 400)
-        stopped log handle
         // A periodic commit refused by the broker is not retried until the partition's offset moves
-        // again (librdkafka commits stored offsets that changed); the stop commits synchronously.
-        Expect.equal
-            (committed cluster "commits" "commits" 1)
-            (endOffsets cluster "commits" 1)
-            "the end offsets are committed"
-
+        // again (librdkafka commits stored offsets that changed); the stop commits synchronously, so
+        // the end offsets are committed (checked by runUntilSunk).
+        let handle = runUntilSunk cluster log (seconds 20.) sunk 400 options pipe
         Expect.isGreaterThan (log.Count "Request timed out") 0 "commits were refused"
         Expect.equal (sunk |> Seq.distinct |> Seq.length) 400 "every message"
         Expect.equal handle.Stats.Restarts 0L "no restart"
@@ -482,9 +703,7 @@ let private haltPerStage =
 
         Expect.equal handle.Stats.Restarts 0L "no restart"
 
-        Expect.isTrue
-            (committed cluster "stop" "stop" 1 |> List.forall (fun (_, o) -> o <= 5L))
-            "nothing committed past it"
+        expectNotCommittedPast cluster "stop" "stop" 5L
 
 let private startFailure (options: WorkflowOptions) (setting: string) (says: string) =
     let log = Log()
@@ -552,6 +771,8 @@ let tests =
         defaultSinkRetries
         deadLetterAfterRetries
         deadLetterAsync
+        deadLetterBatches
+        postgresRestarts
         commitErrors
         haltPerStage
         badConfiguration

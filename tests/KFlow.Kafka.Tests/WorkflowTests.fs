@@ -113,9 +113,7 @@ let private gracefulStop =
         Thread.Sleep 300 // three commit intervals: a wrong commit would show
         Expect.isEmpty sunk "nothing sunk: the batch is not full"
 
-        Expect.isTrue
-            (committed cluster "buffered" "buffered" 1 |> List.forall (fun (_, o) -> o <= 0L))
-            "nothing committed past the buffer"
+        expectNotCommittedPast cluster "buffered" "buffered" 0L
 
         stopped log handle
         expectOrderedOnce sunk 50
@@ -159,8 +157,7 @@ let private gaps =
         waitUntil log (seconds 30.) "the a and b messages are sunk" (fun () ->
             sunk |> Seq.filter (fun v -> not (v.StartsWith "x")) |> Seq.length >= 20)
         // The periodic commit (no stop yet) gets past the three markers, the last one included.
-        waitUntil log (seconds 30.) "the end offset is committed" (fun () ->
-            committed cluster "gaps" "gaps" 1 = ends)
+        waitEndOffsetsCommitted cluster log (seconds 30.) "gaps" "gaps" 1
 
         stopped log handle
         expectOrderedOnce (sunk |> Seq.filter (fun v -> not (v.StartsWith "x"))) 20
@@ -196,13 +193,13 @@ let private asyncMaps =
             |> Pipe.sink "record" (fun v -> recordBatches sunk [ v ])
 
         let log = Log()
-        let handle = Workflow.run (options cluster log "calls" [ "calls" ]) pipe
-        waitUntil log (seconds 60.) "every message is sunk" (fun () -> sunk.Count >= n)
-        stopped log handle
+
+        runUntilSunk cluster log (seconds 60.) sunk n (options cluster log "calls" [ "calls" ]) pipe
+        |> ignore
+
         expectOrderedOnce sunk n
         Expect.isGreaterThan peak 1 "calls overlapped"
         Expect.isLessThanOrEqual peak 16 "at most 8 per partition"
-        Expect.equal (committed cluster "calls" "calls" 2) (endOffsets cluster "calls" 2) "all committed"
 
 let private slowSink =
     testCase
@@ -246,16 +243,12 @@ let private slowSink =
                 }
         }
 
-        let handle = Workflow.run options pipe
-        waitUntil log (seconds 60.) "every message is sunk" (fun () -> sunk.Count >= n)
-        stopped log handle
-        let stats = handle.Stats
+        let stats = (runUntilSunk cluster log (seconds 60.) sunk n options pipe).Stats
         expectOrderedOnce sunk n
         Expect.isGreaterThanOrEqual stats.Pauses 1L "intake paused"
         Expect.isGreaterThanOrEqual stats.Resumes 1L "intake resumed"
         Expect.isLessThanOrEqual stats.PeakInFlightMessages (int64 limit) "in flight never above the limit"
         Expect.isLessThanOrEqual peakInPipe limit "the pipe never held more than the limit"
-        Expect.equal (committed cluster "slow" "slow" 2) (endOffsets cluster "slow" 2) "all committed"
 
         printfn
             "runtime slow sink: %d pauses, %d resumes, peak in flight %d (limit %d)"
@@ -289,13 +282,10 @@ let private stallFlush =
                 }
         }
 
-        let handle = Workflow.run options pipe
-        waitUntil log (seconds 30.) "every message is sunk" (fun () -> sunk.Count >= n)
-        stopped log handle
+        let handle = runUntilSunk cluster log (seconds 30.) sunk n options pipe
         expectOrderedOnce sunk n
         Expect.isGreaterThanOrEqual handle.Stats.StallFlushes 1L "stalls were flushed"
         Expect.isLessThanOrEqual handle.Stats.PeakInFlightMessages 1000L "the limit held"
-        Expect.equal (committed cluster "stall" "stall" 2) (endOffsets cluster "stall" 2) "all committed"
 
 let private partitionLimit =
     testCase "a partition reaching its open-offset limit pauses alone and never holds more"
@@ -331,14 +321,11 @@ let private partitionLimit =
                 }
         }
 
-        let handle = Workflow.run options pipe
-        waitUntil log (seconds 60.) "every message is sunk" (fun () -> sunk.Count >= n)
-        stopped log handle
+        let handle = runUntilSunk cluster log (seconds 60.) sunk n options pipe
         expectOrderedOnce sunk n
         Expect.isGreaterThanOrEqual handle.Stats.PartitionPauses 2L "partitions paused on their own limit"
         Expect.equal handle.Stats.Pauses 0L "the workflow-wide limit was never reached"
         Expect.all peaks (fun peak -> peak <= limit) "no partition held more than its limit"
-        Expect.equal (committed cluster "open" "open" 2) (endOffsets cluster "open" 2) "all committed"
 
 let private brokerDown =
     testCase "a broker down for a few seconds mid-stream loses nothing"
@@ -375,10 +362,7 @@ let private brokerDown =
         cluster.BringBrokerUp 1
         waitUntil log (seconds 90.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= n)
         // After the outage it may still be re-reading what it had sunk but not committed.
-        let ends = endOffsets cluster "flaky" 4
-
-        waitUntil log (seconds 60.) "every offset is committed" (fun () ->
-            committed cluster "flaky" "flaky" 4 = ends)
+        waitEndOffsetsCommitted cluster log (seconds 60.) "flaky" "flaky" 4
 
         stopped log handle
         let distinct = sunk |> Seq.distinct |> List.ofSeq
@@ -418,9 +402,7 @@ let private failingSink =
         let handle = Workflow.run (options cluster log "poison" [ "poison" ]) pipe
         waitUntil log (seconds 30.) "two restarts" (fun () -> handle.Stats.Restarts >= 2L)
 
-        Expect.isTrue
-            (committed cluster "poison" "poison" 1 |> List.forall (fun (_, o) -> o <= 100L))
-            "nothing committed past offset 100"
+        expectNotCommittedPast cluster "poison" "poison" 100L
 
         Expect.isFalse (Seq.contains "k0:100" sunk) "the failing message was never written"
         broken.Value <- false // the fix is deployed
@@ -461,9 +443,7 @@ let private halt =
             Expect.stringContains e.Message "halt[0] at offset 100" "the message says where"
         | other -> failtestf "expected a WorkflowFailedException, got %O" other
 
-        Expect.isTrue
-            (committed cluster "halt" "halt" 1 |> List.forall (fun (_, o) -> o <= 100L))
-            "nothing committed past it"
+        expectNotCommittedPast cluster "halt" "halt" 100L
 
         handle.StopAsync().Wait(seconds 10.) |> ignore
 
@@ -523,10 +503,7 @@ let private scaleOut (strategy: string option) =
     let takeover = clock.Elapsed
     waitUntil log (seconds 60.) "every message is sunk" (fun () -> (Seq.distinct sunk |> Seq.length) >= n)
     // b may still be re-reading what a had sunk but not committed: wait for its commits.
-    let ends = endOffsets cluster topic 4
-
-    waitUntil log (seconds 60.) "every offset is committed" (fun () ->
-        committed cluster "shared" topic 4 = ends)
+    waitEndOffsetsCommitted cluster log (seconds 60.) "shared" topic 4
 
     stopped log b
     Expect.equal (sunk |> Seq.distinct |> Seq.length) n "every message sunk at least once"
@@ -584,10 +561,7 @@ let private staleCompletion =
             (Seq.distinct sunk |> Seq.length) >= 40)
         // Committed by the periodic commit while the group is stable (the mock refuses commits
         // during the rebalances the stops cause).
-        let ends = endOffsets cluster "stale" 2
-
-        waitUntil log (seconds 30.) "every offset is committed" (fun () ->
-            committed cluster "stale" "stale" 2 = ends)
+        waitEndOffsetsCommitted cluster log (seconds 30.) "stale" "stale" 2
 
         stopped log a
         stopped log b
