@@ -3,6 +3,7 @@
 module KFlow.Kafka.Tests.Kafka
 
 open System
+open System.Collections.Concurrent
 open System.Threading
 open System.Threading.Tasks
 open Confluent.Kafka
