@@ -64,7 +64,24 @@ let private freshTable (connectionString: string) (name: string) =
         $"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id bigint PRIMARY KEY, name text NOT NULL, \
           qty integer NOT NULL, price double precision NOT NULL, at timestamptz NOT NULL)"
 
-let private rate (rows: int) (elapsed: TimeSpan) = float rows / elapsed.TotalSeconds
+/// Times `work`, which must leave `expected` rows in `table` (fails naming `what` otherwise), and
+/// returns its rate in `rows` per second.
+let private timedRate
+    (connectionString: string)
+    table
+    (expected: int64)
+    what
+    (rows: int)
+    (work: unit -> unit)
+    =
+    let watch = Stopwatch.StartNew()
+    work ()
+    let elapsed = watch.Elapsed
+
+    if count connectionString table <> expected then
+        failwith $"the {what} benchmark lost rows"
+
+    float rows / elapsed.TotalSeconds
 
 /// The sink: rowCount records in batches of batchSize from `streams` concurrent streams; in exactly-once
 /// mode each batch also records its source offsets (offset = the row's id, one partition).
@@ -109,23 +126,17 @@ let private sink (exactlyOnce: bool) (streams: int) (connectionString: string) =
 
     // Warm-up: one batch of another key (connection, type resolution), then the timed run.
     (write [ record -1 ]).GetAwaiter().GetResult()
-    let watch = Stopwatch.StartNew()
 
-    let writes =
-        parts
-        |> List.map (fun part ->
-            Task.Run(fun () ->
-                for batch in part do
-                    (write batch).GetAwaiter().GetResult()))
-        |> Array.ofList
+    timedRate connectionString "bench_sink" (int64 rowCount + 1L) "sink" rowCount (fun () ->
+        let writes =
+            parts
+            |> List.map (fun part ->
+                Task.Run(fun () ->
+                    for batch in part do
+                        (write batch).GetAwaiter().GetResult()))
+            |> Array.ofList
 
-    Task.WaitAll writes
-    let elapsed = watch.Elapsed
-
-    if count connectionString "bench_sink" <> int64 rowCount + 1L then
-        failwith "the sink benchmark lost rows"
-
-    rate rowCount elapsed
+        Task.WaitAll writes)
 
 /// Copies rows (id, name, qty, price, at) into a table with one binary COPY, in one transaction.
 let private copyInTransaction (connection: NpgsqlConnection) (table: string) (rows: obj[] seq) =
@@ -155,14 +166,9 @@ let private rawCopy (connectionString: string) =
     let rows = Array.init rowCount record
     use connection = new NpgsqlConnection(connectionString)
     connection.Open()
-    let watch = Stopwatch.StartNew()
-    copyInTransaction connection "bench_copy" rows
-    let elapsed = watch.Elapsed
 
-    if count connectionString "bench_copy" <> int64 rowCount then
-        failwith "the raw COPY benchmark lost rows"
-
-    rate rowCount elapsed
+    timedRate connectionString "bench_copy" (int64 rowCount) "raw COPY" rowCount (fun () ->
+        copyInTransaction connection "bench_copy" rows)
 
 /// Raw binary COPY of the same rows in batches of batchSize, each in its own transaction (the sink's
 /// commit granularity): what a batch of 1,000 can cost at best.
@@ -170,18 +176,11 @@ let private rawCopyBatched (connectionString: string) =
     freshTable connectionString "bench_copy_batched"
     let rows = Array.init rowCount record
     use dataSource = NpgsqlDataSource.Create connectionString
-    let watch = Stopwatch.StartNew()
 
-    for b in 0 .. rowCount / batchSize - 1 do
-        use connection = dataSource.OpenConnection()
-        copyInTransaction connection "bench_copy_batched" (ArraySegment(rows, b * batchSize, batchSize))
-
-    let elapsed = watch.Elapsed
-
-    if count connectionString "bench_copy_batched" <> int64 rowCount then
-        failwith "the batched raw COPY benchmark lost rows"
-
-    rate rowCount elapsed
+    timedRate connectionString "bench_copy_batched" (int64 rowCount) "batched raw COPY" rowCount (fun () ->
+        for b in 0 .. rowCount / batchSize - 1 do
+            use connection = dataSource.OpenConnection()
+            copyInTransaction connection "bench_copy_batched" (ArraySegment(rows, b * batchSize, batchSize)))
 
 /// A naive upsert: one prepared INSERT ... ON CONFLICT per row, a transaction per batch of batchSize.
 let private naive (connectionString: string) =
@@ -207,28 +206,21 @@ let private naive (connectionString: string) =
 
     command.Parameters.AddRange parameters
     command.Prepare()
-    let watch = Stopwatch.StartNew()
 
-    for b in 0 .. naiveRowCount / batchSize - 1 do
-        use transaction = connection.BeginTransaction()
-        command.Transaction <- transaction
+    timedRate connectionString "bench_naive" (int64 naiveRowCount) "naive" naiveRowCount (fun () ->
+        for b in 0 .. naiveRowCount / batchSize - 1 do
+            use transaction = connection.BeginTransaction()
+            command.Transaction <- transaction
 
-        for i in b * batchSize .. (b + 1) * batchSize - 1 do
-            let row = record i
+            for i in b * batchSize .. (b + 1) * batchSize - 1 do
+                let row = record i
 
-            for p in 0 .. row.Length - 1 do
-                parameters[p].Value <- row[p]
+                for p in 0 .. row.Length - 1 do
+                    parameters[p].Value <- row[p]
 
-            command.ExecuteNonQuery() |> ignore
+                command.ExecuteNonQuery() |> ignore
 
-        transaction.Commit()
-
-    let elapsed = watch.Elapsed
-
-    if count connectionString "bench_naive" <> int64 naiveRowCount then
-        failwith "the naive benchmark lost rows"
-
-    rate naiveRowCount elapsed
+            transaction.Commit())
 
 /// <summary>Runs the measurements on a throwaway PostgreSQL (or KFLOW_TEST_PG) and returns
 /// pg_sink_rows_per_s, pg_raw_copy_rows_per_s, pg_naive_rows_per_s and ratio_pg_sink_vs_copy, then

@@ -54,38 +54,32 @@ module StageTiming =
             )
             |> ignore
 
+    /// `inner` timed from its start to the end of the task it returns, as `stage` of `workflow`.
+    let private timedCall<'t when 't :> Task>
+        (workflow: string)
+        (stage: string)
+        (inner: obj -> 't)
+        (value: obj)
+        : 't =
+        if enabled () then
+            let started = Stopwatch.GetTimestamp()
+            let t = inner value
+
+            if not (isNull (t :> Task)) then
+                whenDone workflow stage started t
+
+            t
+        else
+            inner value
+
     /// A sink write timed from its start to its end.
-    let internal write (workflow: string) (request: SinkRequest) =
-        let inner = request.Write
-
-        let write (value: obj) =
-            if enabled () then
-                let started = Stopwatch.GetTimestamp()
-                let t = inner value
-
-                if not (isNull t) then
-                    whenDone workflow request.Sink started t
-
-                t
-            else
-                inner value
-
-        { request with Write = write }
+    let internal write (workflow: string) (request: SinkRequest) = {
+        request with
+            Write = timedCall workflow request.Sink request.Write
+    }
 
     /// An async call timed from its start to its end.
-    let internal call (workflow: string) (request: AsyncRequest) =
-        let inner = request.Run
-
-        let run (value: obj) =
-            if enabled () then
-                let started = Stopwatch.GetTimestamp()
-                let t = inner value
-
-                if not (isNull t) then
-                    whenDone workflow request.Stage started t
-
-                t
-            else
-                inner value
-
-        { request with Run = run }
+    let internal call (workflow: string) (request: AsyncRequest) = {
+        request with
+            Run = timedCall workflow request.Stage request.Run
+    }

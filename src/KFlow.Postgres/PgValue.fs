@@ -206,6 +206,13 @@ module PgValue =
         else
             value
 
+    /// The value itself, or null for SQL NULL (null, DBNull, None, ValueNone); Some x is x.
+    let private present (value: obj) : obj =
+        match value with
+        | null -> null
+        | :? DBNull -> null
+        | _ -> unwrapOption value
+
     /// A JSON text for a json/jsonb column.
     let private jsonText (value: obj) : obj =
         match value with
@@ -230,31 +237,27 @@ module PgValue =
 
     /// A scalar value in the form Npgsql writes for the column (null stays null).
     let private normalizeScalar (scalar: PgScalar) (value: obj) : obj =
-        match value with
+        match present value with
         | null -> null
-        | :? DBNull -> null
-        | _ ->
-            match unwrapOption value with
-            | null -> null
-            | :? JsonElement as json -> ofJson scalar json
-            | value ->
-                match scalar, value with
-                | (PgScalar.Jsonb | PgScalar.Json), _ -> jsonText value
-                | PgScalar.Int2, (:? int16) -> value
-                | PgScalar.Int4, (:? int) -> value
-                | PgScalar.Int8, (:? int64) -> value
-                | PgScalar.Numeric, (:? decimal) -> value
-                | PgScalar.Float8, (:? float) -> value
-                | PgScalar.Int2, Integral -> box (Convert.ToInt16 value)
-                | PgScalar.Int4, Integral -> box (Convert.ToInt32 value)
-                | PgScalar.Int8, Integral -> box (Convert.ToInt64 value)
-                | PgScalar.Numeric, (Integral | :? float | :? float32) -> box (Convert.ToDecimal value)
-                | PgScalar.Float8, (Integral | :? float32) -> box (Convert.ToDouble value)
-                | PgScalar.TimestampTz, (:? DateTimeOffset as instant) -> box instant.UtcDateTime
-                | PgScalar.TimestampTz, (:? DateTime as time) when time.Kind = DateTimeKind.Local ->
-                    box (time.ToUniversalTime())
-                | PgScalar.Date, (:? DateTime as time) -> box (DateOnly.FromDateTime time)
-                | _ -> value
+        | :? JsonElement as json -> ofJson scalar json
+        | value ->
+            match scalar, value with
+            | (PgScalar.Jsonb | PgScalar.Json), _ -> jsonText value
+            | PgScalar.Int2, (:? int16) -> value
+            | PgScalar.Int4, (:? int) -> value
+            | PgScalar.Int8, (:? int64) -> value
+            | PgScalar.Numeric, (:? decimal) -> value
+            | PgScalar.Float8, (:? float) -> value
+            | PgScalar.Int2, Integral -> box (Convert.ToInt16 value)
+            | PgScalar.Int4, Integral -> box (Convert.ToInt32 value)
+            | PgScalar.Int8, Integral -> box (Convert.ToInt64 value)
+            | PgScalar.Numeric, (Integral | :? float | :? float32) -> box (Convert.ToDecimal value)
+            | PgScalar.Float8, (Integral | :? float32) -> box (Convert.ToDouble value)
+            | PgScalar.TimestampTz, (:? DateTimeOffset as instant) -> box instant.UtcDateTime
+            | PgScalar.TimestampTz, (:? DateTime as time) when time.Kind = DateTimeKind.Local ->
+                box (time.ToUniversalTime())
+            | PgScalar.Date, (:? DateTime as time) -> box (DateOnly.FromDateTime time)
+            | _ -> value
 
     /// An array value from a JSON array: a typed .NET array (of nullables where an element is null).
     let private arrayOfJson (scalar: PgScalar) (json: JsonElement) : obj =
@@ -286,15 +289,11 @@ module PgValue =
     /// </remarks>
     let normalize (pgType: PgType) (value: obj) : obj =
         if pgType.IsArray then
-            match value with
+            match present value with
             | null -> null
-            | :? DBNull -> null
-            | _ ->
-                match unwrapOption value with
-                | null -> null
-                | :? JsonElement as json when json.ValueKind = JsonValueKind.Null -> null
-                | :? JsonElement as json -> arrayOfJson pgType.Scalar json
-                | value -> value
+            | :? JsonElement as json when json.ValueKind = JsonValueKind.Null -> null
+            | :? JsonElement as json -> arrayOfJson pgType.Scalar json
+            | value -> value
         else
             normalizeScalar pgType.Scalar value
 

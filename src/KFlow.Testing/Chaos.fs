@@ -216,6 +216,23 @@ module internal Chaos =
             Next = c.Next |> Map.map (fun tp _ -> TestDriver.committed tp c.Driver)
     }
 
+    /// Answers the call that `pick` selects among the pending `ids`: `succeed` it if `ok`, else `fail`
+    /// it with generatedFailure (none pending: nothing happens).
+    let private answer (ids: 'id list) (pick: int) ok succeed fail (c: Consumer<'a, 'o>) =
+        match ids with
+        | [] -> c
+        | ids ->
+            let id = ids[pick % ids.Length]
+
+            {
+                c with
+                    Driver =
+                        (if ok then
+                             succeed id c.Driver
+                         else
+                             fail id generatedFailure c.Driver)
+            }
+
     /// Runs one step as a consumer would: reads resume from the commit point after a crash or assign.
     let apply (tps: TopicPartition[]) (messages: Message<'a> list) (c: Consumer<'a, 'o>) step =
         let d = c.Driver
@@ -241,33 +258,14 @@ module internal Chaos =
                 Driver = TestDriver.advance (TimeSpan.FromMilliseconds(float ms)) d
           }
         | ChaosStep.Answer(pick, ok) ->
-            match TestDriver.pending d with
-            | [] -> c
-            | calls ->
-                let id = calls[pick % calls.Length].Id
-
-                {
-                    c with
-                        Driver =
-                            (if ok then
-                                 TestDriver.succeed id d
-                             else
-                                 TestDriver.fail id generatedFailure d)
-                }
+            answer (TestDriver.pending d |> List.map _.Id) pick ok TestDriver.succeed TestDriver.fail c
         | ChaosStep.AnswerAsync(pick, ok) ->
-            match TestDriver.asyncCalls d |> List.filter (fun a -> a.Status = Pending) with
-            | [] -> c
-            | calls ->
-                let id = calls[pick % calls.Length].Id
+            let pending =
+                TestDriver.asyncCalls d
+                |> List.filter (fun a -> a.Status = Pending)
+                |> List.map _.Id
 
-                {
-                    c with
-                        Driver =
-                            (if ok then
-                                 TestDriver.runAsync id d
-                             else
-                                 TestDriver.failAsync id generatedFailure d)
-                }
+            answer pending pick ok TestDriver.runAsync TestDriver.failAsync c
         | ChaosStep.Commit -> { c with Driver = TestDriver.commit d }
         | ChaosStep.Crash -> fromCommitted { c with Driver = TestDriver.crash d }
         | ChaosStep.Revoke p ->

@@ -165,6 +165,22 @@ let waitForConnections (connectionString: string) (deadline: DateTime) : Result<
 let private seconds (timeout: TimeSpan) =
     string (max 1 (int (Math.Ceiling timeout.TotalSeconds)))
 
+/// `pg_ctl <command> --pgdata=… --wait --timeout=…` with `options`, as the server's user; pg_ctl
+/// itself may take 10 s past `timeout`.
+let private pgCtlWaiting (cluster: Cluster) (timeout: TimeSpan) (command: string) (options: string list) =
+    runAsServerUser
+        cluster.Environment
+        cluster.Root
+        (timeout + TimeSpan.FromSeconds 10.0)
+        (program cluster "pg_ctl")
+        ([
+            command
+            "--pgdata=" + cluster.DataDirectory
+            "--wait"
+            "--timeout=" + seconds timeout
+         ]
+         @ options)
+
 /// <summary>Starts the server on the given port and waits until it accepts connections.</summary>
 /// <remarks>
 /// `pg_ctl start -w` waits for the server to report itself ready; then a connection is retried until
@@ -174,20 +190,7 @@ let start (port: int) (timeout: TimeSpan) (cluster: Cluster) : Result<unit, stri
     let deadline = DateTime.UtcNow + timeout
 
     let pgCtl =
-        runAsServerUser
-            cluster.Environment
-            cluster.Root
-            (timeout + TimeSpan.FromSeconds 10.0)
-            (program cluster "pg_ctl")
-            [
-                "start"
-                "--pgdata=" + cluster.DataDirectory
-                "--log=" + cluster.LogFile
-                "--wait"
-                "--timeout=" + seconds timeout
-                "-o"
-                $"-p {port}"
-            ]
+        pgCtlWaiting cluster timeout "start" [ "--log=" + cluster.LogFile; "-o"; $"-p {port}" ]
 
     let serverLog () =
         $"Last lines of the server log ({cluster.LogFile}):\n{logTail 30 cluster}"
@@ -212,19 +215,7 @@ let stop (mode: StopMode) (timeout: TimeSpan) (cluster: Cluster) : Result<unit, 
         | Fast -> "fast"
         | Immediate -> "immediate"
 
-    let pgCtl =
-        runAsServerUser
-            cluster.Environment
-            cluster.Root
-            (timeout + TimeSpan.FromSeconds 10.0)
-            (program cluster "pg_ctl")
-            [
-                "stop"
-                "--pgdata=" + cluster.DataDirectory
-                "--mode=" + modeName
-                "--wait"
-                "--timeout=" + seconds timeout
-            ]
+    let pgCtl = pgCtlWaiting cluster timeout "stop" [ "--mode=" + modeName ]
 
     if pgCtl.ExitCode = 0 then
         Ok()

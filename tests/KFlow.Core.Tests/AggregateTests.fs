@@ -23,6 +23,10 @@ let private batches (aggregator: Aggregator<int, int list>) =
 
 let private written d : int list list = TestDriver.written "db" d
 
+/// A pipe started with automatic sinks, tp assigned.
+let private startedOnTp pipe =
+    pipe |> TestDriver.start |> TestDriver.assign tp
+
 let tests =
     testList "Aggregate" [
         test "aggregate of 3 over offsets 0..6 commits 3 then 6, each only after its batch is sunk" {
@@ -61,8 +65,7 @@ let tests =
         test "a crash while a batch is buffered replays it" {
             let d =
                 batches (Buffer.count 3)
-                |> TestDriver.start
-                |> TestDriver.assign tp
+                |> startedOnTp
                 |> TestDriver.feedAll (messages tp [ 0L .. 4L ])
 
             Expect.equal (TestDriver.committed tp d) 3L "3 and 4 are buffered"
@@ -79,8 +82,7 @@ let tests =
         test "flushes on partition revoke" {
             let d =
                 batches (Buffer.count 10)
-                |> TestDriver.start
-                |> TestDriver.assign tp
+                |> startedOnTp
                 |> TestDriver.feedAll (messages tp [ 0L; 1L ])
                 |> TestDriver.revoke tp
 
@@ -90,8 +92,7 @@ let tests =
         test "flushes on shutdown" {
             let d =
                 batches (Buffer.count 10)
-                |> TestDriver.start
-                |> TestDriver.assign tp
+                |> startedOnTp
                 |> TestDriver.feedAll (messages tp [ 0L; 2L; 5L ])
                 |> TestDriver.flush
 
@@ -101,8 +102,7 @@ let tests =
         test "a batch by bytes is emitted when the size reaches the limit" {
             let d =
                 batches (Buffer.bytes (fun x -> int64 x) 10L)
-                |> TestDriver.start
-                |> TestDriver.assign tp
+                |> startedOnTp
                 |> TestDriver.feedAll [
                     for o, v in [ 0L, 4; 1L, 5; 2L, 1; 3L, 7; 4L, 1 ] -> Message.create tp o "k" v
                 ]
@@ -113,8 +113,7 @@ let tests =
         test "a batch by age is emitted on the first tick after its first value's max age" {
             let d =
                 batches (Buffer.age (TimeSpan.FromSeconds 10.0))
-                |> TestDriver.start
-                |> TestDriver.assign tp
+                |> startedOnTp
                 |> TestDriver.feed (Message.create tp 0L "k" 0)
                 |> TestDriver.advance (TimeSpan.FromSeconds 6.0)
                 |> TestDriver.feed (Message.create tp 1L "k" 1)
@@ -128,8 +127,7 @@ let tests =
         test "revoking one partition flushes the buffer holding both, and the other partition commits too" {
             let d =
                 batches (Buffer.count 10)
-                |> TestDriver.start
-                |> TestDriver.assign tp
+                |> startedOnTp
                 |> TestDriver.assign tp1
                 |> TestDriver.feedAll [ Message.create tp 0L "k" 0; Message.create tp1 0L "k" 10 ]
                 |> TestDriver.revoke tp

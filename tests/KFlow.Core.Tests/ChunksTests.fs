@@ -34,6 +34,10 @@ let private feed values d =
     d
     |> TestDriver.feedAll (values |> List.map (fun (o, v) -> Message.create tp o "k" v))
 
+/// The assembling pipe started with automatic sinks on tp, fed `values`.
+let private startedWith values =
+    assembled () |> TestDriver.start |> TestDriver.assign tp |> feed values
+
 let tests =
     testList "Chunks" [
         test
@@ -62,11 +66,7 @@ let tests =
             Expect.equal (TestDriver.committed tp d) 4L "all done"
         }
         test "a repeated chunk is dropped and its offset completes" {
-            let d =
-                assembled ()
-                |> TestDriver.start
-                |> TestDriver.assign tp
-                |> feed [ 0L, "a/0/2/A"; 1L, "a/0/2/A" ]
+            let d = startedWith [ 0L, "a/0/2/A"; 1L, "a/0/2/A" ]
 
             Expect.equal (Ledger.openCount tp (TestDriver.ledger d)) 1 "only the first chunk is held"
             let d = d |> feed [ 2L, "a/1/2/B" ]
@@ -74,12 +74,7 @@ let tests =
             Expect.equal (TestDriver.committed tp d) 3L "all done"
         }
         test "an incomplete object dropped on shutdown keeps its offsets open, so it is read again" {
-            let d =
-                assembled ()
-                |> TestDriver.start
-                |> TestDriver.assign tp
-                |> feed [ 0L, "a/0/2/A" ]
-                |> TestDriver.flush
+            let d = startedWith [ 0L, "a/0/2/A" ] |> TestDriver.flush
 
             Expect.equal (TestDriver.committed tp d) 0L "not committed"
             let d = d |> TestDriver.crash |> TestDriver.replay |> feed [ 1L, "a/1/2/B" ]
@@ -87,11 +82,7 @@ let tests =
             Expect.equal (TestDriver.committed tp d) 2L "done"
         }
         test "a chunk index out of range makes the stage fail and leaves the offset open" {
-            let d =
-                assembled ()
-                |> TestDriver.start
-                |> TestDriver.assign tp
-                |> feed [ 0L, "a/5/2/A" ]
+            let d = startedWith [ 0L, "a/5/2/A" ]
 
             Expect.equal
                 (TestDriver.failures d |> List.map (fun f -> f.Stage))

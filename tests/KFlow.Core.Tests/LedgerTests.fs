@@ -160,6 +160,12 @@ let tp0 = TopicPartition.create "orders" 0
 let private deliverAt offset ledger =
     Expect.ok (Ledger.deliver (Position.create tp0 offset) ledger) (sprintf "deliver %d" offset)
 
+/// A token like `token` (same epoch) for another offset of tp0: one the ledger never handed out.
+let private forged (token: Token) offset = {
+    token with
+        Position = Position.create tp0 offset
+}
+
 let private completed token ledger =
     Expect.ok (Ledger.complete token ledger) (sprintf "complete %O" token.Position)
 
@@ -275,16 +281,8 @@ let tests =
                 let struct (ledger, t0) = deliverAt 0L ledger
                 let struct (ledger, _) = deliverAt 2L ledger
 
-                let gap = {
-                    t0 with
-                        Position = Position.create tp0 1L
-                }
-
-                let future = {
-                    t0 with
-                        Position = Position.create tp0 3L
-                }
-
+                let gap = forged t0 1L
+                let future = forged t0 3L
                 Expect.ledgerError (NotOpen gap) (Ledger.complete gap ledger) "a gap offset"
                 Expect.ledgerError (NotOpen future) (Ledger.complete future ledger) "a future offset"
             }
@@ -304,10 +302,7 @@ let tests =
                 let struct (ledger, t0) = deliverAt 0L ledger
                 let struct (ledger, _) = deliverAt 1_000_000L ledger
 
-                let aliased = {
-                    t0 with
-                        Position = Position.create tp0 1_024L
-                }
+                let aliased = forged t0 1_024L
 
                 Expect.ledgerError
                     (NotOpen aliased)

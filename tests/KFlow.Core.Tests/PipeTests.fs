@@ -17,6 +17,29 @@ let private feed values d =
     d
     |> TestDriver.feedAll (values |> List.mapi (fun i v -> Message.create tp (int64 i) (keyOf v) v))
 
+/// Demux options dropping a substream after 1 s without messages.
+let private idleAfterOneSecond = {
+    Pipe.demuxOptions with
+        IdleAfter = TimeSpan.FromSeconds 1.0
+}
+
+/// Feeds values 0..4 with the Kafka keys x, y, x, z, y to `pipe` (which batches two per key) and checks
+/// the per-key batches and the commit point; returns the driver for more checks.
+let private batchesPerKafkaKey (pipe: Pipe<int, int list>) =
+    let d =
+        pipe
+        |> Pipe.sink "db" ignoreWrite
+        |> TestDriver.start
+        |> TestDriver.assign tp
+        |> TestDriver.feedAll [
+            for o, key in List.indexed [ "x"; "y"; "x"; "z"; "y" ] -> Message.create tp (int64 o) key o
+        ]
+
+    let batches: int list list = TestDriver.written "db" d
+    Expect.equal batches [ [ 0; 2 ]; [ 1; 4 ] ] "per-key batches in order"
+    Expect.equal (TestDriver.committed tp d) 3L "z (offset 3) is still buffered"
+    d
+
 let tests =
     testList "Pipe" [
         test "stages compose with |> and run in order" {
@@ -55,28 +78,14 @@ let tests =
             let d =
                 Pipe.source<int>
                 |> Pipe.demuxByKey (fun sub -> sub |> Pipe.aggregate (Buffer.count 2))
-                |> Pipe.sink "db" ignoreWrite
-                |> TestDriver.start
-                |> TestDriver.assign tp
-                |> TestDriver.feedAll [
-                    for o, key in List.indexed [ "x"; "y"; "x"; "z"; "y" ] ->
-                        Message.create tp (int64 o) key o
-                ]
+                |> batchesPerKafkaKey
 
-            let batches: int list list = TestDriver.written "db" d
-            Expect.equal batches [ [ 0; 2 ]; [ 1; 4 ] ] "per-key batches in order"
-            Expect.equal (TestDriver.committed tp d) 3L "z (offset 3) is still buffered"
             Expect.equal (TestDriver.liveSubstreams d) 3 "x, y and z"
         }
         test "demuxByKeyWith drops idle substreams and refuses a non-positive idle time" {
-            let options = {
-                Pipe.demuxOptions with
-                    IdleAfter = TimeSpan.FromSeconds 1.0
-            }
-
             let d =
                 Pipe.source<int>
-                |> Pipe.demuxByKeyWith options (fun sub -> sub |> Pipe.aggregate (Buffer.count 10))
+                |> Pipe.demuxByKeyWith idleAfterOneSecond (fun sub -> sub |> Pipe.aggregate (Buffer.count 10))
                 |> TestDriver.start
                 |> TestDriver.assign tp
                 |> TestDriver.feedAll [ Message.create tp 0L "x" 0; Message.create tp 1L "y" 1 ]
@@ -125,14 +134,9 @@ let tests =
             Expect.equal (TestDriver.committed tp d) 3L "everything sunk"
         }
         test "substreams of many keys seen once do not accumulate" {
-            let options = {
-                Pipe.demuxOptions with
-                    IdleAfter = TimeSpan.FromSeconds 1.0
-            }
-
             let d =
                 (Pipe.source<string>
-                 |> Pipe.demuxWith options keyOf id
+                 |> Pipe.demuxWith idleAfterOneSecond keyOf id
                  |> TestDriver.start
                  |> TestDriver.assign tp,
                  [ 0..99 ])
@@ -286,14 +290,9 @@ let tests =
             Expect.equal (TestDriver.committed tp d) 3L "replayed and finished"
         }
         test "a substream with an async call in flight is not dropped when idle" {
-            let options = {
-                Pipe.demuxOptions with
-                    IdleAfter = TimeSpan.FromSeconds 1.0
-            }
-
             let d =
                 Pipe.source<string>
-                |> Pipe.demuxWith options keyOf (fun sub -> sub |> Pipe.mapAsync 1 Task.FromResult)
+                |> Pipe.demuxWith idleAfterOneSecond keyOf (fun sub -> sub |> Pipe.mapAsync 1 Task.FromResult)
                 |> TestDriver.create {
                     TestDriver.options with
                         AsyncMode = Defer
@@ -328,22 +327,12 @@ let tests =
             Expect.equal (TestDriver.committed tp d) 4L "all finished"
         }
         test "splitByKey ... join runs the stages between per Kafka key, like demuxByKey" {
-            let d =
-                Pipe.source<int>
-                |> Pipe.splitByKey
-                |> Pipe.aggregate (Buffer.count 2)
-                |> Pipe.join
-                |> Pipe.sink "db" ignoreWrite
-                |> TestDriver.start
-                |> TestDriver.assign tp
-                |> TestDriver.feedAll [
-                    for o, key in List.indexed [ "x"; "y"; "x"; "z"; "y" ] ->
-                        Message.create tp (int64 o) key o
-                ]
-
-            let batches: int list list = TestDriver.written "db" d
-            Expect.equal batches [ [ 0; 2 ]; [ 1; 4 ] ] "per-key batches in order"
-            Expect.equal (TestDriver.committed tp d) 3L "z (offset 3) is still buffered"
+            Pipe.source<int>
+            |> Pipe.splitByKey
+            |> Pipe.aggregate (Buffer.count 2)
+            |> Pipe.join
+            |> batchesPerKafkaKey
+            |> ignore
         }
         test "a split without join runs to the end of the pipe; a join without split is refused" {
             let pipe = Pipe.source<string> |> Pipe.split keyOf |> Pipe.map id

@@ -83,6 +83,14 @@ internal static class WorkflowTests
         return committed.Select(c => Math.Max(0, c.Offset.Value)).Concat(ends).ToArray();
     }
 
+    /// <summary>Fails with <paramref name="message"/> unless the group's committed offsets of the topic's
+    /// 4 partitions are their end offsets.</summary>
+    private static void ExpectCommittedAtEnd(string topic, string group, string message)
+    {
+        var offsets = Committed(topic, group);
+        Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), message);
+    }
+
     internal static async Task Until(Func<bool> condition, string what)
     {
         var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(60);
@@ -128,8 +136,7 @@ internal static class WorkflowTests
                 Expect.SequenceEqual(key.Select(e => e.Seen).OrderBy(s => s), Enumerable.Range(1, key.Count()),
                     $"the scan's state counts the values of {key.Key}");
             Expect.AreEqual(running.Progress.Written, 400L, "every written value is counted");
-            var offsets = Committed(topic, "facade-stages");
-            Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "committed offsets = end offsets after the stop");
+            ExpectCommittedAtEnd(topic, "facade-stages", "committed offsets = end offsets after the stop");
         }),
         Runner.TestCase("Kafka:MaxConcurrentCalls caps the async calls running at once over every partition and key, and the cap is reached", async () =>
         {
@@ -193,8 +200,7 @@ internal static class WorkflowTests
             Expect.IsTrue(written.Where(e => e.Key != "flushed").All(e => e.Count == 2), "the stage emits pairs");
             Expect.IsTrue(written.Where(e => e.Key != "flushed").All(e => e.Key.StartsWith('r')),
                 "DemuxByKey after Mfd splits by the key Mfd set");
-            var offsets = Committed(topic, "facade-mfd");
-            Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "committed offsets = end offsets after the stop");
+            ExpectCommittedAtEnd(topic, "facade-mfd", "committed offsets = end offsets after the stop");
         }),
         Runner.TestCase("RouteDependent gives each key its own stages and a scoped Demux joins its substreams", async () =>
         {
@@ -224,8 +230,7 @@ internal static class WorkflowTests
                 "k0 is multiplied, the other keys filtered, then every value incremented");
             Expect.SequenceEqual(routes.Distinct().OrderBy(k => k, StringComparer.Ordinal), new[] { "k0", "k1", "k2", "k3" },
                 "the route is built for each key");
-            var offsets = Committed(topic, "facade-route");
-            Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "committed offsets = end offsets after the stop");
+            ExpectCommittedAtEnd(topic, "facade-route", "committed offsets = end offsets after the stop");
         }),
         Runner.TestCase("AssembleChunks emits each object once all its chunks arrived, in index order", async () =>
         {
@@ -249,8 +254,7 @@ internal static class WorkflowTests
             await running.StopAsync();
             Expect.AreEqual(written.Count, 20, "each object is emitted once");
             Expect.IsTrue(written.All(o => o.Text == "part0+part1+part2"), "the parts are combined in index order");
-            var offsets = Committed(topic, "facade-chunks");
-            Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "every chunk's offset is committed");
+            ExpectCommittedAtEnd(topic, "facade-chunks", "every chunk's offset is committed");
         }),
         Runner.TestCase("a stage's dead-letter policy sends its failing messages to the dead-letter topic and the stream moves on", async () =>
         {
@@ -272,8 +276,7 @@ internal static class WorkflowTests
             Expect.SequenceEqual(written.OrderBy(v => v), Enumerable.Range(0, 100).Where(i => i % 25 != 7),
                 "the others are written");
             Expect.AreEqual(running.Progress.Restarts, 0L, "dead-lettering does not restart the workflow");
-            var offsets = Committed(topic, "facade-dlq");
-            Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "committed offsets = end offsets, the dead-lettered included");
+            ExpectCommittedAtEnd(topic, "facade-dlq", "committed offsets = end offsets, the dead-lettered included");
         }),
         Runner.TestCase("the workflow's Halt policy stops it on the first failure and Completion names the stage", async () =>
         {
@@ -308,8 +311,7 @@ internal static class WorkflowTests
                 Enumerable.Range(0, 100).Select(i => "v" + i).OrderBy(v => v, StringComparer.Ordinal), "every value was written once");
             Expect.IsTrue(read.All(r => r.Key == "k" + (int.Parse(r.Value[1..]) % 5)),
                 "each message keeps its input's key");
-            var offsets = Committed(topic, "facade-kafka");
-            Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "the input's committed offsets = its end offsets");
+            ExpectCommittedAtEnd(topic, "facade-kafka", "the input's committed offsets = its end offsets");
         }),
         Runner.TestCase("a workflow added with AddKFlow starts and stops with the host", async () =>
         {
@@ -337,8 +339,7 @@ internal static class WorkflowTests
             await Until(() => Volatile.Read(ref count) >= 100, "100 messages are sunk");
             await host.StopAsync();
             Expect.IsTrue(running!.Completion.IsCompletedSuccessfully, "the host's stop stopped the workflow");
-            var offsets = Committed(topic, "facade-hosted");
-            Expect.SequenceEqual(offsets.Take(4), offsets.Skip(4), "committed offsets = end offsets after the host stopped");
+            ExpectCommittedAtEnd(topic, "facade-hosted", "committed offsets = end offsets after the host stopped");
         }),
     }));
 }

@@ -17,6 +17,7 @@ open KFlow.Tests
 open KFlow
 open KFlow.Kafka
 open KFlow.Kafka.Tests.Kafka
+open KFlow.Tests.CrashHarness
 open KFlow.Testing
 
 let private seconds (n: float) = TimeSpan.FromSeconds n
@@ -24,139 +25,9 @@ let private seconds (n: float) = TimeSpan.FromSeconds n
 let private childDll () =
     BuiltProgram.dll "tests/support/KFlow.Kafka.CrashChild" "KFlow.Kafka.CrashChild"
 
-/// The fast consumer settings (session timeout 2 s, …) as the child's KEY=VALUE arguments;
-/// auto.offset.reset is the runtime's own option (earliest by default).
-let private fastProperties =
-    FastClientSettings.consumer
-    |> Seq.filter (fun kv -> kv.Key <> "auto.offset.reset")
-    |> Seq.map (fun kv -> $"{kv.Key}={kv.Value}")
-    |> List.ofSeq
-
-/// A running child workflow: its READY and PARTITIONS lines, its stderr (the runtime's log).
-type private Child(cluster: EmbeddedKafkaCluster, topic: string, group: string, sinkFile: string, log: Log) =
-    let psi =
-        ProcessStartInfo(
-            "dotnet",
-            UseShellExecute = false,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true
-        )
-
-    do
-        psi.ArgumentList.Add(childDll ())
-
-        for a in [ cluster.BootstrapServers; topic; group; sinkFile ] @ fastProperties do
-            psi.ArgumentList.Add a
-
-    let ready = new ManualResetEventSlim()
-    let started = Stopwatch.StartNew()
-    let mutable readyAfter = TimeSpan.Zero
-    let mutable partitions = 0
-
-    let proc =
-        match Process.Start psi with
-        | null -> failwith "dotnet did not start."
-        | p -> p
-
-    do
-        proc.OutputDataReceived.Add(fun e ->
-            match e.Data with
-            | null -> ()
-            | "READY" ->
-                readyAfter <- started.Elapsed
-                ready.Set()
-            | line when line.StartsWith "PARTITIONS " -> Volatile.Write(&partitions, int (line.Substring 11))
-            | line -> log.Add $"child stdout: {line}")
-
-        proc.ErrorDataReceived.Add(fun e ->
-            match e.Data with
-            | null -> ()
-            | line -> log.Add $"child: {line}")
-
-        proc.BeginOutputReadLine()
-        proc.BeginErrorReadLine()
-
-    /// The partitions the child owns, as it last printed.
-    member _.Partitions = Volatile.Read &partitions
-
-    /// Waits until the child owns partitions (fails the test after `within`); returns how long
-    /// after its start that was (process start, group join and the rebalance included).
-    member _.WaitReady(within: TimeSpan) =
-        if not (ready.Wait within) then
-            failtestf "The child printed no READY within %O.\nLog:\n%s" within log.Tail
-
-        readyAfter
-
-    /// SIGKILL, then waits for the process to be gone.
-    member _.Kill() =
-        proc.Kill()
-        proc.WaitForExit()
-
-    /// SIGTERM (a graceful stop), then waits for the exit code.
-    member _.Stop() =
-        use kill = Process.Start("kill", [ "-TERM"; string proc.Id ])
-        kill.WaitForExit()
-
-        if not (proc.WaitForExit(30_000)) then
-            failtestf "The child did not stop within 30 s.\nLog:\n%s" log.Tail
-
-        proc.WaitForExit()
-        proc.ExitCode
-
-    interface IDisposable with
-        member _.Dispose() =
-            if not proc.HasExited then
-                proc.Kill()
-                proc.WaitForExit()
-
-            proc.Dispose()
-            ready.Dispose()
-
-/// A producer running in the background: `perTick` keyed messages every 20 ms until stopped;
-/// remembers every delivered message's (partition, offset).
-type private Stream(cluster: EmbeddedKafkaCluster, topic: string, keys: int, perTick: int) =
-    let producer = ProducerBuilder<string, string>(cluster.ProducerConfig()).Build()
-    let delivered = ConcurrentBag<int * int64>()
-    let mutable failed = 0
-    let stop = new CancellationTokenSource()
-
-    let run =
-        Task.Run(fun () ->
-            let mutable i = 0
-
-            while not stop.IsCancellationRequested do
-                for _ in 1..perTick do
-                    producer.Produce(
-                        topic,
-                        Confluent.Kafka.Message<_, _>(
-                            Key = $"k{i % keys}",
-                            Value = $"k{i % keys}:{i / keys}"
-                        ),
-                        fun (report: DeliveryReport<string, string>) ->
-                            if report.Error.IsError then
-                                Interlocked.Increment &failed |> ignore
-                            else
-                                delivered.Add(report.Partition.Value, report.Offset.Value)
-                    )
-
-                    i <- i + 1
-
-                Thread.Sleep 20)
-
-    /// Stops producing, waits for every delivery and returns the delivered positions.
-    member _.Finish() =
-        stop.Cancel()
-        run.Wait()
-        producer.Flush(seconds 60.) |> ignore
-        Expect.equal failed 0 "every message is delivered"
-        Set.ofSeq delivered
-
-    interface IDisposable with
-        member _.Dispose() =
-            stop.Cancel()
-            run.Wait()
-            producer.Dispose()
-            stop.Dispose()
+/// A child running the crash workflow on `topic` in `group`, sinking into `sinkFile`.
+let private startChild (cluster: EmbeddedKafkaCluster) topic group (sinkFile: string) log =
+    new Child(childDll (), [ cluster.BootstrapServers; topic; group; sinkFile ] @ childProperties, log)
 
 /// The (partition, offset) of every complete line of the sink file, with repetitions; a last line
 /// cut by a kill (no newline) is not counted: its write never completed.
@@ -184,6 +55,18 @@ let private unsunkBelowCommitted (committed: (int * int64) list) (sunk: Set<int 
                 p, o
 ]
 
+/// The end state of a run: every produced message sunk at least once, nothing else sunk, and the
+/// group's committed offsets at the end offsets.
+let private expectAllSunkAndCommitted
+    (produced: Set<int * int64>)
+    (sunk: Set<int * int64>)
+    committedNow
+    ends
+    =
+    Expect.isTrue (Set.isSubset produced sunk) "every produced message sunk at least once"
+    Expect.equal sunk.Count produced.Count "nothing sunk that was not produced"
+    Expect.equal committedNow ends "the committed offsets are the end offsets"
+
 let private killCycles () =
     use cluster = EmbeddedKafka.start 1
     let topic, group, partitions = "crash", "crash", 8
@@ -197,10 +80,10 @@ let private killCycles () =
     let mutable readyTimes = []
 
     try
-        use stream = new Stream(cluster, topic, 64, 40)
+        use stream = new KeyedStream(cluster, topic, 64, 40)
 
         for cycle in 1..cycles do
-            use child = new Child(cluster, topic, group, file, log)
+            use child = startChild cluster topic group file log
             readyTimes <- (child.WaitReady(seconds 30.)).TotalSeconds :: readyTimes
             Thread.Sleep(random.Next(0, 1500))
             child.Kill()
@@ -218,7 +101,7 @@ let private killCycles () =
 
         let produced = stream.Finish()
         let ends = endOffsets cluster topic partitions
-        use child = new Child(cluster, topic, group, file, log)
+        use child = startChild cluster topic group file log
         child.WaitReady(seconds 30.) |> ignore
 
         waitUntil log (seconds 60.) "every produced message is in the sink file" (fun () ->
@@ -230,13 +113,7 @@ let private killCycles () =
         Expect.equal (child.Stop()) 0 "the last child stops cleanly"
         let lines = sunkLines topic file
         let sunk = Set.ofList lines
-        Expect.isTrue (Set.isSubset produced sunk) "every produced message sunk at least once"
-        Expect.equal sunk.Count produced.Count "nothing sunk that was not produced"
-
-        Expect.equal
-            (committed cluster group topic partitions)
-            ends
-            "the committed offsets are the end offsets"
+        expectAllSunkAndCommitted produced sunk (committed cluster group topic partitions) ends
 
         let progress = List.rev committedAtKills
 
@@ -296,11 +173,11 @@ let private threeInstances () =
         Set.union (Set.ofSeq sunk) (sunkLines topic file |> Set.ofList)
 
     try
-        use stream = new Stream(cluster, topic, 64, 40)
+        use stream = new KeyedStream(cluster, topic, 64, 40)
         let a = Workflow.run (options "a") pipe
         waitUntil log (seconds 30.) "a has partitions" (fun () -> a.Stats.AssignedPartitions > 0)
         let b = Workflow.run (options "b") pipe
-        use c = new Child(cluster, topic, group, file, log)
+        use c = startChild cluster topic group file log
         c.WaitReady(seconds 30.) |> ignore
 
         waitUntil log (seconds 30.) "a, b and c share the 8 partitions" (fun () ->
@@ -346,14 +223,7 @@ let private threeInstances () =
             failtestf "b's stop did not finish within 30 s.\nLog:\n%s" log.Tail
 
         Expect.equal b.Completion.Status TaskStatus.RanToCompletion "b stopped cleanly"
-        let all = allSunk ()
-        Expect.isTrue (Set.isSubset produced all) "every message sunk at least once"
-        Expect.equal all.Count produced.Count "nothing sunk that was not produced"
-
-        Expect.equal
-            (committed cluster group topic partitions)
-            ends
-            "the committed offsets are the end offsets"
+        expectAllSunkAndCommitted produced (allSunk ()) (committed cluster group topic partitions) ends
 
         Expect.isGreaterThan a.Stats.Consumed 0L "a took part"
         Expect.isGreaterThan (sunkLines topic file).Length 0 "c took part"

@@ -4,7 +4,6 @@ module KFlow.Kafka.Tests.Kafka
 
 open System
 open System.Collections.Concurrent
-open System.Diagnostics
 open System.Threading
 open System.Threading.Tasks
 open Confluent.Kafka
@@ -36,46 +35,13 @@ let produceKeyed (cluster: EmbeddedKafkaCluster) (topic: string) (keys: int) (co
     produceRange cluster topic keys 0 count
 
 /// The end (high watermark) offset of every partition of a topic.
-let endOffsets (cluster: EmbeddedKafkaCluster) (topic: string) (partitions: int) =
-    use consumer =
-        ConsumerBuilder<Ignore, Ignore>(cluster.ConsumerConfig "watermarks").Build()
-
-    [
-        for p in 0 .. partitions - 1 ->
-            p,
-            (consumer.QueryWatermarkOffsets(TopicPartition(topic, Partition p), TimeSpan.FromSeconds 10.))
-                .High.Value
-    ]
+let endOffsets = KFlow.Tests.CrashHarness.endOffsets
 
 /// The offsets a group committed for every partition of a topic (-1001 when none).
-let committed (cluster: EmbeddedKafkaCluster) (group: string) (topic: string) (partitions: int) =
-    use consumer = ConsumerBuilder<Ignore, Ignore>(cluster.ConsumerConfig group).Build()
-
-    consumer.Committed(
-        [ for p in 0 .. partitions - 1 -> TopicPartition(topic, Partition p) ],
-        TimeSpan.FromSeconds 10.
-    )
-    |> Seq.map (fun tpo -> tpo.Partition.Value, tpo.Offset.Value)
-    |> Seq.sortBy fst
-    |> List.ofSeq
+let committed = KFlow.Tests.CrashHarness.committed
 
 /// The runtime's log lines of one test (printed when the test fails).
-type Log() =
-    let lines = ConcurrentQueue<string>()
-    let clock = Stopwatch.StartNew()
-
-    member _.Add(line: string) =
-        lines.Enqueue $"%6d{clock.ElapsedMilliseconds} {line}"
-
-    member _.Lines = List.ofSeq lines
-
-    member _.Count(part: string) =
-        lines |> Seq.filter (fun l -> l.Contains part) |> Seq.length
-
-    /// The last lines, for failure messages.
-    member _.Tail =
-        let all = Array.ofSeq lines
-        all |> Array.skip (max 0 (all.Length - 40)) |> String.concat "\n"
+type Log = KFlow.Tests.CrashHarness.Log
 
 /// Options for a workflow on the embedded cluster: the fast client settings, ticks every 100 ms,
 /// restarts after 100 ms doubling to 1 s, sink retries in place after 20 ms doubling to 100 ms,
@@ -106,14 +72,7 @@ let options (cluster: EmbeddedKafkaCluster) (log: Log) (group: string) (topics: 
     }
 
 /// Waits until `condition` holds, checking every 20 ms; fails the test (with the log's tail) after `within`.
-let waitUntil (log: Log) (within: TimeSpan) (what: string) (condition: unit -> bool) =
-    let clock = Stopwatch.StartNew()
-
-    while not (condition ()) do
-        if clock.Elapsed > within then
-            failtestf "Timed out after %O waiting until %s.\nLog:\n%s" within what log.Tail
-
-        Thread.Sleep 20
+let waitUntil = KFlow.Tests.CrashHarness.waitUntil
 
 /// A span of `n` seconds.
 let seconds (n: float) = TimeSpan.FromSeconds n

@@ -4,151 +4,17 @@
 module KFlow.Postgres.Tests.ExactlyOnceCrashTests
 
 open System
-open System.Collections.Concurrent
-open System.Diagnostics
 open System.Threading
-open System.Threading.Tasks
-open Confluent.Kafka
 open Expecto
 open KFlow.Tests
+open KFlow.Tests.CrashHarness
 open KFlow.Testing
 open KFlow.Postgres.Tests.TestDatabase
 
 let private seconds (n: float) = TimeSpan.FromSeconds n
 
-/// Lines of the child's log (printed when the test fails).
-type private Log() =
-    let lines = ConcurrentQueue<string>()
-    member _.Add(line: string) = lines.Enqueue line
-
-    member _.Count(part: string) =
-        lines |> Seq.filter (fun l -> l.Contains part) |> Seq.length
-
-    member _.Tail = lines |> Seq.rev |> Seq.truncate 60 |> Seq.rev |> String.concat "\n"
-
-/// A running child workflow, killed or stopped by the test.
-type private Child(args: string list, log: Log) =
-    let psi =
-        ProcessStartInfo(
-            "dotnet",
-            UseShellExecute = false,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true
-        )
-
-    do
-        psi.ArgumentList.Add(
-            BuiltProgram.dll "tests/support/KFlow.Postgres.CrashChild" "KFlow.Postgres.CrashChild"
-        )
-
-        for a in args do
-            psi.ArgumentList.Add a
-
-    let ready = new ManualResetEventSlim()
-
-    let proc =
-        match Process.Start psi with
-        | null -> failwith "dotnet did not start."
-        | p -> p
-
-    do
-        proc.OutputDataReceived.Add(fun e ->
-            match e.Data with
-            | "READY" -> ready.Set()
-            | _ -> ())
-
-        proc.ErrorDataReceived.Add(fun e ->
-            match e.Data with
-            | null -> ()
-            | line -> log.Add $"child: {line}")
-
-        proc.BeginOutputReadLine()
-        proc.BeginErrorReadLine()
-
-    member _.WaitReady(within: TimeSpan) =
-        if not (ready.Wait within) then
-            failtestf "The child printed no READY within %O.\nLog:\n%s" within log.Tail
-
-    member _.Kill() =
-        proc.Kill()
-        proc.WaitForExit()
-
-    member _.Stop() =
-        use kill = Process.Start("kill", [ "-TERM"; string proc.Id ])
-        kill.WaitForExit()
-
-        if not (proc.WaitForExit 30_000) then
-            failtestf "The child did not stop within 30 s.\nLog:\n%s" log.Tail
-
-        proc.WaitForExit()
-        proc.ExitCode
-
-    interface IDisposable with
-        member _.Dispose() =
-            if not proc.HasExited then
-                proc.Kill()
-                proc.WaitForExit()
-
-            proc.Dispose()
-            ready.Dispose()
-
-/// Produces keyed messages in the background until finished; remembers the delivered positions.
-type private Stream(cluster: EmbeddedKafkaCluster, topic: string) =
-    let producer = ProducerBuilder<string, string>(cluster.ProducerConfig()).Build()
-    let delivered = ConcurrentBag<int * int64>()
-    let mutable failed = 0
-    let stop = new CancellationTokenSource()
-
-    let run =
-        Task.Run(fun () ->
-            let mutable i = 0
-
-            while not stop.IsCancellationRequested do
-                for _ in 1..40 do
-                    producer.Produce(
-                        topic,
-                        Message<_, _>(Key = $"k{i % 64}", Value = string i),
-                        fun (report: DeliveryReport<string, string>) ->
-                            if report.Error.IsError then
-                                Interlocked.Increment &failed |> ignore
-                            else
-                                delivered.Add(report.Partition.Value, report.Offset.Value)
-                    )
-
-                    i <- i + 1
-
-                Thread.Sleep 20)
-
-    member _.Finish() =
-        stop.Cancel()
-        run.Wait()
-        producer.Flush(seconds 60.) |> ignore
-        Expect.equal failed 0 "every message is delivered"
-        Set.ofSeq delivered
-
-    interface IDisposable with
-        member _.Dispose() =
-            stop.Cancel()
-            run.Wait()
-            producer.Dispose()
-            stop.Dispose()
-
-let private committed (cluster: EmbeddedKafkaCluster) group topic partitions =
-    use consumer = ConsumerBuilder<Ignore, Ignore>(cluster.ConsumerConfig group).Build()
-
-    consumer.Committed([ for p in 0 .. partitions - 1 -> TopicPartition(topic, Partition p) ], seconds 10.)
-    |> Seq.map (fun c -> c.Partition.Value, c.Offset.Value)
-    |> Seq.sortBy fst
-    |> List.ofSeq
-
-let private endOffsets (cluster: EmbeddedKafkaCluster) topic partitions =
-    use consumer =
-        ConsumerBuilder<Ignore, Ignore>(cluster.ConsumerConfig "watermarks").Build()
-
-    [
-        for p in 0 .. partitions - 1 ->
-            p, consumer.QueryWatermarkOffsets(TopicPartition(topic, Partition p), seconds 10.).High.Value
-    ]
+let private childDll () =
+    BuiltProgram.dll "tests/support/KFlow.Postgres.CrashChild" "KFlow.Postgres.CrashChild"
 
 /// (partition, source offset) → rows in the table.
 let private rowsPerMessage (table: string) =
@@ -159,15 +25,6 @@ let private rowsPerMessage (table: string) =
 let private duplicates (rows: Map<int * int64, int64>) =
     rows |> Map.filter (fun _ n -> n > 1L) |> Map.toList |> List.truncate 10
 
-let private waitUntil (log: Log) (within: TimeSpan) (what: string) (condition: unit -> bool) =
-    let deadline = DateTime.UtcNow + within
-
-    while not (condition ()) do
-        if DateTime.UtcNow > deadline then
-            failtestf "Not within %O: %s.\nLog:\n%s" within what log.Tail
-
-        Thread.Sleep 100
-
 let private killCycles () =
     use cluster = EmbeddedKafka.start 1
     let topic, group, partitions = "exactly", "exactly", 4
@@ -177,24 +34,19 @@ let private killCycles () =
     execute
         $"CREATE TABLE {table} (topic text NOT NULL, partition int NOT NULL, src_offset bigint NOT NULL, key text)"
 
-    let fast =
-        FastClientSettings.consumer
-        |> Seq.filter (fun kv -> kv.Key <> "auto.offset.reset")
-        |> Seq.map (fun kv -> $"{kv.Key}={kv.Value}")
-        |> List.ofSeq
-
     let args =
-        [ cluster.BootstrapServers; topic; group; connectionString (); table ] @ fast
+        [ cluster.BootstrapServers; topic; group; connectionString (); table ]
+        @ childProperties
 
     let log = Log()
     let seed = Environment.TickCount
     let random = Random seed
     let cycles = 5
-    use stream = new Stream(cluster, topic)
+    use stream = new KeyedStream(cluster, topic, 64, 40)
 
     for cycle in 1..cycles do
-        use child = new Child(args, log)
-        child.WaitReady(seconds 60.)
+        use child = new Child(childDll (), args, log)
+        child.WaitReady(seconds 60.) |> ignore
         Thread.Sleep(random.Next(200, 1500))
         child.Kill()
         log.Add $"test: killed the child of cycle {cycle}"
@@ -205,8 +57,8 @@ let private killCycles () =
 
     let produced = stream.Finish()
     let ends = endOffsets cluster topic partitions
-    use child = new Child(args, log)
-    child.WaitReady(seconds 60.)
+    use child = new Child(childDll (), args, log)
+    child.WaitReady(seconds 60.) |> ignore
 
     waitUntil log (seconds 90.) "every produced message is in the table" (fun () ->
         let rows = rowsPerMessage table

@@ -298,20 +298,7 @@ let private devClusterDll () =
     BuiltProgram.dll "src/KFlow.DevCluster" "KFlow.DevCluster"
 
 let private startDevCluster (args: string list) =
-    let psi =
-        ProcessStartInfo(
-            "dotnet",
-            UseShellExecute = false,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true
-        )
-
-    psi.ArgumentList.Add(devClusterDll ())
-    args |> List.iter psi.ArgumentList.Add
-
-    match Process.Start psi with
-    | null -> failwith "dotnet did not start."
-    | p -> p
+    BuiltProgram.start (devClusterDll ()) args
 
 let private signal (name: string) (p: Process) =
     use kill = Process.Start("kill", [ "-" + name; string p.Id ])

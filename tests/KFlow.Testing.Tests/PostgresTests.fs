@@ -84,6 +84,13 @@ let private expectArgumentError (options: PostgresOptions) (mentions: string) =
     Expect.isTrue (e :? ArgumentException) $"an ArgumentException, not {e.GetType().Name}: {e.Message}"
     Expect.stringContains e.Message mentions "the message names what to set"
 
+/// The exception `start` throws, checked to be an InvalidOperationException (a set-up problem, not a
+/// bad argument).
+let private invalidOperation (start: unit -> unit) =
+    let e = Expect.throwsC start id
+    Expect.isTrue (e :? InvalidOperationException) $"an InvalidOperationException, not {e.GetType().Name}"
+    e
+
 let private serverTests =
     testList "server" [
         test "starts and answers select version()" {
@@ -213,11 +220,7 @@ let private serverTests =
                 if PostgresEnvironment.current().IsRoot then
                     PostgresTools.giveToServerUser tempRoot
 
-                let e = Expect.throwsC (fun () -> Postgres.startWith options |> ignore) id
-
-                Expect.isTrue
-                    (e :? InvalidOperationException)
-                    $"an InvalidOperationException, not {e.GetType().Name}"
+                let e = invalidOperation (fun () -> Postgres.startWith options |> ignore)
 
                 Expect.stringContains
                     e.Message
@@ -233,13 +236,8 @@ let private serverTests =
             use first = Postgres.startWith throwawayOnly
 
             let e =
-                Expect.throwsC
-                    (fun () -> Postgres.startWith { throwawayOnly with Port = first.Port } |> ignore)
-                    id
-
-            Expect.isTrue
-                (e :? InvalidOperationException)
-                $"an InvalidOperationException, not {e.GetType().Name}"
+                invalidOperation (fun () ->
+                    Postgres.startWith { throwawayOnly with Port = first.Port } |> ignore)
 
             Expect.stringContains
                 e.Message
@@ -353,11 +351,7 @@ let private setupTests =
 
         test "says which package to install when KFLOW_PG_BIN points nowhere" {
             let env = environmentWith [ BinVariable, "/nonexistent/kflow/bin" ]
-            let e = Expect.throwsC (fun () -> Postgres.startFrom env throwawayOnly |> ignore) id
-
-            Expect.isTrue
-                (e :? InvalidOperationException)
-                $"an InvalidOperationException, not {e.GetType().Name}"
+            let e = invalidOperation (fun () -> Postgres.startFrom env throwawayOnly |> ignore)
 
             Expect.stringContains e.Message "KFLOW_PG_BIN is '/nonexistent/kflow/bin'" "names the variable"
             Expect.stringContains e.Message "apt-get install postgresql-15" "names the package"
@@ -369,11 +363,7 @@ let private setupTests =
                     PackageRoot = "/nonexistent/postgresql"
             }
 
-            let e = Expect.throwsC (fun () -> Postgres.startFrom env throwawayOnly |> ignore) id
-
-            Expect.isTrue
-                (e :? InvalidOperationException)
-                $"an InvalidOperationException, not {e.GetType().Name}"
+            let e = invalidOperation (fun () -> Postgres.startFrom env throwawayOnly |> ignore)
 
             Expect.stringContains e.Message "apt-get install postgresql-15" "names the package"
             Expect.stringContains e.Message "KFLOW_TEST_PG" "mentions the alternative"

@@ -3,6 +3,7 @@
 module KFlow.Tests.BuiltProgram
 
 open System
+open System.Diagnostics
 open System.IO
 open KFlow.Testing
 
@@ -25,3 +26,20 @@ let dll (projectDir: string) (assemblyName: string) =
         failwith $"{dll} is missing: build the solution first (dotnet fsi build.fsx build)."
 
     dll
+
+/// Starts `dotnet dll args…` with stdout and stderr redirected (the caller reads them).
+let start (dll: string) (args: string list) =
+    let psi =
+        ProcessStartInfo(
+            "dotnet",
+            UseShellExecute = false,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true
+        )
+
+    psi.ArgumentList.Add dll
+    args |> List.iter psi.ArgumentList.Add
+
+    match Process.Start psi with
+    | null -> failwith "dotnet did not start."
+    | p -> p

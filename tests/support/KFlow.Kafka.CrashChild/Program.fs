@@ -5,12 +5,11 @@ module KFlow.Kafka.CrashChild.Program
 
 open System
 open System.IO
-open System.Runtime.InteropServices
 open System.Text
-open System.Threading
 open System.Threading.Tasks
 open KFlow
 open KFlow.Kafka
+open KFlow.Tests
 
 let usage =
     """usage: KFlow.Kafka.CrashChild BOOTSTRAP TOPIC GROUP SINK-FILE [KEY=VALUE]...
@@ -44,25 +43,10 @@ let lineOf (e: Envelope<byte[]>) =
 
 /// map → demux by key → aggregate (50 or 100 ms) → file sink.
 let pipe (file: LineFile) =
-    let batches =
-        Buffer.create {
-            Buffer.options with
-                MaxCount = Some 50
-                MaxAge = Some(TimeSpan.FromMilliseconds 100.)
-        }
-
-    Pipe.source<byte[]>
-    |> Pipe.mapEnvelope lineOf
-    |> Pipe.demuxByKey (fun sub -> sub |> Pipe.aggregate batches)
+    CrashChildHost.batchedByKey lineOf
     |> Pipe.sink "file" (fun (batch: string list) ->
         file.Append batch
         Task.CompletedTask)
-
-/// Splits "key=value".
-let property (text: string) =
-    match text.IndexOf '=' with
-    | i when i > 0 -> text.Substring(0, i), text.Substring(i + 1)
-    | _ -> failwith $"'{text}' is not KEY=VALUE.\n{usage}"
 
 [<EntryPoint>]
 let main argv =
@@ -73,39 +57,8 @@ let main argv =
         let bootstrap, topic, group, sinkFile = argv[0], argv[1], argv[2], argv[3]
         use file = new LineFile(sinkFile)
 
-        let options = {
-            WorkflowOptions.create "crash-child" bootstrap group [ topic ] with
-                Properties = argv |> Array.skip 4 |> Array.map property |> List.ofArray
-                CommitInterval = TimeSpan.FromMilliseconds 200.
-                TickInterval = TimeSpan.FromMilliseconds 50.
-                Log = fun line -> eprintfn "%s" line
-        }
+        let options =
+            CrashChildHost.options usage "crash-child" bootstrap group topic (Array.skip 4 argv)
 
         let handle = Workflow.run options (pipe file)
-        use stopping = new ManualResetEventSlim()
-
-        let stop =
-            Action<PosixSignalContext>(fun context ->
-                context.Cancel <- true
-                stopping.Set())
-
-        use _sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, stop)
-        use _sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, stop)
-        let completion = (handle.Completion :> IAsyncResult).AsyncWaitHandle
-        let mutable partitions = 0
-
-        while not stopping.IsSet && not handle.Completion.IsCompleted do
-            let now = handle.Stats.AssignedPartitions
-
-            if now <> partitions then
-                if partitions = 0 && now > 0 then
-                    Console.Out.WriteLine "READY"
-
-                Console.Out.WriteLine $"PARTITIONS {now}"
-                Console.Out.Flush()
-                partitions <- now
-
-            WaitHandle.WaitAny([| stopping.WaitHandle; completion |], 20) |> ignore
-
-        handle.StopAsync().Wait()
-        if handle.Completion.IsFaulted then 1 else 0
+        CrashChildHost.runUntilSignalled handle

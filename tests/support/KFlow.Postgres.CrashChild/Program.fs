@@ -4,10 +4,9 @@
 module KFlow.Postgres.CrashChild.Program
 
 open System
-open System.Runtime.InteropServices
-open System.Threading
 open KFlow
 open KFlow.Kafka
+open KFlow.Tests
 open KFlow.Postgres
 
 let usage =
@@ -29,23 +28,8 @@ let rowOf (e: Envelope<byte[]>) : obj[] = [|
 
 /// map → demux by key → aggregate (50 or 100 ms) → exactly-once sink.
 let pipe (writer: UpsertWriter<obj[]>) =
-    let batches =
-        Buffer.create {
-            Buffer.options with
-                MaxCount = Some 50
-                MaxAge = Some(TimeSpan.FromMilliseconds 100.)
-        }
-
-    Pipe.source<byte[]>
-    |> Pipe.mapEnvelope rowOf
-    |> Pipe.demuxByKey (fun sub -> sub |> Pipe.aggregate batches)
+    CrashChildHost.batchedByKey rowOf
     |> UpsertWriter.sinkExactlyOnce "events" writer
-
-/// Splits "key=value".
-let property (text: string) =
-    match text.IndexOf '=' with
-    | i when i > 0 -> text.Substring(0, i), text.Substring(i + 1)
-    | _ -> failwith $"'{text}' is not KEY=VALUE.\n{usage}"
 
 [<EntryPoint>]
 let main argv =
@@ -67,39 +51,8 @@ let main argv =
 
         use writer = (UpsertWriter.create config).GetAwaiter().GetResult()
 
-        let options = {
-            WorkflowOptions.create "pg-crash-child" bootstrap group [ topic ] with
-                Properties = argv |> Array.skip 5 |> Array.map property |> List.ofArray
-                CommitInterval = TimeSpan.FromMilliseconds 200.
-                TickInterval = TimeSpan.FromMilliseconds 50.
-                Log = fun line -> eprintfn "%s" line
-        }
+        let options =
+            CrashChildHost.options usage "pg-crash-child" bootstrap group topic (Array.skip 5 argv)
 
         let handle = Workflow.run options (pipe writer)
-        use stopping = new ManualResetEventSlim()
-
-        let stop =
-            Action<PosixSignalContext>(fun context ->
-                context.Cancel <- true
-                stopping.Set())
-
-        use _sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, stop)
-        use _sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, stop)
-        let completion = (handle.Completion :> IAsyncResult).AsyncWaitHandle
-        let mutable partitions = 0
-
-        while not stopping.IsSet && not handle.Completion.IsCompleted do
-            let now = handle.Stats.AssignedPartitions
-
-            if now <> partitions then
-                if partitions = 0 && now > 0 then
-                    Console.Out.WriteLine "READY"
-
-                Console.Out.WriteLine $"PARTITIONS {now}"
-                Console.Out.Flush()
-                partitions <- now
-
-            WaitHandle.WaitAny([| stopping.WaitHandle; completion |], 20) |> ignore
-
-        handle.StopAsync().Wait()
-        if handle.Completion.IsFaulted then 1 else 0
+        CrashChildHost.runUntilSignalled handle
