@@ -201,6 +201,51 @@ let private writeCap =
         Expect.isLessThanOrEqual running.Peak 3 "never more than 3 writes at once"
         Expect.equal running.Peak 3 "the cap is reached"
 
+let private restartKeepsNoSlot =
+    testCase
+        "with MaxConcurrentCalls 1, calls that throw, fault and cause restarts give their slot back: every message is processed"
+    <| fun () ->
+        let n = 400
+        use cluster = clusterWith "capped-restart" 2 20 n
+        let sunk = ConcurrentQueue<string>()
+        let mutable failures = 0
+        let log = Log()
+
+        // The first call of value 'k3:5' throws at once, the first of 'k7:9' faults later: two
+        // failures, two restarts (RestartAndReplay). With one slot, a slot kept by either would
+        // stop every later call.
+        let step (v: string) =
+            if v = "k3:5" && Interlocked.CompareExchange(&failures, 1, 0) = 0 then
+                failwith "thrown at once"
+
+            task {
+                do! Task.Delay 1
+
+                if v = "k7:9" && Interlocked.CompareExchange(&failures, 2, 1) = 1 then
+                    failwith "faulted later"
+
+                return v
+            }
+
+        let pipe =
+            decoded ()
+            |> Pipe.demux keyOf (fun sub -> sub |> Pipe.mapAsync 1 step)
+            |> Pipe.sink "record" (fun v -> Task.Run(fun () -> sunk.Enqueue v))
+
+        let options = {
+            options cluster log "capped-restart" [ "capped-restart" ] with
+                MaxConcurrentCalls = 1
+        }
+
+        let handle = Workflow.run options pipe
+
+        waitUntil log (seconds 60.) "every message is processed after the restarts" (fun () ->
+            (sunk |> Seq.distinct |> Seq.length) >= n)
+
+        stopped log handle
+        Expect.equal failures 2 "both failures happened"
+        Expect.isGreaterThanOrEqual handle.Stats.Restarts 2L "each caused a restart"
+
 let private refusedAtStart =
     testCase "a cap below 1 is refused by Workflow.run with an ArgumentException naming the setting"
     <| fun () ->
@@ -225,5 +270,6 @@ let tests =
     testList "ConcurrencyGate" [
         unitTests
         refusedAtStart
-        testSequenced <| testList "on the cluster" [ callCap; writeCap ]
+        testSequenced
+        <| testList "on the cluster" [ callCap; writeCap; restartKeepsNoSlot ]
     ]
