@@ -162,6 +162,12 @@ type internal Incarnation
         drop revoked
         log $"""{name}: revoked {parts |> Seq.map (fun p -> string p.TopicPartition) |> String.concat ", "}"""
 
+    /// An assignment served while the consumer closes (maybe on its own thread, see close): it is
+    /// revoked again at once, so no loop is started for it.
+    let onAssignedWhileClosing (parts: List<Confluent.Kafka.TopicPartition>) =
+        log $"""{name}: assigned while closing {parts |> Seq.map string |> String.concat ", "} (ignored)"""
+        parts |> Seq.map (fun p -> TopicPartitionOffset(p, Offset.Unset)) |> List.ofSeq :> seq<_>
+
     let onLost (parts: List<TopicPartitionOffset>) =
         drop (slotsOf parts)
 
@@ -179,7 +185,11 @@ type internal Incarnation
                         List<Confluent.Kafka.TopicPartition>,
                         seq<TopicPartitionOffset>
                      >
-                        (fun _ parts -> onAssigned parts)
+                        (fun _ parts ->
+                            if intake.Mode = Closing then
+                                onAssignedWhileClosing parts
+                            else
+                                onAssigned parts)
                 )
                 .SetOffsetsCommittedHandler(fun _ committed ->
                     if exactlyOnce.Enabled then
@@ -213,16 +223,37 @@ type internal Incarnation
         |> Array.ofSeq
         |> waitAll "stopping the partition loops"
 
+    /// Closes the consumer (it leaves its group) and disposes it, on a thread of its own: librdkafka's
+    /// close has no timeout, and one caught in a cooperative rebalance on the embedded cluster was
+    /// seen to hang (over 30 s, after its revoke callback ran). The consumer thread waits for it at
+    /// most DrainTimeout, then goes on; a close still running finishes in the background (the
+    /// handlers do nothing in Closing mode but drop slots).
     let close () =
         intake.Mode <- Closing
 
-        try
-            consumer.Close()
-        with e ->
-            log $"{name}: closing the consumer failed: {e.Message}"
+        let closing =
+            Thread(
+                (fun () ->
+                    try
+                        consumer.Close()
+                    with e ->
+                        log $"{name}: closing the consumer failed: {e.Message}"
+
+                    try
+                        consumer.Dispose()
+                    with e ->
+                        log $"{name}: disposing the consumer failed: {e.Message}"),
+                IsBackground = true,
+                Name = $"kflow-{name}-close"
+            )
+
+        closing.Start()
+
+        if not (closing.Join options.DrainTimeout) then
+            log
+                $"{name}: closing the consumer did not finish within the drain timeout ({options.DrainTimeout}); it goes on in the background"
 
         abandonWorkers ()
-        consumer.Dispose()
 
     let gracefulStop (clock: Stopwatch) =
         intake.Mode <- Stopping
