@@ -139,67 +139,60 @@ let private unitTests =
         }
     ]
 
+/// Runs `pipeOf running sunk` over 2,000 messages of 200 keys on 4 partitions with `capped` applied
+/// to the options; every message must reach `sunk` once, and `running` must peak at exactly `cap`.
+let private expectCapped
+    (name: string)
+    (what: string)
+    (cap: int)
+    (capped: WorkflowOptions -> WorkflowOptions)
+    (pipeOf: Running -> ConcurrentQueue<string> -> Pipe<byte[], Sunk>)
+    =
+    let n = 2000
+    use cluster = clusterWith name 4 200 n
+    let sunk = ConcurrentQueue<string>()
+    let running = Running()
+    let log = Log()
+    let options = capped (options cluster log name [ name ])
+
+    runUntilSunk cluster log (seconds 60.) sunk n options (pipeOf running sunk)
+    |> ignore
+
+    Expect.equal (sunk |> Seq.distinct |> Seq.length) n "every message processed once"
+    Expect.isLessThanOrEqual running.Peak cap $"never more than {cap} {what} at once"
+    Expect.equal running.Peak cap "the cap is reached"
+
 let private callCap =
     testCase
         "with MaxConcurrentCalls 4, 200 substreams over 4 partitions run at most 4 async calls at once, and do reach 4"
     <| fun () ->
-        let n = 2000
-        use cluster = clusterWith "capped-calls" 4 200 n
-        let sunk = ConcurrentQueue<string>()
-        let running = Running()
-        let log = Log()
+        expectCapped "capped-calls" "calls" 4 (fun o -> { o with MaxConcurrentCalls = 4 })
+        <| fun running sunk ->
+            let step (v: string) = task {
+                running.Enter()
+                do! Task.Delay 2
+                running.Leave()
+                return v
+            }
 
-        let step (v: string) = task {
-            running.Enter()
-            do! Task.Delay 2
-            running.Leave()
-            return v
-        }
-
-        let pipe =
             decoded ()
             |> Pipe.demux keyOf (fun sub -> sub |> Pipe.mapAsync 1 step)
             |> Pipe.sink "record" (fun v -> Task.Run(fun () -> sunk.Enqueue v))
-
-        let options = {
-            options cluster log "capped-calls" [ "capped-calls" ] with
-                MaxConcurrentCalls = 4
-        }
-
-        runUntilSunk cluster log (seconds 60.) sunk n options pipe |> ignore
-        Expect.equal (sunk |> Seq.distinct |> Seq.length) n "every message processed once"
-        Expect.isLessThanOrEqual running.Peak 4 "never more than 4 calls at once"
-        Expect.equal running.Peak 4 "the cap is reached"
 
 let private writeCap =
     testCase
         "with MaxConcurrentWrites 3, sink writes of 200 substreams over 4 partitions run at most 3 at once, and do reach 3"
     <| fun () ->
-        let n = 2000
-        use cluster = clusterWith "capped-writes" 4 200 n
-        let sunk = ConcurrentQueue<string>()
-        let running = Running()
-        let log = Log()
+        expectCapped "capped-writes" "writes" 3 (fun o -> { o with MaxConcurrentWrites = 3 })
+        <| fun running sunk ->
+            let write (v: string) : Task = task {
+                running.Enter()
+                do! Task.Delay 2
+                sunk.Enqueue v
+                running.Leave()
+            }
 
-        let write (v: string) : Task = task {
-            running.Enter()
-            do! Task.Delay 2
-            sunk.Enqueue v
-            running.Leave()
-        }
-
-        let pipe =
             decoded () |> Pipe.demux keyOf (fun sub -> sub |> Pipe.sink "record" write)
-
-        let options = {
-            options cluster log "capped-writes" [ "capped-writes" ] with
-                MaxConcurrentWrites = 3
-        }
-
-        runUntilSunk cluster log (seconds 60.) sunk n options pipe |> ignore
-        Expect.equal (sunk |> Seq.distinct |> Seq.length) n "every message written once"
-        Expect.isLessThanOrEqual running.Peak 3 "never more than 3 writes at once"
-        Expect.equal running.Peak 3 "the cap is reached"
 
 let private restartKeepsNoSlot =
     testCase
