@@ -107,20 +107,6 @@ type WorkflowHandle
 /// Running pipes on Kafka.
 [<RequireQualifiedAccess>]
 module Workflow =
-    let private failureText (name: string) (report: FailureReport) =
-        let where =
-            match report.TopicPartition, report.Offset with
-            | ValueSome tp, ValueSome offset -> $" on {tp} at offset {offset}"
-            | ValueSome tp, ValueNone -> $" on {tp}"
-            | _ -> ""
-
-        let key =
-            match report.Key with
-            | ValueSome k -> $" (key '{k}')"
-            | ValueNone -> ""
-
-        $"Workflow '{name}': stage '{report.Stage}' failed{where}{key}: {report.Error.GetType().Name}: {report.Error.Message}"
-
     /// <summary>Starts a workflow: consumes the options' topics in their group and runs
     /// <paramref name="pipe"/> on every assigned partition (one loop per partition, concurrently).
     /// The pipe receives each message's value bytes (null for a tombstone); the envelope carries
@@ -205,6 +191,9 @@ module Workflow =
             At = DateTimeOffset.UtcNow
         }
 
+        let failureText (report: FailureReport) =
+            $"Workflow '{options.Name}': {FailureInfo.describe (infoOf report)}"
+
         let fallback = ErrorPolicies.workflowBackoff handling.Policies
 
         let halt (info: FailureInfo) (error: exn) =
@@ -265,10 +254,10 @@ module Workflow =
                         log $"Workflow '{options.Name}' stopped."
                         finished <- true
                     | Outcome.Failed report when stop.IsCancellationRequested ->
-                        log $"{failureText options.Name report} (while stopping)"
+                        log $"{failureText report} (while stopping)"
                         finished <- true
                     | Outcome.Failed report ->
-                        let text = failureText options.Name report
+                        let text = failureText report
                         let info = infoOf report
                         let policy = FailureHandling.policyOf report.Stage handling
 

@@ -48,6 +48,26 @@ type WorkflowHealth = {
     ConsecutiveFailures: int
 }
 
+/// Functions over FailureInfo.
+[<RequireQualifiedAccess>]
+module FailureInfo =
+
+    /// One line: the stage that failed, where (partition, offset and key, when known) and what was
+    /// thrown, e.g. "stage 'map' failed on t[0] at offset 5 (key 'k'): FormatException: bad".
+    let describe (f: FailureInfo) =
+        let at =
+            match f.TopicPartition, f.Offset with
+            | ValueSome tp, ValueSome o -> $" on {tp} at offset {o}"
+            | ValueSome tp, ValueNone -> $" on {tp}"
+            | _ -> ""
+
+        let key =
+            match f.Key with
+            | ValueSome k -> $" (key '{k}')"
+            | ValueNone -> ""
+
+        $"stage '{f.Stage}' failed{at}{key}: {f.Error.GetType().Name}: {f.Error.Message}"
+
 /// Functions over WorkflowHealth.
 [<RequireQualifiedAccess>]
 module WorkflowHealth =
@@ -62,20 +82,6 @@ module WorkflowHealth =
 
     /// A one-line description: the state and, when unhealthy, the last failure with its position.
     let describe (health: WorkflowHealth) =
-        let where (f: FailureInfo) =
-            let at =
-                match f.TopicPartition, f.Offset with
-                | ValueSome tp, ValueSome o -> $" on {tp} at offset {o}"
-                | ValueSome tp, ValueNone -> $" on {tp}"
-                | _ -> ""
-
-            let key =
-                match f.Key with
-                | ValueSome k -> $" (key '{k}')"
-                | ValueNone -> ""
-
-            $"stage '{f.Stage}' failed{at}{key}: {f.Error.GetType().Name}: {f.Error.Message}"
-
         let state =
             match health.State with
             | WorkflowState.Starting -> "starting"
@@ -86,5 +92,5 @@ module WorkflowHealth =
 
         match health.LastFailure with
         | Some f when not (isHealthy health) ->
-            $"{state}, {health.ConsecutiveFailures} consecutive failures; last: {where f}"
+            $"{state}, {health.ConsecutiveFailures} consecutive failures; last: {FailureInfo.describe f}"
         | _ -> state
