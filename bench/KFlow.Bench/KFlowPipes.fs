@@ -101,20 +101,14 @@ type AsyncFigure = {
     Ideal: float
 }
 
-/// Workflow options for a contender: a fresh group on the input, the embedded cluster's fast
-/// consumer settings (as the raw loop and Streamiz get), commits every second (as the raw loop).
-let private options (name: string) (input: Input) =
-    let fast =
-        FastClientSettings.consumer
-        |> Seq.filter (fun kv -> kv.Key <> "auto.offset.reset")
-        |> Seq.map (fun kv -> kv.Key, kv.Value)
-        |> List.ofSeq
-
+/// Workflow options for a contender: a fresh group on the input, the consumer settings of
+/// `fetching` (as the raw loop and Streamiz get), commits every second (as the raw loop).
+let private options (fetching: Fetching) (name: string) (input: Input) =
     let group = $"kflow-bench-{name}-{Guid.NewGuid():N}"
 
     {
         WorkflowOptions.create name input.BootstrapServers group [ input.Topic ] with
-            Properties = fast
+            Properties = consumerSettings fetching
             CommitInterval = TimeSpan.FromSeconds 1.0
             // KFLOW_BENCH_LOG=1 prints the runtime's log (pauses, resumes, commits) to stderr.
             Log =
@@ -133,6 +127,7 @@ let private runUntil
     (pipe: Pipe<byte[], Sunk>)
     =
     let cpu0 = Process.GetCurrentProcess().TotalProcessorTime
+    let allocated0 = GC.GetTotalAllocatedBytes false
     let gcs0 = Array.init 3 GC.CollectionCount
     let pause0 = GC.GetTotalPauseDuration()
     let handle = Workflow.run options pipe
@@ -146,29 +141,31 @@ let private runUntil
         raise (InvalidOperationException($"The {name} workflow failed.", handle.Completion.Exception))
 
     let cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpu0).TotalSeconds
+    let allocated = float (GC.GetTotalAllocatedBytes false - allocated0)
     let gcs = Array.init 3 (fun g -> GC.CollectionCount g - gcs0[g])
     let pause = (GC.GetTotalPauseDuration() - pause0).TotalSeconds
 
     printfn
-        "  %s wall time (start-up included): %.2f s; process CPU %.2f s (%.2f cores), %.1f µs per message; GCs by generation %A, paused %.2f s"
+        "  %s wall time (start-up included): %.2f s; process CPU %.2f s (%.2f cores), %.1f µs per message; allocated %.0f bytes per message; GCs by generation %A, paused %.2f s"
         name
         meter.WallSeconds
         cpu
         (cpu / meter.WallSeconds)
         (cpu * 1e6 / float meter.Count)
+        (allocated / float meter.Count)
         gcs
         pause
 
     meter.MessagesPerSecond
 
-/// (b): mapFilterPipe over the whole input; messages/s.
-let mapFilter (input: Input) : float option =
+/// (b): mapFilterPipe over the whole input with the consumer settings of `fetching`; messages/s.
+let mapFilter (fetching: Fetching) (input: Input) : float option =
     let meter = Meter input.Messages
 
     Some(
         runUntil
             "map-filter"
-            (options "map-filter" input)
+            (options fetching "map-filter" input)
             (TimeSpan.FromMinutes 5.0)
             meter
             (mapFilterPipe meter)
@@ -185,7 +182,7 @@ let demuxAggregate (input: Input) : float option =
         None
     else
         let meter = Meter full
-        let o = options "demux-aggregate" input
+        let o = options Unthrottled "demux-aggregate" input
 
         // Keys arrive round-robin, so every key's batch fills only after 100 × 1,000 messages: the
         // in-flight limit must hold them. With the default 50,000, intake stalls until the runtime
@@ -212,7 +209,7 @@ let asyncDemux (timer: AsyncStep.Timer) (cap: int option) (input: Input) : Async
         | Some c -> $"async-demux-cap{c}"
         | None -> "async-demux"
 
-    let o = options name input
+    let o = options Unthrottled name input
 
     let o = {
         o with
@@ -234,7 +231,10 @@ let asyncDemux (timer: AsyncStep.Timer) (cap: int option) (input: Input) : Async
 let backlog (input: Input) (duration: TimeSpan) : bool =
     let meter = Meter input.Messages
     let limit = RateLimit backlogSinkRate
-    let handle = Workflow.run (options "backlog" input) (backlogPipe limit meter)
+
+    let handle =
+        Workflow.run (options Unthrottled "backlog" input) (backlogPipe limit meter)
+
     let clock = Stopwatch.StartNew()
 
     while clock.Elapsed < duration && not meter.Completed.IsCompleted do

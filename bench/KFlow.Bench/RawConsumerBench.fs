@@ -10,10 +10,14 @@ open KFlow.Bench.RuntimeInput
 /// Auto-commit interval of the raw loop. 1 s (librdkafka default 5 s).
 let commitInterval = TimeSpan.FromSeconds 1.0
 
-/// Reads the whole input once with a fresh group; returns messages/s (first to last message).
-let run (input: Input) =
+/// Reads the whole input once with a fresh group and the consumer settings of `fetching`; returns
+/// messages/s (first to last message).
+let run (fetching: Fetching) (input: Input) =
     let config =
         FastClientSettings.consumerConfig $"kflow-bench-raw-{Guid.NewGuid():N}" input.BootstrapServers
+
+    for key, value in consumerSettings fetching do
+        config.Set(key, value)
 
     config.EnableAutoOffsetStore <- false
     config.EnableAutoCommit <- true

@@ -111,25 +111,37 @@ let private prepare (messages: int) =
 /// Runs a contender, printing the CPU its process's threads used meanwhile.
 let private measured (name: string) (contender: unit -> 'a) = ThreadCpu.track name contender
 
-/// (a), (b) and (d) alone (`--only map-filter`): its own cluster and input.
+/// (a), (b) and (d) with the consumer settings of `fetching`; their figures, keyed with the
+/// fetching's suffix ("" for the fair run, "_client_defaults" for the other).
+let private mapFilterFigures (fetching: Fetching) (input: Input) =
+    let tag = suffix fetching
+    let raw = measured $"(a){tag}" (fun () -> RawConsumerBench.run fetching input)
+    show $"(a) raw Confluent.Kafka loop{tag}" (Some raw) "msgs/s"
+    let mapFilter = measured $"(b){tag}" (fun () -> KFlowPipes.mapFilter fetching input)
+    show $"(b) KFlow map → filter → sink{tag}" mapFilter "msgs/s"
+    let streamiz = measured $"(d){tag}" (fun () -> StreamizBench.run fetching input)
+    show $"(d) Streamiz map → filter → peek{tag}" (Some streamiz) "msgs/s"
+
+    let figures =
+        [
+            "raw_consumer_msgs_per_s", raw
+            "streamiz_msgs_per_s", streamiz
+            "ratio_raw_vs_streamiz", raw / streamiz
+        ]
+        @ optional "kflow_map_filter_msgs_per_s" mapFilter
+        @ ratio "ratio_map_filter_vs_raw" mapFilter (Some raw)
+        @ ratio "ratio_map_filter_vs_streamiz" mapFilter (Some streamiz)
+
+    raw, figures |> List.map (fun (key, v) -> key + tag, v)
+
+/// (a), (b) and (d) alone (`--only map-filter`): its own cluster and input; the fair run, then the
+/// run with librdkafka's fetch.queue.backoff.ms.
 let runMapFilter (messages: int) () =
     let cluster, input, _ = prepare messages
     use _ = cluster
-    let raw = measured "(a)" (fun () -> RawConsumerBench.run input)
-    show "(a) raw Confluent.Kafka loop" (Some raw) "msgs/s"
-    let mapFilter = measured "(b)" (fun () -> KFlowPipes.mapFilter input)
-    show "(b) KFlow map → filter → sink" mapFilter "msgs/s"
-    let streamiz = measured "(d)" (fun () -> StreamizBench.run input)
-    show "(d) Streamiz map → filter → peek" (Some streamiz) "msgs/s"
-
-    [
-        "raw_consumer_msgs_per_s", raw
-        "streamiz_msgs_per_s", streamiz
-        "ratio_raw_vs_streamiz", raw / streamiz
-    ]
-    @ optional "kflow_map_filter_msgs_per_s" mapFilter
-    @ ratio "ratio_map_filter_vs_raw" mapFilter (Some raw)
-    @ ratio "ratio_map_filter_vs_streamiz" mapFilter (Some streamiz)
+    let _, fair = mapFilterFigures Unthrottled input
+    let _, defaults = mapFilterFigures ClientDefaults input
+    fair @ defaults
 
 /// (e) over the input with its step on Task.Delay (the figure against the ideal, as specified) and
 /// on PreciseDelay (a step that really lasts 5 ms here), with each timer's own ceiling: 1,000 chains
@@ -178,35 +190,27 @@ let private asyncFigures (input: Input) =
     @ capped 100
     @ capped 250
 
-/// (a) to (f) over `messages` messages; returns the figures for bench-results.json.
+/// (a) to (f) over `messages` messages, every contender with the fair (unthrottled) consumer
+/// settings; then (a), (b) and (d) again with librdkafka's fetch.queue.backoff.ms
+/// (`_client_defaults` keys). Returns the figures for bench-results.json.
 let run (messages: int) () =
     let cluster, input, produceRate = prepare messages
     use _ = cluster
-    let raw = measured "(a)" (fun () -> RawConsumerBench.run input)
-    show "(a) raw Confluent.Kafka loop" (Some raw) "msgs/s"
-    let mapFilter = measured "(b)" (fun () -> KFlowPipes.mapFilter input)
-    show "(b) KFlow map → filter → sink" mapFilter "msgs/s"
-    let demuxAggregate = KFlowPipes.demuxAggregate input
+    let raw, mapFilter = mapFilterFigures Unthrottled input
+    let demuxAggregate = measured "(c)" (fun () -> KFlowPipes.demuxAggregate input)
     show "(c) KFlow map → demux → aggregate → sink" demuxAggregate "msgs/s"
-    let streamiz = measured "(d)" (fun () -> StreamizBench.run input)
-    show "(d) Streamiz map → filter → peek" (Some streamiz) "msgs/s"
     let asyncDemux = asyncFigures input
     let peak = backlogInChild input
     show "(f) peak memory over the backlog" peak "MB"
+    let _, defaults = mapFilterFigures ClientDefaults input
 
-    [
-        "produce_msgs_per_s", produceRate
-        "raw_consumer_msgs_per_s", raw
-        "streamiz_msgs_per_s", streamiz
-        "ratio_raw_vs_streamiz", raw / streamiz
-    ]
-    @ optional "kflow_map_filter_msgs_per_s" mapFilter
+    [ "produce_msgs_per_s", produceRate ]
+    @ mapFilter
     @ optional "kflow_demux_aggregate_msgs_per_s" demuxAggregate
-    @ ratio "ratio_map_filter_vs_raw" mapFilter (Some raw)
     @ ratio "ratio_demux_aggregate_vs_raw" demuxAggregate (Some raw)
-    @ ratio "ratio_map_filter_vs_streamiz" mapFilter (Some streamiz)
     @ asyncDemux
     @ optional "backlog_peak_memory_mb" peak
+    @ defaults
 
 /// (e) alone (`--only async-demux`): its own cluster and input.
 let runAsyncDemux (messages: int) () =

@@ -24,6 +24,44 @@ type Input = {
     EndOffsets: int64[]
 }
 
+/// How every contender's consumer fetches. Both are given to every contender alike (raw loop,
+/// KFlow, Streamiz) on top of the embedded cluster's fast settings (`FastClientSettings.consumer`).
+type Fetching =
+    /// fetch.queue.backoff.ms 10 (`unthrottledBackoffMs`): the fair run, whose figures are the
+    /// benchmark's main JSON keys.
+    | Unthrottled
+    /// fetch.queue.backoff.ms 1000, librdkafka's default, stated so that KFlow's own default
+    /// (WorkflowOptions.FetchQueueBackoff) does not apply either: the `_client_defaults` keys.
+    | ClientDefaults
+
+/// fetch.queue.backoff.ms of the fair run. 10 ms (librdkafka default 1000 ms). With the default,
+/// once a partition's local queue passes queued.min.messages (100,000 messages in all here) the next
+/// fetch waits a full second: the raw loop read 100,000 messages in ~150 ms, then stalled ~850 ms,
+/// over and over (118,000 msgs/s on 500,000 messages; 593,000 with 10 ms).
+[<Literal>]
+let UnthrottledBackoffMs = 10
+
+/// The consumer settings of every contender for `fetching`: FastClientSettings.consumer without
+/// auto.offset.reset (each contender sets it its own way), plus fetch.queue.backoff.ms.
+let consumerSettings (fetching: Fetching) : (string * string) list =
+    let backoff =
+        match fetching with
+        | Unthrottled -> UnthrottledBackoffMs
+        | ClientDefaults -> 1000
+
+    [
+        for kv in FastClientSettings.consumer do
+            if kv.Key <> "auto.offset.reset" then
+                kv.Key, kv.Value
+        "fetch.queue.backoff.ms", string backoff
+    ]
+
+/// The suffix of the JSON keys of a run with `fetching`: "" for the fair run.
+let suffix (fetching: Fetching) =
+    match fetching with
+    | Unthrottled -> ""
+    | ClientDefaults -> "_client_defaults"
+
 /// Distinct message keys. 1,000, the demux benchmark's key count.
 [<Literal>]
 let Keys = 1000

@@ -15,17 +15,17 @@ open KFlow.Bench.RuntimeInput
 /// of 2), and MaxPollRecords 5,000 (default 500) or PollMs 10 (default 100) made it slower.
 let threads = 1
 
-/// Reads the whole input once with a fresh application id; returns messages/s (first to last).
-let run (input: Input) =
+/// Reads the whole input once with a fresh application id and the consumer settings of
+/// `fetching`; returns messages/s (first to last).
+let run (fetching: Fetching) (input: Input) =
     let config = StreamConfig<StringSerDes, ByteArraySerDes>()
 
-    // The embedded cluster's fast consumer settings, as for every other contender. Streamiz maps
-    // each key to a typed property: numbers go in as numbers; auto.offset.reset is set below.
-    for setting in FastClientSettings.consumer do
-        match Int32.TryParse setting.Value with
-        | true, n -> config[setting.Key] <- box n
-        | _ when setting.Key = "auto.offset.reset" -> ()
-        | _ -> config[setting.Key] <- box setting.Value
+    // The consumer settings every contender gets. Streamiz maps each key to a typed property:
+    // numbers go in as numbers; auto.offset.reset is set below.
+    for key, value in consumerSettings fetching do
+        match Int32.TryParse value with
+        | true, n -> config[key] <- box n
+        | _ -> config[key] <- box value
 
     config.ApplicationId <- $"kflow-bench-streamiz-{Guid.NewGuid():N}"
     config.BootstrapServers <- input.BootstrapServers

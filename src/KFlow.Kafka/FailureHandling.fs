@@ -71,6 +71,49 @@ module internal FailureHandling =
         with ex ->
             Task.FromException ex
 
+    /// <summary>Waits for <paramref name="first"/> (the task of the first try of
+    /// <paramref name="run"/>), retrying <paramref name="run"/> in place as the policy allows (waiting
+    /// the backoff between tries); the task faults with the last error once the retries are spent.
+    /// <paramref name="what"/> names the attempt in the log, built only when a try fails.</summary>
+    let private retryingAfter
+        (handling: FailureHandling)
+        (what: unit -> string)
+        (policy: ErrorPolicy)
+        (first: Task<'T>)
+        (run: unit -> Task<'T>)
+        : Task<'T> =
+        task {
+            let mutable current = first
+            let mutable failures = 0
+            let mutable result = Unchecked.defaultof<'T>
+            let mutable error = None
+            let mutable go = true
+
+            while go do
+                try
+                    let! value = current
+                    result <- value
+                    go <- false
+                with ex ->
+                    failures <- failures + 1
+
+                    match ErrorPolicy.retryDelay (handling.Draw()) failures policy with
+                    | ValueSome delay ->
+                        handling.Log
+                            $"{what ()} failed (try {failures}): {ex.GetType().Name}: {ex.Message}; retrying in place in {delay}"
+
+                        do! Task.Delay delay
+                        handling.Retried()
+                        current <- attempt run
+                    | ValueNone ->
+                        error <- Some ex
+                        go <- false
+
+            match error with
+            | Some ex -> return raise ex
+            | None -> return result
+        }
+
     /// <summary>Runs <paramref name="run"/>, retrying it in place as the policy allows (waiting the
     /// backoff between tries); the task faults with the last error once the retries are spent.
     /// Without retries it is just <c>run ()</c>. <paramref name="what"/> names the attempt in the
@@ -86,37 +129,7 @@ module internal FailureHandling =
         if ErrorPolicy.retries policy = 0 || first.IsCompletedSuccessfully then
             first
         else
-            task {
-                let mutable current = first
-                let mutable failures = 0
-                let mutable result = Unchecked.defaultof<'T>
-                let mutable error = None
-                let mutable go = true
-
-                while go do
-                    try
-                        let! value = current
-                        result <- value
-                        go <- false
-                    with ex ->
-                        failures <- failures + 1
-
-                        match ErrorPolicy.retryDelay (handling.Draw()) failures policy with
-                        | ValueSome delay ->
-                            handling.Log
-                                $"{what ()} failed (try {failures}): {ex.GetType().Name}: {ex.Message}; retrying in place in {delay}"
-
-                            do! Task.Delay delay
-                            handling.Retried()
-                            current <- attempt run
-                        | ValueNone ->
-                            error <- Some ex
-                            go <- false
-
-                match error with
-                | Some ex -> return raise ex
-                | None -> return result
-            }
+            retryingAfter handling what policy first run
 
     /// <summary>Dead-letters messages: produces each original to <paramref name="topic"/> with the
     /// failure headers, all at once and in order (the producer is idempotent, so they land in that
@@ -134,51 +147,71 @@ module internal FailureHandling =
         |> List.map (fun original -> started (fun () -> dlq.Write(topic, original, stage, error, attempts)))
         |> Task.WhenAll
 
-    /// <summary>A sink write with the sink's policy applied (sinkPolicyOf): retried in place, then,
-    /// under DeadLetter, the original messages of its tokens (<paramref name="originalsOf"/>, called
-    /// now, on the partition's loop) are dead-lettered, so the write succeeds once the broker
-    /// acknowledged every one of them. If not all of them are at hand (ValueNone), the write fails
-    /// with its error instead (nothing is completed unwritten). Without retries or dead-lettering
-    /// the request is returned as it is.</summary>
-    let guardWrite
+    /// <summary>The guard of one sink's writes: a function giving each write request of the sink
+    /// with the sink's policy applied (sinkPolicyOf, worked out once here rather than per message):
+    /// retried in place, then, under DeadLetter, the original messages of its tokens
+    /// (<paramref name="originalsOf"/>, called on the partition's loop when the request is guarded)
+    /// are dead-lettered, so the write succeeds once the broker acknowledged every one of them. If
+    /// not all of them are at hand (ValueNone), the write fails with its error instead (nothing is
+    /// completed unwritten). Without retries or dead-lettering requests are returned as they are.
+    /// <paramref name="what"/> names the sink in log lines (built on failure only).</summary>
+    let sinkGuard
         (handling: FailureHandling)
         (what: unit -> string)
         (originalsOf: Token list -> Confluent.Kafka.ConsumeResult<byte[], byte[]> list voption)
-        (request: SinkRequest)
-        =
-        let policy = sinkPolicyOf request.Sink handling
+        (sink: string)
+        : SinkRequest -> SinkRequest =
+        let policy = sinkPolicyOf sink handling
 
         match ErrorPolicy.terminal policy, handling.DeadLetters with
         | DeadLetter topic, Some dlq ->
-            let originals = originalsOf request.Envelope.Tokens
             let attempts = 1 + ErrorPolicy.retries policy
 
-            let whatAt () =
-                $"{what ()} at offset {request.Envelope.Position.Offset}"
+            fun request ->
+                let originals = originalsOf request.Envelope.Tokens
 
-            let write (value: obj) : Task = task {
-                try
-                    do! retrying handling whatAt policy (fun () -> task { do! request.Write value })
-                with ex ->
-                    match originals with
-                    | ValueSome originals ->
-                        do! deadLetterAll dlq topic originals request.Sink ex attempts
+                let whatAt () =
+                    $"{what ()} at offset {request.Envelope.Position.Offset}"
 
-                        for _ in originals do
-                            handling.DeadLettered()
+                let write (value: obj) : Task = task {
+                    try
+                        do! retrying handling whatAt policy (fun () -> task { do! request.Write value })
+                    with ex ->
+                        match originals with
+                        | ValueSome originals ->
+                            do! deadLetterAll dlq topic originals request.Sink ex attempts
 
-                        handling.Log
-                            $"{whatAt ()} failed {attempts} times ({ex.Message}); dead-lettered {originals.Length} message(s) to '{topic}'"
-                    | ValueNone -> return raise ex
-            }
+                            for _ in originals do
+                                handling.DeadLettered()
 
-            { request with Write = write }
+                            handling.Log
+                                $"{whatAt ()} failed {attempts} times ({ex.Message}); dead-lettered {originals.Length} message(s) to '{topic}'"
+                        | ValueNone -> return raise ex
+                }
+
+                { request with Write = write }
         | _ when ErrorPolicy.retries policy > 0 ->
-            let whatAt () =
-                $"{what ()} at offset {request.Envelope.Position.Offset}"
+            fun request ->
+                let inner = request.Write
 
-            let write (value: obj) : Task =
-                retrying handling whatAt policy (fun () -> task { do! request.Write value })
+                // The first try runs here; only a write that fails (or runs on) builds the retry
+                // state machine. A null task takes the retrying path, whose await fails on it.
+                let write (value: obj) : Task =
+                    let first =
+                        try
+                            inner value
+                        with ex ->
+                            Task.FromException ex
 
-            { request with Write = write }
-        | _ -> request
+                    if not (isNull first) && first.IsCompletedSuccessfully then
+                        first
+                    else
+                        let whatAt () =
+                            $"{what ()} at offset {request.Envelope.Position.Offset}"
+
+                        retryingAfter handling whatAt policy (task { do! first }) (fun () -> task {
+                            do! inner value
+                        })
+
+                { request with Write = write }
+        | _ -> id

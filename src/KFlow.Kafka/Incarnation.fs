@@ -98,6 +98,7 @@ type internal Incarnation
                 Map.empty
 
     let onAssigned (parts: List<Confluent.Kafka.TopicPartition>) =
+        intake.Flush()
         let resumes = resumeOf parts
 
         for p in parts do
@@ -145,6 +146,7 @@ type internal Incarnation
         |> List.ofSeq
 
     let onRevoked (parts: List<TopicPartitionOffset>) =
+        intake.Flush()
         let revoked = slotsOf parts
 
         if intake.Mode <> Closing && (currentFailure ()).IsNone then
@@ -169,6 +171,7 @@ type internal Incarnation
         parts |> Seq.map (fun p -> TopicPartitionOffset(p, Offset.Unset)) |> List.ofSeq :> seq<_>
 
     let onLost (parts: List<TopicPartitionOffset>) =
+        intake.Flush()
         drop (slotsOf parts)
 
         log
@@ -280,6 +283,8 @@ type internal Incarnation
             | cr when cr.IsPartitionEOF -> ()
             | cr -> intake.Route cr
 
+            intake.Flush()
+
         if not (drains |> Array.forall _.IsCompleted) then
             log
                 $"{name}: the stop drain did not finish within {options.DrainTimeout}; committing what is finished"
@@ -303,6 +308,7 @@ type internal Incarnation
             | cr when cr.IsPartitionEOF -> ()
             | cr -> intake.Route cr
 
+            intake.Flush()
             intake.ApplyPauses()
 
             for s in slots.Values do
@@ -315,6 +321,7 @@ type internal Incarnation
 
     let abort (report: FailureReport) =
         counters.Failed()
+        intake.Flush()
         intake.Mode <- Closing
         abandonWorkers ()
 
@@ -324,6 +331,27 @@ type internal Incarnation
         commitSync slots.Values |> ignore
         close ()
         Outcome.Failed report
+
+    /// One Consume call; a consume error is logged (and fails the incarnation if fatal), giving null.
+    let consumeOnce (timeoutMs: int) =
+        try
+            consumer.Consume timeoutMs
+        with :? ConsumeException as e ->
+            log $"{name}: consume error {e.Error.Code}: {e.Error.Reason}"
+
+            if e.Error.IsFatal then
+                fail {
+                    TopicPartition = ValueNone
+                    Offset = ValueNone
+                    Key = ValueNone
+                    Stage = "consumer"
+                    Error = e
+                }
+
+            null
+
+    /// Most messages one burst takes from the consumer before they are handed on. 512.
+    let burstMessages = 512
 
     let runLoop () =
         consumer.Subscribe options.Topics
@@ -340,27 +368,23 @@ type internal Incarnation
             | Some report -> outcome <- Some(abort report)
             | None when stop.IsCancellationRequested -> outcome <- Some(gracefulStop clock)
             | None ->
-                let result =
-                    try
-                        consumer.Consume(if intake.GlobalClosed then 10 else 100)
-                    with :? ConsumeException as e ->
-                        log $"{name}: consume error {e.Error.Code}: {e.Error.Reason}"
+                // A burst: the first Consume may wait; then what librdkafka already holds (up to
+                // burstMessages, without waiting) is taken before the admitted messages are handed
+                // to the loops, one Deliver per partition.
+                let mutable taken = 0
+                let mutable timeout = if intake.GlobalClosed then 10 else 100
 
-                        if e.Error.IsFatal then
-                            fail {
-                                TopicPartition = ValueNone
-                                Offset = ValueNone
-                                Key = ValueNone
-                                Stage = "consumer"
-                                Error = e
-                            }
+                while taken < burstMessages do
+                    match consumeOnce timeout with
+                    | null -> taken <- burstMessages
+                    | cr when cr.IsPartitionEOF -> taken <- taken + 1
+                    | cr ->
+                        intake.Route cr
+                        taken <- taken + 1
 
-                        null
+                    timeout <- 0
 
-                match result with
-                | null -> ()
-                | cr when cr.IsPartitionEOF -> ()
-                | cr -> intake.Route cr
+                intake.Flush()
 
                 let now = clock.ElapsedMilliseconds
 

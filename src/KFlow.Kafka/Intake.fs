@@ -105,7 +105,7 @@ type internal Intake
             counters.Routed size
             slot.Routed <- slot.Routed + 1L
             slot.LastRouted <- cr.Offset.Value
-            slot.Worker.Post(Deliver(cr, size))
+            slot.Pending.Add(struct (cr, size))
 
             if Gate.full (Gate.add size load) globalGate then
                 closeGlobal ()
@@ -125,6 +125,17 @@ type internal Intake
         for s in stalled do
             s.Worker.Post Nudge
 
+    /// Hands each slot's admitted messages to its loop as one Deliver. Called before every Consume
+    /// call (and at the start of the rebalance handlers, which Consume runs), so that no admitted
+    /// message waits behind a command posted later (Drain, Release, Clock).
+    let flush () =
+        for slot in slots.Values do
+            let pending = slot.Pending
+
+            if pending.Count > 0 then
+                slot.Worker.Post(Deliver pending)
+                slot.Pending <- ResizeArray(pending.Count)
+
     /// Where the consumer thread is in its life; intake is open only while Running.
     member _.Mode
         with get () = mode
@@ -136,7 +147,11 @@ type internal Intake
     /// Pauses or resumes each partition in the consumer as the mode and the gates want it.
     member _.ApplyPauses() = applyPauses ()
 
-    /// A message from Consume: handed on, or held (in order) until its partition's intake reopens.
+    /// Hands the messages admitted since the last flush to their partitions' loops.
+    member _.Flush() = flush ()
+
+    /// A message from Consume: admitted (handed on at the next Flush), or held (in order) until its
+    /// partition's intake reopens.
     member _.Route(cr: ConsumeResult<byte[], byte[]>) =
         match slots.TryGetValue(Slot.partitionOf cr.TopicPartition) with
         | false, _ -> () // not assigned any more: its new owner reads it
@@ -192,3 +207,5 @@ type internal Intake
                     slot.Held.Dequeue() |> ignore
                 else
                     go <- false
+
+        flush ()

@@ -160,12 +160,27 @@ type internal PartitionWorker
     let calls =
         AsyncCalls(tp, handling, callGate, (fun () -> waiting.Token), callPending)
 
+    // The guard of each sink's writes (FailureHandling.sinkGuard), built once per sink name.
+    let guards = Collections.Generic.Dictionary<string, SinkRequest -> SinkRequest>()
+
     let guarded (request: SinkRequest) =
-        FailureHandling.guardWrite
-            handling
-            (fun () -> $"{tp}: sink '{request.Sink}'")
-            offsets.DeadLetterable
-            request
+        let guard =
+            match guards.TryGetValue request.Sink with
+            | true, g -> g
+            | _ ->
+                let sink = request.Sink
+
+                let g =
+                    FailureHandling.sinkGuard
+                        handling
+                        (fun () -> $"{tp}: sink '{sink}'")
+                        offsets.DeadLetterable
+                        sink
+
+                guards[sink] <- g
+                g
+
+        guard request
 
     /// Each try of a write runs under the workflow's MaxConcurrentWrites.
     let gatedWrite (request: SinkRequest) =
@@ -260,10 +275,12 @@ type internal PartitionWorker
         for c in effects.Calls do
             calls.Start(StageTiming.call counters.Name c)
 
-    let push (event: Event<obj>) =
-        let run', effects = PipeRun.push DateTimeOffset.UtcNow event run
+    let pushAt (now: DateTimeOffset) (event: Event<obj>) =
+        let run', effects = PipeRun.push now event run
         run <- run'
         apply effects
+
+    let push (event: Event<obj>) = pushAt DateTimeOffset.UtcNow event
 
     /// Resumes the async calls that have a result, oldest first.
     let resumeReady () =
@@ -312,7 +329,8 @@ type internal PartitionWorker
                         a.TrySetResult() |> ignore
             | _ -> ()
 
-    let deliver (cr: Confluent.Kafka.ConsumeResult<byte[], byte[]>) (size: int64) =
+    /// Pushes one consumed message at `now` (the time its batch was taken).
+    let deliver (now: DateTimeOffset) (cr: Confluent.Kafka.ConsumeResult<byte[], byte[]>) (size: int64) =
         match offsets.Deliver(cr, size) with
         | Ok token when not (isNull skip) && skip.Remove cr.Offset.Value ->
             // Exactly-once mode: its effect is applied already; finished without running the pipe.
@@ -331,7 +349,7 @@ type internal PartitionWorker
                 Timestamp = DateTimeOffset(let ts = m.Timestamp in ts.UtcDateTime)
             }
 
-            push (Message envelope)
+            pushAt now (Message envelope)
         | Error e ->
             // Kept in flight (never finished) so the commit point cannot pass it.
             report
@@ -359,8 +377,12 @@ type internal PartitionWorker
     /// Handles one command; false ends the loop.
     let handle (command: WorkerCommand) =
         match command with
-        | Deliver(cr, size) ->
-            deliver cr size
+        | Deliver batch ->
+            let now = DateTimeOffset.UtcNow
+
+            for struct (cr, size) in batch do
+                deliver now cr size
+
             true
         | SinkDone(gen, request, error) ->
             if gen = generation then
@@ -447,11 +469,18 @@ type internal PartitionWorker
             dropWaiting ()
             false
 
-    /// Most commands one turn of the loop handles before it yields its thread. 1,024.
+    /// Most commands one turn of the loop handles before it yields its thread (a batch of delivered
+    /// messages counts as one per message). 1,024.
     let batchCommands = 1024
 
     /// Longest turn of the loop before it yields its thread (checked every 64 commands). 1 ms.
     let batchTime = TimeSpan.FromMilliseconds 1.0
+
+    /// How many commands a command counts for in a turn: a batch of deliveries one per message.
+    let weight (command: WorkerCommand) =
+        match command with
+        | Deliver batch -> max 1 batch.Count
+        | _ -> 1
 
     let takeCompletions () =
         let mutable completion = Unchecked.defaultof<WorkerCommand>
@@ -471,6 +500,7 @@ type internal PartitionWorker
                     go <- false
                 else
                     let mutable n = 0
+                    let mutable checkAt = 64
                     let started = Stopwatch.GetTimestamp()
 
                     while go && n < batchCommands do
@@ -479,14 +509,17 @@ type internal PartitionWorker
 
                         match reader.TryRead() with
                         | true, command ->
-                            n <- n + 1
+                            n <- n + weight command
                             go <- handle command
 
                             if go then
                                 takeCompletions ()
 
-                            if n % 64 = 0 && Stopwatch.GetElapsedTime started > batchTime then
-                                n <- batchCommands
+                            if n >= checkAt then
+                                checkAt <- n + 64
+
+                                if Stopwatch.GetElapsedTime started > batchTime then
+                                    n <- batchCommands
                         | _ -> n <- Int32.MaxValue
 
                         if go then

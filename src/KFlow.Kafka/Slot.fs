@@ -28,6 +28,9 @@ type internal Slot(worker: PartitionWorker, kafka: Confluent.Kafka.TopicPartitio
     /// Messages returned by Consume while the partition's intake was closed, in offset order;
     /// handed on first when it reopens (librdkafka may return prefetched messages after a pause).
     member val Held = Queue<struct (ConsumeResult<byte[], byte[]> * int64)>()
+    /// Messages admitted to the pipe and not yet handed to the loop: the intake posts them as one
+    /// Deliver when it flushes (Intake.Flush, before every Consume call).
+    member val Pending = ResizeArray<Consumed>() with get, set
 
     /// Messages of this assignment in flight.
     member this.Open =

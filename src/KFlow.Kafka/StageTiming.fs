@@ -72,14 +72,25 @@ module StageTiming =
         else
             inner value
 
-    /// A sink write timed from its start to its end.
-    let internal write (workflow: string) (request: SinkRequest) = {
-        request with
-            Write = timedCall workflow request.Sink request.Write
-    }
+    /// A sink write timed from its start to its end. Unchanged (no wrapper allocated per message)
+    /// while no listener records the histogram: one that starts listening later times the writes
+    /// requested from then on.
+    let internal write (workflow: string) (request: SinkRequest) =
+        if enabled () then
+            {
+                request with
+                    Write = timedCall workflow request.Sink request.Write
+            }
+        else
+            request
 
-    /// An async call timed from its start to its end.
-    let internal call (workflow: string) (request: AsyncRequest) = {
-        request with
-            Run = timedCall workflow request.Stage request.Run
-    }
+    /// An async call timed from its start to its end. Unchanged while no listener records the
+    /// histogram, as `write`.
+    let internal call (workflow: string) (request: AsyncRequest) =
+        if enabled () then
+            {
+                request with
+                    Run = timedCall workflow request.Stage request.Run
+            }
+        else
+            request

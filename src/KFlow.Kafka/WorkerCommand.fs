@@ -16,13 +16,17 @@ type internal Published = {
     Finished: int64
 }
 
+/// A consumed message and its key + value size, as the consumer thread hands it on.
+type internal Consumed = (struct (Confluent.Kafka.ConsumeResult<byte[], byte[]> * int64))
+
 [<NoEquality; NoComparison>]
 type internal WorkerCommand =
     /// A new assignment of the partition starts. In exactly-once mode `skip` holds the offsets whose
     /// effect is applied already (completed when read, not run again); null otherwise.
     | Assign of generation: int * skip: System.Collections.Generic.HashSet<int64>
-    /// A consumed message, with its key + value size.
-    | Deliver of Confluent.Kafka.ConsumeResult<byte[], byte[]> * size: int64
+    /// Consumed messages of the partition in offset order, handed on together: one command per
+    /// burst of Consume calls instead of one per message (fewer channel writes and loop wake-ups).
+    | Deliver of batch: ResizeArray<Consumed>
     /// A sink write of an assignment ended (error None = success).
     | SinkDone of generation: int * request: SinkRequest * error: exn option
     /// An async call of an assignment ended.

@@ -79,8 +79,12 @@ type internal Counters(name: string) =
     let mutable retries = 0L
     let mutable deadLettered = 0L
     let mutable partitions: PartitionStats[] = [||]
-    let mutable inFlightMessages = 0L
-    let mutable inFlightBytes = 0L
+    // In flight = routed - finished. Routed counts are written by the consumer thread only (no
+    // interlocked operation per message); finished counts are added by the loops (once per turn).
+    let mutable routedMessages = 0L
+    let mutable routedBytes = 0L
+    let mutable finishedMessages = 0L
+    let mutable finishedBytes = 0L
     let mutable peakMessages = 0L
     let mutable peakBytes = 0L
     let mutable pauses = 0L
@@ -93,42 +97,54 @@ type internal Counters(name: string) =
     let mutable syncCommits = 0L
     let mutable assigned = 0
 
+    // Finished first: both only grow, so the difference read this way is never below the truth.
+    let inFlight () =
+        let fm = Volatile.Read &finishedMessages
+        let fb = Volatile.Read &finishedBytes
+
+        {
+            Messages = Volatile.Read &routedMessages - fm
+            Bytes = Volatile.Read &routedBytes - fb
+        }
+
     /// The workflow's name (the stage latency metric's tag).
     member _.Name = name
 
-    member _.InFlight = {
-        Messages = Volatile.Read &inFlightMessages
-        Bytes = Volatile.Read &inFlightBytes
-    }
+    member _.InFlight = inFlight ()
 
-    /// A message handed to the pipe (consumer thread only, so the peaks need no lock).
+    /// A message handed to the pipe (consumer thread only: plain reads, volatile writes, and the
+    /// peaks need no lock).
     member _.Routed(size: int64) =
-        Interlocked.Increment &consumed |> ignore
-        let m = Interlocked.Increment &inFlightMessages
-        let b = Interlocked.Add(&inFlightBytes, size)
+        Volatile.Write(&consumed, consumed + 1L)
+        let m = routedMessages + 1L
+        let b = routedBytes + size
+        Volatile.Write(&routedMessages, m)
+        Volatile.Write(&routedBytes, b)
+        let m = m - Volatile.Read &finishedMessages
+        let b = b - Volatile.Read &finishedBytes
 
         if m > peakMessages then
-            peakMessages <- m
+            Volatile.Write(&peakMessages, m)
 
         if b > peakBytes then
-            peakBytes <- b
+            Volatile.Write(&peakBytes, b)
 
-    /// Messages finished (or dropped with their partition): negative deltas; `completed` of them
+    /// Messages finished (or dropped with their partition) and their bytes; `completed` of them
     /// finished (not dropped).
     member _.Finished(messages: int64, bytes: int64, completedMessages: int64) =
         if completedMessages <> 0L then
             Interlocked.Add(&completed, completedMessages) |> ignore
 
         if messages <> 0L then
-            Interlocked.Add(&inFlightMessages, -messages) |> ignore
+            Interlocked.Add(&finishedMessages, messages) |> ignore
 
         if bytes <> 0L then
-            Interlocked.Add(&inFlightBytes, -bytes) |> ignore
+            Interlocked.Add(&finishedBytes, bytes) |> ignore
 
     /// A new incarnation starts with nothing in flight and no partition.
     member _.ResetInFlight() =
-        Volatile.Write(&inFlightMessages, 0L)
-        Volatile.Write(&inFlightBytes, 0L)
+        Volatile.Write(&routedMessages, Volatile.Read &finishedMessages)
+        Volatile.Write(&routedBytes, Volatile.Read &finishedBytes)
         Volatile.Write(&partitions, [||])
 
     /// A retry in place started.
@@ -172,8 +188,8 @@ type internal Counters(name: string) =
         Completed = Volatile.Read &completed
         Retries = Volatile.Read &retries
         DeadLettered = Volatile.Read &deadLettered
-        InFlightMessages = Volatile.Read &inFlightMessages
-        InFlightBytes = Volatile.Read &inFlightBytes
+        InFlightMessages = (inFlight ()).Messages
+        InFlightBytes = (inFlight ()).Bytes
         PeakInFlightMessages = Volatile.Read &peakMessages
         PeakInFlightBytes = Volatile.Read &peakBytes
         Pauses = Volatile.Read &pauses

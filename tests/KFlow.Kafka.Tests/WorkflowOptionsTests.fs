@@ -167,4 +167,21 @@ let tests =
             Expect.equal c.GroupId "orders-group" "group"
             Expect.equal (c.Get "partition.assignment.strategy") "cooperative-sticky" "passed through"
         }
+
+        test "the consumer fetches again 10 ms after a full local queue unless a property says otherwise" {
+            let byDefault = WorkflowOptions.consumerConfig valid
+
+            Expect.equal
+                (byDefault.Get "fetch.queue.backoff.ms")
+                "10"
+                "KFlow's default (librdkafka's is 1000)"
+
+            let overridden =
+                WorkflowOptions.consumerConfig {
+                    valid with
+                        Properties = [ "fetch.queue.backoff.ms", "1000" ]
+                }
+
+            Expect.equal (overridden.Get "fetch.queue.backoff.ms") "1000" "the user's property wins"
+        }
     ]
