@@ -106,9 +106,20 @@ type AsyncFigure = {
 let private options (fetching: Fetching) (name: string) (input: Input) =
     let group = $"kflow-bench-{name}-{Guid.NewGuid():N}"
 
+    let defaults =
+        WorkflowOptions.create name input.BootstrapServers group [ input.Topic ]
+
     {
-        WorkflowOptions.create name input.BootstrapServers group [ input.Topic ] with
+        defaults with
             Properties = consumerSettings fetching
+            // KFLOW_BENCH_MAX_IN_FLIGHT=N sets MaxInFlightMessages (default 50,000), for experiments.
+            Backpressure =
+                match Environment.GetEnvironmentVariable "KFLOW_BENCH_MAX_IN_FLIGHT" with
+                | null -> defaults.Backpressure
+                | n -> {
+                    defaults.Backpressure with
+                        MaxInFlightMessages = int n
+                  }
             CommitInterval = TimeSpan.FromSeconds 1.0
             // KFLOW_BENCH_LOG=1 prints the runtime's log (pauses, resumes, commits) to stderr.
             Log =

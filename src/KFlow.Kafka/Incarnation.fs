@@ -33,12 +33,20 @@ type internal Incarnation
     let mutable failure: FailureReport option = None
     let mutable nextGeneration = 0
 
+    // Set with the first failure: read by the intake for every message without taking the lock.
+    let mutable failed = false
+
     let fail (report: FailureReport) =
         lock failureLock (fun () ->
             if failure.IsNone then
-                failure <- Some report)
+                failure <- Some report
+                Volatile.Write(&failed, true))
 
-    let currentFailure () = lock failureLock (fun () -> failure)
+    let currentFailure () =
+        if Volatile.Read &failed then
+            lock failureLock (fun () -> failure)
+        else
+            None
 
     let ours = Slot.partitionOf
 
@@ -56,7 +64,7 @@ type internal Incarnation
     let mutable consumer: IConsumer<byte[], byte[]> = Unchecked.defaultof<_>
 
     let intake =
-        Intake(options, counters, slots, (fun () -> consumer), (fun () -> (currentFailure ()).IsSome))
+        Intake(options, counters, slots, (fun () -> consumer), (fun () -> Volatile.Read &failed))
 
     let store (slot: Slot) = Committer.store log name consumer slot
 

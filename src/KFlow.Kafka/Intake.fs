@@ -34,6 +34,10 @@ type internal Intake
     let partitionGate =
         Gate.create (int64 b.MaxOpenOffsetsPerPartition) Int64.MaxValue b.ResumeAt
 
+    // The slot of the last routed message (Route), null when forgotten.
+    let mutable lastSlot: Slot = null
+    let mutable lastTopic = ""
+    let mutable lastPartition = -1
     let mutable mode = Running
     let mutable globalClosed = false
     let mutable globalStall = Stall.start 0L
@@ -129,6 +133,8 @@ type internal Intake
     /// call (and at the start of the rebalance handlers, which Consume runs), so that no admitted
     /// message waits behind a command posted later (Drain, Release, Clock).
     let flush () =
+        lastSlot <- null
+
         for slot in slots.Values do
             let pending = slot.Pending
 
@@ -153,9 +159,31 @@ type internal Intake
     /// A message from Consume: admitted (handed on at the next Flush), or held (in order) until its
     /// partition's intake reopens.
     member _.Route(cr: ConsumeResult<byte[], byte[]>) =
-        match slots.TryGetValue(Slot.partitionOf cr.TopicPartition) with
-        | false, _ -> () // not assigned any more: its new owner reads it
-        | true, slot ->
+        let tpo = cr.TopicPartitionOffset
+        let partition = tpo.Partition.Value
+
+        // Consume returns runs of one partition's messages: the last slot found serves the next
+        // message of the same partition without a lookup (forgotten at every Flush, which the
+        // rebalance handlers call before they change the slots).
+        let slot =
+            if
+                not (isNull lastSlot)
+                && lastPartition = partition
+                && String.Equals(lastTopic, tpo.Topic)
+            then
+                lastSlot
+            else
+                match slots.TryGetValue(KFlow.TopicPartition.create tpo.Topic partition) with
+                | true, slot ->
+                    lastSlot <- slot
+                    lastTopic <- tpo.Topic
+                    lastPartition <- partition
+                    slot
+                | _ -> null
+
+        match slot with
+        | null -> () // not assigned any more: its new owner reads it
+        | slot ->
             let m = cr.Message
 
             let size =
