@@ -380,9 +380,15 @@ type internal Incarnation
                 // burstMessages, without waiting) is taken before the admitted messages are handed
                 // to the loops, one Deliver per partition.
                 let mutable taken = 0
-                let mutable timeout = if intake.GlobalClosed then 10 else 100
+                let mutable timeout = if intake.GlobalPaused then 10 else 100
 
-                while taken < burstMessages do
+                // Holding (the in-flight gate closed, partitions not paused yet): nothing is
+                // consumed; the gate is checked again within a millisecond.
+                if intake.Holding then
+                    Thread.Sleep 1
+                    nextRelieve <- 0L
+
+                while taken < burstMessages && not intake.Holding do
                     match consumeOnce timeout with
                     | null -> taken <- burstMessages
                     | cr when cr.IsPartitionEOF -> taken <- taken + 1

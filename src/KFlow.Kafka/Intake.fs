@@ -5,6 +5,7 @@ namespace KFlow.Kafka
 
 open System
 open System.Collections.Generic
+open System.Diagnostics
 open Confluent.Kafka
 
 /// Where the consumer thread is in its life.
@@ -40,8 +41,21 @@ type internal Intake
     let mutable lastPartition = -1
     let mutable mode = Running
     let mutable globalClosed = false
+    // The in-flight gate is closed and every partition is paused in the consumer (after the hold).
+    let mutable globalPaused = false
+    // When the in-flight gate closed (Stopwatch timestamp).
+    let mutable closedAt = 0L
     let mutable globalStall = Stall.start 0L
     let stallMs = int64 b.FlushWhenStalled.TotalMilliseconds
+
+    /// <summary>How long intake holds (stops calling Consume) once the in-flight gate closes before
+    /// it pauses every partition. 500 ms. A resume seeks to wake the fetcher (see applyPauses), which
+    /// drops what librdkafka prefetched, and the fetches start over: on the embedded cluster a fast
+    /// pipe hitting MaxInFlightMessages paused and resumed several times per 500,000 messages, each
+    /// time idling while its partitions were fetched again. A short hold lets the loops catch up from
+    /// the messages in flight while librdkafka's queue (bounded by queued.max.messages.kbytes) stays
+    /// as it is. Rebalance callbacks, served by Consume, wait at most this long.</summary>
+    let holdBeforePause = TimeSpan.FromMilliseconds 500.0
 
     let applyPauses () =
         let consumer = consumer ()
@@ -49,7 +63,7 @@ type internal Intake
         let resume = List<Confluent.Kafka.TopicPartition>()
 
         for slot in slots.Values do
-            let wanted = mode <> Running || globalClosed || slot.Closed
+            let wanted = mode <> Running || globalPaused || slot.Closed
 
             if wanted && (not slot.KafkaPaused || not slot.PauseKnown) then
                 pause.Add slot.Kafka
@@ -79,11 +93,14 @@ type internal Intake
         with :? KafkaException as e ->
             log $"{name}: pause/resume failed: {e.Error.Reason}"
 
+    // The in-flight gate closes: intake stops taking messages (the consumer thread stops calling
+    // Consume, librdkafka keeps what it prefetched, within its own queue limits); the partitions are
+    // paused only if the gate is still closed after holdBeforePause.
     let closeGlobal () =
         globalClosed <- true
+        closedAt <- Stopwatch.GetTimestamp()
         counters.Paused()
-        log $"{name}: in-flight limit reached ({counters.InFlight}); pausing every partition"
-        applyPauses ()
+        log $"{name}: in-flight limit reached ({counters.InFlight}); holding intake"
 
     let closePartition (slot: Slot) =
         slot.Closed <- true
@@ -147,8 +164,12 @@ type internal Intake
         with get () = mode
         and set value = mode <- value
 
-    /// Whether the workflow's in-flight gate is closed (every partition paused).
-    member _.GlobalClosed = globalClosed
+    /// Whether the workflow's in-flight gate is closed and every partition paused.
+    member _.GlobalPaused = globalPaused
+
+    /// Whether intake holds: the in-flight gate is closed but the partitions are not paused yet; the
+    /// consumer thread does not call Consume meanwhile (at most holdBeforePause).
+    member _.Holding = globalClosed && not globalPaused
 
     /// Pauses or resumes each partition in the consumer as the mode and the gates want it.
     member _.ApplyPauses() = applyPauses ()
@@ -198,8 +219,18 @@ type internal Intake
     member _.Relieve(now: int64) =
         if globalClosed && Gate.relieved counters.InFlight globalGate then
             globalClosed <- false
+            globalPaused <- false
             counters.Resumed()
             log $"{name}: in-flight down to {counters.InFlight}; resuming"
+        elif
+            globalClosed
+            && not globalPaused
+            && Stopwatch.GetElapsedTime closedAt >= holdBeforePause
+        then
+            globalPaused <- true
+
+            log
+                $"{name}: in-flight still at {counters.InFlight} after {holdBeforePause}; pausing every partition"
 
         if globalClosed then
             let watch, stalled = Stall.watch now counters.InFlight.Messages stallMs globalStall
