@@ -198,12 +198,17 @@ let demuxAggregate (input: Input) : float option =
         // Keys arrive round-robin, so every key's batch fills only after 100 × 1,000 messages: the
         // in-flight limit must hold them. With the default 50,000, intake stalls until the runtime
         // flushes the half-full batches (FlushWhenStalled, 2 s): 29,000 msgs/s instead of 172,000
-        // on 200,000 messages.
+        // on 200,000 messages. The partition limit is raised with it: at the default 20,000 open
+        // offsets every partition paused several times per run (72 times over 1,000,000 messages)
+        // while its batches filled, and under a loaded machine one such pause lasted past
+        // FlushWhenStalled: the flush split the batches, so the last partial batch of each key
+        // waited for the idle eviction (60 s; one run of 1,000,000 messages took 70 s instead of 9 s).
         let o = {
             o with
                 Backpressure = {
                     o.Backpressure with
                         MaxInFlightMessages = 2 * Keys * BatchSize
+                        MaxOpenOffsetsPerPartition = 2 * Keys * BatchSize
                 }
         }
 

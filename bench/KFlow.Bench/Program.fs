@@ -9,6 +9,7 @@ let benchmarks (messages: int) = [
     "ledger", LedgerBench.run
     "runtime", RuntimeBench.run messages
     "map-filter", RuntimeBench.runMapFilter messages
+    "demux-aggregate", RuntimeBench.runDemuxAggregate messages
     "async-demux", RuntimeBench.runAsyncDemux messages
     "backlog-memory", RuntimeBench.runBacklog messages
     "pg-sink", PgSinkBench.run
@@ -47,7 +48,10 @@ let main argv =
                     Ok(
                         all
                         |> List.filter (fun (n, _) ->
-                            n <> "backlog-memory" && n <> "async-demux" && n <> "map-filter")
+                            n <> "backlog-memory"
+                            && n <> "async-demux"
+                            && n <> "map-filter"
+                            && n <> "demux-aggregate")
                     )
                 | Some name ->
                     match all |> List.filter (fun (n, _) -> n = name) with

@@ -215,6 +215,14 @@ let run (messages: int) () =
     @ optional "backlog_peak_memory_mb" peak
     @ defaults
 
+/// (c) alone (`--only demux-aggregate`): its own cluster and input.
+let runDemuxAggregate (messages: int) () =
+    let cluster, input, _ = prepare messages
+    use _ = cluster
+    let demuxAggregate = measured "(c)" (fun () -> KFlowPipes.demuxAggregate input)
+    show "(c) KFlow map → demux → aggregate → sink" demuxAggregate "msgs/s"
+    optional "kflow_demux_aggregate_msgs_per_s" demuxAggregate
+
 /// (e) alone (`--only async-demux`): its own cluster and input.
 let runAsyncDemux (messages: int) () =
     let cluster, input, _ = prepare messages
