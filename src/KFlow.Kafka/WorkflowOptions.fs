@@ -17,9 +17,11 @@ type OffsetReset =
 /// to ResumeAt of every limit (hysteresis). A message is in flight from the moment the consumer
 /// hands it to the pipe until its offset is finished (sunk, filtered out or completed).
 type BackpressureOptions = {
-    /// Messages in flight per workflow before every partition pauses. Default 50,000.
+    /// Messages in flight per workflow before intake stops: the consumer thread holds (stops calling
+    /// Consume), and pauses every partition if the limit still holds after 500 ms. Default 50,000.
     MaxInFlightMessages: int
-    /// Key + value bytes in flight per workflow before every partition pauses. Default 64 MiB.
+    /// Key + value bytes in flight per workflow before intake stops (as MaxInFlightMessages).
+    /// Default 64 MiB.
     MaxInFlightBytes: int64
     /// Intake resumes when the load is at or below this fraction of each limit. Default 0.5.
     ResumeAt: float

@@ -48,7 +48,8 @@ type WorkflowStats = {
     PeakInFlightMessages: int64
     /// The most bytes ever in flight at once.
     PeakInFlightBytes: int64
-    /// Times the workflow-wide limits paused every partition.
+    /// Times the workflow-wide limits stopped intake (it holds, then pauses every partition if the
+    /// limit still holds after 500 ms).
     Pauses: int64
     /// Times the workflow-wide pause was lifted.
     Resumes: int64
