@@ -49,7 +49,10 @@ let PublishEvery = 1_024
 [<Sealed>]
 type private Loop(pipe: Pipe<byte[], Sunk>) =
     let mutable ledger = Ledger.empty |> Ledger.assign tp 0L
-    let mutable run = PipeRun.startWith Defer pipe
+    // Timed as Workflow.run times every pipe (StageTiming), with no listener recording.
+    let mutable run =
+        PipeRun.startWith Defer (Pipe.timed (fun () -> false) (fun _ _ -> ()) pipe)
+
     let calls = Queue<AsyncRequest>()
     let mutable now = DateTimeOffset.UnixEpoch
     let mutable sunk = 0L
@@ -169,6 +172,42 @@ let private once (pipe: Pipe<byte[], Sunk>) (messages: int) =
 
     struct (clock.Elapsed.TotalSeconds * 1e9 / float messages, float bytes / float messages)
 
+/// GC allocation samples (one per ~100 KB) by type, printed when KFLOW_BENCH_ALLOCS is set: where
+/// the bytes per message go.
+[<Sealed>]
+type private AllocationSampler() =
+    inherit Diagnostics.Tracing.EventListener()
+    let counts = Collections.Concurrent.ConcurrentDictionary<string, int>()
+
+    override _.OnEventSourceCreated(source) =
+        if source.Name = "Microsoft-Windows-DotNETRuntime" then
+            // GC keyword (0x1), verbose: AllocationTick.
+            base.EnableEvents(
+                source,
+                Diagnostics.Tracing.EventLevel.Verbose,
+                LanguagePrimitives.EnumOfValue<int64, Diagnostics.Tracing.EventKeywords> 1L
+            )
+
+    override _.OnEventWritten(e) =
+        if e.EventName = "GCAllocationTick_V4" || e.EventName = "GCAllocationTick_V3" then
+            match nonNull e.PayloadNames |> Seq.tryFindIndex ((=) "TypeName") with
+            | Some i ->
+                let payload = nonNull e.Payload
+                let name = string payload[i]
+                counts.AddOrUpdate(name, 1, fun _ n -> n + 1) |> ignore
+            | None -> ()
+
+    /// The sampled types, most frequent first, and forgets them.
+    member _.Take() =
+        let top =
+            counts
+            |> Seq.sortByDescending (fun kv -> kv.Value)
+            |> Seq.truncate 15
+            |> List.ofSeq
+
+        counts.Clear()
+        top
+
 /// Rounds per pipe; the fastest counts (the machine is shared). 3.
 [<Literal>]
 let Rounds = 3
@@ -187,7 +226,22 @@ let run (messages: int) () =
         for name, title, pipe in pipes do
             once pipe (min messages 200_000) |> ignore
 
+            let sampler =
+                if isNull (Environment.GetEnvironmentVariable "KFLOW_BENCH_ALLOCS") then
+                    None
+                else
+                    Some(new AllocationSampler())
+
             let rounds = List.init Rounds (fun _ -> once pipe messages)
+
+            match sampler with
+            | Some s ->
+                for kv in s.Take() do
+                    printfn "      %6d  %s" kv.Value kv.Key
+
+                s.Dispose()
+            | None -> ()
+
             let ns = rounds |> List.map (fun struct (ns, _) -> ns) |> List.min
             let bytes = rounds |> List.map (fun struct (_, b) -> b) |> List.min
             printfn "  %-58s %8.0f ns/msg %8.0f bytes/msg" title ns bytes
