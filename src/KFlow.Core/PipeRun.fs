@@ -65,17 +65,39 @@ type PipeRun
     member internal _.NextCall = nextCall
     member internal _.NextHold = nextHold
 
-/// What one push collects, in order.
+/// What one push collects, in order: each list newest first until Effects reverses it (a push
+/// usually collects one item or none, and a one-item list needs no reversing).
 type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: int, nextHold: int) =
-    member val Outputs = ResizeArray<Envelope<obj>>()
-    member val Ledger = ResizeArray<LedgerEffect>()
-    member val Sinks = ResizeArray<SinkRequest>()
-    member val Requests = ResizeArray<AsyncRequest>()
-    member val Failures = ResizeArray<StageFailure>()
+    let mutable outputs: Envelope<obj> list = []
+    let mutable ledger: LedgerEffect list = []
+    let mutable sinks: SinkRequest list = []
+    let mutable requests: AsyncRequest list = []
+    let mutable failures: StageFailure list = []
+
+    static let inOrder (newestFirst: 'a list) =
+        match newestFirst with
+        | []
+        | [ _ ] -> newestFirst
+        | _ -> List.rev newestFirst
+
+    static let nothing = {
+        Outputs = []
+        Ledger = []
+        Sinks = []
+        Calls = []
+        Failures = []
+    }
+
     member _.Mode = mode
     member val Calls = calls with get, set
     member val NextCall = nextCall with get, set
     member val NextHold = nextHold with get, set
+
+    member _.Output(e: Envelope<obj>) = outputs <- e :: outputs
+    member _.Ledger(e: LedgerEffect) = ledger <- e :: ledger
+    member _.Sink(s: SinkRequest) = sinks <- s :: sinks
+    member _.Request(r: AsyncRequest) = requests <- r :: requests
+    member _.Failure(f: StageFailure) = failures <- f :: failures
 
     /// A new hold id (one per broadcast).
     member this.TakeHold() =
@@ -83,13 +105,16 @@ type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: in
         this.NextHold <- hold + 1
         hold
 
-    member this.Effects = {
-        Outputs = List.ofSeq this.Outputs
-        Ledger = List.ofSeq this.Ledger
-        Sinks = List.ofSeq this.Sinks
-        Calls = List.ofSeq this.Requests
-        Failures = List.ofSeq this.Failures
-    }
+    member _.Effects =
+        match outputs, ledger, sinks, requests, failures with
+        | [], [], [], [], [] -> nothing
+        | _ -> {
+            Outputs = inOrder outputs
+            Ledger = inOrder ledger
+            Sinks = inOrder sinks
+            Calls = inOrder requests
+            Failures = inOrder failures
+          }
 
 [<RequireQualifiedAccess>]
 module PipeRun =
@@ -104,7 +129,7 @@ module PipeRun =
 
     /// Records a failure of `stage` on an input envelope (ValueNone: a broadcast event).
     let private failed (acc: Collected) stage (input: Envelope<obj> voption) error =
-        acc.Failures.Add {
+        acc.Failure {
             Stage = stage
             Position = input |> ValueOption.map (fun e -> e.Position)
             Tokens =
@@ -114,14 +139,38 @@ module PipeRun =
             Error = error
         }
 
+    // User code (steps, key functions, async calls run inline) runs under these: a throw is
+    // reported, never let through the interpreter. No closure is built per call (Result is a struct).
+    let private tryStep (step: UntypedStep) now event state =
+        try
+            Ok(step.Invoke(now, event, state))
+        with ex ->
+            Error ex
+
+    let private tryPass (pass: PassStep) env =
+        try
+            Ok(pass.Invoke env)
+        with ex ->
+            Error ex
+
+    let private tryKey (demux: Demux) env =
+        try
+            Ok(demux.Key env)
+        with ex ->
+            Error ex
+
     /// Steps stage i with an event; returns what it emitted (nothing if it threw).
     let private stepStage now (acc: Collected) (stage: Stage<obj, obj>) (states: NodeState[]) i event input =
         match states[i] with
         | StageState state ->
-            match attempt (fun () -> stage.Step now event state) with
-            | Ok(state', output) ->
-                states[i] <- StageState state'
-                acc.Ledger.AddRange output.Effects
+            match tryStep stage.Step now event state with
+            | Ok(struct (state', output)) ->
+                if not (obj.ReferenceEquals(state, state')) then
+                    states[i] <- StageState state'
+
+                for e in output.Effects do
+                    acc.Ledger e
+
                 output.Emitted
             | Error ex ->
                 failed acc (Stage.name stage) input ex
@@ -134,7 +183,7 @@ module PipeRun =
         acc.NextCall <- id + 1
         acc.Calls <- Map.add id { Demuxes = List.rev path; Node = i } acc.Calls
 
-        acc.Requests.Add {
+        acc.Request {
             Id = id
             Stage = name
             Envelope = env
@@ -159,17 +208,26 @@ module PipeRun =
         else
             match nodes[i] with
             | StageNode stage ->
-                for e in stepStage now acc stage states i (Message env) (ValueSome env) do
-                    pushAt now acc path nodes states (i + 1) e k
+                match stage.Pass with
+                | ValueSome pass ->
+                    match tryPass pass env with
+                    | Ok(ValueSome out) -> pushAt now acc path nodes states (i + 1) out k
+                    | Ok ValueNone ->
+                        for t in env.Tokens do
+                            acc.Ledger(Complete t)
+                    | Error ex -> failed acc (Stage.name stage) (ValueSome env) ex
+                | ValueNone ->
+                    for e in stepStage now acc stage states i (Message env) (ValueSome env) do
+                        pushAt now acc path nodes states (i + 1) e k
             | SinkNode(name, write) ->
-                acc.Sinks.Add {
+                acc.Sink {
                     Sink = name
                     Envelope = env
                     Write = write
                     Substream = RunState.substreamName path
                 }
             | ExactlyOnceSinkNode(name, _, write) ->
-                acc.Sinks.Add {
+                acc.Sink {
                     Sink = name
                     Envelope = env
                     Write = write (AppliedOffsets.positionsOf env)
@@ -190,14 +248,14 @@ module PipeRun =
                     | Ok value -> pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
                     | Error ex -> failed acc name (ValueSome env) ex
             | DemuxNode demux ->
-                match attempt (fun () -> demux.Key env) with
+                match tryKey demux env with
                 | Error ex -> failed acc "demux key" (ValueSome env) ex
                 | Ok key ->
                     // A new key's sub-pipe is built now; a routeDependent route that throws fails the message.
                     let sub =
-                        match Map.tryFind key (RunState.demuxed states[i]).Subs with
-                        | Some sub -> Ok sub
-                        | None -> attempt (fun () -> RunState.substream demux key now)
+                        match (RunState.demuxed states[i]).Subs.TryGetValue key with
+                        | true, sub -> Ok sub
+                        | _ -> attempt (fun () -> RunState.substream demux key now)
 
                     match sub with
                     | Error ex -> failed acc "routeDependent" (ValueSome env) ex
@@ -207,7 +265,7 @@ module PipeRun =
                         let after out =
                             pushAt now acc path nodes states (i + 1) out k
 
-                        pushAt now acc ((i, key) :: path) sub.Nodes subStates 0 env after
+                        pushAt now acc (struct (i, key) :: path) sub.Nodes subStates 0 env after
 
                         states[i] <-
                             RunState.withSub
@@ -270,7 +328,7 @@ module PipeRun =
             let subStates = Array.copy sub.States
             let through = ref false
 
-            broadcastFrom now acc ((i, key) :: path) sub.Nodes subStates 0 hold event after (fun _ _ ->
+            broadcastFrom now acc (struct (i, key) :: path) sub.Nodes subStates 0 hold event after (fun _ _ ->
                 through.Value <- true)
 
             if not through.Value then
@@ -285,7 +343,7 @@ module PipeRun =
                 | Tick when now - sub.LastActive >= demux.Options.IdleAfter ->
                     // Flushed first; kept if that flush started async calls (dropped at a later tick).
                     let subStates = Array.copy sub.States
-                    let at = (i, key) :: path
+                    let at = struct (i, key) :: path
                     broadcastFrom now acc at sub.Nodes subStates 0 (acc.TakeHold()) Flush after unwatched
 
                     subs <-
@@ -304,8 +362,8 @@ module PipeRun =
         let states = Array.copy run.States
 
         match event with
-        | Message env -> pushAt now acc [] run.Nodes states 0 env acc.Outputs.Add
-        | _ -> broadcastFrom now acc [] run.Nodes states 0 (acc.TakeHold()) event acc.Outputs.Add unwatched
+        | Message env -> pushAt now acc [] run.Nodes states 0 env acc.Output
+        | _ -> broadcastFrom now acc [] run.Nodes states 0 (acc.TakeHold()) event acc.Output unwatched
 
         PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold), acc.Effects
 
@@ -349,7 +407,7 @@ module PipeRun =
             let rec descend (nodes: Node[]) (states: NodeState[]) demuxes path k passed =
                 match demuxes with
                 | [] -> settle now acc path nodes states location.Node callId result k passed
-                | (i, key) :: rest ->
+                | struct (i, key) :: rest ->
                     match states[i] with
                     | DemuxState d ->
                         let sub = d.Subs[key]
@@ -362,14 +420,14 @@ module PipeRun =
                             sub.Nodes
                             subStates
                             rest
-                            ((i, key) :: path)
+                            (struct (i, key) :: path)
                             after
                             (released now acc path nodes states i key k passed)
 
                         states[i] <- RunState.withSub key { sub with States = subStates } states[i]
                     | _ -> ()
 
-            descend run.Nodes states location.Demuxes [] acc.Outputs.Add unwatched
+            descend run.Nodes states location.Demuxes [] acc.Output unwatched
             PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold), acc.Effects
 
     let liveSubstreams (run: PipeRun) = RunState.count run.States
