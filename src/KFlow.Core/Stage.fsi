@@ -72,6 +72,7 @@ type internal PassStep = delegate of Envelope<obj> -> Envelope<obj> voption
 
 [<Sealed; NoEquality; NoComparison>]
 type Stage<'a, 'b> =
+    internal new: name: string * init: obj * step: UntypedStep * pass: PassStep voption -> Stage<'a, 'b>
     member internal Name: string
     member internal Init: obj
     member internal Step: UntypedStep
