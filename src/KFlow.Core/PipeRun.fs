@@ -461,9 +461,9 @@ module PipeRun =
             broadcastFrom now acc path nodes states (i + 1) h.Hold h.Event k passed
 
     let resume (now: DateTimeOffset) (callId: int) (result: Result<obj, exn>) (run: PipeRun) =
-        match Map.tryFind callId run.Calls with
-        | None -> invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
-        | Some location ->
+        match run.Calls.TryGetValue callId with
+        | false, _ -> invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
+        | true, location ->
             let acc =
                 Collected.Take(run.Mode, Map.remove callId run.Calls, run.NextCall, run.NextHold)
 
