@@ -105,11 +105,6 @@ module internal AsyncQueue =
 
     /// The queue with call `id`'s result recorded (unchanged if the call is not in it).
     let withResult id result (q: AsyncQueue) =
-        let change entry =
-            match entry with
-            | Started(c, e, None) when c = id -> Some(Started(c, e, Some result))
-            | _ -> None
-
         match q.Front with
         // The oldest call answers first (parallelism 1, or calls of equal length).
         | Started(c, e, None) :: rest when c = id -> {
@@ -117,6 +112,10 @@ module internal AsyncQueue =
                 Front = Started(c, e, Some result) :: rest
           }
         | _ ->
+            let change entry =
+                match entry with
+                | Started(c, e, None) when c = id -> Some(Started(c, e, Some result))
+                | _ -> None
 
             match replaceFirst change q.Front with
             | Some front -> { q with Front = front }
@@ -171,6 +170,9 @@ module internal AsyncQueue =
                 Started = q.Started - started
                 Queued = q.Queued
             }
+
+    /// How many inputs wait for a free slot.
+    let waiting (q: AsyncQueue) = q.Queued
 
     /// Starts waiting inputs, in order, in the slots free under `parallelism`.
     let startWaiting parallelism (start: Envelope<obj> -> AsyncEntry) (q: AsyncQueue) =

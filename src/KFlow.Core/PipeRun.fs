@@ -315,7 +315,14 @@ module PipeRun =
                 | Held(hold, event) -> broadcastFrom now acc path nodes states (i + 1) hold event k passed
                 | _ -> ()
 
-            states[i] <- AsyncState(AsyncQueue.startWaiting parallelism (request acc path i name run) queue)
+            // The start function is built only when an input waits (a closure per resume otherwise).
+            states[i] <-
+                AsyncState(
+                    if AsyncQueue.waiting queue = 0 then
+                        queue
+                    else
+                        AsyncQueue.startWaiting parallelism (request acc path i name run) queue
+                )
         | _ -> ()
 
     /// Substream `key` of demux i let a held event through: the events no substream holds any more
