@@ -2,11 +2,17 @@
 // request order (up to InFlight for a pipelined sink), lanes run side by side, a failed write stops its lane.
 module KFlow.Kafka.Tests.SinkLanesTests
 
+open System
+open System.Collections.Concurrent
 open System.Collections.Generic
+open System.Threading
 open System.Threading.Tasks
+open Confluent.Kafka
 open Expecto
 open KFlow
 open KFlow.Kafka
+open KFlow.Kafka.Tests.Kafka
+open KFlow.Testing
 
 let private tp = TopicPartition.create "t" 0
 
@@ -68,8 +74,156 @@ let private lanes () =
 
     l, ended, pending
 
+/// A pipelined sink "db" (4 writes in flight per lane) writing one value per write after 10 ms:
+/// `fails value try` says whether try n (from 1) of a value fails (TimeoutException). Records the
+/// values written, the most writes running at once and the values released.
+type private PipelinedSink(fails: string -> int -> bool) =
+    let tries = ConcurrentDictionary<string, int>()
+    let mutable running = 0
+    let mutable peak = 0
+    member val Sunk = ConcurrentQueue<string>()
+    member val Released = ConcurrentQueue<string>()
+    member _.Peak = Volatile.Read &peak
+
+    member this.Write(v: string) : Task = task {
+        let now = Interlocked.Increment &running
+
+        lock tries (fun () -> peak <- max peak now)
+
+        try
+            do! Task.Delay 10
+            let attempt = tries.AddOrUpdate(v, 1, (fun _ n -> n + 1))
+
+            if fails v attempt then
+                raise (TimeoutException $"the sink timed out on {v} (try {attempt})")
+
+            this.Sunk.Enqueue v
+        finally
+            Interlocked.Decrement &running |> ignore
+    }
+
+    member this.Pipe() =
+        decoded ()
+        |> Pipe.sinkWith
+            (SinkPipelining.create 4 (fun _ -> Task.CompletedTask) (fun v -> this.Released.Enqueue(string v)))
+            "db"
+            this.Write
+
+let private values n = [ for i in 0 .. n - 1 -> $"k0:{i}" ]
+
+let private sorted (q: ConcurrentQueue<string>) =
+    q |> Seq.sortBy (fun v -> int (v.Split(':')[1])) |> List.ofSeq
+
+let private quick = {
+    Backoff.defaults with
+        First = TimeSpan.FromMilliseconds 20.
+        Max = TimeSpan.FromMilliseconds 100.
+}
+
+/// The error policies with 4 writes in flight in one lane (one partition, no demux).
+let private policies =
+    testList "with 4 writes in flight" [
+        testCase
+            "retry in place: the failing write is retried while the others go on; each value once, no restart, end offsets committed"
+        <| fun () ->
+            use cluster = clusterWith "p-retry" 1 1 60
+            let sink = PipelinedSink(fun v n -> v = "k0:10" && n <= 2)
+            let log = Log()
+            let options = options cluster log "p-retry" [ "p-retry" ]
+
+            let handle =
+                runUntilSunk cluster log (seconds 30.) sink.Sunk 60 options (sink.Pipe())
+
+            Expect.equal (sorted sink.Sunk) (values 60) "each value once"
+            Expect.isGreaterThan sink.Peak 1 "writes ran side by side"
+            Expect.equal handle.Stats.Restarts 0L "no restart"
+            Expect.equal sink.Released.Count 60 "each write released once, the retried one after its retries"
+
+        testCase
+            "restart and replay: a write failing for good restarts the workflow, which writes it again; nothing lost, end offsets committed"
+        <| fun () ->
+            use cluster = clusterWith "p-restart" 1 1 60
+            let sink = PipelinedSink(fun v n -> v = "k0:10" && n = 1)
+            let log = Log()
+
+            let options = {
+                options cluster log "p-restart" [ "p-restart" ] with
+                    SinkRetries = 0
+            }
+
+            let handle = Workflow.run options (sink.Pipe())
+
+            waitUntil log (seconds 30.) "every value is sunk" (fun () -> (set sink.Sunk).Count = 60)
+
+            stopped log handle
+            expectEndOffsetsCommitted cluster options
+
+            Expect.equal
+                (sink.Sunk
+                 |> Seq.distinct
+                 |> Seq.sortBy (fun v -> int (v.Split(':')[1]))
+                 |> List.ofSeq)
+                (values 60)
+                "every value"
+
+            Expect.isGreaterThanOrEqual handle.Stats.Restarts 1L "the failure restarted the workflow"
+
+        testCase
+            "dead letter: the write failing after its retries is dead-lettered, the others are written once, end offsets committed"
+        <| fun () ->
+            use cluster = EmbeddedKafka.start 1
+            cluster.CreateTopic("p-dead", 1)
+            cluster.CreateTopic("p-dead-dlq", 1)
+            produceKeyed cluster "p-dead" 1 60
+            let sink = PipelinedSink(fun v _ -> v = "k0:10")
+            let log = Log()
+
+            let options = {
+                options cluster log "p-dead" [ "p-dead" ] with
+                    OnStageFailure = Map [ "db", RetryInPlace(1, quick, DeadLetter "p-dead-dlq") ]
+            }
+
+            let handle =
+                runUntilSunk cluster log (seconds 30.) sink.Sunk 59 options (sink.Pipe())
+
+            Expect.equal (sorted sink.Sunk) (values 60 |> List.filter ((<>) "k0:10")) "every other value once"
+            Expect.equal handle.Stats.Restarts 0L "no restart"
+            Expect.equal handle.Stats.DeadLettered 1L "one dead letter"
+
+            use consumer =
+                ConsumerBuilder<string, string>(cluster.ConsumerConfig "p-dead-reader").Build()
+
+            consumer.Assign [ TopicPartitionOffset("p-dead-dlq", Partition 0, Offset.Beginning) ]
+            let dead = consumer.Consume(TimeSpan.FromSeconds 20.)
+            Expect.isNotNull dead "a dead letter"
+            Expect.equal dead.Message.Value "k0:10" "the failing message"
+
+        testCase "halt: a write failing for good halts the workflow, and nothing at or past it is committed"
+        <| fun () ->
+            use cluster = clusterWith "p-halt" 1 1 60
+            let sink = PipelinedSink(fun v _ -> v = "k0:10")
+            let log = Log()
+
+            let options = {
+                options cluster log "p-halt" [ "p-halt" ] with
+                    SinkRetries = 0
+                    OnFailure = Halt
+            }
+
+            let handle = Workflow.run options (sink.Pipe())
+
+            let finished = handle.Completion.ContinueWith(fun (_: Task) -> ()).Wait(seconds 30.)
+
+            Expect.isTrue finished $"the workflow halted.\nLog:\n{log.Tail}"
+            Expect.isTrue handle.Completion.IsFaulted "Completion faulted"
+            expectNotCommittedPast cluster "p-halt" "p-halt" 10L
+            Expect.isFalse (Seq.contains "k0:10" sink.Sunk) "the failing value was never written"
+    ]
+
 let tests =
     testList "SinkLanes" [
+        testSequenced policies
+
         test "writes of one lane run in request order, each after the one before it ended" {
             let started = List<string>()
             let l, ended, pending = lanes ()
