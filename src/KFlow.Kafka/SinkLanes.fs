@@ -10,8 +10,18 @@ open KFlow
 /// One lane: the writes waiting, how many run, and whether a failure stopped it.
 [<Sealed; AllowNullLiteral>]
 type internal SinkLane() =
-    /// Writes not started yet, in request order.
-    member val Waiting = Queue<SinkRequest>() with get
+    let mutable waiting: Queue<SinkRequest> = null
+
+    /// Writes not started yet, in request order (made on the first one: a lane whose writes never
+    /// queue needs none).
+    member _.Waiting =
+        if isNull waiting then
+            waiting <- Queue()
+
+        waiting
+
+    /// Whether writes wait to start.
+    member _.HasWaiting = not (isNull waiting) && waiting.Count > 0
     /// Writes started and not ended.
     member val Running = 0 with get, set
     /// A write failed: nothing more starts until the lanes are cleared.
@@ -84,7 +94,7 @@ type internal SinkLanes(ended: SinkRequest -> exn option -> bool, pending: SinkR
         let mutable go = true
 
         while go do
-            if lane.Stopped || lane.Waiting.Count = 0 then
+            if lane.Stopped || not lane.HasWaiting then
                 go <- false
             else
                 let next = lane.Waiting.Peek()
@@ -110,7 +120,7 @@ type internal SinkLanes(ended: SinkRequest -> exn option -> bool, pending: SinkR
                         lane.Running <- lane.Running + 1
                         pending next t
 
-        if not lane.Stopped && lane.Running = 0 && lane.Waiting.Count = 0 then
+        if not lane.Stopped && lane.Running = 0 && not lane.HasWaiting then
             lanes.Remove name |> ignore
 
     /// Queues a write in its lane and starts it at once if the lane has room (an idle lane, or fewer
