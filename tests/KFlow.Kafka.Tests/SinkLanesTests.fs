@@ -109,6 +109,25 @@ type private PipelinedSink(fails: string -> int -> bool) =
             "db"
             this.Write
 
+    /// The sink as if every value shared a key: each reservation is ready once the value reserved
+    /// before it is released.
+    member this.ChainedPipe() =
+        let released = ConcurrentDictionary<string, TaskCompletionSource>()
+        let mutable last = Task.CompletedTask
+
+        let reserve (v: obj) =
+            let mine = released.GetOrAdd(string v, fun _ -> TaskCompletionSource())
+            let before = last
+            last <- mine.Task
+            before
+
+        let release (v: obj) =
+            this.Released.Enqueue(string v)
+            released[string v].TrySetResult() |> ignore
+
+        decoded ()
+        |> Pipe.sinkWith (SinkPipelining.create 4 reserve release) "db" this.Write
+
 let private values n = [ for i in 0 .. n - 1 -> $"k0:{i}" ]
 
 let private sorted (q: ConcurrentQueue<string>) =
@@ -197,6 +216,24 @@ let private policies =
             let dead = consumer.Consume(TimeSpan.FromSeconds 20.)
             Expect.isNotNull dead "a dead letter"
             Expect.equal dead.Message.Value "k0:10" "the failing message"
+
+        testCase
+            "MaxConcurrentWrites 1: every write takes the gate, and a write waiting for its reservation holds no slot (no deadlock)"
+        <| fun () ->
+            use cluster = clusterWith "p-gate" 1 1 60
+            let sink = PipelinedSink(fun _ _ -> false)
+            let log = Log()
+
+            let options = {
+                options cluster log "p-gate" [ "p-gate" ] with
+                    MaxConcurrentWrites = 1
+            }
+
+            runUntilSunk cluster log (seconds 30.) sink.Sunk 60 options (sink.ChainedPipe())
+            |> ignore
+
+            Expect.equal (List.ofSeq sink.Sunk) (values 60) "each value once, in reservation order"
+            Expect.equal sink.Peak 1 "never more than the gate's one write at once"
 
         testCase "halt: a write failing for good halts the workflow, and nothing at or past it is committed"
         <| fun () ->
