@@ -11,6 +11,7 @@ type SinkRequest = {
     Envelope: Envelope<obj>
     Write: obj -> Task
     Substream: string
+    Pipelining: SinkPipelining
 }
 
 [<NoEquality; NoComparison>]

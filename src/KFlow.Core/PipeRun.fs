@@ -140,19 +140,21 @@ module PipeRun =
                 | ValueNone ->
                     for e in stepStage now acc stage states i (Message env) (ValueSome env) do
                         pushAt now acc path nodes states (i + 1) e k
-            | SinkNode(name, write) ->
+            | SinkNode(name, write, pipelining) ->
                 acc.Sink {
                     Sink = name
                     Envelope = env
                     Write = write
                     Substream = RunState.substreamName path
+                    Pipelining = pipelining
                 }
-            | ExactlyOnceSinkNode(name, _, write) ->
+            | ExactlyOnceSinkNode(name, _, write, pipelining) ->
                 acc.Sink {
                     Sink = name
                     Envelope = env
                     Write = write (AppliedOffsets.positionsOf env)
                     Substream = RunState.substreamName path
+                    Pipelining = pipelining
                 }
             | AsyncMapNode(name, parallelism, run) ->
                 match acc.Mode, states[i] with

@@ -16,6 +16,7 @@ let all =
         AsyncQueueTests.tests
         CollectedTests.tests
         PipeRunTests.tests
+        SinkPipeliningTests.tests
         TestDriverTests.tests
         ConceptsTests.tests
         PipePropertyTests.tests
