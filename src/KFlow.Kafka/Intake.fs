@@ -1,5 +1,5 @@
-// The consumer thread's intake: it routes consumed messages to the partition loops through two
-// gates (in flight per workflow, open offsets per partition), pauses and resumes partitions with
+// The consumer thread's intake: it routes consumed messages to the partition loops in batches through
+// two gates (in flight per workflow, open offsets per partition), holds then pauses and resumes with
 // hysteresis, holds messages consumed while closed, and flushes pipes behind a gate that stalls.
 namespace KFlow.Kafka
 

@@ -14,7 +14,9 @@ let all =
         ChunksTests.tests
         PipeTests.tests
         AsyncQueueTests.tests
+        CollectedTests.tests
         PipeRunTests.tests
+        SinkPipeliningTests.tests
         TestDriverTests.tests
         ConceptsTests.tests
         PipePropertyTests.tests
