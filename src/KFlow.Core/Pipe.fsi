@@ -147,7 +147,11 @@ module Pipe =
     val demuxByKeyWith:
         options: DemuxOptions -> sub: (Pipe<'a, 'a> -> Pipe<'a, 'b>) -> pipe: Pipe<'i, 'a> -> Pipe<'i, 'b>
 
-    /// Like demux, but each key gets its own sub-pipe: `route key source` is built on the key's first message.
+    /// <summary>Like demux, but each key gets its own sub-pipe: `route key source` is built on the key's
+    /// first message.</summary>
+    /// <remarks>A route may not hold an exactly-once sink (its message fails with
+    /// InvalidOperationException when the route is built; see appliedOffsetStores): put it after the
+    /// route.</remarks>
     val routeDependent:
         key: ('a -> string) ->
         route: (string -> Pipe<'a, 'a> -> Pipe<'a, 'b>) ->
@@ -183,8 +187,11 @@ module Pipe =
         pipe: Pipe<'i, 'a> ->
             Pipe<'i, Sunk>
 
-    /// <summary>The applied-offset stores of the pipe's exactly-once sinks (in sub-pipes too, except
-    /// routeDependent ones, which are built per key), each once, in pipe order.</summary>
+    /// <summary>The applied-offset stores of the pipe's exactly-once sinks, each once, in pipe order: at
+    /// the top level and in every sub-pipe of demux, demuxByKey, mfd and split … join (any depth).</summary>
+    /// <remarks>A routeDependent route is built per key at run time, so a sink in it cannot be listed:
+    /// building a route that holds an exactly-once sink fails its message (InvalidOperationException
+    /// saying to put the sink after the route).</remarks>
     val appliedOffsetStores: pipe: Pipe<'i, 'o> -> AppliedOffsetStore list
 
     /// The default demux options.

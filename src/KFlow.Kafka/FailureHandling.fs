@@ -72,7 +72,8 @@ module internal FailureHandling =
             Task.FromException ex
 
     /// <summary>Runs <paramref name="run"/>, retrying it in place as the policy allows (waiting the
-    /// backoff between tries); the task faults with the last error once the retries are spent.
+    /// backoff between tries); the task faults with the last error once the retries are spent, or at
+    /// once when a write was fenced (AppliedOffsets.isFenced: trying it again is fenced again).
     /// Without retries it is just <c>run ()</c>. <paramref name="what"/> names the attempt in the
     /// log, built only when a try fails (it runs for every message).</summary>
     let retrying
@@ -102,14 +103,14 @@ module internal FailureHandling =
                         failures <- failures + 1
 
                         match ErrorPolicy.retryDelay (handling.Draw()) failures policy with
-                        | ValueSome delay ->
+                        | ValueSome delay when not (AppliedOffsets.isFenced ex) ->
                             handling.Log
                                 $"{what ()} failed (try {failures}): {ex.GetType().Name}: {ex.Message}; retrying in place in {delay}"
 
                             do! Task.Delay delay
                             handling.Retried()
                             current <- attempt run
-                        | ValueNone ->
+                        | _ ->
                             error <- Some ex
                             go <- false
 
@@ -137,9 +138,10 @@ module internal FailureHandling =
     /// <summary>A sink write with the sink's policy applied (sinkPolicyOf): retried in place, then,
     /// under DeadLetter, the original messages of its tokens (<paramref name="originalsOf"/>, called
     /// now, on the partition's loop) are dead-lettered, so the write succeeds once the broker
-    /// acknowledged every one of them. If not all of them are at hand (ValueNone), the write fails
-    /// with its error instead (nothing is completed unwritten). Without retries or dead-lettering
-    /// the request is returned as it is.</summary>
+    /// acknowledged every one of them. If not all of them are at hand (ValueNone), or the write was
+    /// fenced (an exactly-once sink's partition claimed by another instance, which applies these
+    /// messages itself), the write fails with its error instead (nothing is completed unwritten).
+    /// Without retries or dead-lettering the request is returned as it is.</summary>
     let guardWrite
         (handling: FailureHandling)
         (what: unit -> string)
@@ -161,7 +163,7 @@ module internal FailureHandling =
                     do! retrying handling whatAt policy (fun () -> task { do! request.Write value })
                 with ex ->
                     match originals with
-                    | ValueSome originals ->
+                    | ValueSome originals when not (AppliedOffsets.isFenced ex) ->
                         do! deadLetterAll dlq topic originals request.Sink ex attempts
 
                         for _ in originals do
@@ -169,7 +171,7 @@ module internal FailureHandling =
 
                         handling.Log
                             $"{whatAt ()} failed {attempts} times ({ex.Message}); dead-lettered {originals.Length} message(s) to '{topic}'"
-                    | ValueNone -> return raise ex
+                    | _ -> return raise ex
             }
 
             { request with Write = write }

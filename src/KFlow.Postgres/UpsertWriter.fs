@@ -149,6 +149,12 @@ type UpsertWriter<'a>
     // Batches still to upsert directly (no insert-first try), and the current length of that run.
     let mutable upsertOnlyBatches = 0
     let mutable conflictPenalty = 0
+    // Exactly-once mode: the epoch of each partition this writer claimed last (AppliedOffsets.Load).
+    let claims =
+        System.Collections.Concurrent.ConcurrentDictionary<TopicPartition, int64>()
+
+    let claimedBy = $"{Environment.MachineName} pid {Environment.ProcessId}"
+    let mutable checkFence = true
 
     /// The records' values, checked and normalized once (not again on a retry).
     let prepare (batch: 'a list) : obj[][] =
@@ -221,48 +227,73 @@ type UpsertWriter<'a>
         ()
     }
 
-    /// The outcome of an exactly-once statement: how many of the batch's offsets were recorded before.
+    /// The outcome of an exactly-once statement: how many of the batch's offsets were recorded before,
+    /// or -1 when the batch was fenced.
     let seenOf (result: obj) =
         match result with
         | :? int64 as n -> n
         | _ -> 0L
 
-    /// The record parameters of a batch's positions (exactly-once mode), else none.
-    let recordParameters (positions: Position list) =
+    /// The claims a batch carries: the epoch this writer holds for each partition of its positions (0 if
+    /// it claimed none), read once when the write starts, so its retries carry the same claims.
+    let claimsOf (positions: Position list) =
+        if not checkFence then
+            [||]
+        else
+            positions
+            |> List.map _.TopicPartition
+            |> List.distinct
+            |> List.map (fun tp ->
+                match claims.TryGetValue tp with
+                | true, epoch -> tp, epoch
+                | _ -> tp, 0L)
+            |> Array.ofList
+
+    /// The record parameters of a batch's positions and claims (exactly-once mode), else none.
+    let recordParameters (positions: Position list) (claimed: (TopicPartition * int64)[]) =
         match statements.Applied with
-        | Some offsets -> PgAppliedOffsets.recordParameters offsets positions
+        | Some offsets -> PgAppliedOffsets.recordParameters offsets positions claimed
         | None -> []
 
     /// One attempt of the Copy method: temp table, binary COPY, INSERT, commit. Returns how many of the
     /// batch's offsets were recorded before (exactly-once mode; 0 otherwise).
-    let attemptCopy (positions: Position list) (rows: obj[][]) (seen: int64 ref) () : Task = task {
-        use! connection = dataSource.OpenConnectionAsync()
-        use! transaction = connection.BeginTransactionAsync()
+    let attemptCopy
+        (positions: Position list)
+        (claimed: (TopicPartition * int64)[])
+        (rows: obj[][])
+        (seen: int64 ref)
+        ()
+        : Task =
+        task {
+            use! connection = dataSource.OpenConnectionAsync()
+            use! transaction = connection.BeginTransactionAsync()
 
-        do! task {
-            use command = new NpgsqlCommand(statements.CreateStage, connection, transaction)
-            let! _ = command.ExecuteNonQueryAsync()
-            ()
+            do! task {
+                use command = new NpgsqlCommand(statements.CreateStage, connection, transaction)
+                let! _ = command.ExecuteNonQueryAsync()
+                ()
+            }
+
+            do! copyRows connection rows
+
+            do! task {
+                use command = new NpgsqlCommand(statements.Insert, connection, transaction)
+
+                for p in recordParameters positions claimed do
+                    command.Parameters.Add p |> ignore
+
+                let! result = command.ExecuteScalarAsync()
+                seen.Value <- seenOf result
+            }
+
+            // A fenced batch wrote nothing; its transaction only drops the temp table.
+            do! transaction.CommitAsync()
         }
-
-        do! copyRows connection rows
-
-        do! task {
-            use command = new NpgsqlCommand(statements.Insert, connection, transaction)
-
-            for p in recordParameters positions do
-                command.Parameters.Add p |> ignore
-
-            let! result = command.ExecuteScalarAsync()
-            seen.Value <- seenOf result
-        }
-
-        do! transaction.CommitAsync()
-    }
 
     /// One attempt of the Unnest method: the batch as one array per field, one statement.
     let attemptUnnest
         (positions: Position list)
+        (claimed: (TopicPartition * int64)[])
         (rows: obj[][])
         (fieldArrays: obj[][])
         (seen: int64 ref)
@@ -285,7 +316,7 @@ type UpsertWriter<'a>
                     )
                     |> ignore
 
-                for p in recordParameters positions do
+                for p in recordParameters positions claimed do
                     command.Parameters.Add p |> ignore
 
                 try
@@ -356,6 +387,44 @@ type UpsertWriter<'a>
         if PgRetry.connectionLost error then
             dataSource.Clear()
 
+    /// Raises the FencedWriteException of a batch refused for its stale claims, naming the current owners.
+    let fenced (claimed: (TopicPartition * int64)[]) (count: int) : Task = task {
+        let offsets = Option.get statements.Applied
+
+        let held =
+            claimed
+            |> Array.map (fun (tp, epoch) ->
+                if epoch = 0L then
+                    $"{tp}: not claimed by this writer"
+                else
+                    $"{tp}: epoch {epoch}")
+            |> String.concat "; "
+
+        let! owners = task {
+            try
+                use! connection = dataSource.OpenConnectionAsync()
+
+                let! found =
+                    PgAppliedOffsets.describeOwners
+                        offsets
+                        connection
+                        (claimed |> Array.map fst |> List.ofArray)
+
+                return String.concat "; " found
+            with error ->
+                return $"(could not be read: {error.Message})"
+        }
+
+        raise (
+            FencedWriteException(
+                $"A batch of {count} record(s) for {table} ({server}) was fenced and nothing of it was written: \
+                  its partition was claimed by another owner after this writer's claim ({held}; now {owners}, \
+                  in {offsets.Owners}). The new owner reads the applied offsets and applies these messages \
+                  itself; a workflow drops this write if it lost the partition, and restarts if it did not."
+            )
+        )
+    }
+
     /// Writes a batch (positions: its source messages, recorded in exactly-once mode).
     let write (positions: Position list) (batch: 'a list) : Task =
         if disposed then
@@ -378,16 +447,21 @@ type UpsertWriter<'a>
                         transient
                     )
 
+                let claimed = claimsOf positions
+
                 let attempt =
                     match statements.Method with
-                    | UpsertMethod.Copy -> attemptCopy positions rows seen
+                    | UpsertMethod.Copy -> attemptCopy positions claimed rows seen
                     | UpsertMethod.Unnest ->
                         let fieldArrays =
                             Array.init columns.Length (fun i -> rows |> Array.map (fun row -> row[i]))
 
-                        attemptUnnest positions rows fieldArrays seen
+                        attemptUnnest positions claimed rows fieldArrays seen
 
                 do! PgRetry.run retry onTransient describe attempt
+
+                if seen.Value < 0L then
+                    do! fenced claimed rows.Length
 
                 // In exactly-once mode nothing was written if any offset was recorded before: all of them
                 // means the batch was applied already (a replay, or a retry after a commit whose answer
@@ -410,6 +484,12 @@ type UpsertWriter<'a>
 
     /// The target table (schema.table as configured).
     member _.Table = string table
+
+    /// Tests only: false makes batches carry no claims, so they are never fenced (the behaviour before
+    /// fencing, to show what it prevents). Default true.
+    member internal _.CheckFence
+        with get () = checkFence
+        and set value = checkFence <- value
 
     /// The server, without the password: Host, Port, Database, Username.
     member _.Server = server
@@ -453,6 +533,10 @@ type UpsertWriter<'a>
 
     /// <summary>The store of applied offsets the runtime reads on assignment (exactly-once mode;
     /// InvalidOperationException otherwise). Its calls are retried like batches.</summary>
+    /// <remarks>Its Load claims the partitions for this writer first: their epochs in the owners table
+    /// are bumped (waiting for the batches in flight of their previous owner), and from then on a batch
+    /// of another writer holding an older claim is fenced (FencedWriteException). Give each workflow
+    /// instance its own writer: writers sharing one object share its claims.</remarks>
     member _.AppliedOffsets: AppliedOffsetStore =
         match statements.Applied with
         | None ->
@@ -485,6 +569,18 @@ type UpsertWriter<'a>
 
                         do!
                             retried (fun connection -> task {
+                                // Claim first (waits for the old owner's batches in flight), then read in
+                                // later statements, which see what those batches committed.
+                                let! claimed =
+                                    PgAppliedOffsets.claim
+                                        offsets
+                                        connection
+                                        claimedBy
+                                        (committed |> List.map fst)
+
+                                for tp, epoch in claimed do
+                                    claims[tp] <- epoch
+
                                 let! loaded = PgAppliedOffsets.load offsets connection committed
                                 found <- loaded
                             })
@@ -615,7 +711,7 @@ module UpsertWriter =
         // before (kflow_seen), by a data-modifying WITH item, in the statement that records them.
         let guard =
             match applied with
-            | Some _ -> " WHERE (SELECT n FROM kflow_seen) = 0"
+            | Some _ -> " WHERE " + PgAppliedOffsets.writeCondition
             | None -> ""
 
         /// INSERT of `source` (a FROM clause whose rows carry the fields and the ordinal), the last row
@@ -629,7 +725,7 @@ module UpsertWriter =
         let recording (firstParameter: int) (insert: string) =
             match applied with
             | Some offsets ->
-                $"WITH {PgAppliedOffsets.recordItems offsets firstParameter}, kflow_write AS ({insert})                   SELECT n FROM kflow_seen"
+                $"WITH {PgAppliedOffsets.recordItems offsets firstParameter}, kflow_write AS ({insert})                   {PgAppliedOffsets.outcome}"
             | None -> insert
 
         let unnested =
@@ -690,13 +786,16 @@ module UpsertWriter =
         try
             let server = describeServer dataSource.ConnectionString
             let mutable loaded = None
+            let mutable ensured = None
 
             let load () : Task = task {
                 use! connection = dataSource.OpenConnectionAsync()
                 let! found = PgSchema.load connection table
 
                 match applied with
-                | Some offsets -> do! PgAppliedOffsets.ensure offsets connection
+                | Some offsets ->
+                    let! resolved = PgAppliedOffsets.ensure offsets table connection
+                    ensured <- Some resolved
                 | None -> ()
 
                 loaded <- Some found
@@ -741,7 +840,7 @@ module UpsertWriter =
                     Array.ofList columns,
                     config.Row,
                     config.Retry,
-                    statementsFor table columns config.Keys applied
+                    statementsFor table columns config.Keys ensured
                 )
         with error ->
             if owns then
