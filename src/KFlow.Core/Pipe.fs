@@ -204,7 +204,13 @@ module Pipe =
                 "store"
                 "An exactly-once sink needs an applied-offset store with the workflow's consumer group."
 
-        append (ExactlyOnceSinkNode(name, store, (fun positions v -> write positions (unbox<'a> v)))) pipe
+        // `write positions` is applied when the request is made (on the partition's loop, while it is
+        // owned), so a write can take its claims then; the result is called for each try.
+        let node (positions: Position list) =
+            let writeValue = write positions
+            fun (v: obj) -> writeValue (unbox<'a> v)
+
+        append (ExactlyOnceSinkNode(name, store, node)) pipe
 
     let split (key: 'a -> string) (pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> =
         let scope = {

@@ -179,7 +179,10 @@ module Pipe =
     /// <paramref name="store"/> in one transaction. The runtime resumes past and skips recorded offsets
     /// (Workflow.run), so each message's effect is applied once even across crashes.</summary>
     /// <remarks>A message must reach the sink as one value: Workflow.run refuses a pipe with an unfold,
-    /// and a stage that splits one message into several outputs fails the workflow.</remarks>
+    /// and a stage that splits one message into several outputs fails the workflow. <c>write
+    /// positions</c> is applied when the value reaches the sink (on the partition's loop, while the
+    /// partition is assigned), and the function it returns is called for each try of the write: a
+    /// write that must carry the partition's current claim (fencing) takes it in the first step.</remarks>
     val sinkExactlyOnce:
         name: string ->
         store: AppliedOffsetStore ->

@@ -425,8 +425,9 @@ type UpsertWriter<'a>
         )
     }
 
-    /// Writes a batch (positions: its source messages, recorded in exactly-once mode).
-    let write (positions: Position list) (batch: 'a list) : Task =
+    /// Writes a batch (positions: its source messages, recorded in exactly-once mode, with the claims
+    /// on their partitions taken when the write was made).
+    let write (positions: Position list) (claimed: (TopicPartition * int64)[]) (batch: 'a list) : Task =
         if disposed then
             Task.FromException(
                 ObjectDisposedException(nameof UpsertWriter, "This upsert writer has been disposed.")
@@ -446,8 +447,6 @@ type UpsertWriter<'a>
                         error,
                         transient
                     )
-
-                let claimed = claimsOf positions
 
                 let attempt =
                     match statements.Method with
@@ -521,7 +520,7 @@ type UpsertWriter<'a>
                       UpsertWriter.sinkExactlyOnce), which records their source offsets."
                 )
             )
-        | None -> write [] batch
+        | None -> write [] [||] batch
 
     /// <summary>Exactly-once mode: writes a batch and records its source positions in the offsets table,
     /// in one statement; the Task succeeds once it is committed.</summary>
@@ -529,7 +528,18 @@ type UpsertWriter<'a>
     /// written and the Task succeeds; if only some were, nothing is written and the Task faults with
     /// PgSinkException. A retry after a lost answer is therefore safe even on an insert-only table.
     /// Without exactly-once mode the positions are ignored.</remarks>
-    member _.WriteApplied(positions: Position list, batch: 'a list) : Task = write positions batch
+    member _.WriteApplied(positions: Position list, batch: 'a list) : Task =
+        write positions (claimsOf positions) batch
+
+    /// <summary>Exactly-once mode: the write of batches standing for <paramref name="positions"/>, with
+    /// this writer's claims on their partitions taken now (WriteApplied takes them when called).</summary>
+    /// <remarks>The runtime makes a sink's write when the batch reaches the sink, while the partition is
+    /// assigned (Pipe.sinkExactlyOnce); every try of it (retries in place too) then carries the claims
+    /// of that assignment, so a try after the partition moved away and back is fenced, not written
+    /// with the later claim.</remarks>
+    member _.ClaimedWrite(positions: Position list) : 'a list -> Task =
+        let claimed = claimsOf positions
+        fun batch -> write positions claimed batch
 
     /// <summary>The store of applied offsets the runtime reads on assignment (exactly-once mode;
     /// InvalidOperationException otherwise). Its calls are retried like batches.</summary>
@@ -855,11 +865,7 @@ module UpsertWriter =
     let write (writer: UpsertWriter<'a>) (batch: 'a list) : Task = writer.Write batch
 
     /// <summary>Ends a pipe with the writer as an exactly-once sink named <paramref name="name"/>
-    /// (Pipe.sinkExactlyOnce with the writer's AppliedOffsets and WriteApplied). The writer must be in
+    /// (Pipe.sinkExactlyOnce with the writer's AppliedOffsets and ClaimedWrite). The writer must be in
     /// exactly-once mode (UpsertConfig.withExactlyOnce) for the workflow's group.</summary>
     let sinkExactlyOnce (name: string) (writer: UpsertWriter<'a>) (pipe: Pipe<'i, 'a list>) : Pipe<'i, Sunk> =
-        Pipe.sinkExactlyOnce
-            name
-            writer.AppliedOffsets
-            (fun positions batch -> writer.WriteApplied(positions, batch))
-            pipe
+        Pipe.sinkExactlyOnce name writer.AppliedOffsets writer.ClaimedWrite pipe

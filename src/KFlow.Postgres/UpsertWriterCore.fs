@@ -101,9 +101,12 @@ type UpsertWriterCore =
             [<Optional; DefaultParameterValue(null: Action<int>)>] written: Action<int>
         ) : Pipe<'i, Sunk> =
         pipe
-        |> Pipe.sinkExactlyOnce name writer.AppliedOffsets (fun positions batch -> task {
-            do! writer.WriteApplied(positions, List.ofSeq batch)
+        |> Pipe.sinkExactlyOnce name writer.AppliedOffsets (fun positions ->
+            let write = writer.ClaimedWrite positions
 
-            if not (isNull written) then
-                written.Invoke batch.Count
-        })
+            fun batch -> task {
+                do! write (List.ofSeq batch)
+
+                if not (isNull written) then
+                    written.Invoke batch.Count
+            })

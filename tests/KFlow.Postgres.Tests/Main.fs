@@ -15,6 +15,7 @@ let all =
         PgAppliedOffsetsTests.tests
         UpsertWriterTests.tests
         ExactlyOnceCrashTests.tests
+        ExactlyOnceZombieTests.tests
         PostgresSinkDocTests.tests
         SeedWorkflowTests.tests
     ]
