@@ -147,14 +147,17 @@ let private zombie (fence: bool) =
 
     hold.Holding <- false
     let b = Workflow.run (options "B") (pipe "B" writerB writerB.ClaimedWrite)
-    let ends = endOffsets cluster topic partitions
 
-    waitUntil log (seconds 90.) "A and B processed and committed every message again" (fun () ->
-        committed cluster group topic partitions = ends)
+    // Kafka's committed offsets are not waited for: a partition that resumed past applied offsets up
+    // to its end delivers nothing, so its committed offset stays behind until new messages arrive.
+    waitUntil log (seconds 90.) "A and B applied every message again" (fun () ->
+        (rowsPerMessage table).Count = messages)
 
-    // What the runtime prunes after its commits, now: the applied offsets that could still show A's
-    // held batches as applied already are gone, as they are in a long-running service.
-    writerB.AppliedOffsets.Prune [ for p, e in ends -> TopicPartition.create topic p, e ]
+    // What the runtime prunes once Kafka committed past them, now: the applied offsets that could
+    // still show A's held batches as applied already are gone, as in a long-running service.
+    writerB.AppliedOffsets.Prune [
+        for p, e in endOffsets cluster topic partitions -> TopicPartition.create topic p, e
+    ]
     |> _.Wait()
 
     let before = rowsPerMessage table
