@@ -12,13 +12,17 @@ open KFlow
 /// <summary>The settings of the exactly-once mode (see UpsertConfig.ExactlyOnce).</summary>
 /// <remarks>Each batch records the source offsets it applies in <c>OffsetsTable</c>, in the same statement
 /// as its rows; the runtime resumes past and skips recorded offsets, so each message's effect is applied
-/// once even across crashes, and tables without a unique key (Keys = []) can be appended to.</remarks>
+/// once even across crashes, and tables without a unique key (Keys = []) can be appended to. Reading
+/// them on assignment claims the partitions, and a batch whose claim is stale is fenced
+/// (FencedWriteException), so a revoked instance's late write cannot apply its messages again.</remarks>
 [<NoEquality; NoComparison>]
 type ExactlyOnceOptions = {
     /// The workflow's consumer group (WorkflowOptions.GroupId). No default.
     GroupId: string
-    /// The sink's own table of applied offsets (table or schema.table), created at start-up if missing.
-    /// Several sinks and groups may share it. Default "kflow_applied_offsets".
+    /// The sink's own table of applied offsets (table or schema.table), created at start-up if missing,
+    /// with its owners table (the same name + "_owners"), whose per-partition epochs fence the writes of
+    /// an instance that lost the partition. Several sinks and groups may share them. Default
+    /// "kflow_applied_offsets".
     OffsetsTable: string
 }
 
