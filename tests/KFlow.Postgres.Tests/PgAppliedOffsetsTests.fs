@@ -345,6 +345,42 @@ let tests =
             Expect.isTrue (e :? FencedWriteException) "the old owner's next batch is fenced"
         }
 
+        test "a batch that waits for a claim in progress is fenced once the claim commits" {
+            let table = eventsTable ()
+            let offsets = freshTable ()
+            let a = appender table offsets "g"
+            load a 0L |> ignore
+            // A claim in progress: the owner row bumped in a transaction the test holds open.
+            use claimer = new NpgsqlConnection(connectionString ())
+            claimer.Open()
+            use transaction = claimer.BeginTransaction()
+
+            do
+                use command =
+                    new NpgsqlCommand(
+                        $"UPDATE {offsets}_owners SET epoch = epoch + 1, claimed_by = 'test'",
+                        claimer,
+                        transaction
+                    )
+
+                command.ExecuteNonQuery() |> ignore
+
+            // The batch's statement starts (its snapshot still shows the old epoch) and waits for the lock.
+            let batch = a.WriteApplied(at [ 1L ], [ [| box 1L; box "m1" |] ])
+
+            let waitingBatches =
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                + "AND query LIKE 'WITH kflow_batch%'"
+
+            waitFor "the batch waits for the claim's row lock" (fun () -> scalar<int64> waitingBatches > 0L)
+            Expect.isFalse batch.IsCompleted "the batch is waiting"
+            transaction.Commit()
+            let e = faultOf "after the claim committed" (fun () -> batch)
+            Expect.isTrue (e :? FencedWriteException) "fenced: the locked row's latest version is re-checked"
+            Expect.isEmpty (sources table) "nothing written"
+            Expect.isEmpty (recorded offsets) "nothing recorded"
+        }
+
         test "with the fence check off (tests only) a stale claim's batch is written" {
             let table = eventsTable ()
             let offsets = freshTable ()
