@@ -14,7 +14,9 @@ public static class PostgresFlowExtensions
     /// <summary>Ends the pipeline by upserting each batch into <paramref name="table"/> in one
     /// transaction (the last row per key in a batch wins; replays are idempotent). Properties map to
     /// columns by name (see <see cref="PostgresColumns"/>). The table, its columns and its key are
-    /// checked when the workflow starts; transient errors are retried (10 attempts, 100 ms to 5 s).
+    /// checked when the workflow starts; transient errors are retried (10 attempts, 100 ms to 5 s). Up to
+    /// <see cref="PostgresTable.Pipelining"/> batches of one substream are written at once (default 4),
+    /// in order per key.
     /// With <see cref="PostgresTable.WithExactlyOnce"/> each batch also records its messages' offsets
     /// for the workflow's group in the same statement, and each message is applied once (see
     /// <see cref="PostgresTable.ExactlyOnce"/>).</summary>
@@ -49,18 +51,18 @@ public static class PostgresFlowExtensions
             return withProblems.EndWith(sinkName, async ctx =>
             {
                 var writer = await UpsertWriterCore.CreateExactlyOnceAsync(ConnectionString(table, ctx), table.Table,
-                    columns, table.Keys, values, groupId, table.OffsetsTable!).ConfigureAwait(false);
+                    columns, table.Keys, values, groupId, table.OffsetsTable!, table.Pipelining).ConfigureAwait(false);
                 ctx.Resources.Add(writer);
                 return pipe => UpsertWriterCore.SinkExactlyOnce(pipe, sinkName, writer, new Action<int>(n => ctx.AddWritten(n)));
             });
         }
 
-        return withProblems.End(sinkName, async ctx =>
+        return withProblems.EndWith(sinkName, async ctx =>
         {
             var writer = await UpsertWriterCore.CreateAsync(ConnectionString(table, ctx), table.Table, columns,
-                table.Keys, values).ConfigureAwait(false);
+                table.Keys, values, table.Pipelining).ConfigureAwait(false);
             ctx.Resources.Add(writer);
-            return batch => UpsertWriterCore.WriteAsync(writer, batch);
+            return pipe => UpsertWriterCore.Sink(pipe, sinkName, writer, new Action<int>(n => ctx.AddWritten(n)));
         });
     }
 

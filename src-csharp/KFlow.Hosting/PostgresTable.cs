@@ -45,6 +45,12 @@ public sealed record PostgresTable
     /// recorded there; delete the group's rows first.</summary>
     public string? OffsetsTable { get; init; }
 
+    /// <summary>Batches of one substream (a partition, or a key after <c>Demux</c>) written at once, each on
+    /// its own pooled connection; a batch sharing a key with an earlier one still in flight waits for it,
+    /// so per key the table sees the batches in order. 1 writes one batch at a time. Lower it when many
+    /// substreams write at once (each may hold this many connections of the pool). Default 4.</summary>
+    public int Pipelining { get; init; } = 4;
+
     /// <summary>Table <paramref name="table"/> upserted by <paramref name="keys"/>.</summary>
     public static PostgresTable Named(string table, params string[] keys) => new(table ?? "", keys ?? Array.Empty<string>());
 
@@ -56,8 +62,14 @@ public sealed record PostgresTable
     public PostgresTable WithExactlyOnce(string? offsetsTable = null) =>
         this with { ExactlyOnce = true, OffsetsTable = offsetsTable };
 
+    /// <summary>This table written with up to <paramref name="inFlight"/> batches of one substream at
+    /// once (see <see cref="Pipelining"/>; default 4, 1: one at a time).</summary>
+    public PostgresTable WithPipelining(int inFlight) => this with { Pipelining = inFlight };
+
     internal IEnumerable<string> Problems()
     {
+        if (Pipelining < 1)
+            yield return $"ToPostgres: table '{Table}' has Pipelining {Pipelining}; it must be at least 1 (1 writes one batch at a time; default 4).";
         if (string.IsNullOrWhiteSpace(Table))
             yield return "ToPostgres: the table name must not be empty.";
         if (Keys.Count == 0 && !ExactlyOnce)

@@ -15,8 +15,12 @@ type Node =
     | StageNode of Stage<obj, obj>
     | DemuxNode of Demux
     | AsyncMapNode of name: string * parallelism: int * run: (obj -> Task<obj>)
-    | SinkNode of name: string * write: (obj -> Task)
-    | ExactlyOnceSinkNode of name: string * store: AppliedOffsetStore * write: (Position list -> obj -> Task)
+    | SinkNode of name: string * write: (obj -> Task) * pipelining: SinkPipelining
+    | ExactlyOnceSinkNode of
+        name: string *
+        store: AppliedOffsetStore *
+        write: (Position list -> obj -> Task) *
+        pipelining: SinkPipelining
 
 and [<NoEquality; NoComparison>] Demux = {
     Key: Envelope<obj> -> string
@@ -128,7 +132,7 @@ module Pipe =
             nodes
             |> List.tryPick (fun node ->
                 match node with
-                | ExactlyOnceSinkNode(name, _, _) -> Some name
+                | ExactlyOnceSinkNode(name, _, _, _) -> Some name
                 | DemuxNode { Route = Same sub } -> exactlyOnce sub
                 | _ -> None)
 
@@ -184,13 +188,32 @@ module Pipe =
 
         append (AsyncMapNode("mapAsync", parallelism, run)) pipe
 
-    let sink (name: string) (write: 'a -> Task) (pipe: Pipe<'i, 'a>) : Pipe<'i, Sunk> =
+    let private checkPipelining (pipelining: SinkPipelining) =
+        if obj.ReferenceEquals(pipelining, null) then
+            invalidArgWith
+                "pipelining"
+                "Give the sink's pipelining (SinkPipelining.sequential for one write at a time)."
+
+        SinkPipelining.create pipelining.InFlight pipelining.Reserve pipelining.Release
+        |> ignore
+
+    let sinkWith
+        (pipelining: SinkPipelining)
+        (name: string)
+        (write: 'a -> Task)
+        (pipe: Pipe<'i, 'a>)
+        : Pipe<'i, Sunk> =
         if String.IsNullOrWhiteSpace name then
             invalidArgWith "name" "A sink needs a non-empty name; it names the sink in reports and failures."
 
-        append (SinkNode(name, (fun v -> write (unbox<'a> v)))) pipe
+        checkPipelining pipelining
+        append (SinkNode(name, (fun v -> write (unbox<'a> v)), pipelining)) pipe
 
-    let sinkExactlyOnce
+    let sink (name: string) (write: 'a -> Task) (pipe: Pipe<'i, 'a>) : Pipe<'i, Sunk> =
+        sinkWith SinkPipelining.sequential name write pipe
+
+    let sinkExactlyOnceWith
+        (pipelining: SinkPipelining)
         (name: string)
         (store: AppliedOffsetStore)
         (write: Position list -> 'a -> Task)
@@ -204,13 +227,18 @@ module Pipe =
                 "store"
                 "An exactly-once sink needs an applied-offset store with the workflow's consumer group."
 
+        checkPipelining pipelining
+
         // `write positions` is applied when the request is made (on the partition's loop, while it is
         // owned), so a write can take its claims then; the result is called for each try.
         let node (positions: Position list) =
             let writeValue = write positions
             fun (v: obj) -> writeValue (unbox<'a> v)
 
-        append (ExactlyOnceSinkNode(name, store, node)) pipe
+        append (ExactlyOnceSinkNode(name, store, node, pipelining)) pipe
+
+    let sinkExactlyOnce name store (write: Position list -> 'a -> Task) pipe =
+        sinkExactlyOnceWith SinkPipelining.sequential name store write pipe
 
     let split (key: 'a -> string) (pipe: Pipe<'i, 'a>) : Pipe<'i, 'a> =
         let scope = {
@@ -292,7 +320,7 @@ module Pipe =
             nodes
             |> List.collect (fun node ->
                 match node with
-                | ExactlyOnceSinkNode(_, store, _) -> [ store ]
+                | ExactlyOnceSinkNode(_, store, _, _) -> [ store ]
                 | DemuxNode { Route = Same sub } -> walk sub
                 | _ -> [])
 
@@ -314,8 +342,8 @@ module Pipe =
                 | StageNode s -> lines.AppendLine(pad + Stage.name s) |> ignore
                 | AsyncMapNode(name, p, _) ->
                     lines.AppendLine(sprintf "%s%s (parallelism %d)" pad name p) |> ignore
-                | SinkNode(name, _) -> lines.AppendLine(sprintf "%ssink %s" pad name) |> ignore
-                | ExactlyOnceSinkNode(name, _, _) ->
+                | SinkNode(name, _, _) -> lines.AppendLine(sprintf "%ssink %s" pad name) |> ignore
+                | ExactlyOnceSinkNode(name, _, _, _) ->
                     lines.AppendLine(sprintf "%ssink %s (exactly once)" pad name) |> ignore
                 | DemuxNode d ->
                     match d.Route with

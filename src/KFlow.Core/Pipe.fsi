@@ -27,11 +27,16 @@ type Node =
     /// passing results on in input order.
     | AsyncMapNode of name: string * parallelism: int * run: (obj -> Task<obj>)
     /// A described sink effect: the interpreter runs `write` on each arriving value (usually a batch);
-    /// the envelope's tokens complete when it succeeds, none when it fails.
-    | SinkNode of name: string * write: (obj -> Task)
+    /// the envelope's tokens complete when it succeeds, none when it fails. `pipelining` says how many
+    /// writes of one substream may run at once (SinkPipelining.sequential: one).
+    | SinkNode of name: string * write: (obj -> Task) * pipelining: SinkPipelining
     /// A sink in exactly-once mode: `write` receives the source positions of the value's tokens with
     /// the value, and records them in `store` in the same transaction as its effect.
-    | ExactlyOnceSinkNode of name: string * store: AppliedOffsetStore * write: (Position list -> obj -> Task)
+    | ExactlyOnceSinkNode of
+        name: string *
+        store: AppliedOffsetStore *
+        write: (Position list -> obj -> Task) *
+        pipelining: SinkPipelining
 
 /// A demux node.
 and [<NoEquality; NoComparison>] Demux = {
@@ -172,6 +177,28 @@ module Pipe =
     /// A sink named `name`: each arriving value (usually a batch from an aggregate) is written by
     /// `write`; its tokens complete when the write succeeds. Nothing flows past a sink.
     val sink: name: string -> write: ('a -> Task) -> pipe: Pipe<'i, 'a> -> Pipe<'i, Sunk>
+
+    /// <summary>A sink named <paramref name="name"/> whose writes the runtime may pipeline as
+    /// <paramref name="pipelining"/> allows: up to InFlight writes of one substream at once, the sink
+    /// keeping the order per key itself (see SinkPipelining). <c>sink</c> is
+    /// <c>sinkWith SinkPipelining.sequential</c>.</summary>
+    val sinkWith:
+        pipelining: SinkPipelining ->
+        name: string ->
+        write: ('a -> Task) ->
+        pipe: Pipe<'i, 'a> ->
+            Pipe<'i, Sunk>
+
+    /// <summary>sinkExactlyOnce whose writes the runtime may pipeline as <paramref name="pipelining"/>
+    /// allows (see sinkWith). <c>sinkExactlyOnce</c> is <c>sinkExactlyOnceWith
+    /// SinkPipelining.sequential</c>.</summary>
+    val sinkExactlyOnceWith:
+        pipelining: SinkPipelining ->
+        name: string ->
+        store: AppliedOffsetStore ->
+        write: (Position list -> 'a -> Task) ->
+        pipe: Pipe<'i, 'a> ->
+            Pipe<'i, Sunk>
 
     /// <summary>A sink in exactly-once mode named <paramref name="name"/>: each arriving value is written by
     /// <c>write positions value</c>, where positions are the source messages the value stands for (its

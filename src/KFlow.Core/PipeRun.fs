@@ -11,6 +11,7 @@ type SinkRequest = {
     Envelope: Envelope<obj>
     Write: obj -> Task
     Substream: string
+    Pipelining: SinkPipelining
 }
 
 [<NoEquality; NoComparison>]
@@ -161,19 +162,21 @@ module PipeRun =
             | StageNode stage ->
                 for e in stepStage now acc stage states i (Message env) (ValueSome env) do
                     pushAt now acc path nodes states (i + 1) e k
-            | SinkNode(name, write) ->
+            | SinkNode(name, write, pipelining) ->
                 acc.Sinks.Add {
                     Sink = name
                     Envelope = env
                     Write = write
                     Substream = RunState.substreamName path
+                    Pipelining = pipelining
                 }
-            | ExactlyOnceSinkNode(name, _, write) ->
+            | ExactlyOnceSinkNode(name, _, write, pipelining) ->
                 acc.Sinks.Add {
                     Sink = name
                     Envelope = env
                     Write = write (AppliedOffsets.positionsOf env)
                     Substream = RunState.substreamName path
+                    Pipelining = pipelining
                 }
             | AsyncMapNode(name, parallelism, run) ->
                 match acc.Mode, states[i] with

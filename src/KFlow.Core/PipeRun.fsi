@@ -18,6 +18,9 @@ type SinkRequest = {
     /// ("" outside any demux). A runtime that runs writes concurrently keeps the writes of one
     /// substream in request order, so per-key order holds in the sink.
     Substream: string
+    /// How many writes of the substream may run at once, and how the sink orders them
+    /// (SinkPipelining.sequential: one at a time).
+    Pipelining: SinkPipelining
 }
 
 /// A described asynchronous map call (AsyncMode.Defer): the caller runs it and hands the result back

@@ -364,8 +364,7 @@ type internal PartitionWorker
             true
         | SinkDone(gen, request, error) ->
             if gen = generation then
-                if writeEnded request error then
-                    lanes.Continue request.Substream
+                lanes.Ended(request, error)
             else
                 // A write of an earlier assignment: the ledger refuses its tokens (stale epoch).
                 match error with

@@ -1,20 +1,40 @@
-// The sink writes of one partition loop, one lane per demux substream: writes of a lane run in
-// request order (per-key order holds in the sink), lanes run concurrently. Loop thread only.
+// The sink writes of one partition loop, one lane per demux substream: writes of a lane start in
+// request order, one at a time (or up to the sink's SinkPipelining.InFlight for a sink that keeps the
+// order per key itself); lanes run concurrently. Loop thread only.
 namespace KFlow.Kafka
 
 open System.Collections.Generic
 open System.Threading.Tasks
 open KFlow
 
+/// One lane: the writes waiting, how many run, and whether a failure stopped it.
+[<Sealed; AllowNullLiteral>]
+type internal SinkLane() =
+    let mutable waiting: Queue<SinkRequest> = null
+
+    /// Writes not started yet, in request order (made on the first one: a lane whose writes never
+    /// queue needs none).
+    member _.Waiting =
+        if isNull waiting then
+            waiting <- Queue()
+
+        waiting
+
+    /// Whether writes wait to start.
+    member _.HasWaiting = not (isNull waiting) && waiting.Count > 0
+    /// Writes started and not ended.
+    member val Running = 0 with get, set
+    /// A write failed: nothing more starts until the lanes are cleared.
+    member val Stopped = false with get, set
+
 /// The lanes of sink writes of one partition loop.
 /// `ended request error` settles a write that ended (false: it failed, the lane stops);
-/// `pending request task` is called for a write that runs on, whose end comes back as SinkDone.
+/// `pending request task` is called for a write that runs on, whose end comes back through Ended.
 [<Sealed>]
 type internal SinkLanes(ended: SinkRequest -> exn option -> bool, pending: SinkRequest -> Task -> unit) =
-    // A lane present with a null queue is busy with nothing waiting.
-    let lanes = Dictionary<string, Queue<SinkRequest>>()
+    let lanes = Dictionary<string, SinkLane>()
 
-    let startWrite (request: SinkRequest) =
+    let call (request: SinkRequest) =
         try
             match request.Write request.Envelope.Value with
             | null -> Task.CompletedTask
@@ -22,65 +42,141 @@ type internal SinkLanes(ended: SinkRequest -> exn option -> bool, pending: SinkR
         with ex ->
             Task.FromException ex
 
-    /// The next write waiting in a lane, or ValueNone (and the lane is idle again).
-    let nextInLane (lane: string) =
-        match lanes.TryGetValue lane with
-        | true, q when not (isNull q) && q.Count > 0 -> ValueSome(q.Dequeue())
-        | true, _ ->
-            lanes.Remove lane |> ignore
-            ValueNone
-        | _ -> ValueNone
+    /// Starts a write. A pipelined one (InFlight > 1) first reserves its place with the sink, starts
+    /// once the reservation is ready, and is released once it ended (however it ended, even if the
+    /// loop is gone by then), so a later write of its keys waiting in the sink can go on.
+    let startWrite (request: SinkRequest) =
+        let pipelining = request.Pipelining
 
-    /// Runs writes of one lane in order, inline while they complete synchronously; an asynchronous
-    /// one leaves the lane busy until its SinkDone arrives.
-    let pump (lane: string) (first: SinkRequest) =
-        let mutable current = first
+        if pipelining.InFlight <= 1 then
+            call request
+        else
+            let value = request.Envelope.Value
+
+            let ready =
+                try
+                    match pipelining.Reserve value with
+                    | null -> Task.CompletedTask
+                    | t -> t
+                with ex ->
+                    Task.FromException ex
+
+            let t =
+                if ready.IsCompletedSuccessfully then
+                    call request
+                elif ready.IsCompleted then
+                    ready
+                else
+                    ready
+                        .ContinueWith(
+                            (fun (r: Task) -> if r.IsCompletedSuccessfully then call request else r),
+                            TaskContinuationOptions.ExecuteSynchronously
+                        )
+                        .Unwrap()
+
+            let release () =
+                try
+                    pipelining.Release value
+                with _ ->
+                    ()
+
+            if t.IsCompleted then
+                release ()
+            else
+                t.ContinueWith((fun (_: Task) -> release ()), TaskContinuationOptions.ExecuteSynchronously)
+                |> ignore
+
+            t
+
+    /// Starts the lane's waiting writes while it has room (inline while they complete synchronously);
+    /// forgets the lane once it is idle.
+    let pump (name: string) (lane: SinkLane) =
         let mutable go = true
 
         while go do
-            let t = startWrite current
+            if lane.Stopped || not lane.HasWaiting then
+                go <- false
+            else
+                let next = lane.Waiting.Peek()
+
+                if lane.Running >= max 1 next.Pipelining.InFlight then
+                    go <- false
+                else
+                    lane.Waiting.Dequeue() |> ignore
+                    let t = startWrite next
+
+                    if t.IsCompleted then
+                        let ok =
+                            ended
+                                next
+                                (if t.IsCompletedSuccessfully then
+                                     None
+                                 else
+                                     Some(taskError t))
+
+                        if not ok then
+                            lane.Stopped <- true
+                    else
+                        lane.Running <- lane.Running + 1
+                        pending next t
+
+        if not lane.Stopped && lane.Running = 0 && not lane.HasWaiting then
+            lanes.Remove name |> ignore
+
+    /// Queues a write in its lane and starts it at once if the lane has room (an idle lane, or fewer
+    /// than the sink's InFlight writes running and none waiting before it).
+    member _.Enqueue(request: SinkRequest) =
+        let name = request.Substream
+
+        match lanes.TryGetValue name with
+        | true, lane ->
+            lane.Waiting.Enqueue request
+            pump name lane
+        | _ when request.Pipelining.InFlight <= 1 ->
+            // An idle lane of an ordinary sink: no lane is kept while its writes complete at once.
+            let t = startWrite request
 
             if t.IsCompleted then
-                let ok =
-                    ended
-                        current
-                        (if t.IsCompletedSuccessfully then
-                             None
-                         else
-                             Some(taskError t))
-
-                match (if ok then nextInLane lane else ValueNone) with
-                | ValueSome next -> current <- next
-                | ValueNone -> go <- false
+                if
+                    not (
+                        ended
+                            request
+                            (if t.IsCompletedSuccessfully then
+                                 None
+                             else
+                                 Some(taskError t))
+                    )
+                then
+                    lanes[name] <- SinkLane(Stopped = true)
             else
-                if not (lanes.ContainsKey lane) then
-                    lanes[lane] <- null
+                lanes[name] <- SinkLane(Running = 1)
+                pending request t
+        | _ ->
+            let lane = SinkLane()
+            lanes[name] <- lane
+            lane.Waiting.Enqueue request
+            pump name lane
 
-                pending current t
-                go <- false
+    /// A write that ran on (see `pending`) ended: settles it with `ended`, stops the lane if that says
+    /// so (writes still running finish), else starts the lane's next writes.
+    member _.Ended(request: SinkRequest, error: exn option) =
+        let ok = ended request error
 
-    /// Starts a write now if its lane is idle, else queues it behind the lane's writes.
-    member _.Enqueue(request: SinkRequest) =
-        let lane = request.Substream
+        match lanes.TryGetValue request.Substream with
+        | true, lane ->
+            lane.Running <- max 0 (lane.Running - 1)
 
+            if not ok then
+                lane.Stopped <- true
+
+            pump request.Substream lane
+        | _ -> ()
+
+    /// Writes running in the lane (0 for an unknown lane).
+    member _.Running(lane: string) =
         match lanes.TryGetValue lane with
-        | true, q ->
-            let q =
-                if isNull q then
-                    let q = Queue()
-                    lanes[lane] <- q
-                    q
-                else
-                    q
-
-            q.Enqueue request
-        | _ -> pump lane request
-
-    /// A write of the lane ended well: starts the lane's next write, if any.
-    member _.Continue(lane: string) =
-        match nextInLane lane with
-        | ValueSome next -> pump lane next
-        | ValueNone -> ()
+        | true, l -> l.Running
+        | _ -> 0
 
     /// Forgets every lane (the assignment ended).
     member _.Clear() = lanes.Clear()

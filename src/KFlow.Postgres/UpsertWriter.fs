@@ -44,11 +44,19 @@ type UpsertConfig<'a> = {
     /// Exactly-once mode: each batch records the source offsets it applies in a table of the sink's own,
     /// in the same statement (see ExactlyOnceOptions and UpsertWriter.sinkExactlyOnce). Default None.
     ExactlyOnce: ExactlyOnceOptions option
+    /// Batches of one substream written at once by UpsertWriter.sink / sinkExactlyOnce, each on its own
+    /// pooled connection; a batch sharing a key with an earlier one still in flight waits for it, so per
+    /// key the table sees batches in order (see WritePipeline). 1: one batch at a time. Default 4
+    /// (UpsertConfig.DefaultPipelining).
+    Pipelining: int
 }
 
 /// Building configurations.
 [<RequireQualifiedAccess>]
 module UpsertConfig =
+    /// Batches of one substream in flight at once unless UpsertConfig.Pipelining says otherwise: 4.
+    [<Literal>]
+    let DefaultPipelining = 4
 
     /// A configuration with the default retry options.
     let create
@@ -66,6 +74,7 @@ module UpsertConfig =
             Row = row
             Retry = PgRetry.defaults
             ExactlyOnce = None
+            Pipelining = DefaultPipelining
         }
 
     /// A configuration for records that are dictionaries keyed by field name (PgRow.ofDictionary).
@@ -75,6 +84,10 @@ module UpsertConfig =
     /// A configuration for records that are JSON objects with a property per field (PgRow.ofJson).
     let ofJson connection table fields keys : UpsertConfig<JsonElement> =
         create connection table fields keys (PgRow.ofJson fields)
+
+    /// The configuration with up to <c>inFlight</c> batches of one substream written at once (1: one
+    /// at a time). Default 4.
+    let withPipelining (inFlight: int) (config: UpsertConfig<'a>) = { config with Pipelining = inFlight }
 
     /// The configuration with other retry options.
     let withRetry (retry: RetryOptions) (config: UpsertConfig<'a>) = { config with Retry = retry }
@@ -140,7 +153,9 @@ type UpsertWriter<'a>
         columns: PgColumn[],
         row: 'a -> obj[],
         retry: RetryOptions,
-        statements: UpsertStatements
+        statements: UpsertStatements,
+        keyIndexes: int[],
+        pipelining: int
     ) =
     let types = columns |> Array.map (fun c -> Option.get c.Type)
     let dbTypes = types |> Array.map PgValue.dbType
@@ -425,18 +440,16 @@ type UpsertWriter<'a>
         )
     }
 
-    /// Writes a batch (positions: its source messages, recorded in exactly-once mode, with the claims
-    /// on their partitions taken when the write was made).
-    let write (positions: Position list) (claimed: (TopicPartition * int64)[]) (batch: 'a list) : Task =
+    /// Writes the prepared rows of a batch (positions: its source messages, recorded in exactly-once
+    /// mode, with the claims on their partitions taken when the write was made), retrying transient
+    /// failures.
+    let writeRows (positions: Position list) (claimed: (TopicPartition * int64)[]) (rows: obj[][]) : Task =
         if disposed then
             Task.FromException(
                 ObjectDisposedException(nameof UpsertWriter, "This upsert writer has been disposed.")
             )
-        elif List.isEmpty batch then
-            Task.CompletedTask
         else
             task {
-                let rows = prepare batch
                 let seen = ref 0L
 
                 let describe (error: exn) (tries: int) (transient: bool) : exn =
@@ -481,6 +494,39 @@ type UpsertWriter<'a>
                     )
             }
 
+    let pipeline =
+        WritePipeline((fun batch -> prepare (unbox<'a list> batch)), keyIndexes)
+
+    /// Writes a batch in its place in the pipeline: after the batches placed before it that share a
+    /// key with it (see WritePipeline); claims as in writeRows.
+    let write (positions: Position list) (claimed: (TopicPartition * int64)[]) (batch: 'a list) : Task =
+        if disposed then
+            Task.FromException(
+                ObjectDisposedException(nameof UpsertWriter, "This upsert writer has been disposed.")
+            )
+        elif List.isEmpty batch then
+            Task.CompletedTask
+        else
+            let slot = pipeline.Take(box batch)
+
+            task {
+                let mutable started = false
+
+                try
+                    do! slot.Ready
+
+                    if not (isNull slot.Error) then
+                        ExceptionDispatchInfo.Capture(slot.Error).Throw()
+
+                    started <- true
+                    pipeline.Started()
+                    do! writeRows positions claimed slot.Rows
+                    pipeline.Ended(slot, true, started)
+                with error ->
+                    pipeline.Ended(slot, false, started)
+                    ExceptionDispatchInfo.Capture(error).Throw()
+            }
+
     /// The target table (schema.table as configured).
     member _.Table = string table
 
@@ -501,6 +547,31 @@ type UpsertWriter<'a>
 
     /// The written columns' names, in field order.
     member _.Fields = columns |> Array.map _.Name |> List.ofArray
+
+    /// <summary>How the runtime may pipeline this writer's batches (UpsertConfig.Pipelining; default 4):
+    /// up to that many batches of one substream in flight, ordered per key by the writer (Reserve and
+    /// Release). UpsertWriter.sink and sinkExactlyOnce declare it; Pipe.sink with UpsertWriter.write
+    /// runs one batch at a time.</summary>
+    member _.Pipelining: SinkPipelining =
+        if pipelining <= 1 then
+            SinkPipelining.sequential
+        else
+            SinkPipelining.create
+                pipelining
+                (fun batch ->
+                    match batch with
+                    | :? ('a list) as b when not (List.isEmpty b) -> pipeline.Reserve batch
+                    | _ -> Task.CompletedTask)
+                pipeline.Release
+
+    /// Batches talking to the server now.
+    member internal _.InFlight = pipeline.InFlight
+
+    /// The most batches that talked to the server at once, since the writer was made.
+    member internal _.PeakInFlight = pipeline.Peak
+
+    /// Keys held by batches in flight or waiting (0 once everything is released).
+    member internal _.HeldKeys = pipeline.HeldKeys
 
     /// <summary>Writes a batch atomically; the Task succeeds once it is committed.</summary>
     /// <remarks>
@@ -680,6 +751,11 @@ module UpsertWriter =
 
         PgRetry.validate config.Retry
 
+        if config.Pipelining < 1 then
+            invalid
+                $"UpsertConfig.Pipelining must be ≥ 1 (got {config.Pipelining}); it is how many batches of one \
+                  substream are written at once (1: one at a time; default {UpsertConfig.DefaultPipelining})."
+
     let private statementsFor
         (table: PgIdentifier)
         (fieldColumns: PgColumn list)
@@ -850,7 +926,11 @@ module UpsertWriter =
                     Array.ofList columns,
                     config.Row,
                     config.Retry,
-                    statementsFor table columns config.Keys ensured
+                    statementsFor table columns config.Keys ensured,
+                    config.Keys
+                    |> List.map (fun key -> List.findIndex (fun f -> f = key) config.Fields)
+                    |> Array.ofList,
+                    config.Pipelining
                 )
         with error ->
             if owns then
@@ -864,8 +944,15 @@ module UpsertWriter =
     /// function: <c>UpsertWriter.write writer : 'a list -> Task</c>.</summary>
     let write (writer: UpsertWriter<'a>) (batch: 'a list) : Task = writer.Write batch
 
+    /// <summary>Ends a pipe of batches with the writer as a sink named <paramref name="name"/>:
+    /// <c>Pipe.sinkWith writer.Pipelining name (write writer)</c>, so the runtime writes up to
+    /// UpsertConfig.Pipelining batches of one substream at once (default 4), the writer keeping them
+    /// in order per key.</summary>
+    let sink (name: string) (writer: UpsertWriter<'a>) (pipe: Pipe<'i, 'a list>) : Pipe<'i, Sunk> =
+        Pipe.sinkWith writer.Pipelining name (fun batch -> writer.Write batch) pipe
+
     /// <summary>Ends a pipe with the writer as an exactly-once sink named <paramref name="name"/>
     /// (Pipe.sinkExactlyOnce with the writer's AppliedOffsets and ClaimedWrite). The writer must be in
     /// exactly-once mode (UpsertConfig.withExactlyOnce) for the workflow's group.</summary>
     let sinkExactlyOnce (name: string) (writer: UpsertWriter<'a>) (pipe: Pipe<'i, 'a list>) : Pipe<'i, Sunk> =
-        Pipe.sinkExactlyOnce name writer.AppliedOffsets writer.ClaimedWrite pipe
+        Pipe.sinkExactlyOnceWith writer.Pipelining name writer.AppliedOffsets writer.ClaimedWrite pipe

@@ -13,16 +13,19 @@ open KFlow
 type UpsertWriterCore =
     /// <summary>Creates a writer (see UpsertWriter.create): checks the table, its columns and its unique
     /// key now. <paramref name="row"/> returns a record's values in the order of
-    /// <paramref name="fields"/> (null for NULL). Default retries: 10 attempts, 100 ms to 5 s.</summary>
+    /// <paramref name="fields"/> (null for NULL). Default retries: 10 attempts, 100 ms to 5 s.
+    /// <paramref name="pipelining"/>: batches of one substream written at once by <see cref="Sink"/>
+    /// (UpsertConfig.Pipelining); default 0: 4.</summary>
     static member CreateAsync
         (
             connectionString: string,
             table: string,
             fields: IReadOnlyList<string>,
             keys: IReadOnlyList<string>,
-            row: Func<'a, obj[]>
+            row: Func<'a, obj[]>,
+            [<Optional; DefaultParameterValue(0)>] pipelining: int
         ) : Task<UpsertWriter<'a>> =
-        UpsertWriter.create (UpsertWriterCore.Config(connectionString, table, fields, keys, row))
+        UpsertWriter.create (UpsertWriterCore.Config(connectionString, table, fields, keys, row, pipelining))
 
     /// <summary>Creates a writer in exactly-once mode (see UpsertConfig.withExactlyOnce): each batch
     /// records its source offsets for <paramref name="groupId"/> in the offsets table in the same
@@ -37,6 +40,8 @@ type UpsertWriterCore =
     /// <param name="groupId">The workflow's consumer group; the runtime refuses another.</param>
     /// <param name="offsetsTable">The offsets table (table or schema.table). Default null:
     /// kflow_applied_offsets.</param>
+    /// <param name="pipelining">Batches of one substream written at once (UpsertConfig.Pipelining).
+    /// Default 0: 4.</param>
     static member CreateExactlyOnceAsync
         (
             connectionString: string,
@@ -45,7 +50,8 @@ type UpsertWriterCore =
             keys: IReadOnlyList<string>,
             row: Func<'a, obj[]>,
             groupId: string,
-            [<Optional; DefaultParameterValue(null: string)>] offsetsTable: string
+            [<Optional; DefaultParameterValue(null: string)>] offsetsTable: string,
+            [<Optional; DefaultParameterValue(0)>] pipelining: int
         ) : Task<UpsertWriter<'a>> =
         let exactlyOnce = {
             ExactlyOnceOptions.create groupId with
@@ -57,7 +63,7 @@ type UpsertWriterCore =
         }
 
         UpsertWriter.create {
-            UpsertWriterCore.Config(connectionString, table, fields, keys, row) with
+            UpsertWriterCore.Config(connectionString, table, fields, keys, row, pipelining) with
                 ExactlyOnce = Some exactlyOnce
         }
 
@@ -67,7 +73,8 @@ type UpsertWriterCore =
             table: string,
             fields: IReadOnlyList<string>,
             keys: IReadOnlyList<string>,
-            row: Func<'a, obj[]>
+            row: Func<'a, obj[]>,
+            pipelining: int
         ) : UpsertConfig<'a> =
         if isNull row then
             raise (ArgumentNullException("row", "Give the row mapper: a record's values in field order."))
@@ -78,10 +85,64 @@ type UpsertWriterCore =
             (if isNull fields then [] else List.ofSeq fields)
             (if isNull keys then [] else List.ofSeq keys)
             row.Invoke
+        |> UpsertConfig.withPipelining (
+            if pipelining = 0 then
+                UpsertConfig.DefaultPipelining
+            else
+                pipelining
+        )
+
+    /// The writer's pipelining for batches that come as IReadOnlyList: each becomes one F# list, made
+    /// once (so a retry of the same batch finds its reservation), and the function making it.
+    static member private ListPipelining(writer: UpsertWriter<'a>) =
+        let lists =
+            System.Runtime.CompilerServices.ConditionalWeakTable<IReadOnlyList<'a>, 'a list>()
+
+        let listOf (batch: IReadOnlyList<'a>) =
+            lists.GetValue(batch, (fun b -> List.ofSeq b))
+
+        let pipelining = writer.Pipelining
+
+        let adapted =
+            if pipelining.InFlight <= 1 then
+                pipelining
+            else
+                {
+                    pipelining with
+                        Reserve = fun batch -> pipelining.Reserve(box (listOf (unbox batch)))
+                        Release = fun batch -> pipelining.Release(box (listOf (unbox batch)))
+                }
+
+        listOf, adapted
 
     /// Upserts one batch atomically; the Task succeeds once it is committed.
     static member WriteAsync(writer: UpsertWriter<'a>, batch: IReadOnlyList<'a>) : Task =
         writer.Write(List.ofSeq batch)
+
+    /// <summary>Ends a pipe of batches with <paramref name="writer"/> as a sink named
+    /// <paramref name="name"/> (see UpsertWriter.sink): up to the writer's pipelining (default 4) batches
+    /// of one substream are written at once, the writer keeping them in order per key.</summary>
+    /// <param name="pipe">The pipe, ending in batches (e.g. after PipeCore.Aggregate).</param>
+    /// <param name="name">The sink's name (logs, failures, stage policies).</param>
+    /// <param name="writer">The writer (from <see cref="CreateAsync"/>).</param>
+    /// <param name="written">Called with the batch's size after each batch is committed (on the
+    /// writing thread). Default null: none.</param>
+    static member Sink
+        (
+            pipe: Pipe<'i, IReadOnlyList<'a>>,
+            name: string,
+            writer: UpsertWriter<'a>,
+            [<Optional; DefaultParameterValue(null: Action<int>)>] written: Action<int>
+        ) : Pipe<'i, Sunk> =
+        let listOf, adapted = UpsertWriterCore.ListPipelining writer
+
+        pipe
+        |> Pipe.sinkWith adapted name (fun (batch: IReadOnlyList<'a>) -> task {
+            do! writer.Write(listOf batch)
+
+            if not (isNull written) then
+                written.Invoke batch.Count
+        })
 
     /// <summary>Ends a pipe of batches with <paramref name="writer"/> as an exactly-once sink named
     /// <paramref name="name"/> (see UpsertWriter.sinkExactlyOnce): each batch is written with the
@@ -100,12 +161,14 @@ type UpsertWriterCore =
             writer: UpsertWriter<'a>,
             [<Optional; DefaultParameterValue(null: Action<int>)>] written: Action<int>
         ) : Pipe<'i, Sunk> =
+        let listOf, adapted = UpsertWriterCore.ListPipelining writer
+
         pipe
-        |> Pipe.sinkExactlyOnce name writer.AppliedOffsets (fun positions ->
+        |> Pipe.sinkExactlyOnceWith adapted name writer.AppliedOffsets (fun positions ->
             let write = writer.ClaimedWrite positions
 
             fun batch -> task {
-                do! write (List.ofSeq batch)
+                do! write (listOf batch)
 
                 if not (isNull written) then
                     written.Invoke batch.Count

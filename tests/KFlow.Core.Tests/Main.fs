@@ -15,6 +15,7 @@ let all =
         PipeTests.tests
         AsyncQueueTests.tests
         PipeRunTests.tests
+        SinkPipeliningTests.tests
         TestDriverTests.tests
         ConceptsTests.tests
         PipePropertyTests.tests

@@ -54,6 +54,7 @@ let private failing (tries: int ref) (error: unit -> exn) : SinkRequest = {
             tries.Value <- tries.Value + 1
             Task.FromException(error ())
     Substream = ""
+    Pipelining = SinkPipelining.sequential
 }
 
 let tests =

@@ -14,6 +14,7 @@ let all =
         PgRetryTests.tests
         PgAppliedOffsetsTests.tests
         UpsertWriterTests.tests
+        WritePipelineTests.tests
         ExactlyOnceCrashTests.tests
         ExactlyOnceZombieTests.tests
         PostgresSinkDocTests.tests
