@@ -7,6 +7,7 @@ open System
 /// The benchmarks by name, for an input of `messages` messages.
 let benchmarks (messages: int) = [
     "ledger", LedgerBench.run
+    "pipe-core", PipeCoreBench.run messages
     "runtime", RuntimeBench.run messages
     "map-filter", RuntimeBench.runMapFilter messages
     "async-demux", RuntimeBench.runAsyncDemux messages

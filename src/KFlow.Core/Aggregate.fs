@@ -18,9 +18,15 @@ type Aggregator<'a, 'b>
     member internal _.Tick = tick
     member internal _.Flush = flush
 
-/// The aggregate stage's state: the user's state and the inputs held since the last output (newest first).
-[<NoComparison>]
-type internal AggregateState = { User: obj; Held: Envelope<unit> list }
+/// The aggregate stage's state: the user's state, the first input held since the last output (its
+/// key, position and timestamp go to the output) and the held inputs' tokens, newest first. Tokens
+/// rather than envelopes are kept: one list cell per input (bench --only pipe-core).
+[<NoEquality; NoComparison>]
+type internal AggregateState = {
+    User: obj
+    First: Envelope<obj> voption
+    Tokens: Token list
+}
 
 [<RequireQualifiedAccess>]
 module Aggregator =
@@ -40,34 +46,64 @@ module Aggregator =
 
         Aggregator<'a, 'b>(box init, add', tick', (fun s -> flush (unbox<'s> s)))
 
+    /// `tokens` (in order) put before `newestFirst`, newest first.
+    let private holding (tokens: Token list) (newestFirst: Token list) =
+        match tokens with
+        | [ t ] -> t :: newestFirst
+        | _ -> List.fold (fun acc t -> t :: acc) newestFirst tokens
+
     let stage (aggregator: Aggregator<'a, 'b>) : Stage<'a, 'b> =
-        let release (held: Envelope<unit> list) (out: 'b option) =
-            match held, out with
-            | [], _ -> Output.none
-            | _, Some b -> Output.emit (Envelope.merge b (List.rev held))
-            | _, None -> {
+        let empty user = {
+            User = user
+            First = ValueNone
+            Tokens = []
+        }
+
+        // What the held inputs become: one envelope holding all their tokens (the first one's key,
+        // position and timestamp), or their tokens completed when there is no output.
+        let release (s: AggregateState) (out: 'b option) : Output<obj> =
+            match s.First, out with
+            | ValueNone, _ -> Output.none
+            | ValueSome first, Some b ->
+                Output.emit {
+                    Value = box b
+                    Tokens = List.rev s.Tokens
+                    Key = first.Key
+                    Position = first.Position
+                    Timestamp = first.Timestamp
+                }
+            | ValueSome _, None -> {
                 Emitted = []
-                Effects = held |> List.rev |> List.collect (fun e -> e.Tokens |> List.map Complete)
+                Effects = List.fold (fun acc t -> Complete t :: acc) [] s.Tokens
               }
 
-        let step now event (s: AggregateState) =
-            match event with
-            | Message e ->
-                let user, out = aggregator.Add now e.Value s.User
-                let held = Envelope.withValue () e :: s.Held
+        // Untyped (no Event or Output mapped per message), the same steps as a Stage.create would run.
+        let step =
+            UntypedStep(fun now event state ->
+                let s = unbox<AggregateState> state
 
-                match out with
-                | Some _ -> { User = user; Held = [] }, release held out
-                | None -> { User = user; Held = held }, Output.none
-            | Tick ->
-                match aggregator.Tick now s.User with
-                | user, (Some _ as out) -> { User = user; Held = [] }, release s.Held out
-                | user, None -> { s with User = user }, Output.none
-            | Flush
-            | Revoked _ -> { User = aggregator.Init; Held = [] }, release s.Held (aggregator.Flush s.User)
-            | Assigned _ -> s, Output.none
+                match event with
+                | Message e ->
+                    let user, out = aggregator.Add now (unbox<'a> e.Value) s.User
 
-        Stage.create "aggregate" { User = aggregator.Init; Held = [] } step
+                    let held = {
+                        User = user
+                        First = (if s.First.IsSome then s.First else ValueSome e)
+                        Tokens = holding e.Tokens s.Tokens
+                    }
+
+                    match out with
+                    | Some _ -> struct (box (empty user), release held out)
+                    | None -> struct (box held, Output.none)
+                | Tick ->
+                    match aggregator.Tick now s.User with
+                    | user, (Some _ as out) -> struct (box (empty user), release s out)
+                    | user, None -> struct (box { s with User = user }, Output.none)
+                | Flush
+                | Revoked _ -> struct (box (empty aggregator.Init), release s (aggregator.Flush s.User))
+                | Assigned _ -> struct (state, Output.none))
+
+        Stage<'a, 'b>("aggregate", box (empty aggregator.Init), step, ValueNone)
 
 [<NoEquality; NoComparison>]
 type BufferOptions<'a> = {

@@ -105,18 +105,25 @@ module internal AsyncQueue =
 
     /// The queue with call `id`'s result recorded (unchanged if the call is not in it).
     let withResult id result (q: AsyncQueue) =
-        let change entry =
-            match entry with
-            | Started(c, e, None) when c = id -> Some(Started(c, e, Some result))
-            | _ -> None
+        match q.Front with
+        // The oldest call answers first (parallelism 1, or calls of equal length).
+        | Started(c, e, None) :: rest when c = id -> {
+            q with
+                Front = Started(c, e, Some result) :: rest
+          }
+        | _ ->
+            let change entry =
+                match entry with
+                | Started(c, e, None) when c = id -> Some(Started(c, e, Some result))
+                | _ -> None
 
-        match replaceFirst change q.Front with
-        | Some front -> { q with Front = front }
-        | None when q.Back.IsEmpty -> q
-        | None ->
-            match replaceFirst change (toList q) with
-            | Some front -> { q with Front = front; Back = [] }
-            | None -> q
+            match replaceFirst change q.Front with
+            | Some front -> { q with Front = front }
+            | None when q.Back.IsEmpty -> q
+            | None ->
+                match replaceFirst change (toList q) with
+                | Some front -> { q with Front = front; Back = [] }
+                | None -> q
 
     let private going entry =
         match entry with
@@ -130,21 +137,24 @@ module internal AsyncQueue =
         let rec take acc (front: AsyncEntry list) =
             match front with
             | e :: rest when going e -> take (e :: acc) rest
-            | _ -> acc, front
+            | _ -> struct (acc, front)
 
-        let taken, front = take [] q.Front
+        let struct (taken, front) = take [] q.Front
 
-        let taken, front, back =
+        let struct (taken, front, back) =
             if front.IsEmpty && not q.Back.IsEmpty then
-                let taken, front = take taken (List.rev q.Back)
-                taken, front, []
+                let struct (taken, front) = take taken (List.rev q.Back)
+                struct (taken, front, [])
             else
-                taken, front, q.Back
+                struct (taken, front, q.Back)
 
         match taken with
         | [] -> [], q
         | _ ->
-            let ready = List.rev taken
+            let ready =
+                match taken with
+                | [ _ ] -> taken
+                | _ -> List.rev taken
 
             let started =
                 ready
@@ -160,6 +170,9 @@ module internal AsyncQueue =
                 Started = q.Started - started
                 Queued = q.Queued
             }
+
+    /// How many inputs wait for a free slot.
+    let waiting (q: AsyncQueue) = q.Queued
 
     /// Starts waiting inputs, in order, in the slots free under `parallelism`.
     let startWaiting parallelism (start: Envelope<obj> -> AsyncEntry) (q: AsyncQueue) =

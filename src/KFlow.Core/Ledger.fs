@@ -17,7 +17,7 @@ type LedgerError =
 /// One assigned partition. Open offsets are the set bits of the tail block's mask (the block being
 /// delivered into) and of the ring's masks (earlier blocks); an open offset has one part unless
 /// Multi says otherwise.
-[<NoEquality; NoComparison>]
+[<Struct; NoEquality; NoComparison>]
 type internal PartitionState = {
     TopicPartition: TopicPartition
     Epoch: int
@@ -35,36 +35,69 @@ type internal PartitionState = {
     Multi: Map<int64, int>
 }
 
+/// The partitions, sorted by topic-partition: the first held inline (a struct field), the others in
+/// `rest`. A runtime's ledger holds one partition, so a deliver or complete allocates one object
+/// (the new Ledger) instead of three (Ledger, array, state): measured by bench --only pipe-core.
 [<Sealed>]
-type Ledger internal (partitions: PartitionState[], nextEpoch: int) =
-    /// Sorted by topic-partition.
-    member internal _.Partitions = partitions
+type Ledger internal (count: int, first: PartitionState, rest: PartitionState[], nextEpoch: int) =
+    member internal _.Count = count
+    member internal _.First = first
+    /// Partitions 1 .. count-1.
+    member internal _.Rest = rest
     member internal _.NextEpoch = nextEpoch
+
+    /// Partition i (0 ≤ i < count).
+    member internal _.At(i: int) = if i = 0 then first else rest.[i - 1]
+
+    /// All partitions, sorted.
+    member internal _.Partitions =
+        if count = 0 then [||] else Array.append [| first |] rest
+
+    /// The ledger of the given sorted partitions.
+    static member internal OfArray(partitions: PartitionState[], nextEpoch: int) =
+        if partitions.Length = 0 then
+            Ledger(0, Unchecked.defaultof<_>, [||], nextEpoch)
+        else
+            Ledger(
+                partitions.Length,
+                partitions.[0],
+                Array.sub partitions 1 (partitions.Length - 1),
+                nextEpoch
+            )
 
 [<RequireQualifiedAccess>]
 module Ledger =
-    let empty = Ledger([||], 1)
+    let empty = Ledger.OfArray([||], 1)
 
     let inline private sameTp (a: TopicPartition) (b: TopicPartition) =
         a.Partition = b.Partition && System.String.Equals(a.Topic, b.Topic)
 
     /// The index of a partition, or -1.
-    let private indexOf (tp: TopicPartition) (partitions: PartitionState[]) =
-        let mutable i = 0
-        let mutable found = -1
+    let private indexOf (tp: TopicPartition) (ledger: Ledger) =
+        if ledger.Count = 0 then
+            -1
+        elif sameTp ledger.First.TopicPartition tp then
+            0
+        else
+            let rest = ledger.Rest
+            let mutable i = 0
+            let mutable found = -1
 
-        while found < 0 && i < partitions.Length do
-            if sameTp partitions.[i].TopicPartition tp then
-                found <- i
+            while found < 0 && i < rest.Length do
+                if sameTp rest.[i].TopicPartition tp then
+                    found <- i + 1
 
-            i <- i + 1
+                i <- i + 1
 
-        found
+            found
 
     let private replaceAt (i: int) (s: PartitionState) (ledger: Ledger) =
-        let a = ledger.Partitions.Clone() :?> PartitionState[]
-        a.[i] <- s
-        Ledger(a, ledger.NextEpoch)
+        if i = 0 then
+            Ledger(ledger.Count, s, ledger.Rest, ledger.NextEpoch)
+        else
+            let a = ledger.Rest.Clone() :?> PartitionState[]
+            a.[i - 1] <- s
+            Ledger(ledger.Count, ledger.First, a, ledger.NextEpoch)
 
     let private without (tp: TopicPartition) (partitions: PartitionState[]) =
         partitions |> Array.filter (fun s -> not (sameTp s.TopicPartition tp))
@@ -95,18 +128,18 @@ module Ledger =
             Array.append (without tp ledger.Partitions) [| state |]
             |> Array.sortWith (fun a b -> compare a.TopicPartition b.TopicPartition)
 
-        Ledger(partitions, ledger.NextEpoch + 1)
+        Ledger.OfArray(partitions, ledger.NextEpoch + 1)
 
     let revoke (tp: TopicPartition) (ledger: Ledger) =
-        if indexOf tp ledger.Partitions < 0 then
+        if indexOf tp ledger < 0 then
             ledger
         else
-            Ledger(without tp ledger.Partitions, ledger.NextEpoch)
+            Ledger.OfArray(without tp ledger.Partitions, ledger.NextEpoch)
 
     let epoch (tp: TopicPartition) (ledger: Ledger) =
-        match indexOf tp ledger.Partitions with
+        match indexOf tp ledger with
         | -1 -> ValueNone
-        | i -> ValueSome ledger.Partitions.[i].Epoch
+        | i -> ValueSome (ledger.At i).Epoch
 
     /// The ring of s with the tail block (non-empty) moved into it, growing the ring when the
     /// window from the commit block to the tail block no longer fits.
@@ -139,10 +172,10 @@ module Ledger =
     let deliver (position: Position) (ledger: Ledger) =
         let tp = position.TopicPartition
 
-        match indexOf tp ledger.Partitions with
+        match indexOf tp ledger with
         | -1 -> Error(NotAssigned tp)
         | i ->
-            let s = ledger.Partitions.[i]
+            let s = ledger.At i
             let offset = position.Offset
 
             if offset < s.NextAtLeast then
@@ -293,10 +326,10 @@ module Ledger =
     let inline private changeParts (token: Token) (ledger: Ledger) ([<InlineIfLambda>] change: int -> int) =
         let tp = token.Position.TopicPartition
 
-        match indexOf tp ledger.Partitions with
+        match indexOf tp ledger with
         | -1 -> Error(NotAssigned tp)
         | i ->
-            let s = ledger.Partitions.[i]
+            let s = ledger.At i
             let offset = token.Position.Offset
 
             // Offsets outside [commit point, next expected) are not open; inside, the block's mask says.
@@ -319,12 +352,12 @@ module Ledger =
                         | true, n -> n
                         | _ -> 1
 
-                let s' = withParts s offset mask parts (change parts)
+                let remaining = change parts
 
-                if obj.ReferenceEquals(s, s') then
+                if remaining > 0 && remaining = parts then
                     Ok ledger
                 else
-                    Ok(replaceAt i s' ledger)
+                    Ok(replaceAt i (withParts s offset mask parts remaining) ledger)
 
     let fork (parts: int) (token: Token) (ledger: Ledger) =
         if parts < 0 then
@@ -336,9 +369,9 @@ module Ledger =
         changeParts token ledger (fun current -> current - 1)
 
     let commitPoint (tp: TopicPartition) (ledger: Ledger) =
-        match indexOf tp ledger.Partitions with
+        match indexOf tp ledger with
         | -1 -> ValueNone
-        | i -> ValueSome ledger.Partitions.[i].CommitPoint
+        | i -> ValueSome (ledger.At i).CommitPoint
 
     let commitPoints (ledger: Ledger) =
         ledger.Partitions
@@ -346,15 +379,15 @@ module Ledger =
         |> List.ofArray
 
     let openCount (tp: TopicPartition) (ledger: Ledger) =
-        match indexOf tp ledger.Partitions with
+        match indexOf tp ledger with
         | -1 -> 0
-        | i -> ledger.Partitions.[i].OpenCount
+        | i -> (ledger.At i).OpenCount
 
     let openOffsets (tp: TopicPartition) (ledger: Ledger) =
-        match indexOf tp ledger.Partitions with
+        match indexOf tp ledger with
         | -1 -> []
         | i ->
-            let s = ledger.Partitions.[i]
+            let s = ledger.At i
             let low = s.CommitPoint >>> 6
             let capacity = 1L <<< (Ring.Bits * s.Depth)
             let blocks = ResizeArray<struct (int64 * uint64)>()

@@ -5,49 +5,6 @@ namespace KFlow
 open System
 open System.Threading.Tasks
 
-[<NoEquality; NoComparison>]
-type SinkRequest = {
-    Sink: string
-    Envelope: Envelope<obj>
-    Write: obj -> Task
-    Substream: string
-    Pipelining: SinkPipelining
-}
-
-[<NoEquality; NoComparison>]
-type AsyncRequest = {
-    Id: int
-    Stage: string
-    Envelope: Envelope<obj>
-    Run: obj -> Task<obj>
-}
-
-[<NoEquality; NoComparison>]
-type StageFailure = {
-    Stage: string
-    Position: Position voption
-    Tokens: Token list
-    Error: exn
-}
-
-[<RequireQualifiedAccess>]
-module StageFailure =
-    let positions (failure: StageFailure) =
-        failure.Tokens |> List.map (fun t -> t.Position) |> List.distinct
-
-[<NoEquality; NoComparison>]
-type Effects = {
-    Outputs: Envelope<obj> list
-    Ledger: LedgerEffect list
-    Sinks: SinkRequest list
-    Calls: AsyncRequest list
-    Failures: StageFailure list
-}
-
-type AsyncMode =
-    | RunInline
-    | Defer
-
 [<Sealed; NoEquality; NoComparison>]
 type PipeRun
     internal
@@ -57,46 +14,34 @@ type PipeRun
         states: NodeState[],
         calls: Map<int, Location>,
         nextCall: int,
-        nextHold: int
+        nextHold: int,
+        passOnly: bool
     ) =
     member internal _.Mode = mode
+    /// Whether the top level holds only stateless stages (with a Pass step) and sinks, so that a
+    /// message changes no state and its push returns the run itself.
+    member internal _.PassOnly = passOnly
     member internal _.Nodes = nodes
     member internal _.States = states
     member internal _.Calls = calls
     member internal _.NextCall = nextCall
     member internal _.NextHold = nextHold
 
-/// What one push collects, in order.
-type internal Collected(mode: AsyncMode, calls: Map<int, Location>, nextCall: int, nextHold: int) =
-    member val Outputs = ResizeArray<Envelope<obj>>()
-    member val Ledger = ResizeArray<LedgerEffect>()
-    member val Sinks = ResizeArray<SinkRequest>()
-    member val Requests = ResizeArray<AsyncRequest>()
-    member val Failures = ResizeArray<StageFailure>()
-    member _.Mode = mode
-    member val Calls = calls with get, set
-    member val NextCall = nextCall with get, set
-    member val NextHold = nextHold with get, set
-
-    /// A new hold id (one per broadcast).
-    member this.TakeHold() =
-        let hold = this.NextHold
-        this.NextHold <- hold + 1
-        hold
-
-    member this.Effects = {
-        Outputs = List.ofSeq this.Outputs
-        Ledger = List.ofSeq this.Ledger
-        Sinks = List.ofSeq this.Sinks
-        Calls = List.ofSeq this.Requests
-        Failures = List.ofSeq this.Failures
-    }
-
 [<RequireQualifiedAccess>]
 module PipeRun =
     let startWith (mode: AsyncMode) (pipe: Pipe<'i, 'o>) =
         let nodes, states = RunState.ofNodes (Pipe.nodes pipe)
-        PipeRun(mode, nodes, states, Map.empty, 1, 1)
+
+        let passOnly =
+            nodes
+            |> Array.forall (function
+                | StageNode s -> ValueOption.isSome s.Pass
+                | SinkNode _
+                | ExactlyOnceSinkNode _ -> true
+                | DemuxNode _
+                | AsyncMapNode _ -> false)
+
+        PipeRun(mode, nodes, states, Map.empty, 1, 1, passOnly)
 
     let start pipe = startWith RunInline pipe
 
@@ -105,7 +50,7 @@ module PipeRun =
 
     /// Records a failure of `stage` on an input envelope (ValueNone: a broadcast event).
     let private failed (acc: Collected) stage (input: Envelope<obj> voption) error =
-        acc.Failures.Add {
+        acc.Failure {
             Stage = stage
             Position = input |> ValueOption.map (fun e -> e.Position)
             Tokens =
@@ -115,14 +60,38 @@ module PipeRun =
             Error = error
         }
 
+    // User code (steps, key functions, async calls run inline) runs under these: a throw is
+    // reported, never let through the interpreter. No closure is built per call (Result is a struct).
+    let private tryStep (step: UntypedStep) now event state =
+        try
+            Ok(step.Invoke(now, event, state))
+        with ex ->
+            Error ex
+
+    let private tryPass (pass: PassStep) env =
+        try
+            Ok(pass.Invoke env)
+        with ex ->
+            Error ex
+
+    let private tryKey (demux: Demux) env =
+        try
+            Ok(demux.Key env)
+        with ex ->
+            Error ex
+
     /// Steps stage i with an event; returns what it emitted (nothing if it threw).
     let private stepStage now (acc: Collected) (stage: Stage<obj, obj>) (states: NodeState[]) i event input =
         match states[i] with
         | StageState state ->
-            match attempt (fun () -> stage.Step now event state) with
-            | Ok(state', output) ->
-                states[i] <- StageState state'
-                acc.Ledger.AddRange output.Effects
+            match tryStep stage.Step now event state with
+            | Ok(struct (state', output)) ->
+                if not (obj.ReferenceEquals(state, state')) then
+                    states[i] <- StageState state'
+
+                for e in output.Effects do
+                    acc.Ledger e
+
                 output.Emitted
             | Error ex ->
                 failed acc (Stage.name stage) input ex
@@ -135,7 +104,7 @@ module PipeRun =
         acc.NextCall <- id + 1
         acc.Calls <- Map.add id { Demuxes = List.rev path; Node = i } acc.Calls
 
-        acc.Requests.Add {
+        acc.Request {
             Id = id
             Stage = name
             Envelope = env
@@ -160,10 +129,19 @@ module PipeRun =
         else
             match nodes[i] with
             | StageNode stage ->
-                for e in stepStage now acc stage states i (Message env) (ValueSome env) do
-                    pushAt now acc path nodes states (i + 1) e k
+                match stage.Pass with
+                | ValueSome pass ->
+                    match tryPass pass env with
+                    | Ok(ValueSome out) -> pushAt now acc path nodes states (i + 1) out k
+                    | Ok ValueNone ->
+                        for t in env.Tokens do
+                            acc.Ledger(Complete t)
+                    | Error ex -> failed acc (Stage.name stage) (ValueSome env) ex
+                | ValueNone ->
+                    for e in stepStage now acc stage states i (Message env) (ValueSome env) do
+                        pushAt now acc path nodes states (i + 1) e k
             | SinkNode(name, write, pipelining) ->
-                acc.Sinks.Add {
+                acc.Sink {
                     Sink = name
                     Envelope = env
                     Write = write
@@ -171,7 +149,7 @@ module PipeRun =
                     Pipelining = pipelining
                 }
             | ExactlyOnceSinkNode(name, _, write, pipelining) ->
-                acc.Sinks.Add {
+                acc.Sink {
                     Sink = name
                     Envelope = env
                     Write = write (AppliedOffsets.positionsOf env)
@@ -193,14 +171,14 @@ module PipeRun =
                     | Ok value -> pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
                     | Error ex -> failed acc name (ValueSome env) ex
             | DemuxNode demux ->
-                match attempt (fun () -> demux.Key env) with
+                match tryKey demux env with
                 | Error ex -> failed acc "demux key" (ValueSome env) ex
                 | Ok key ->
                     // A new key's sub-pipe is built now; a routeDependent route that throws fails the message.
                     let sub =
-                        match Map.tryFind key (RunState.demuxed states[i]).Subs with
-                        | Some sub -> Ok sub
-                        | None -> attempt (fun () -> RunState.substream demux key now)
+                        match (RunState.demuxed states[i]).Subs.TryGetValue key with
+                        | true, sub -> Ok sub
+                        | _ -> attempt (fun () -> RunState.substream demux key now)
 
                     match sub with
                     | Error ex -> failed acc "routeDependent" (ValueSome env) ex
@@ -210,7 +188,7 @@ module PipeRun =
                         let after out =
                             pushAt now acc path nodes states (i + 1) out k
 
-                        pushAt now acc ((i, key) :: path) sub.Nodes subStates 0 env after
+                        pushAt now acc (struct (i, key) :: path) sub.Nodes subStates 0 env after
 
                         states[i] <-
                             RunState.withSub
@@ -273,7 +251,7 @@ module PipeRun =
             let subStates = Array.copy sub.States
             let through = ref false
 
-            broadcastFrom now acc ((i, key) :: path) sub.Nodes subStates 0 hold event after (fun _ _ ->
+            broadcastFrom now acc (struct (i, key) :: path) sub.Nodes subStates 0 hold event after (fun _ _ ->
                 through.Value <- true)
 
             if not through.Value then
@@ -288,7 +266,7 @@ module PipeRun =
                 | Tick when now - sub.LastActive >= demux.Options.IdleAfter ->
                     // Flushed first; kept if that flush started async calls (dropped at a later tick).
                     let subStates = Array.copy sub.States
-                    let at = (i, key) :: path
+                    let at = struct (i, key) :: path
                     broadcastFrom now acc at sub.Nodes subStates 0 (acc.TakeHold()) Flush after unwatched
 
                     subs <-
@@ -303,14 +281,25 @@ module PipeRun =
         passes
 
     let push (now: DateTimeOffset) (event: Event<obj>) (run: PipeRun) =
-        let acc = Collected(run.Mode, run.Calls, run.NextCall, run.NextHold)
-        let states = Array.copy run.States
+        let acc = Collected.Take(run.Mode, run.Calls, run.NextCall, run.NextHold)
 
-        match event with
-        | Message env -> pushAt now acc [] run.Nodes states 0 env acc.Outputs.Add
-        | _ -> broadcastFrom now acc [] run.Nodes states 0 (acc.TakeHold()) event acc.Outputs.Add unwatched
+        try
+            match event with
+            | Message env when run.PassOnly ->
+                // Only stateless stages and sinks at the top: a message changes no state.
+                pushAt now acc [] run.Nodes run.States 0 env acc.Emit
+                run, acc.Effects
+            | _ ->
+                let states = Array.copy run.States
 
-        PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold), acc.Effects
+                match event with
+                | Message env -> pushAt now acc [] run.Nodes states 0 env acc.Emit
+                | _ -> broadcastFrom now acc [] run.Nodes states 0 (acc.TakeHold()) event acc.Emit unwatched
+
+                PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold, run.PassOnly),
+                acc.Effects
+        finally
+            acc.Release()
 
     /// Records a call's result at async node i, then passes on what is now at the head of its queue
     /// (results in input order, and the events held behind them) and starts waiting inputs in the
@@ -328,7 +317,14 @@ module PipeRun =
                 | Held(hold, event) -> broadcastFrom now acc path nodes states (i + 1) hold event k passed
                 | _ -> ()
 
-            states[i] <- AsyncState(AsyncQueue.startWaiting parallelism (request acc path i name run) queue)
+            // The start function is built only when an input waits (a closure per resume otherwise).
+            states[i] <-
+                AsyncState(
+                    if AsyncQueue.waiting queue = 0 then
+                        queue
+                    else
+                        AsyncQueue.startWaiting parallelism (request acc path i name run) queue
+                )
         | _ -> ()
 
     /// Substream `key` of demux i let a held event through: the events no substream holds any more
@@ -341,39 +337,44 @@ module PipeRun =
             broadcastFrom now acc path nodes states (i + 1) h.Hold h.Event k passed
 
     let resume (now: DateTimeOffset) (callId: int) (result: Result<obj, exn>) (run: PipeRun) =
-        match Map.tryFind callId run.Calls with
-        | None -> invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
-        | Some location ->
+        match run.Calls.TryGetValue callId with
+        | false, _ -> invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
+        | true, location ->
             let acc =
-                Collected(run.Mode, Map.remove callId run.Calls, run.NextCall, run.NextHold)
+                Collected.Take(run.Mode, Map.remove callId run.Calls, run.NextCall, run.NextHold)
 
-            let states = Array.copy run.States
+            try
+                let states = Array.copy run.States
 
-            let rec descend (nodes: Node[]) (states: NodeState[]) demuxes path k passed =
-                match demuxes with
-                | [] -> settle now acc path nodes states location.Node callId result k passed
-                | (i, key) :: rest ->
-                    match states[i] with
-                    | DemuxState d ->
-                        let sub = d.Subs[key]
-                        let subStates = Array.copy sub.States
+                let rec descend (nodes: Node[]) (states: NodeState[]) demuxes path k passed =
+                    match demuxes with
+                    | [] -> settle now acc path nodes states location.Node callId result k passed
+                    | struct (i, key) :: rest ->
+                        match states[i] with
+                        | DemuxState d ->
+                            let sub = d.Subs[key]
+                            let subStates = Array.copy sub.States
 
-                        let after out =
-                            pushAt now acc path nodes states (i + 1) out k
+                            let after out =
+                                pushAt now acc path nodes states (i + 1) out k
 
-                        descend
-                            sub.Nodes
-                            subStates
-                            rest
-                            ((i, key) :: path)
-                            after
-                            (released now acc path nodes states i key k passed)
+                            descend
+                                sub.Nodes
+                                subStates
+                                rest
+                                (struct (i, key) :: path)
+                                after
+                                (released now acc path nodes states i key k passed)
 
-                        states[i] <- RunState.withSub key { sub with States = subStates } states[i]
-                    | _ -> ()
+                            states[i] <- RunState.withSub key { sub with States = subStates } states[i]
+                        | _ -> ()
 
-            descend run.Nodes states location.Demuxes [] acc.Outputs.Add unwatched
-            PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold), acc.Effects
+                descend run.Nodes states location.Demuxes [] acc.Emit unwatched
+
+                PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold, run.PassOnly),
+                acc.Effects
+            finally
+                acc.Release()
 
     let liveSubstreams (run: PipeRun) = RunState.count run.States
 

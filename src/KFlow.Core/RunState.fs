@@ -34,7 +34,7 @@ and [<NoEquality; NoComparison>] internal Substream = {
 
 /// Where a deferred call's async node is: the demux substreams to descend into, then the node index.
 type internal Location = {
-    Demuxes: (int * string) list
+    Demuxes: struct (int * string) list
     Node: int
 }
 
@@ -82,11 +82,15 @@ module internal RunState =
             | _ -> false)
 
     /// The demux substream path of a sink request: keys outermost first, joined by U+001F.
-    let substreamName path =
+    let substreamName (path: struct (int * string) list) =
         match path with
         | [] -> ""
-        | [ (_, key) ] -> key
-        | _ -> path |> List.rev |> List.map snd |> String.concat "\u001f"
+        | [ struct (_, key) ] -> key
+        | _ ->
+            path
+            |> List.rev
+            |> List.map (fun struct (_, key) -> key)
+            |> String.concat "\u001f"
 
     /// How many demux substreams a level holds, nested ones included.
     let rec count (states: NodeState[]) =

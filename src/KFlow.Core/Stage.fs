@@ -67,13 +67,16 @@ module Output =
         Effects = output.Effects
     }
 
-type internal UntypedStep = DateTimeOffset -> Event<obj> -> obj -> obj * Output<obj>
+type internal UntypedStep = delegate of DateTimeOffset * Event<obj> * obj -> struct (obj * Output<obj>)
+
+type internal PassStep = delegate of Envelope<obj> -> Envelope<obj> voption
 
 [<Sealed; NoEquality; NoComparison>]
-type Stage<'a, 'b> internal (name: string, init: obj, step: UntypedStep) =
+type Stage<'a, 'b> internal (name: string, init: obj, step: UntypedStep, pass: PassStep voption) =
     member internal _.Name = name
     member internal _.Init = init
     member internal _.Step = step
+    member internal _.Pass = pass
 
 [<Sealed; NoEquality; NoComparison>]
 type StageInstance<'a, 'b> internal (stage: Stage<'a, 'b>, state: obj) =
@@ -82,19 +85,60 @@ type StageInstance<'a, 'b> internal (stage: Stage<'a, 'b>, state: obj) =
 
 [<RequireQualifiedAccess>]
 module Stage =
-    let create (name: string) (init: 's) (step: DateTimeOffset -> Event<'a> -> 's -> 's * Output<'b>) =
+    let private checkName (name: string) =
         if String.IsNullOrWhiteSpace name then
             invalidArgWith
                 "name"
                 "A stage needs a non-empty name; it names the stage in failures and descriptions."
 
-        let untyped (now: DateTimeOffset) (event: Event<obj>) (state: obj) =
-            let state', output = step now (Event.map unbox<'a> event) (unbox<'s> state)
-            box state', Output.map box output
+    let create (name: string) (init: 's) (step: DateTimeOffset -> Event<'a> -> 's -> 's * Output<'b>) =
+        checkName name
 
-        Stage<'a, 'b>(name, box init, untyped)
+        let untyped =
+            UntypedStep(fun now event state ->
+                let state', output = step now (Event.map unbox<'a> event) (unbox<'s> state)
+                struct (box state', Output.map box output))
+
+        Stage<'a, 'b>(name, box init, untyped, ValueNone)
 
     let name (stage: Stage<'a, 'b>) = stage.Name
+
+    /// <summary>A stateless stage that emits at most one envelope per message, from its message step
+    /// <paramref name="pass"/> (ValueNone drops the input): the step PipeRun takes on messages, with a
+    /// full Step built from it for every other use.</summary>
+    let private passing name (pass: Envelope<obj> -> Envelope<obj> voption) : Stage<'a, 'b> =
+        let step =
+            UntypedStep(fun _ event state ->
+                match event with
+                | Message e ->
+                    match pass e with
+                    | ValueSome out -> struct (state, Output.emit out)
+                    | ValueNone -> struct (state, Output.drop e)
+                | _ -> struct (state, Output.none))
+
+        Stage<'a, 'b>(name, box (), step, ValueSome(PassStep pass))
+
+    /// The envelope with another (boxed) value, same tokens, key, position and timestamp.
+    let inline private carrying (value: 'b) (e: Envelope<obj>) : Envelope<obj> = {
+        Value = box value
+        Tokens = e.Tokens
+        Key = e.Key
+        Position = e.Position
+        Timestamp = e.Timestamp
+    }
+
+    let map (f: 'a -> 'b) : Stage<'a, 'b> =
+        passing "map" (fun e -> ValueSome(carrying (f (unbox<'a> e.Value)) e))
+
+    let mapEnvelope (f: Envelope<'a> -> 'b) : Stage<'a, 'b> =
+        passing "map" (fun e -> ValueSome(carrying (f (Envelope.unbox<'a> e)) e))
+
+    let filter (predicate: 'a -> bool) : Stage<'a, 'a> =
+        passing "filter" (fun e ->
+            if predicate (unbox<'a> e.Value) then
+                ValueSome e
+            else
+                ValueNone)
 
     /// A stage with no state that reacts to messages only.
     let private stateless name (onMessage: Envelope<'a> -> Output<'b>) =
@@ -103,49 +147,51 @@ module Stage =
             | Message e -> (), onMessage e
             | _ -> (), Output.none)
 
-    let map (f: 'a -> 'b) =
-        stateless "map" (fun e -> Output.emit (Envelope.map f e))
-
-    let mapEnvelope (f: Envelope<'a> -> 'b) =
-        stateless "map" (fun e -> Output.emit (Envelope.withValue (f e) e))
-
-    let filter (predicate: 'a -> bool) =
-        stateless "filter" (fun e -> if predicate e.Value then Output.emit e else Output.drop e)
-
     let unfold (f: 'a -> 'b list) =
         stateless "unfold" (fun e -> Output.split (f e.Value) e)
 
-    let mapFilterKey (f: 'a -> (string * 'b) option) =
-        stateless "mfd" (fun e ->
-            match f e.Value with
-            | None -> Output.drop e
-            | Some(key, v) ->
-                Output.emit {
-                    Envelope.withValue v e with
-                        Key = key
-                })
+    let mapFilterKey (f: 'a -> (string * 'b) option) : Stage<'a, 'b> =
+        passing "mfd" (fun e ->
+            match f (unbox<'a> e.Value) with
+            | None -> ValueNone
+            | Some(key, v) -> ValueSome { carrying v e with Key = key })
 
     let start (stage: Stage<'a, 'b>) =
         StageInstance<'a, 'b>(stage, stage.Init)
 
     let step (now: DateTimeOffset) (event: Event<'a>) (instance: StageInstance<'a, 'b>) =
-        let state', output = instance.Stage.Step now (Event.map box event) instance.State
+        let struct (state', output) =
+            instance.Stage.Step.Invoke(now, Event.map box event, instance.State)
+
         StageInstance<'a, 'b>(instance.Stage, state'), Output.map unbox<'b> output
 
     let boxed (stage: Stage<'a, 'b>) =
-        Stage<obj, obj>(stage.Name, stage.Init, stage.Step)
+        Stage<obj, obj>(stage.Name, stage.Init, stage.Step, stage.Pass)
 
     let internal timed (enabled: unit -> bool) (record: string -> int64 -> unit) (stage: Stage<obj, obj>) =
         let name = stage.Name
         let inner = stage.Step
 
-        let step now (event: Event<obj>) state =
-            match event with
-            | Message _ when enabled () ->
-                let started = Diagnostics.Stopwatch.GetTimestamp()
-                let result = inner now event state
-                record name started
-                result
-            | _ -> inner now event state
+        let step =
+            UntypedStep(fun now event state ->
+                match event with
+                | Message _ when enabled () ->
+                    let started = Diagnostics.Stopwatch.GetTimestamp()
+                    let result = inner.Invoke(now, event, state)
+                    record name started
+                    result
+                | _ -> inner.Invoke(now, event, state))
 
-        Stage<obj, obj>(name, stage.Init, step)
+        let pass =
+            stage.Pass
+            |> ValueOption.map (fun inner ->
+                PassStep(fun e ->
+                    if enabled () then
+                        let started = Diagnostics.Stopwatch.GetTimestamp()
+                        let result = inner.Invoke e
+                        record name started
+                        result
+                    else
+                        inner.Invoke e))
+
+        Stage<obj, obj>(name, stage.Init, step, pass)

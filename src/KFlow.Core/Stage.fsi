@@ -61,11 +61,24 @@ module Output =
 /// <c>now -> event -> state -> state * output</c>.</summary>
 /// <remarks>A stage never does I/O. Its step must not mutate its state: the test driver keeps old
 /// states to replay and crash. A step that throws leaves its input unfinished (its offset stays open).</remarks>
+/// A stage's untyped step (state and values boxed): a delegate with a struct result, so that a step
+/// allocates no closure or tuple of its own (bench --only pipe-core).
+type internal UntypedStep = delegate of DateTimeOffset * Event<obj> * obj -> struct (obj * Output<obj>)
+
+/// The message step of a stateless one-in, at-most-one-out stage (map, mapEnvelope, filter,
+/// mapFilterKey): the envelope it emits, or ValueNone to drop its input (completing its tokens).
+/// PipeRun calls it on messages instead of the step: no Output, list or state is built.
+type internal PassStep = delegate of Envelope<obj> -> Envelope<obj> voption
+
 [<Sealed; NoEquality; NoComparison>]
 type Stage<'a, 'b> =
+    internal new: name: string * init: obj * step: UntypedStep * pass: PassStep voption -> Stage<'a, 'b>
     member internal Name: string
     member internal Init: obj
-    member internal Step: (DateTimeOffset -> Event<obj> -> obj -> obj * Output<obj>)
+    member internal Step: UntypedStep
+    /// The message step of a stateless one-in, at-most-one-out stage; ValueNone for other stages. It
+    /// agrees with Step on messages (Step emits its envelope, or drops its input).
+    member internal Pass: PassStep voption
 
 /// A stage together with its current state, to step it by hand (e.g. to unit-test a user stage).
 [<Sealed; NoEquality; NoComparison>]

@@ -14,6 +14,7 @@ let all =
         ChunksTests.tests
         PipeTests.tests
         AsyncQueueTests.tests
+        CollectedTests.tests
         PipeRunTests.tests
         SinkPipeliningTests.tests
         TestDriverTests.tests

@@ -1,0 +1,260 @@
+// The pure core's cost per message, without Kafka: the runtime benchmark's pipes (b), (c), (e) driven
+// in memory through the calls a partition loop makes per message (src/KFlow.Kafka/PartitionWorker.fs).
+module KFlow.Bench.PipeCoreBench
+
+open System
+open System.Collections.Generic
+open System.Diagnostics
+open System.Threading.Tasks
+open KFlow
+open KFlow.Bench.RuntimeInput
+
+let private tp = TopicPartition.create "bench" 0
+
+/// (b) map → filter → no-op sink, as KFlowPipes.mapFilterPipe without its meter.
+let mapFilterPipe: Pipe<byte[], Sunk> =
+    Pipe.source<byte[]>
+    |> Pipe.map map
+    |> Pipe.filter keep
+    |> Pipe.sink "no-op" (fun (_: int64) -> Task.CompletedTask)
+
+/// (c) map → demux (1,000 keys) → aggregate (batches of 100) → no-op sink.
+let demuxAggregatePipe: Pipe<byte[], Sunk> =
+    Pipe.source<byte[]>
+    |> Pipe.map map
+    |> Pipe.demux (fun n -> key (int n)) (fun sub -> sub |> Pipe.aggregate (Buffer.count 100))
+    |> Pipe.sink "no-op" (fun (_: int64 list) -> Task.CompletedTask)
+
+/// (e) demux (1,000 keys) → mapAsync 1 (a call that has its result at once) → no-op sink.
+let asyncDemuxPipe: Pipe<byte[], Sunk> =
+    Pipe.source<byte[]>
+    |> Pipe.map map
+    |> Pipe.demux (fun n -> key (int n)) (fun sub ->
+        sub |> Pipe.mapAsync 1 (fun (n: int64) -> Task.FromResult n))
+    |> Pipe.sink "no-op" (fun (_: int64) -> Task.CompletedTask)
+
+/// Messages between two Ticks: a partition loop gets one a second (TickInterval), 50,000 at the
+/// rates measured.
+[<Literal>]
+let TickEvery = 50_000
+
+/// Messages between two reads of the commit point: a loop publishes it after each batch of at most
+/// 1,024 commands.
+[<Literal>]
+let PublishEvery = 1_024
+
+/// One partition loop's core work: the ledger, the PipeRun, the effects applied in PartitionWorker's
+/// order (ledger effects, outputs, sink writes completing their tokens, calls), and deferred calls
+/// answered oldest first: one per message once `inFlight` are started (0: all, as soon as started).
+[<Sealed>]
+type private Loop(pipe: Pipe<byte[], Sunk>, inFlight: int) =
+    let mutable ledger = Ledger.empty |> Ledger.assign tp 0L
+    // Timed as Workflow.run times every pipe (StageTiming), with no listener recording.
+    let mutable run =
+        PipeRun.startWith Defer (Pipe.timed (fun () -> false) (fun _ _ -> ()) pipe)
+
+    let calls = Queue<AsyncRequest>()
+    let mutable now = DateTimeOffset.UnixEpoch
+    let mutable sunk = 0L
+
+    let refused (e: LedgerError) =
+        failwithf "The core benchmark's ledger refused an operation: %A" e
+
+    let complete (t: Token) =
+        match Ledger.complete t ledger with
+        | Ok l -> ledger <- l
+        | Error e -> refused e
+
+    let apply (effects: Effects) =
+        for e in effects.Ledger do
+            match e with
+            | Complete t -> complete t
+            | Fork(t, n) ->
+                match Ledger.fork n t ledger with
+                | Ok l -> ledger <- l
+                | Error e -> refused e
+
+        for o in effects.Outputs do
+            for t in o.Tokens do
+                complete t
+
+        for f in effects.Failures do
+            raise (InvalidOperationException($"Stage '{f.Stage}' failed in the core benchmark.", f.Error))
+
+        for s in effects.Sinks do
+            let t = s.Write s.Envelope.Value
+
+            if not t.IsCompletedSuccessfully then
+                failwith "The core benchmark's sinks complete at once."
+
+            sunk <- sunk + 1L
+
+            for t in s.Envelope.Tokens do
+                complete t
+
+        for c in effects.Calls do
+            calls.Enqueue c
+
+    /// Messages and batches that reached the sink.
+    member _.Sunk = sunk
+
+    /// The partition's commit point.
+    member _.CommitPoint = Ledger.commitPoint tp ledger |> ValueOption.defaultValue -1L
+
+    /// Delivers the message at `offset` and pushes it, then resumes every call started.
+    member _.Deliver(offset: int64, key: string, value: byte[]) =
+        let position = { TopicPartition = tp; Offset = offset }
+
+        match Ledger.deliver position ledger with
+        | Error e -> refused e
+        | Ok(struct (l, token)) ->
+            ledger <- l
+
+            let envelope: Envelope<obj> = {
+                Value = (value :> obj)
+                Tokens = [ token ]
+                Key = key
+                Position = position
+                Timestamp = now
+            }
+
+            let run', effects = PipeRun.push now (Message envelope) run
+            run <- run'
+            apply effects
+
+            // Immediate answers: every call started. In flight: one answer per message (as many
+            // leave as arrive) once `inFlight` calls are started.
+            let mutable answers =
+                if inFlight = 0 then Int32.MaxValue
+                elif calls.Count >= inFlight then 1
+                else 0
+
+            while answers > 0 && calls.Count > 0 do
+                answers <- answers - 1
+                let c = calls.Dequeue()
+                let result = (c.Run c.Envelope.Value).Result
+                let run', effects = PipeRun.resume now c.Id (Ok result) run
+                run <- run'
+                apply effects
+
+    /// Pushes a Tick a millisecond later.
+    member _.Tick() =
+        now <- now.AddMilliseconds 1.0
+        let run', effects = PipeRun.push now Tick run
+        run <- run'
+        apply effects
+
+/// The input: 10,000 values and 1,000 keys, reused in turn (a consumer would hand over new arrays:
+/// that allocation is the client's, not the core's).
+type private CoreInput = { Values: byte[][]; Keys: string[] }
+
+let private input =
+    lazy
+        {
+            Values = Array.init 10_000 (fun i -> Text.Encoding.UTF8.GetBytes(value i))
+            Keys = Array.init Keys key
+        }
+
+/// One run of `messages` messages through a fresh loop: ns per message, bytes allocated per message.
+let private once (pipe: Pipe<byte[], Sunk>, inFlight: int) (messages: int) =
+    let input = input.Force()
+    let loop = Loop(pipe, inFlight)
+    let mutable checksum = 0L
+    let allocated = GC.GetAllocatedBytesForCurrentThread()
+    let clock = Stopwatch.StartNew()
+
+    for i in 0 .. messages - 1 do
+        loop.Deliver(int64 i, input.Keys[i % Keys], input.Values[i % input.Values.Length])
+
+        if i % PublishEvery = 0 then
+            checksum <- checksum + loop.CommitPoint
+
+        if i % TickEvery = TickEvery - 1 then
+            loop.Tick()
+
+    clock.Stop()
+    let bytes = GC.GetAllocatedBytesForCurrentThread() - allocated
+
+    if loop.Sunk = 0L || checksum < 0L then
+        failwith "The core benchmark's pipe sank nothing."
+
+    struct (clock.Elapsed.TotalSeconds * 1e9 / float messages, float bytes / float messages)
+
+/// GC allocation samples (one per ~100 KB) by type, printed when KFLOW_BENCH_ALLOCS is set: where
+/// the bytes per message go.
+[<Sealed>]
+type private AllocationSampler() =
+    inherit Diagnostics.Tracing.EventListener()
+    let counts = Collections.Concurrent.ConcurrentDictionary<string, int>()
+
+    override _.OnEventSourceCreated(source) =
+        if source.Name = "Microsoft-Windows-DotNETRuntime" then
+            // GC keyword (0x1), verbose: AllocationTick.
+            base.EnableEvents(
+                source,
+                Diagnostics.Tracing.EventLevel.Verbose,
+                LanguagePrimitives.EnumOfValue<int64, Diagnostics.Tracing.EventKeywords> 1L
+            )
+
+    override _.OnEventWritten(e) =
+        if e.EventName = "GCAllocationTick_V4" || e.EventName = "GCAllocationTick_V3" then
+            match nonNull e.PayloadNames |> Seq.tryFindIndex ((=) "TypeName") with
+            | Some i ->
+                let payload = nonNull e.Payload
+                let name = string payload[i]
+                counts.AddOrUpdate(name, 1, fun _ n -> n + 1) |> ignore
+            | None -> ()
+
+    /// The sampled types, most frequent first, and forgets them.
+    member _.Take() =
+        let top =
+            counts
+            |> Seq.sortByDescending (fun kv -> kv.Value)
+            |> Seq.truncate 15
+            |> List.ofSeq
+
+        counts.Clear()
+        top
+
+/// Rounds per pipe; the fastest counts (the machine is shared). 3.
+[<Literal>]
+let Rounds = 3
+
+/// Runs each pipe over `messages` messages (after a warm-up); returns the figures.
+let run (messages: int) () =
+    let pipes = [
+        "map_filter", "(b) map → filter → sink", (mapFilterPipe, 0)
+        "demux_aggregate", "(c) map → demux (1,000 keys) → aggregate (100) → sink", (demuxAggregatePipe, 0)
+        "async_demux", "(e) map → demux (1,000 keys) → mapAsync 1 → sink", (asyncDemuxPipe, 0)
+        // As on Kafka: every key's call in flight, its next input waiting behind it.
+        "async_demux_inflight", "(e) the same, 1,000 calls in flight", (asyncDemuxPipe, Keys)
+    ]
+
+    printfn "  %d messages per round, best of %d rounds" messages Rounds
+
+    [
+        for name, title, pipe in pipes do
+            once pipe (min messages 200_000) |> ignore
+
+            let sampler =
+                if isNull (Environment.GetEnvironmentVariable "KFLOW_BENCH_ALLOCS") then
+                    None
+                else
+                    Some(new AllocationSampler())
+
+            let rounds = List.init Rounds (fun _ -> once pipe messages)
+
+            match sampler with
+            | Some s ->
+                for kv in s.Take() do
+                    printfn "      %6d  %s" kv.Value kv.Key
+
+                s.Dispose()
+            | None -> ()
+
+            let ns = rounds |> List.map (fun struct (ns, _) -> ns) |> List.min
+            let bytes = rounds |> List.map (fun struct (_, b) -> b) |> List.min
+            printfn "  %-58s %8.0f ns/msg %8.0f bytes/msg" title ns bytes
+            $"core_{name}_ns_per_msg", ns
+            $"core_{name}_bytes_per_msg", bytes
+    ]
