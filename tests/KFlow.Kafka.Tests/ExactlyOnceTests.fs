@@ -174,6 +174,44 @@ let tests =
             Expect.equal (log.Count "resuming at 40") 1 "resumed at 40, past 10..39"
             Expect.equal handle.Stats.Consumed 60L "50..59 are read and skipped, 10..39 not read at all"
 
+        testCase "a partition whose applied offsets reach its end commits that end without reading a message"
+        <| fun () ->
+            use cluster = clusterWith "eoend" 1 4 100
+            let tp = KFlow.TopicPartition.create "eoend" 0
+            let log = Log()
+
+            do
+                use consumer =
+                    ConsumerBuilder<Ignore, Ignore>(cluster.ConsumerConfig "eoend").Build()
+
+                consumer.Commit [ TopicPartitionOffset("eoend", Partition 0, Offset 10L) ]
+
+            let store = MemoryStore("eoend", Map.ofList [ tp, [| 10L .. 99L |] ])
+            let written = ConcurrentQueue<int64>()
+
+            let pipe =
+                Pipe.source<byte[]>
+                |> Pipe.sinkExactlyOnce "db" store.Store (fun positions (_: byte[]) ->
+                    for p in positions do
+                        written.Enqueue p.Offset
+
+                    Task.CompletedTask)
+
+            let handle =
+                Workflow.run
+                    {
+                        options cluster log "eoend" [ "eoend" ] with
+                            CommitInterval = TimeSpan.FromMilliseconds 200.
+                    }
+                    pipe
+
+            waitUntil log (seconds 30.) "the end offset is committed" (fun () ->
+                committed cluster "eoend" "eoend" 1 = [ 0, 100L ])
+
+            stopped log handle
+            Expect.isEmpty written "nothing is written again"
+            Expect.equal handle.Stats.Consumed 0L "nothing is read: the partition resumed at its end"
+
         testCase "a stage splitting a message into several values fails the workflow in exactly-once mode"
         <| fun () ->
             use cluster = clusterWith "eosplit" 1 2 10
