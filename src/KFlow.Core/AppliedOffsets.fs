@@ -2,6 +2,7 @@
 // in the same transaction as its effect; on assignment the runtime resumes past them and skips them.
 namespace KFlow
 
+open System
 open System.Threading.Tasks
 
 [<NoEquality; NoComparison>]
@@ -10,6 +11,9 @@ type AppliedOffsetStore = {
     Load: (TopicPartition * int64) list -> Task<Map<TopicPartition, int64[]>>
     Prune: (TopicPartition * int64) list -> Task
 }
+
+type FencedWriteException(message: string) =
+    inherit Exception(message)
 
 [<RequireQualifiedAccess>]
 module AppliedOffsets =
@@ -25,3 +29,10 @@ module AppliedOffsets =
 
     let positionsOf (envelope: Envelope<'a>) =
         envelope.Tokens |> List.map _.Position |> List.distinct
+
+    let rec isFenced (error: exn) =
+        match error with
+        | null -> false
+        | :? FencedWriteException -> true
+        | :? AggregateException as e -> e.InnerExceptions |> Seq.exists isFenced
+        | e -> isFenced e.InnerException

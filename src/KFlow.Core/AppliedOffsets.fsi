@@ -2,6 +2,7 @@
 // source offsets it applied, so the runtime can skip them after a crash instead of applying them twice.
 namespace KFlow
 
+open System
 open System.Threading.Tasks
 
 /// <summary>What a sink in exactly-once mode records beside its effects: the source offsets whose effect
@@ -24,6 +25,18 @@ type AppliedOffsetStore = {
     Prune: (TopicPartition * int64) list -> Task
 }
 
+/// <summary>A write of an exactly-once sink refused because its partition was claimed by another owner
+/// after the writer's own claim (an instance assigned the partition later, which reads the applied
+/// offsets itself): nothing of the write was applied, and it must not be retried.</summary>
+/// <remarks>The runtime neither retries nor dead-letters it; a fenced write of a partition the instance no
+/// longer owns is dropped (its messages are the new owner's), one of a partition it still owns fails the
+/// workflow like any failed write.</remarks>
+type FencedWriteException =
+    inherit Exception
+
+    /// A fenced write; the message says which partition, claim and store.
+    new: message: string -> FencedWriteException
+
 /// Functions over recorded applied offsets.
 [<RequireQualifiedAccess>]
 module AppliedOffsets =
@@ -36,3 +49,7 @@ module AppliedOffsets =
     /// <summary>The distinct source positions of an envelope's tokens, in token order: the messages
     /// whose effect writing the envelope applies.</summary>
     val positionsOf: envelope: Envelope<'a> -> Position list
+
+    /// <summary>Whether a write failed because it was fenced: the error, or one inside it (inner or
+    /// aggregated), is a FencedWriteException.</summary>
+    val isFenced: error: exn -> bool

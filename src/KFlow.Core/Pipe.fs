@@ -124,6 +124,31 @@ module Pipe =
 
     let demuxByKey sub pipe = demuxByKeyWith demuxOptions sub pipe
 
+    /// <summary>The nodes of a routeDependent route, refused (InvalidOperationException) when they hold
+    /// an exactly-once sink: a route is built on its key's first message, after the runtime read the
+    /// applied offsets of the pipe's exactly-once sinks (on assignment), so its sink's would be missed.</summary>
+    let private routeNodes (key: string) (nodes: Node list) =
+        let rec exactlyOnce (nodes: Node list) =
+            nodes
+            |> List.tryPick (fun node ->
+                match node with
+                | ExactlyOnceSinkNode(name, _, _, _) -> Some name
+                | DemuxNode { Route = Same sub } -> exactlyOnce sub
+                | _ -> None)
+
+        match exactlyOnce nodes with
+        | Some sink ->
+            raise (
+                InvalidOperationException(
+                    $"The routeDependent route of key '{key}' holds the exactly-once sink '{sink}'. A route is \
+                      built on its key's first message, after the runtime read the applied offsets of the \
+                      pipe's exactly-once sinks (on assignment), so this sink's applied offsets would be \
+                      missed. Put the exactly-once sink after routeDependent (e.g. route to values carrying \
+                      their target, then one sink), or use Pipe.demux, whose sub-pipe is seen at start."
+                )
+            )
+        | None -> nodes
+
     let routeDependent
         (key: 'a -> string)
         (route: string -> Pipe<'a, 'a> -> Pipe<'a, 'b>)
@@ -132,7 +157,7 @@ module Pipe =
         let demux = {
             Key = (fun e -> key (unbox<'a> e.Value))
             Options = demuxOptions
-            Route = PerKey(fun k -> (route k source).Nodes)
+            Route = PerKey(fun k -> routeNodes k (route k source).Nodes)
         }
 
         append (DemuxNode demux) pipe
@@ -204,9 +229,13 @@ module Pipe =
 
         checkPipelining pipelining
 
-        append
-            (ExactlyOnceSinkNode(name, store, (fun positions v -> write positions (unbox<'a> v)), pipelining))
-            pipe
+        // `write positions` is applied when the request is made (on the partition's loop, while it is
+        // owned), so a write can take its claims then; the result is called for each try.
+        let node (positions: Position list) =
+            let writeValue = write positions
+            fun (v: obj) -> writeValue (unbox<'a> v)
+
+        append (ExactlyOnceSinkNode(name, store, node, pipelining)) pipe
 
     let sinkExactlyOnce name store (write: Position list -> 'a -> Task) pipe =
         sinkExactlyOnceWith SinkPipelining.sequential name store write pipe
@@ -243,7 +272,7 @@ module Pipe =
                     "route"
                     $"The route of key '{k}' left a split open; join every split it opens inside the route."
 
-            routed.Root
+            routeNodes k routed.Root
 
         let demux = {
             Key = (fun e -> key (unbox<'a> e.Value))

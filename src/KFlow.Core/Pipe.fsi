@@ -152,7 +152,11 @@ module Pipe =
     val demuxByKeyWith:
         options: DemuxOptions -> sub: (Pipe<'a, 'a> -> Pipe<'a, 'b>) -> pipe: Pipe<'i, 'a> -> Pipe<'i, 'b>
 
-    /// Like demux, but each key gets its own sub-pipe: `route key source` is built on the key's first message.
+    /// <summary>Like demux, but each key gets its own sub-pipe: `route key source` is built on the key's
+    /// first message.</summary>
+    /// <remarks>A route may not hold an exactly-once sink (its message fails with
+    /// InvalidOperationException when the route is built; see appliedOffsetStores): put it after the
+    /// route.</remarks>
     val routeDependent:
         key: ('a -> string) ->
         route: (string -> Pipe<'a, 'a> -> Pipe<'a, 'b>) ->
@@ -202,7 +206,10 @@ module Pipe =
     /// <paramref name="store"/> in one transaction. The runtime resumes past and skips recorded offsets
     /// (Workflow.run), so each message's effect is applied once even across crashes.</summary>
     /// <remarks>A message must reach the sink as one value: Workflow.run refuses a pipe with an unfold,
-    /// and a stage that splits one message into several outputs fails the workflow.</remarks>
+    /// and a stage that splits one message into several outputs fails the workflow. <c>write
+    /// positions</c> is applied when the value reaches the sink (on the partition's loop, while the
+    /// partition is assigned), and the function it returns is called for each try of the write: a
+    /// write that must carry the partition's current claim (fencing) takes it in the first step.</remarks>
     val sinkExactlyOnce:
         name: string ->
         store: AppliedOffsetStore ->
@@ -210,8 +217,11 @@ module Pipe =
         pipe: Pipe<'i, 'a> ->
             Pipe<'i, Sunk>
 
-    /// <summary>The applied-offset stores of the pipe's exactly-once sinks (in sub-pipes too, except
-    /// routeDependent ones, which are built per key), each once, in pipe order.</summary>
+    /// <summary>The applied-offset stores of the pipe's exactly-once sinks, each once, in pipe order: at
+    /// the top level and in every sub-pipe of demux, demuxByKey, mfd and split … join (any depth).</summary>
+    /// <remarks>A routeDependent route is built per key at run time, so a sink in it cannot be listed:
+    /// building a route that holds an exactly-once sink fails its message (InvalidOperationException
+    /// saying to put the sink after the route).</remarks>
     val appliedOffsetStores: pipe: Pipe<'i, 'o> -> AppliedOffsetStore list
 
     /// The default demux options.

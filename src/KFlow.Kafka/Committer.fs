@@ -35,12 +35,20 @@ module internal Committer =
                 else
                     ValueNone
 
-            // The position passes held messages, so it only counts when none is held.
+            // The position passes held messages, so it only counts when none is held. The floor
+            // (exactly-once resume point) is finished whatever is held: everything below it is applied,
+            // so a partition resumed at its end commits that end without reading a message.
             let position =
-                if slot.Held.Count = 0 then
-                    position consumer slot
-                else
-                    ValueNone
+                match
+                    (if slot.Held.Count = 0 then
+                         position consumer slot
+                     else
+                         ValueNone),
+                    slot.Floor
+                with
+                | ValueSome at, floor when at >= floor -> ValueSome at
+                | _, floor when floor >= 0L -> ValueSome floor
+                | at, _ -> at
 
             match CommitPlan.toStore p.CommitPoint lastRouted position stored with
             | ValueSome offset ->

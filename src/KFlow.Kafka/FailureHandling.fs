@@ -73,7 +73,8 @@ module internal FailureHandling =
 
     /// <summary>Waits for <paramref name="first"/> (the task of the first try of
     /// <paramref name="run"/>), retrying <paramref name="run"/> in place as the policy allows (waiting
-    /// the backoff between tries); the task faults with the last error once the retries are spent.
+    /// the backoff between tries); the task faults with the last error once the retries are spent, or
+    /// at once when a write was fenced (AppliedOffsets.isFenced: trying it again is fenced again).
     /// <paramref name="what"/> names the attempt in the log, built only when a try fails.</summary>
     let private retryingAfter
         (handling: FailureHandling)
@@ -98,14 +99,14 @@ module internal FailureHandling =
                     failures <- failures + 1
 
                     match ErrorPolicy.retryDelay (handling.Draw()) failures policy with
-                    | ValueSome delay ->
+                    | ValueSome delay when not (AppliedOffsets.isFenced ex) ->
                         handling.Log
                             $"{what ()} failed (try {failures}): {ex.GetType().Name}: {ex.Message}; retrying in place in {delay}"
 
                         do! Task.Delay delay
                         handling.Retried()
                         current <- attempt run
-                    | ValueNone ->
+                    | _ ->
                         error <- Some ex
                         go <- false
 
@@ -115,7 +116,8 @@ module internal FailureHandling =
         }
 
     /// <summary>Runs <paramref name="run"/>, retrying it in place as the policy allows (waiting the
-    /// backoff between tries); the task faults with the last error once the retries are spent.
+    /// backoff between tries); the task faults with the last error once the retries are spent, or at
+    /// once when a write was fenced (AppliedOffsets.isFenced: trying it again is fenced again).
     /// Without retries it is just <c>run ()</c>. <paramref name="what"/> names the attempt in the
     /// log, built only when a try fails (it runs for every message).</summary>
     let retrying
@@ -152,8 +154,10 @@ module internal FailureHandling =
     /// retried in place, then, under DeadLetter, the original messages of its tokens
     /// (<paramref name="originalsOf"/>, called on the partition's loop when the request is guarded)
     /// are dead-lettered, so the write succeeds once the broker acknowledged every one of them. If
-    /// not all of them are at hand (ValueNone), the write fails with its error instead (nothing is
-    /// completed unwritten). Without retries or dead-lettering requests are returned as they are.
+    /// not all of them are at hand (ValueNone), or the write was fenced (an exactly-once sink's
+    /// partition claimed by another instance, which applies these messages itself), the write fails
+    /// with its error instead (nothing is completed unwritten). Without retries or dead-lettering
+    /// requests are returned as they are.
     /// <paramref name="what"/> names the sink in log lines (built on failure only).</summary>
     let sinkGuard
         (handling: FailureHandling)
@@ -178,7 +182,7 @@ module internal FailureHandling =
                         do! retrying handling whatAt policy (fun () -> task { do! request.Write value })
                     with ex ->
                         match originals with
-                        | ValueSome originals ->
+                        | ValueSome originals when not (AppliedOffsets.isFenced ex) ->
                             do! deadLetterAll dlq topic originals request.Sink ex attempts
 
                             for _ in originals do
@@ -186,7 +190,7 @@ module internal FailureHandling =
 
                             handling.Log
                                 $"{whatAt ()} failed {attempts} times ({ex.Message}); dead-lettered {originals.Length} message(s) to '{topic}'"
-                        | ValueNone -> return raise ex
+                        | _ -> return raise ex
                 }
 
                 { request with Write = write }
@@ -215,3 +219,13 @@ module internal FailureHandling =
 
                 { request with Write = write }
         | _ -> id
+
+    /// <summary>One sink write request with its sink's policy applied, as <c>sinkGuard</c> gives it
+    /// (the guard is built for this request alone; the partition loops keep one per sink).</summary>
+    let guardWrite
+        (handling: FailureHandling)
+        (what: unit -> string)
+        (originalsOf: Token list -> Confluent.Kafka.ConsumeResult<byte[], byte[]> list voption)
+        (request: SinkRequest)
+        =
+        sinkGuard handling what originalsOf request.Sink request

@@ -116,11 +116,18 @@ type internal Incarnation
             // librdkafka may keep a partition's pause flag from an earlier assignment (seen after an
             // eager rebalance: the partitions paused before it never resumed), so the next
             // applyPauses pauses or resumes it explicitly (PauseKnown is false).
-            slots[tp] <- Slot(w, p, nextGeneration)
+            let slot = Slot(w, p, nextGeneration)
+            slots[tp] <- slot
 
             let skip =
                 match Map.tryFind tp resumes with
-                | Some r -> r.Skip
+                | Some r ->
+                    let start = r.Start.Offset
+
+                    if not start.IsSpecial then
+                        slot.Floor <- start.Value
+
+                    r.Skip
                 | None when exactlyOnce.Enabled -> HashSet<int64>()
                 | None -> null
 

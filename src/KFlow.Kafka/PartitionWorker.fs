@@ -393,6 +393,10 @@ type internal PartitionWorker
                 | None ->
                     for t in request.Envelope.Tokens do
                         offsets.Complete t
+                | Some ex when AppliedOffsets.isFenced ex ->
+                    // Exactly-once: the partition's new owner claimed it and applies these messages.
+                    log
+                        $"{tp}: sink '{request.Sink}': a write of an earlier assignment was fenced (the partition's new owner applies its messages); dropped"
                 | Some _ -> ()
 
             true

@@ -17,6 +17,9 @@ type internal Slot(worker: PartitionWorker, kafka: Confluent.Kafka.TopicPartitio
     member val Routed = 0L with get, set
     /// The offset stored last (-1: none).
     member val Stored = -1L with get, set
+    /// Exactly-once mode: the offset the partition resumed at, past offsets whose effect is applied
+    /// already (every offset below it is finished even if nothing is read); -1 when none.
+    member val Floor = -1L with get, set
     /// The partition's own gate (MaxOpenOffsetsPerPartition) is closed.
     member val Closed = false with get, set
     /// The partition is paused in the consumer.

@@ -20,6 +20,9 @@ type PgColumn = {
     Defaulted: bool
     /// Whether the sink may not write it (GENERATED ALWAYS identity or generated column).
     ReadOnly: bool
+    /// Its collation as a quoted SQL name when it is not its type's default (e.g. a case-insensitive
+    /// ICU collation, under which 'a' and 'A' are one key), else None.
+    Collation: string option
 }
 
 /// The target table as found at start-up.
@@ -44,10 +47,14 @@ module PgSchema =
         "SELECT a.attname::text, t.typname::text, et.typname::text, \
                 pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull, \
                 a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', \
-                a.attidentity = 'a' OR a.attgenerated <> '' \
+                a.attidentity = 'a' OR a.attgenerated <> '', \
+                CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation \
+                     THEN pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname) END \
          FROM pg_catalog.pg_attribute a \
          JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
          LEFT JOIN pg_catalog.pg_type et ON et.oid = t.typelem AND t.typcategory = 'A' \
+         LEFT JOIN pg_catalog.pg_collation co ON co.oid = a.attcollation \
+         LEFT JOIN pg_catalog.pg_namespace cn ON cn.oid = co.collnamespace \
          WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
          ORDER BY a.attnum"
 
@@ -145,6 +152,7 @@ module PgSchema =
                     NotNull = reader.GetBoolean 4
                     Defaulted = reader.GetBoolean 5
                     ReadOnly = reader.GetBoolean 6
+                    Collation = if reader.IsDBNull 7 then None else Some(reader.GetString 7)
                 })
 
         let! uniqueKeys =

@@ -164,9 +164,12 @@ type UpsertWriterCore =
         let listOf, adapted = UpsertWriterCore.ListPipelining writer
 
         pipe
-        |> Pipe.sinkExactlyOnceWith adapted name writer.AppliedOffsets (fun positions batch -> task {
-            do! writer.WriteApplied(positions, listOf batch)
+        |> Pipe.sinkExactlyOnceWith adapted name writer.AppliedOffsets (fun positions ->
+            let write = writer.ClaimedWrite positions
 
-            if not (isNull written) then
-                written.Invoke batch.Count
-        })
+            fun batch -> task {
+                do! write (listOf batch)
+
+                if not (isNull written) then
+                    written.Invoke batch.Count
+            })

@@ -112,6 +112,93 @@ let tests =
                 "a plain sink has none"
         }
 
+        test "stores are found in the sub-pipes of mfd, split … join and nested demuxes" {
+            let s = store "g"
+
+            let sinkIn sub =
+                sub |> Pipe.sinkExactlyOnce "db" s (fun _ _ -> Task.CompletedTask)
+
+            let viaMfd =
+                Pipe.source<string> |> Pipe.mfd (fun v -> Some(v, v)) (fun sub -> sinkIn sub)
+
+            let viaSplit = Pipe.source<string> |> Pipe.split id |> sinkIn |> Pipe.join
+
+            let viaSplitOpen = Pipe.source<string> |> Pipe.splitByKey |> sinkIn
+
+            let nested =
+                Pipe.source<string>
+                |> Pipe.demuxByKey (fun outer -> outer |> Pipe.demux id (fun inner -> sinkIn inner))
+
+            for name, stores in
+                [
+                    "mfd", Pipe.appliedOffsetStores viaMfd
+                    "split … join", Pipe.appliedOffsetStores viaSplit
+                    "a split left open", Pipe.appliedOffsetStores viaSplitOpen
+                    "a demux in a demux", Pipe.appliedOffsetStores nested
+                ] do
+                Expect.equal (stores |> List.map _.GroupId) [ "g" ] name
+        }
+
+        test
+            "a routeDependent route holding an exactly-once sink fails its message when built, writing nothing" {
+            let writes = ResizeArray<Position list>()
+
+            let d =
+                Pipe.source<string>
+                |> Pipe.routeDependent id (fun _ sub ->
+                    sub
+                    |> Pipe.sinkExactlyOnce "db" (store "g") (fun positions _ ->
+                        writes.Add positions
+                        Task.CompletedTask))
+                |> TestDriver.start
+                |> TestDriver.assign tp
+                |> TestDriver.feed (Message.create tp 0L "" "a")
+
+            Expect.isEmpty writes "nothing written"
+            Expect.equal (TestDriver.committed tp d) 0L "the message stays open"
+
+            match TestDriver.failures d with
+            | [ f ] ->
+                Expect.isTrue (f.Error :? System.InvalidOperationException) "InvalidOperationException"
+                Expect.stringContains f.Error.Message "exactly-once sink 'db'" "names the sink"
+                Expect.stringContains f.Error.Message "after routeDependent" "says what to do"
+            | other -> failtestf "expected one failure, got %A" other
+
+            let after =
+                Pipe.source<string>
+                |> Pipe.routeDependent id (fun _ sub -> sub |> Pipe.map id)
+                |> Pipe.sinkExactlyOnce "db" (store "g") (fun _ _ -> Task.CompletedTask)
+
+            Expect.equal
+                (Pipe.appliedOffsetStores after |> List.map _.GroupId)
+                [ "g" ]
+                "a sink after the route is found"
+
+            let plain =
+                after
+                |> TestDriver.start
+                |> TestDriver.assign tp
+                |> TestDriver.feed (Message.create tp 0L "" "a")
+
+            Expect.isEmpty (TestDriver.failures plain) "and runs"
+            Expect.equal (TestDriver.committed tp plain) 1L "its message is written"
+        }
+
+        test "a fenced write is recognised inside wrapping exceptions" {
+            let fenced = FencedWriteException "fenced"
+            Expect.isTrue (AppliedOffsets.isFenced fenced) "itself"
+
+            Expect.isTrue
+                (AppliedOffsets.isFenced (System.InvalidOperationException("outer", fenced)))
+                "as an inner exception"
+
+            Expect.isTrue
+                (AppliedOffsets.isFenced (System.AggregateException [ exn "x"; fenced ]))
+                "aggregated"
+
+            Expect.isFalse (AppliedOffsets.isFenced (exn "other")) "another error"
+        }
+
         test "an exactly-once sink needs a name and a store with a group" {
             Expect.throwsT<System.ArgumentException>
                 (fun () ->

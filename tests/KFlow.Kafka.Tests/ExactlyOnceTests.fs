@@ -1,6 +1,6 @@
 // Tests for src/KFlow.Kafka/ExactlyOnce.fs: pipes that exactly-once mode cannot serve are refused at
 // start, and on assignment a partition resumes past the applied offsets an in-memory store reports,
-// skips the applied ones after a gap, and prunes what Kafka committed.
+// skips the applied ones after a gap, and prunes what Kafka committed; a fenced write is final.
 module KFlow.Kafka.Tests.ExactlyOnceTests
 
 open System
@@ -39,9 +39,65 @@ let private nowhere group =
 
 let private noWrite _ _ = Task.CompletedTask
 
+/// A sink write of offset 0 that counts its tries and fails each with `error`.
+let private failing (tries: int ref) (error: unit -> exn) : SinkRequest = {
+    Sink = "db"
+    Envelope = {
+        Value = (0 :> obj)
+        Tokens = []
+        Key = ""
+        Position = Position.create (KFlow.TopicPartition.create "t" 0) 0L
+        Timestamp = DateTimeOffset.UnixEpoch
+    }
+    Write =
+        fun _ ->
+            tries.Value <- tries.Value + 1
+            Task.FromException(error ())
+    Substream = ""
+    Pipelining = SinkPipelining.sequential
+}
+
 let tests =
     testSequenced
     <| testList "ExactlyOnce" [
+        test "a fenced write is neither retried in place nor dead-lettered; another failure is" {
+            let options = {
+                nowhere "g" with
+                    OnFailure = DeadLetter "dlq"
+                    SinkRetries = 2
+                    SinkRetryBackoff = {
+                        Backoff.defaults with
+                            First = TimeSpan.FromMilliseconds 1.
+                            Max = TimeSpan.FromMilliseconds 1.
+                    }
+            }
+
+            let handling = FailureHandling.create (Counters "eo") options
+            use _ = handling.DeadLetters.Value
+            // Nothing to produce: a dead-lettered write succeeds at once.
+            let guard =
+                FailureHandling.guardWrite handling (fun () -> "db") (fun _ -> ValueSome [])
+
+            let outcome (request: SinkRequest) =
+                try
+                    (request.Write(0 :> obj)).Wait()
+                    None
+                with e ->
+                    Some e
+
+            let fencedTries = ref 0
+
+            let fenced =
+                outcome (guard (failing fencedTries (fun () -> FencedWriteException "fenced")))
+
+            Expect.isTrue (fenced |> Option.exists AppliedOffsets.isFenced) "the fenced write fails as fenced"
+            Expect.equal fencedTries.Value 1 "tried once"
+            let otherTries = ref 0
+            let other = outcome (guard (failing otherTries (fun () -> exn "down")))
+            Expect.isNone other "another failure is dead-lettered after its retries (the control)"
+            Expect.equal otherTries.Value 3 "and retried twice in place"
+        }
+
         test "Workflow.run refuses an exactly-once pipe with an unfold, saying why" {
             let pipe =
                 Pipe.source<byte[]>
@@ -117,6 +173,44 @@ let tests =
 
             Expect.equal (log.Count "resuming at 40") 1 "resumed at 40, past 10..39"
             Expect.equal handle.Stats.Consumed 60L "50..59 are read and skipped, 10..39 not read at all"
+
+        testCase "a partition whose applied offsets reach its end commits that end without reading a message"
+        <| fun () ->
+            use cluster = clusterWith "eoend" 1 4 100
+            let tp = KFlow.TopicPartition.create "eoend" 0
+            let log = Log()
+
+            do
+                use consumer =
+                    ConsumerBuilder<Ignore, Ignore>(cluster.ConsumerConfig "eoend").Build()
+
+                consumer.Commit [ TopicPartitionOffset("eoend", Partition 0, Offset 10L) ]
+
+            let store = MemoryStore("eoend", Map.ofList [ tp, [| 10L .. 99L |] ])
+            let written = ConcurrentQueue<int64>()
+
+            let pipe =
+                Pipe.source<byte[]>
+                |> Pipe.sinkExactlyOnce "db" store.Store (fun positions (_: byte[]) ->
+                    for p in positions do
+                        written.Enqueue p.Offset
+
+                    Task.CompletedTask)
+
+            let handle =
+                Workflow.run
+                    {
+                        options cluster log "eoend" [ "eoend" ] with
+                            CommitInterval = TimeSpan.FromMilliseconds 200.
+                    }
+                    pipe
+
+            waitUntil log (seconds 30.) "the end offset is committed" (fun () ->
+                committed cluster "eoend" "eoend" 1 = [ 0, 100L ])
+
+            stopped log handle
+            Expect.isEmpty written "nothing is written again"
+            Expect.equal handle.Stats.Consumed 0L "nothing is read: the partition resumed at its end"
 
         testCase "a stage splitting a message into several values fails the workflow in exactly-once mode"
         <| fun () ->

@@ -16,6 +16,7 @@ let all =
         UpsertWriterTests.tests
         WritePipelineTests.tests
         ExactlyOnceCrashTests.tests
+        ExactlyOnceZombieTests.tests
         PostgresSinkDocTests.tests
         SeedWorkflowTests.tests
     ]

@@ -1,10 +1,15 @@
 // Tests for src/KFlow.Postgres/PgAppliedOffsets.fs and the writer's exactly-once mode: each batch records
 // its source offsets in the statement that writes its rows; the store reads them back and prunes them; a
-// batch offered again is applied once, even on an insert-only table.
+// batch offered again is applied once, even on an insert-only table; a claim fences the batches of the
+// partition's previous owner, waiting for those in flight.
 module KFlow.Postgres.Tests.PgAppliedOffsetsTests
 
+open System
+open System.Diagnostics
+open System.Threading
 open System.Threading.Tasks
 open Expecto
+open Npgsql
 open KFlow
 open KFlow.Postgres
 open KFlow.Postgres.Tests.TestDatabase
@@ -41,6 +46,48 @@ let private load (writer: UpsertWriter<obj[]>) (committed: int64) =
 let private sources (table: string) =
     query $"SELECT src FROM {table} ORDER BY src"
     |> List.map (fun r -> unbox<int64> r[0])
+
+/// The offsets recorded in `offsets` (read directly: Load would claim).
+let private recorded (offsets: string) =
+    query $"SELECT o FROM {offsets}, unnest(offsets) AS o ORDER BY o"
+    |> List.map (fun r -> unbox<int64> r[0])
+
+/// Waits until `condition` holds (checked every 20 ms); fails the test after 30 s.
+let private waitFor (what: string) (condition: unit -> bool) =
+    let clock = Stopwatch.StartNew()
+
+    while not (condition ()) do
+        if clock.Elapsed > TimeSpan.FromSeconds 30. then
+            failtestf "Timed out after 30 s waiting until %s." what
+
+        Thread.Sleep 20
+
+/// An insert-only (src, v) table whose rows with v = 'hold' wait, inside the batch's statement (after
+/// its fence lock), for the advisory lock `key`, held until the returned function is called.
+let private heldTable (key: int) =
+    let table = eventsTable ()
+    let fn = table + "_hold"
+
+    execute
+        $"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF NEW.v = 'hold' THEN \
+          PERFORM pg_advisory_xact_lock_shared({key}); END IF; RETURN NEW; END $$; \
+          CREATE TRIGGER {fn} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {fn}()"
+
+    let holder = new NpgsqlConnection(connectionString ())
+    holder.Open()
+
+    let run (sql: string) =
+        use command = new NpgsqlCommand(sql, holder)
+        command.ExecuteNonQuery() |> ignore
+
+    run $"SELECT pg_advisory_lock({key})"
+
+    let release () =
+        // Explicitly: a pooled connection's session (and its lock) outlives Dispose.
+        run $"SELECT pg_advisory_unlock({key})"
+        holder.Dispose()
+
+    table, release
 
 let tests =
     testSequenced
@@ -168,6 +215,181 @@ let tests =
                 faultOf "no positions" (fun () -> UpsertWriter.write writer [ [| box 1L; box "a" |] ])
 
             Expect.stringContains e.Message "WriteApplied" "names the method to use"
+        }
+
+        test "a batch of a stale claim is fenced and leaves nothing; the current claim's batch commits" {
+            let table = eventsTable ()
+            let offsets = freshTable ()
+            let a, b = appender table offsets "g", appender table offsets "g"
+            load a 0L |> ignore
+            writeAt a [ 1L ]
+
+            Expect.equal
+                (load b 0L)
+                (Map.ofList [ tp, [| 1L |] ])
+                "b claims the partition and reads a's batch"
+
+            let e =
+                faultOf "stale claim" (fun () ->
+                    a.WriteApplied(at [ 2L; 3L ], [ [| box 2L; box "x" |]; [| box 3L; box "y" |] ]))
+
+            Expect.isTrue (e :? FencedWriteException) $"FencedWriteException, not {e.GetType().Name}"
+            Expect.stringContains e.Message "fenced" "says it was fenced"
+            Expect.stringContains e.Message "orders[0]: epoch 1" "names the claim it held"
+            Expect.stringContains e.Message "epoch 2, claimed by" "and the current owner"
+            Expect.equal (sources table) [ 1L ] "no row of the fenced batch"
+            Expect.equal (recorded offsets) [ 1L ] "none of its offsets"
+            writeAt b [ 2L; 3L ]
+            Expect.equal (sources table) [ 1L; 2L; 3L ] "the current owner writes them"
+            Expect.equal (recorded offsets) [ 1L; 2L; 3L ] "and records them"
+
+            Expect.equal
+                (scalar<int64> $"SELECT epoch FROM {offsets}_owners WHERE group_id = 'g' AND topic = 'orders'")
+                2L
+                "one owner row, at epoch 2"
+        }
+
+        test "the copy method's batch of a stale claim is fenced too" {
+            let table = eventsTable ()
+            let offsets = freshTable ()
+
+            let copier () =
+                writerFor {
+                    configFor table [ "src"; "tags" ] [] with
+                        ExactlyOnce =
+                            Some {
+                                GroupId = "g"
+                                OffsetsTable = offsets
+                            }
+                }
+
+            let a, b = copier (), copier ()
+            load a 0L |> ignore
+            load b 0L |> ignore
+
+            let e =
+                faultOf "stale claim" (fun () -> a.WriteApplied(at [ 8L ], [ [| box 8L; box [| 1; 2 |] |] ]))
+
+            Expect.isTrue (e :? FencedWriteException) "fenced"
+            Expect.isEmpty (sources table) "nothing written"
+            b.WriteApplied(at [ 8L ], [ [| box 8L; box [| 1; 2 |] |] ]).GetAwaiter().GetResult()
+            Expect.equal (sources table) [ 8L ] "the owner writes it"
+        }
+
+        test "a writer that never claimed a partition may write it only until someone claims it" {
+            let table = eventsTable ()
+            let offsets = freshTable ()
+            let a, b = appender table offsets "g", appender table offsets "g"
+            writeAt a [ 1L ]
+            load b 0L |> ignore
+
+            let e =
+                faultOf "unclaimed" (fun () -> a.WriteApplied(at [ 2L ], [ [| box 2L; box "x" |] ]))
+
+            Expect.isTrue (e :? FencedWriteException) "fenced"
+            Expect.stringContains e.Message "not claimed by this writer" "says why"
+            Expect.equal (sources table) [ 1L ] "written before the claim only"
+        }
+
+        test "sinks writing other tables are fenced apart" {
+            let offsets = freshTable ()
+            let t1, t2 = eventsTable (), eventsTable ()
+            let a1, a2 = appender t1 offsets "g", appender t2 offsets "g"
+            load a1 0L |> ignore
+            load a2 0L |> ignore
+            writeAt a1 [ 1L ]
+            writeAt a2 [ 2L ]
+            Expect.equal (sources t1 @ sources t2) [ 1L; 2L ] "each claim is its own table's"
+        }
+
+        test "a claim waits for the old owner's batch in flight, then reads what it committed" {
+            let key = Random.Shared.Next(1_000_000, 2_000_000)
+            let table, release = heldTable key
+            let offsets = freshTable ()
+            let a, b = appender table offsets "g", appender table offsets "g"
+            load a 0L |> ignore
+
+            let held =
+                a.WriteApplied(at [ 5L; 6L ], [ [| box 5L; box "hold" |]; [| box 6L; box "m6" |] ])
+
+            waitFor "the old owner's batch waits inside its statement" (fun () ->
+                scalar<int64> "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted" > 0L)
+
+            let claim = b.AppliedOffsets.Load [ tp, 0L ]
+
+            let waitingClaims =
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                + $"AND query LIKE 'INSERT INTO %%{offsets}_owners%%'"
+
+            waitFor "the claim waits for the batch's lock on the owner row" (fun () ->
+                scalar<int64> waitingClaims > 0L)
+
+            Expect.isFalse claim.IsCompleted "the claim is still waiting"
+            Expect.isFalse held.IsCompleted "so is the batch"
+            release () // the batch goes on and commits
+            held.GetAwaiter().GetResult()
+
+            Expect.equal
+                (sources table)
+                [ 5L; 6L ]
+                "the batch committed (its claim was current when it locked)"
+
+            Expect.equal
+                (claim.GetAwaiter().GetResult())
+                (Map.ofList [ tp, [| 5L; 6L |] ])
+                "the new owner read the batch's offsets"
+
+            let e =
+                faultOf "after the claim" (fun () -> a.WriteApplied(at [ 7L ], [ [| box 7L; box "m7" |] ]))
+
+            Expect.isTrue (e :? FencedWriteException) "the old owner's next batch is fenced"
+        }
+
+        test "a batch that waits for a claim in progress is fenced once the claim commits" {
+            let table = eventsTable ()
+            let offsets = freshTable ()
+            let a = appender table offsets "g"
+            load a 0L |> ignore
+            // A claim in progress: the owner row bumped in a transaction the test holds open.
+            use claimer = new NpgsqlConnection(connectionString ())
+            claimer.Open()
+            use transaction = claimer.BeginTransaction()
+
+            do
+                use command =
+                    new NpgsqlCommand(
+                        $"UPDATE {offsets}_owners SET epoch = epoch + 1, claimed_by = 'test'",
+                        claimer,
+                        transaction
+                    )
+
+                command.ExecuteNonQuery() |> ignore
+
+            // The batch's statement starts (its snapshot still shows the old epoch) and waits for the lock.
+            let batch = a.WriteApplied(at [ 1L ], [ [| box 1L; box "m1" |] ])
+
+            let waitingBatches =
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                + "AND query LIKE 'WITH kflow_batch%'"
+
+            waitFor "the batch waits for the claim's row lock" (fun () -> scalar<int64> waitingBatches > 0L)
+            Expect.isFalse batch.IsCompleted "the batch is waiting"
+            transaction.Commit()
+            let e = faultOf "after the claim committed" (fun () -> batch)
+            Expect.isTrue (e :? FencedWriteException) "fenced: the locked row's latest version is re-checked"
+            Expect.isEmpty (sources table) "nothing written"
+            Expect.isEmpty (recorded offsets) "nothing recorded"
+        }
+
+        test "with the fence check off (tests only) a stale claim's batch is written" {
+            let table = eventsTable ()
+            let offsets = freshTable ()
+            let a, b = appender table offsets "g", appender table offsets "g"
+            load a 0L |> ignore
+            load b 0L |> ignore
+            a.CheckFence <- false
+            writeAt a [ 1L ]
+            Expect.equal (sources table) [ 1L ] "nothing fences it: the control of the tests above"
         }
 
         test "no keys without exactly-once mode is refused at start-up" {

@@ -128,6 +128,28 @@ let private semantics =
 
         lastWinsProperty
 
+        test "keys the server finds equal but .NET does not (a case-insensitive collation): the last one wins" {
+            let table = freshTable ()
+            let collation = $"{table}_ci"
+            // ICU collation, case-insensitive (nondeterministic): 'a' and 'A' are one key to the server.
+            execute
+                $"CREATE COLLATION {collation} (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+
+            execute $"CREATE TABLE {table} (k text COLLATE {collation} PRIMARY KEY, v int)"
+            let writer = writerFor (configFor table [ "k"; "v" ] [ "k" ])
+            // Distinct by .NET's Equals, one key under the column's collation: the writer keeps the last
+            // record per key as the unique constraint compares them (PostgreSQL refuses to update a row
+            // twice in one statement, 21000, without that).
+            writeNow writer [ [| box "a"; box 1 |]; [| box "A"; box 2 |] ]
+            Expect.equal (query $"SELECT v FROM {table}") [ [| box 2 |] ] "one row, the last record's"
+            writeNow writer [ [| box "b"; box 3 |]; [| box "B"; box 4 |]; [| box "a"; box 5 |] ]
+
+            Expect.equal
+                (query $"SELECT v FROM {table} ORDER BY v")
+                [ [| box 4 |]; [| box 5 |] ]
+                "upserted too: the last per key"
+        }
+
         test "with an array field (Copy method) the last record per key wins and a replay changes nothing" {
             let table = freshTable ()
             execute $"CREATE TABLE {table} (k int PRIMARY KEY, tags text[])"
