@@ -75,12 +75,22 @@ let private timedRate
     (rows: int)
     (work: unit -> unit)
     =
+    let cpu = Process.GetCurrentProcess().TotalProcessorTime
     let watch = Stopwatch.StartNew()
     work ()
     let elapsed = watch.Elapsed
+    let used = Process.GetCurrentProcess().TotalProcessorTime - cpu
 
     if count connectionString table <> expected then
         failwith $"the {what} benchmark lost rows"
+
+    // The client's share of the machine (the server runs in other processes on the same cores).
+    printfn
+        "    %-22s %9.0f rows/s, client CPU %.2f µs per row (%.2f cores)"
+        what
+        (float rows / elapsed.TotalSeconds)
+        (used.TotalMilliseconds * 1000.0 / float rows)
+        (used.TotalSeconds / elapsed.TotalSeconds)
 
     float rows / elapsed.TotalSeconds
 
@@ -164,7 +174,10 @@ let private sink (exactlyOnce: bool) (streams: int) (inFlight: int) (connectionS
     // Warm-up: one batch of another key (connection, type resolution), then the timed run.
     (write [ record -1 ]).GetAwaiter().GetResult()
 
-    timedRate connectionString "bench_sink" (int64 rowCount + 1L) "sink" rowCount (fun () ->
+    let what =
+        (if exactlyOnce then "exactly-once " else "") + $"sink {streams}x{inFlight}"
+
+    timedRate connectionString "bench_sink" (int64 rowCount + 1L) what rowCount (fun () ->
         let writes =
             parts
             |> List.map (fun part -> Task.Run(fun () -> writeLane writer.Pipelining write part))
