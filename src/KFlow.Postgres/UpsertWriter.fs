@@ -164,6 +164,12 @@ type UpsertWriter<'a>
     let dbTypes = types |> Array.map PgValue.dbType
     let mutable disposed = false
     let mutable retries = 0L
+
+    // Writes talking to the server at once, at most the pool's size (Maximum Pool Size, Npgsql's
+    // default 100): many substreams × pipelined writes otherwise queue in the pool, where a wait
+    // longer than the connection string's Timeout (default 15 s) fails and is retried.
+    let connections =
+        new SemaphoreSlim(max 1 (NpgsqlConnectionStringBuilder(dataSource.ConnectionString).MaxPoolSize))
     // Batches still to upsert directly (no insert-first try), and the current length of that run.
     let mutable upsertOnlyBatches = 0
     let mutable conflictPenalty = 0
@@ -511,7 +517,12 @@ type UpsertWriter<'a>
 
                         attemptUnnest positions claimed rows fieldArrays (keysDistinct rows) seen
 
-                do! PgRetry.run retry onTransient describe attempt
+                do! connections.WaitAsync()
+
+                try
+                    do! PgRetry.run retry onTransient describe attempt
+                finally
+                    connections.Release() |> ignore
 
                 if seen.Value < 0L then
                     do! fenced claimed rows.Length

@@ -221,6 +221,34 @@ let private semantics =
             Expect.isTrue (UpsertWriter.write writer []).IsCompletedSuccessfully "completed"
         }
 
+        test "more concurrent batches than the pool holds wait for a connection instead of timing out" {
+            let table = keyValueTable ()
+            // Each statement takes 0.4 s, so with 2 connections 8 batches need 1.6 s, past the pool's
+            // 1 s wait (Timeout): without the writer's own cap on connections, waiters time out and retry.
+            execute
+                $"CREATE FUNCTION {table}_slow() RETURNS trigger LANGUAGE plpgsql AS \
+                  $$ BEGIN PERFORM pg_sleep(0.4); RETURN NULL; END $$; \
+                  CREATE TRIGGER {table}_slow AFTER INSERT ON {table} FOR EACH STATEMENT \
+                  EXECUTE FUNCTION {table}_slow()"
+
+            let writer =
+                writerFor {
+                    configFor table [ "k"; "v"; "n" ] [ "k" ] with
+                        Connection =
+                            PgConnection.ConnectionString(
+                                connectionString () + ";Maximum Pool Size=2;Timeout=1"
+                            )
+                }
+
+            let writes = [|
+                for w in 0..7 -> UpsertWriter.write writer [ for k in w * 10 .. w * 10 + 9 -> row k "v" 1L ]
+            |]
+
+            Task.WaitAll writes
+            Expect.equal (count table) 80L "every batch written"
+            Expect.equal writer.Retries 0L "no write waited past the pool's timeout"
+        }
+
         test "concurrent batches on the same keys all commit" {
             let table = keyValueTable ()
             let writer = keyValueWriter table
