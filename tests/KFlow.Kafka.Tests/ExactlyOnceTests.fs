@@ -57,6 +57,47 @@ let private failing (tries: int ref) (error: unit -> exn) : SinkRequest = {
     Pipelining = SinkPipelining.sequential
 }
 
+/// Runs `Pipe.source |> shape |> Pipe.sinkExactlyOnce` on a one-partition topic of 100 messages whose
+/// group committed offset 10 and whose store reports `applied`, until the end offset is committed; then
+/// `whileRunning store log`, and the stop. Returns the offsets the sink wrote (sorted), the handle and
+/// the log.
+let private resumeFrom10 (topic: string) (applied: int64[]) shape (whileRunning: MemoryStore -> Log -> unit) =
+    use cluster = clusterWith topic 1 4 100
+    let log = Log()
+
+    do
+        use consumer = ConsumerBuilder<Ignore, Ignore>(cluster.ConsumerConfig topic).Build()
+        consumer.Commit [ TopicPartitionOffset(topic, Partition 0, Offset 10L) ]
+
+    let store =
+        MemoryStore(topic, Map.ofList [ KFlow.TopicPartition.create topic 0, applied ])
+
+    let written = ConcurrentQueue<int64>()
+
+    let pipe =
+        Pipe.source<byte[]>
+        |> shape
+        |> Pipe.sinkExactlyOnce "db" store.Store (fun positions _ ->
+            for p in positions do
+                written.Enqueue p.Offset
+
+            Task.CompletedTask)
+
+    let handle =
+        Workflow.run
+            {
+                options cluster log topic [ topic ] with
+                    CommitInterval = TimeSpan.FromMilliseconds 200.
+            }
+            pipe
+
+    waitUntil log (seconds 30.) "the end offset is committed" (fun () ->
+        committed cluster topic topic 1 = [ 0, 100L ])
+
+    whileRunning store log
+    stopped log handle
+    List.sort (List.ofSeq written), handle, log
+
 let tests =
     testSequenced
     <| testList "ExactlyOnce" [
@@ -121,20 +162,10 @@ let tests =
         testCase
             "a partition resumes past the applied offsets after its committed one, skips applied ones after a gap, and prunes commits"
         <| fun () ->
-            use cluster = clusterWith "eo" 1 4 100
             let tp = KFlow.TopicPartition.create "eo" 0
-            let log = Log()
 
-            do
-                use consumer = ConsumerBuilder<Ignore, Ignore>(cluster.ConsumerConfig "eo").Build()
-                consumer.Commit [ TopicPartitionOffset("eo", Partition 0, Offset 10L) ]
-
-            let applied = Array.append [| 10L .. 39L |] [| 50L .. 59L |]
-            let store = MemoryStore("eo", Map.ofList [ tp, applied ])
-            let written = ConcurrentQueue<int64>()
-
-            let pipe =
-                Pipe.source<byte[]>
+            let aggregated (source: Pipe<byte[], byte[]>) =
+                source
                 |> Pipe.demuxByKey (fun sub ->
                     sub
                     |> Pipe.aggregate (
@@ -144,30 +175,18 @@ let tests =
                                 MaxAge = Some(TimeSpan.FromMilliseconds 100.)
                         }
                     ))
-                |> Pipe.sinkExactlyOnce "db" store.Store (fun positions (_: byte[] list) ->
-                    for p in positions do
-                        written.Enqueue p.Offset
 
-                    Task.CompletedTask)
-
-            let handle =
-                Workflow.run
-                    {
-                        options cluster log "eo" [ "eo" ] with
-                            CommitInterval = TimeSpan.FromMilliseconds 200.
-                    }
-                    pipe
-
-            waitUntil log (seconds 30.) "the end offset is committed" (fun () ->
-                committed cluster "eo" "eo" 1 = [ 0, 100L ])
-
-            waitUntil log (seconds 10.) "a prune up to the end offset" (fun () ->
-                store.Pruned |> List.exists (List.contains (tp, 100L)))
-
-            stopped log handle
+            let written, handle, log =
+                resumeFrom10
+                    "eo"
+                    (Array.append [| 10L .. 39L |] [| 50L .. 59L |])
+                    aggregated
+                    (fun store log ->
+                        waitUntil log (seconds 10.) "a prune up to the end offset" (fun () ->
+                            store.Pruned |> List.exists (List.contains (tp, 100L))))
 
             Expect.equal
-                (written |> Seq.sort |> List.ofSeq)
+                written
                 ([ 40L .. 49L ] @ [ 60L .. 99L ])
                 "only the offsets not applied are written, each once"
 
@@ -176,39 +195,7 @@ let tests =
 
         testCase "a partition whose applied offsets reach its end commits that end without reading a message"
         <| fun () ->
-            use cluster = clusterWith "eoend" 1 4 100
-            let tp = KFlow.TopicPartition.create "eoend" 0
-            let log = Log()
-
-            do
-                use consumer =
-                    ConsumerBuilder<Ignore, Ignore>(cluster.ConsumerConfig "eoend").Build()
-
-                consumer.Commit [ TopicPartitionOffset("eoend", Partition 0, Offset 10L) ]
-
-            let store = MemoryStore("eoend", Map.ofList [ tp, [| 10L .. 99L |] ])
-            let written = ConcurrentQueue<int64>()
-
-            let pipe =
-                Pipe.source<byte[]>
-                |> Pipe.sinkExactlyOnce "db" store.Store (fun positions (_: byte[]) ->
-                    for p in positions do
-                        written.Enqueue p.Offset
-
-                    Task.CompletedTask)
-
-            let handle =
-                Workflow.run
-                    {
-                        options cluster log "eoend" [ "eoend" ] with
-                            CommitInterval = TimeSpan.FromMilliseconds 200.
-                    }
-                    pipe
-
-            waitUntil log (seconds 30.) "the end offset is committed" (fun () ->
-                committed cluster "eoend" "eoend" 1 = [ 0, 100L ])
-
-            stopped log handle
+            let written, handle, _ = resumeFrom10 "eoend" [| 10L .. 99L |] id (fun _ _ -> ())
             Expect.isEmpty written "nothing is written again"
             Expect.equal handle.Stats.Consumed 0L "nothing is read: the partition resumed at its end"
 
