@@ -38,7 +38,8 @@ public sealed class KafkaSettings
     /// revokes and stops also commit.</summary>
     public TimeSpan CommitInterval { get; set; } = TimeSpan.FromSeconds(5);
 
-    /// <summary>Messages in flight per workflow before intake pauses. Default 50,000.</summary>
+    /// <summary>Messages in flight per workflow before intake stops: it holds (stops reading), and pauses
+    /// every partition if the limit still holds after 500 ms. Default 50,000.</summary>
     public int MaxInFlightMessages { get; set; } = 50_000;
 
     /// <summary>Unfinished messages per partition before that partition pauses. Default 20,000.</summary>
