@@ -84,15 +84,17 @@ let private timedRate
     if count connectionString table <> expected then
         failwith $"the {what} benchmark lost rows"
 
+    let rate = float rows / elapsed.TotalSeconds
+
     // The client's share of the machine (the server runs in other processes on the same cores).
     printfn
         "    %-22s %9.0f rows/s, client CPU %.2f µs per row (%.2f cores)"
         what
-        (float rows / elapsed.TotalSeconds)
+        rate
         (used.TotalMilliseconds * 1000.0 / float rows)
         (used.TotalSeconds / elapsed.TotalSeconds)
 
-    float rows / elapsed.TotalSeconds
+    rate
 
 /// Writes the batches of one stream as the runtime's lane does for a sink with `pipelining`: up to
 /// InFlight writes outstanding (each reserved first, in order, and released when it ended), the next

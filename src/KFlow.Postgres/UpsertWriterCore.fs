@@ -115,6 +115,18 @@ type UpsertWriterCore =
 
         listOf, adapted
 
+    /// A sink write of IReadOnlyList batches: `write` on the batch's F# list (made once, as
+    /// ListPipelining's), then `written` (if any) with its size once it is committed.
+    static member private Reporting
+        (write: 'a list -> Task, listOf: IReadOnlyList<'a> -> 'a list, written: Action<int>)
+        : IReadOnlyList<'a> -> Task =
+        fun batch -> task {
+            do! write (listOf batch)
+
+            if not (isNull written) then
+                written.Invoke batch.Count
+        }
+
     /// Upserts one batch atomically; the Task succeeds once it is committed.
     static member WriteAsync(writer: UpsertWriter<'a>, batch: IReadOnlyList<'a>) : Task =
         writer.Write(List.ofSeq batch)
@@ -137,12 +149,7 @@ type UpsertWriterCore =
         let listOf, adapted = UpsertWriterCore.ListPipelining writer
 
         pipe
-        |> Pipe.sinkWith adapted name (fun (batch: IReadOnlyList<'a>) -> task {
-            do! writer.Write(listOf batch)
-
-            if not (isNull written) then
-                written.Invoke batch.Count
-        })
+        |> Pipe.sinkWith adapted name (UpsertWriterCore.Reporting(writer.Write, listOf, written))
 
     /// <summary>Ends a pipe of batches with <paramref name="writer"/> as an exactly-once sink named
     /// <paramref name="name"/> (see UpsertWriter.sinkExactlyOnce): each batch is written with the
@@ -165,11 +172,4 @@ type UpsertWriterCore =
 
         pipe
         |> Pipe.sinkExactlyOnceWith adapted name writer.AppliedOffsets (fun positions ->
-            let write = writer.ClaimedWrite positions
-
-            fun batch -> task {
-                do! write (listOf batch)
-
-                if not (isNull written) then
-                    written.Invoke batch.Count
-            })
+            UpsertWriterCore.Reporting(writer.ClaimedWrite positions, listOf, written))
