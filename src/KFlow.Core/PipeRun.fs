@@ -1,29 +1,33 @@
 // The pure interpreter of a pipe: it pushes one event through the nodes and returns the new state
-// with the effects to apply. Inside a push it works on copies of the state arrays it touches.
+// with the effects to apply. Every version of a run shares one mutable store, rerooted to the version
+// pushed (src/KFlow.Core/StoreVersion.fs): a push writes in place and records each write, O(1) per write.
 namespace KFlow
 
 open System
 open System.Threading.Tasks
 
+/// <summary>What every version of one run shares: the pipe's nodes and the mutable state (stage
+/// states, substreams, calls in flight) holding the contents of its current version. Every push and
+/// resume takes its lock and first reroots the store to the run it is given.</summary>
 [<Sealed; NoEquality; NoComparison>]
-type PipeRun
-    internal
-    (
-        mode: AsyncMode,
-        nodes: Node[],
-        states: NodeState[],
-        calls: Map<int, Location>,
-        nextCall: int,
-        nextHold: int,
-        passOnly: bool
-    ) =
-    member internal _.Mode = mode
+type internal RunStore(mode: AsyncMode, nodes: Node[], states: NodeState[], passOnly: bool) =
+    member _.Mode = mode
     /// Whether the top level holds only stateless stages (with a Pass step) and sinks, so that a
     /// message changes no state and its push returns the run itself.
-    member internal _.PassOnly = passOnly
-    member internal _.Nodes = nodes
-    member internal _.States = states
-    member internal _.Calls = calls
+    member _.PassOnly = passOnly
+    member _.Nodes = nodes
+    /// The top level's states, written in place.
+    member _.States = states
+    /// The deferred calls in flight by id.
+    member val Calls = Collections.Generic.Dictionary<int, Location>()
+    /// Whether a push or resume is running on it (a push from inside one of its own steps is refused).
+    member val Busy = false with get, set
+
+/// A version of a run: its store, the store's version it stands for, and its counters.
+[<Sealed; NoEquality; NoComparison>]
+type PipeRun internal (store: RunStore, version: StoreVersion, nextCall: int, nextHold: int) =
+    member internal _.Store = store
+    member internal _.Version = version
     member internal _.NextCall = nextCall
     member internal _.NextHold = nextHold
 
@@ -41,7 +45,7 @@ module PipeRun =
                 | DemuxNode _
                 | AsyncMapNode _ -> false)
 
-        PipeRun(mode, nodes, states, Map.empty, 1, 1, passOnly)
+        PipeRun(RunStore(mode, nodes, states, passOnly), StoreVersion(), 1, 1)
 
     let start pipe = startWith RunInline pipe
 
@@ -102,7 +106,7 @@ module PipeRun =
     let private request (acc: Collected) path i name run (env: Envelope<obj>) =
         let id = acc.NextCall
         acc.NextCall <- id + 1
-        acc.Calls <- Map.add id { Demuxes = List.rev path; Node = i } acc.Calls
+        acc.Call(id, { Path = path; Node = i })
 
         acc.Request {
             Id = id
@@ -112,6 +116,12 @@ module PipeRun =
         }
 
         Started(id, env, None)
+
+    /// Sets a demux's held events, recording the write (none if they are the same list).
+    let private setHeld (acc: Collected) (d: Demuxed) held =
+        if not (obj.ReferenceEquals(d.Held, held)) then
+            acc.Record(HeldChange(d, d.Held))
+            d.Held <- held
 
     /// Pushes one envelope into node i of a level; `k` receives what passes the level's end.
     let rec private pushAt
@@ -165,40 +175,40 @@ module PipeRun =
                         else
                             Queued env
 
-                    states[i] <- AsyncState(AsyncQueue.enqueue entry queue)
+                    acc.Set(states, i, AsyncState(AsyncQueue.enqueue entry queue))
                 | _ ->
                     match attempt (fun () -> (run env.Value).GetAwaiter().GetResult()) with
                     | Ok value -> pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
                     | Error ex -> failed acc name (ValueSome env) ex
             | DemuxNode demux ->
-                match tryKey demux env with
-                | Error ex -> failed acc "demux key" (ValueSome env) ex
-                | Ok key ->
+                match tryKey demux env, states[i] with
+                | Error ex, _ -> failed acc "demux key" (ValueSome env) ex
+                | Ok key, DemuxState d ->
                     // A new key's sub-pipe is built now; a routeDependent route that throws fails the message.
                     let sub =
-                        match (RunState.demuxed states[i]).Subs.TryGetValue key with
-                        | true, sub -> Ok sub
-                        | _ -> attempt (fun () -> RunState.substream demux key now)
+                        match d.Subs.TryGetValue key with
+                        | true, sub ->
+                            if sub.LastActive <> now then
+                                acc.Record(ActiveChange(sub, sub.LastActive))
+                                sub.LastActive <- now
+
+                            Ok sub
+                        | _ ->
+                            match attempt (fun () -> RunState.substream demux key now) with
+                            | Ok sub ->
+                                acc.Record(EntryChange(d.Subs, key, ValueNone))
+                                d.Subs[key] <- sub
+                                Ok sub
+                            | error -> error
 
                     match sub with
                     | Error ex -> failed acc "routeDependent" (ValueSome env) ex
                     | Ok sub ->
-                        let subStates = Array.copy sub.States
-
                         let after out =
                             pushAt now acc path nodes states (i + 1) out k
 
-                        pushAt now acc (struct (i, key) :: path) sub.Nodes subStates 0 env after
-
-                        states[i] <-
-                            RunState.withSub
-                                key
-                                {
-                                    sub with
-                                        States = subStates
-                                        LastActive = now
-                                }
-                                states[i]
+                        pushAt now acc (struct (i, key) :: path) sub.Nodes sub.States 0 env after
+                | Ok _, _ -> ()
 
     /// <summary>Sends a broadcast event (Tick, Flush, Revoked, Assigned) to the nodes of a level from
     /// node <paramref name="from"/> on, in order.</summary>
@@ -232,10 +242,10 @@ module PipeRun =
                     go (i + 1)
                 | AsyncMapNode _, AsyncState queue ->
                     match AsyncQueue.holdIn hold event queue with
-                    | Some queue -> states[i] <- AsyncState queue
+                    | Some queue -> acc.Set(states, i, AsyncState queue)
                     | None -> go (i + 1)
                 | DemuxNode demux, DemuxState d ->
-                    if demuxAt now acc path states i demux d hold event after then
+                    if demuxAt now acc path i demux d hold event after then
                         go (i + 1)
                 | _ -> go (i + 1)
 
@@ -243,63 +253,108 @@ module PipeRun =
 
     /// Broadcasts into every substream of demux i, drops those idle (Tick) or flushed (Flush) and not
     /// busy, and holds the event while a substream holds it; true if it passes the demux now.
-    and private demuxAt now acc path (states: NodeState[]) i (demux: Demux) (d: Demuxed) hold event after =
-        let waiting = ref Set.empty
-        let mutable subs = d.Subs
+    and private demuxAt now (acc: Collected) path i (demux: Demux) (d: Demuxed) hold event after =
+        let keys = RunState.sortedKeys d
+        let mutable waiting = Set.empty
 
-        for KeyValue(key, sub) in d.Subs do
-            let subStates = Array.copy sub.States
+        for key in keys do
+            let sub = d.Subs[key]
             let through = ref false
 
-            broadcastFrom now acc (struct (i, key) :: path) sub.Nodes subStates 0 hold event after (fun _ _ ->
+            broadcastFrom now acc (struct (i, key) :: path) sub.Nodes sub.States 0 hold event after (fun _ _ ->
                 through.Value <- true)
 
             if not through.Value then
-                waiting.Value <- waiting.Value.Add key
+                waiting <- waiting.Add key
 
-            subs <- Map.add key { sub with States = subStates } subs
+        let drop key sub =
+            acc.Record(EntryChange(d.Subs, key, ValueSome sub))
+            d.Subs.Remove key |> ignore
 
-        for KeyValue(key, sub) in subs do
+        for key in keys do
+            let sub = d.Subs[key]
+
             if not (RunState.busy sub.States) then
                 match event with
-                | Flush -> subs <- Map.remove key subs
+                | Flush -> drop key sub
                 | Tick when now - sub.LastActive >= demux.Options.IdleAfter ->
                     // Flushed first; kept if that flush started async calls (dropped at a later tick).
-                    let subStates = Array.copy sub.States
                     let at = struct (i, key) :: path
-                    broadcastFrom now acc at sub.Nodes subStates 0 (acc.TakeHold()) Flush after unwatched
+                    broadcastFrom now acc at sub.Nodes sub.States 0 (acc.TakeHold()) Flush after unwatched
 
-                    subs <-
-                        if RunState.busy subStates then
-                            Map.add key { sub with States = subStates } subs
-                        else
-                            Map.remove key subs
+                    if not (RunState.busy sub.States) then
+                        drop key sub
                 | _ -> ()
 
-        let passes, d = RunState.reachDemux hold event waiting.Value { d with Subs = subs }
-        states[i] <- DemuxState d
+        let passes, held = RunState.reachDemux hold event waiting d.Held
+        setHeld acc d held
         passes
 
-    let push (now: DateTimeOffset) (event: Event<obj>) (run: PipeRun) =
-        let acc = Collected.Take(run.Mode, run.Calls, run.NextCall, run.NextHold)
+    /// <summary>Runs a push or resume of `run` under its store's lock: reroots the store to `run`, lets
+    /// `body` write to it through the collector, and returns the new run with the effects.</summary>
+    /// <remarks>A body that throws (a bug: user code's throws are reported) leaves the store as it
+    /// was.</remarks>
+    let inline private exclusive (run: PipeRun) ([<InlineIfLambda>] body: Collected -> unit) =
+        let store = run.Store
+        let mutable locked = false
 
         try
-            match event with
-            | Message env when run.PassOnly ->
-                // Only stateless stages and sinks at the top: a message changes no state.
-                pushAt now acc [] run.Nodes run.States 0 env acc.Emit
-                run, acc.Effects
-            | _ ->
-                let states = Array.copy run.States
+            Threading.Monitor.Enter(store, &locked)
 
-                match event with
-                | Message env -> pushAt now acc [] run.Nodes states 0 env acc.Emit
-                | _ -> broadcastFrom now acc [] run.Nodes states 0 (acc.TakeHold()) event acc.Emit unwatched
+            if store.Busy then
+                invalidOp "A PipeRun was pushed or resumed from inside one of its own steps."
 
-                PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold, run.PassOnly),
-                acc.Effects
+            store.Busy <- true
+
+            try
+                StoreVersion.reroot run.Version
+                let acc = Collected.Take(store.Mode, store.Calls, run.NextCall, run.NextHold)
+
+                try
+                    try
+                        body acc
+                    with _ ->
+                        StoreVersion.revert acc.Changes
+                        reraise ()
+
+                    let version = StoreVersion.advance acc.Changes run.Version
+
+                    let run' =
+                        if
+                            obj.ReferenceEquals(version, run.Version)
+                            && acc.NextCall = run.NextCall
+                            && acc.NextHold = run.NextHold
+                        then
+                            run
+                        else
+                            PipeRun(store, version, acc.NextCall, acc.NextHold)
+
+                    run', acc.Effects
+                finally
+                    acc.Release()
+            finally
+                store.Busy <- false
         finally
-            acc.Release()
+            if locked then
+                Threading.Monitor.Exit store
+
+    let push (now: DateTimeOffset) (event: Event<obj>) (run: PipeRun) =
+        let store = run.Store
+
+        match event with
+        | Message env when store.PassOnly ->
+            // Only stateless stages and sinks at the top: a message changes no state.
+            let acc = Collected.Take(store.Mode, store.Calls, run.NextCall, run.NextHold)
+
+            try
+                pushAt now acc [] store.Nodes store.States 0 env acc.Emit
+                run, acc.Effects
+            finally
+                acc.Release()
+        | Message env -> exclusive run (fun acc -> pushAt now acc [] store.Nodes store.States 0 env acc.Emit)
+        | _ ->
+            exclusive run (fun acc ->
+                broadcastFrom now acc [] store.Nodes store.States 0 (acc.TakeHold()) event acc.Emit unwatched)
 
     /// Records a call's result at async node i, then passes on what is now at the head of its queue
     /// (results in input order, and the events held behind them) and starts waiting inputs in the
@@ -318,68 +373,67 @@ module PipeRun =
                 | _ -> ()
 
             // The start function is built only when an input waits (a closure per resume otherwise).
-            states[i] <-
+            acc.Set(
+                states,
+                i,
                 AsyncState(
                     if AsyncQueue.waiting queue = 0 then
                         queue
                     else
                         AsyncQueue.startWaiting parallelism (request acc path i name run) queue
                 )
+            )
         | _ -> ()
 
     /// Substream `key` of demux i let a held event through: the events no substream holds any more
     /// go on after the demux, oldest first, as long as none older is still held.
     let private released now acc path (nodes: Node[]) (states: NodeState[]) i key k passed hold _event =
-        let ready, d = RunState.letThrough hold key (RunState.demuxed states[i])
-        states[i] <- DemuxState d
+        match states[i] with
+        | DemuxState d ->
+            let ready, held = RunState.letThrough hold key d.Held
+            setHeld acc d held
 
-        for h in ready do
-            broadcastFrom now acc path nodes states (i + 1) h.Hold h.Event k passed
+            for h in ready do
+                broadcastFrom now acc path nodes states (i + 1) h.Hold h.Event k passed
+        | _ -> ()
+
+    /// The level at `path` (innermost first) with what goes on after it: its nodes, its states, the
+    /// continuation of what passes its end, and the `passed` of the events it lets through.
+    let rec private levelAt now (acc: Collected) (store: RunStore) (path: struct (int * string) list) =
+        match path with
+        | [] -> struct (store.Nodes, store.States, acc.Emit, unwatched)
+        | struct (i, key) :: outer ->
+            let struct (nodes: Node[], states: NodeState[], k, passed) = levelAt now acc store outer
+
+            match states[i] with
+            | DemuxState d ->
+                let sub = d.Subs[key]
+
+                let after out =
+                    pushAt now acc outer nodes states (i + 1) out k
+
+                struct (sub.Nodes, sub.States, after, released now acc outer nodes states i key k passed)
+            | _ -> invalidOp "A call's location names a demux that is not there."
 
     let resume (now: DateTimeOffset) (callId: int) (result: Result<obj, exn>) (run: PipeRun) =
-        match run.Calls.TryGetValue callId with
-        | false, _ -> invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
-        | true, location ->
-            let acc =
-                Collected.Take(run.Mode, Map.remove callId run.Calls, run.NextCall, run.NextHold)
+        exclusive run (fun acc ->
+            match acc.Calls.TryGetValue callId with
+            | false, _ -> invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
+            | true, location ->
+                acc.EndCall(callId, location)
+                let struct (nodes, states, k, passed) = levelAt now acc run.Store location.Path
+                settle now acc location.Path nodes states location.Node callId result k passed)
 
-            try
-                let states = Array.copy run.States
+    /// Reads the store as `run` holds it, under its lock.
+    let private reading (run: PipeRun) (read: NodeState[] -> 'r) =
+        lock run.Store (fun () ->
+            StoreVersion.reroot run.Version
+            read run.Store.States)
 
-                let rec descend (nodes: Node[]) (states: NodeState[]) demuxes path k passed =
-                    match demuxes with
-                    | [] -> settle now acc path nodes states location.Node callId result k passed
-                    | struct (i, key) :: rest ->
-                        match states[i] with
-                        | DemuxState d ->
-                            let sub = d.Subs[key]
-                            let subStates = Array.copy sub.States
-
-                            let after out =
-                                pushAt now acc path nodes states (i + 1) out k
-
-                            descend
-                                sub.Nodes
-                                subStates
-                                rest
-                                (struct (i, key) :: path)
-                                after
-                                (released now acc path nodes states i key k passed)
-
-                            states[i] <- RunState.withSub key { sub with States = subStates } states[i]
-                        | _ -> ()
-
-                descend run.Nodes states location.Demuxes [] acc.Emit unwatched
-
-                PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold, run.PassOnly),
-                acc.Effects
-            finally
-                acc.Release()
-
-    let liveSubstreams (run: PipeRun) = RunState.count run.States
+    let liveSubstreams (run: PipeRun) = reading run RunState.count
 
     let held (run: PipeRun) =
-        RunState.holdsIn run.States
+        reading run RunState.holdsIn
         |> List.distinctBy fst
         |> List.sortBy fst
         |> List.map snd

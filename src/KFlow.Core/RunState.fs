@@ -4,6 +4,7 @@
 namespace KFlow
 
 open System
+open System.Collections.Generic
 
 /// A broadcast event held at a demux until none of the substreams in Waiting holds it.
 [<NoEquality; NoComparison>]
@@ -20,35 +21,57 @@ type internal NodeState =
     | DemuxState of Demuxed
     | AsyncState of AsyncQueue
 
-/// A demux's live substreams by key, and the events it holds, oldest first.
-and [<NoEquality; NoComparison>] internal Demuxed = {
-    Subs: Map<string, Substream>
-    Held: DemuxHold list
-}
+/// A demux's live substreams by key, and the events it holds, oldest first. Mutable: it belongs to
+/// one PipeRun store, whose pushes record every write as a Change (so older runs stay valid).
+and [<Sealed>] internal Demuxed(subs: Dictionary<string, Substream>) =
+    member _.Subs = subs
+    member val Held: DemuxHold list = [] with get, set
 
-and [<NoEquality; NoComparison>] internal Substream = {
-    Nodes: Node[]
-    States: NodeState[]
-    LastActive: DateTimeOffset
-}
+/// A demux substream: its nodes, their states (written in place, each write recorded) and when it
+/// last received a message.
+and [<Sealed>] internal Substream(nodes: Node[], states: NodeState[], lastActive: DateTimeOffset) =
+    member _.Nodes = nodes
+    member _.States = states
+    member val LastActive = lastActive with get, set
 
-/// Where a deferred call's async node is: the demux substreams to descend into, then the node index.
+/// A write to a demux's held events.
+[<Sealed>]
+type internal HeldChange(demuxed: Demuxed, held: DemuxHold list) =
+    inherit Change()
+    let mutable held = held
+
+    override _.Swap() =
+        let current = demuxed.Held
+        demuxed.Held <- held
+        held <- current
+
+/// A write to a substream's last activity.
+[<Sealed>]
+type internal ActiveChange(sub: Substream, lastActive: DateTimeOffset) =
+    inherit Change()
+    let mutable lastActive = lastActive
+
+    override _.Swap() =
+        let current = sub.LastActive
+        sub.LastActive <- lastActive
+        lastActive <- current
+
+/// <summary>Where a deferred call's async node is: the demux substreams to descend into, innermost
+/// first (as pushes build it), then the node index.</summary>
+[<Struct; NoEquality; NoComparison>]
 type internal Location = {
-    Demuxes: struct (int * string) list
+    Path: struct (int * string) list
     Node: int
 }
 
 /// Building and reading run state.
 [<RequireQualifiedAccess>]
 module internal RunState =
-    /// A demux with no substream and nothing held.
-    let noHolds = { Subs = Map.empty; Held = [] }
-
     /// The initial state of a node.
     let initial (node: Node) =
         match node with
         | StageNode s -> StageState s.Init
-        | DemuxNode _ -> DemuxState noHolds
+        | DemuxNode _ -> DemuxState(Demuxed(Dictionary<string, Substream>(StringComparer.Ordinal)))
         | AsyncMapNode _ -> AsyncState AsyncQueue.empty
         | SinkNode _
         | ExactlyOnceSinkNode _ -> Stateless
@@ -66,19 +89,14 @@ module internal RunState =
             | PerKey route -> route key
 
         let nodes, states = ofNodes nodes
-
-        {
-            Nodes = nodes
-            States = states
-            LastActive = now
-        }
+        Substream(nodes, states, now)
 
     /// Whether a level holds async calls or events (a substream that does is never dropped).
     let rec busy (states: NodeState[]) =
         states
         |> Array.exists (function
             | AsyncState queue -> not (AsyncQueue.isEmpty queue)
-            | DemuxState d -> not d.Held.IsEmpty || d.Subs |> Map.exists (fun _ s -> busy s.States)
+            | DemuxState d -> not d.Held.IsEmpty || d.Subs.Values |> Seq.exists (fun s -> busy s.States)
             | _ -> false)
 
     /// The demux substream path of a sink request: keys outermost first, joined by U+001F.
@@ -96,7 +114,7 @@ module internal RunState =
     let rec count (states: NodeState[]) =
         states
         |> Array.sumBy (function
-            | DemuxState d -> d.Subs.Count + (d.Subs |> Seq.sumBy (fun (KeyValue(_, s)) -> count s.States))
+            | DemuxState d -> d.Subs.Count + (d.Subs.Values |> Seq.sumBy (fun s -> count s.States))
             | _ -> 0)
 
 
@@ -112,48 +130,41 @@ module internal RunState =
             | DemuxState d ->
                 for h in d.Held -> h.Hold, h.Event
 
-                for KeyValue(_, sub) in d.Subs do
+                for sub in d.Subs.Values do
                     yield! holdsIn sub.States
             | _ -> ()
     ]
 
-    /// A demux node's state (none for another node).
-    let demuxed (state: NodeState) =
-        match state with
-        | DemuxState d -> d
-        | _ -> noHolds
-
-    /// A demux node's state with a substream stored under its key.
-    let withSub key (sub: Substream) (state: NodeState) =
-        let d = demuxed state
-        DemuxState { d with Subs = Map.add key sub d.Subs }
+    /// A demux's substream keys in ordinal order (the order a broadcast visits them in).
+    let sortedKeys (d: Demuxed) =
+        let keys = Array.zeroCreate<string> d.Subs.Count
+        d.Subs.Keys.CopyTo(keys, 0)
+        Array.sortInPlaceWith (fun (a: string) b -> String.CompareOrdinal(a, b)) keys
+        keys
 
     /// A broadcast event reached a demux and `waiting` substreams hold it: it passes on now (true) if
     /// none does and no older event is held there (a Tick always passes); else the demux holds it.
-    let reachDemux hold event (waiting: Set<string>) (d: Demuxed) =
+    /// Returns whether it passes and the demux's held events after.
+    let reachDemux hold event (waiting: Set<string>) (held: DemuxHold list) =
         match event with
-        | Tick -> true, d
-        | _ when waiting.IsEmpty && d.Held.IsEmpty -> true, d
+        | Tick -> true, held
+        | _ when waiting.IsEmpty && held.IsEmpty -> true, held
         | _ ->
             false,
-            {
-                d with
-                    Held =
-                        d.Held
-                        @ [
-                            {
-                                Hold = hold
-                                Event = event
-                                Waiting = waiting
-                            }
-                        ]
-            }
+            held
+            @ [
+                {
+                    Hold = hold
+                    Event = event
+                    Waiting = waiting
+                }
+            ]
 
     /// Substream `key` let held event `hold` through: the events now held by no substream, oldest
-    /// first up to the first one still held, go on; returns them and the demux holding the rest.
-    let letThrough hold key (d: Demuxed) =
+    /// first up to the first one still held, go on; returns them and the events still held.
+    let letThrough hold key (held: DemuxHold list) =
         let held =
-            d.Held
+            held
             |> List.map (fun h ->
                 if h.Hold = hold then
                     {
@@ -165,8 +176,4 @@ module internal RunState =
 
         let ready = held |> List.takeWhile (fun h -> h.Waiting.IsEmpty)
 
-        ready,
-        {
-            d with
-                Held = List.skip ready.Length held
-        }
+        ready, List.skip ready.Length held
