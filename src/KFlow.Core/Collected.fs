@@ -10,14 +10,13 @@ open System
 /// are built, so the values it returns share nothing mutable (pipe-core bench: one object and one
 /// closure less per push). A nested push on the same thread gets a new one.
 [<Sealed; AllowNullLiteral>]
-type internal Collected() as this =
+type internal Collected() =
     let mutable outputs: Envelope<obj> list = []
     let mutable ledger: LedgerEffect list = []
     let mutable sinks: SinkRequest list = []
     let mutable requests: AsyncRequest list = []
     let mutable failures: StageFailure list = []
     let mutable inUse = false
-    let emit = fun (e: Envelope<obj>) -> this.Output e
 
     [<ThreadStatic; DefaultValue>]
     static val mutable private cached: Collected
@@ -77,8 +76,6 @@ type internal Collected() as this =
         inUse <- false
 
     member _.Output(e: Envelope<obj>) = outputs <- e :: outputs
-    /// Output as a function (the continuation at the end of the top level).
-    member _.Emit = emit
     member _.Ledger(e: LedgerEffect) = ledger <- e :: ledger
     member _.Sink(s: SinkRequest) = sinks <- s :: sinks
     member _.Request(r: AsyncRequest) = requests <- r :: requests

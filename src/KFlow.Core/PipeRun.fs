@@ -10,14 +10,13 @@ open System.Threading.Tasks
 /// states, substreams, calls in flight) holding the contents of its current version. Every push and
 /// resume takes its lock and first reroots the store to the run it is given.</summary>
 [<Sealed; NoEquality; NoComparison>]
-type internal RunStore(mode: AsyncMode, nodes: Node[], states: NodeState[], passOnly: bool) =
+type internal RunStore(mode: AsyncMode, top: Level, passOnly: bool) =
     member _.Mode = mode
     /// Whether the top level holds only stateless stages (with a Pass step) and sinks, so that a
     /// message changes no state and its push returns the run itself.
     member _.PassOnly = passOnly
-    member _.Nodes = nodes
-    /// The top level's states, written in place.
-    member _.States = states
+    /// The top level, its states written in place.
+    member _.Top = top
     /// The deferred calls in flight by id.
     member val Calls = Collections.Generic.Dictionary<int, Location>()
     /// Whether a push or resume is running on it (a push from inside one of its own steps is refused).
@@ -34,10 +33,10 @@ type PipeRun internal (store: RunStore, version: StoreVersion, nextCall: int, ne
 [<RequireQualifiedAccess>]
 module PipeRun =
     let startWith (mode: AsyncMode) (pipe: Pipe<'i, 'o>) =
-        let nodes, states = RunState.ofNodes (Pipe.nodes pipe)
+        let top = RunState.top (Pipe.nodes pipe)
 
         let passOnly =
-            nodes
+            top.Nodes
             |> Array.forall (function
                 | StageNode s -> ValueOption.isSome s.Pass
                 | SinkNode _
@@ -45,7 +44,7 @@ module PipeRun =
                 | DemuxNode _
                 | AsyncMapNode _ -> false)
 
-        PipeRun(RunStore(mode, nodes, states, passOnly), StoreVersion(), 1, 1)
+        PipeRun(RunStore(mode, top, passOnly), StoreVersion(), 1, 1)
 
     let start pipe = startWith RunInline pipe
 
@@ -91,7 +90,7 @@ module PipeRun =
             match tryStep stage.Step now event state with
             | Ok(struct (state', output)) ->
                 if not (obj.ReferenceEquals(state, state')) then
-                    states[i] <- StageState state'
+                    acc.Set(states, i, StageState state')
 
                 for e in output.Effects do
                     acc.Ledger e
@@ -102,11 +101,11 @@ module PipeRun =
                 []
         | _ -> []
 
-    /// Starts a deferred call of async node i (at `path`, innermost demux first) for an envelope.
-    let private request (acc: Collected) path i name run (env: Envelope<obj>) =
+    /// Starts a deferred call of async node i of a level for an envelope.
+    let private request (acc: Collected) (level: Level) i name run (env: Envelope<obj>) =
         let id = acc.NextCall
         acc.NextCall <- id + 1
-        acc.Call(id, { Path = path; Node = i })
+        acc.Call(id, { Level = level; Node = i })
 
         acc.Request {
             Id = id
@@ -123,39 +122,42 @@ module PipeRun =
             acc.Record(HeldChange(d, d.Held))
             d.Held <- held
 
-    /// Pushes one envelope into node i of a level; `k` receives what passes the level's end.
-    let rec private pushAt
-        now
-        (acc: Collected)
-        path
-        (nodes: Node[])
-        (states: NodeState[])
-        i
-        (env: Envelope<obj>)
-        k
-        =
+    /// The index of a substream's demux in its parent level (a substream's path starts with it).
+    let private demuxIndex (level: Level) =
+        match level.Path with
+        | struct (i, _) :: _ -> i
+        | [] -> -1
+
+    /// <summary>Pushes one envelope into node i of a level. What passes the end of a substream goes on
+    /// after its demux in the parent level; what passes the top level's end is an output.</summary>
+    let rec private pushAt now (acc: Collected) (level: Level) i (env: Envelope<obj>) =
+        let nodes = level.Nodes
+        let states = level.States
+
         if i >= nodes.Length then
-            k env
+            match level.Parent with
+            | null -> acc.Output env
+            | parent -> pushAt now acc parent (demuxIndex level + 1) env
         else
             match nodes[i] with
             | StageNode stage ->
                 match stage.Pass with
                 | ValueSome pass ->
                     match tryPass pass env with
-                    | Ok(ValueSome out) -> pushAt now acc path nodes states (i + 1) out k
+                    | Ok(ValueSome out) -> pushAt now acc level (i + 1) out
                     | Ok ValueNone ->
                         for t in env.Tokens do
                             acc.Ledger(Complete t)
                     | Error ex -> failed acc (Stage.name stage) (ValueSome env) ex
                 | ValueNone ->
                     for e in stepStage now acc stage states i (Message env) (ValueSome env) do
-                        pushAt now acc path nodes states (i + 1) e k
+                        pushAt now acc level (i + 1) e
             | SinkNode(name, write, pipelining) ->
                 acc.Sink {
                     Sink = name
                     Envelope = env
                     Write = write
-                    Substream = RunState.substreamName path
+                    Substream = level.Name
                     Pipelining = pipelining
                 }
             | ExactlyOnceSinkNode(name, _, write, pipelining) ->
@@ -163,7 +165,7 @@ module PipeRun =
                     Sink = name
                     Envelope = env
                     Write = write (AppliedOffsets.positionsOf env)
-                    Substream = RunState.substreamName path
+                    Substream = level.Name
                     Pipelining = pipelining
                 }
             | AsyncMapNode(name, parallelism, run) ->
@@ -171,43 +173,34 @@ module PipeRun =
                 | Defer, AsyncState queue ->
                     let entry =
                         if AsyncQueue.canStart parallelism queue then
-                            request acc path i name run env
+                            request acc level i name run env
                         else
                             Queued env
 
                     acc.Set(states, i, AsyncState(AsyncQueue.enqueue entry queue))
                 | _ ->
                     match attempt (fun () -> (run env.Value).GetAwaiter().GetResult()) with
-                    | Ok value -> pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
+                    | Ok value -> pushAt now acc level (i + 1) (Envelope.withValue value env)
                     | Error ex -> failed acc name (ValueSome env) ex
             | DemuxNode demux ->
                 match tryKey demux env, states[i] with
                 | Error ex, _ -> failed acc "demux key" (ValueSome env) ex
                 | Ok key, DemuxState d ->
-                    // A new key's sub-pipe is built now; a routeDependent route that throws fails the message.
-                    let sub =
-                        match d.Subs.TryGetValue key with
-                        | true, sub ->
-                            if sub.LastActive <> now then
-                                acc.Record(ActiveChange(sub, sub.LastActive))
-                                sub.LastActive <- now
+                    match d.Subs.TryGetValue key with
+                    | true, sub ->
+                        if sub.LastActive <> now then
+                            acc.Record(ActiveChange(sub, sub.LastActive))
+                            sub.LastActive <- now
 
-                            Ok sub
-                        | _ ->
-                            match attempt (fun () -> RunState.substream demux key now) with
-                            | Ok sub ->
-                                acc.Record(EntryChange(d.Subs, key, ValueNone))
-                                d.Subs[key] <- sub
-                                Ok sub
-                            | error -> error
-
-                    match sub with
-                    | Error ex -> failed acc "routeDependent" (ValueSome env) ex
-                    | Ok sub ->
-                        let after out =
-                            pushAt now acc path nodes states (i + 1) out k
-
-                        pushAt now acc (struct (i, key) :: path) sub.Nodes sub.States 0 env after
+                        pushAt now acc sub 0 env
+                    | _ ->
+                        // A new key's sub-pipe is built now; a routeDependent route that throws fails the message.
+                        match attempt (fun () -> RunState.substream level i demux key now) with
+                        | Error ex -> failed acc "routeDependent" (ValueSome env) ex
+                        | Ok sub ->
+                            acc.Record(EntryChange(d.Subs, key, ValueNone))
+                            d.Subs[key] <- sub
+                            pushAt now acc sub 0 env
                 | Ok _, _ -> ()
 
     /// <summary>Sends a broadcast event (Tick, Flush, Revoked, Assigned) to the nodes of a level from
@@ -218,26 +211,23 @@ module PipeRun =
     and private broadcastFrom
         now
         (acc: Collected)
-        path
-        (nodes: Node[])
-        (states: NodeState[])
+        (level: Level)
         from
         (hold: int)
         (event: Event<obj>)
-        k
         (passed: int -> Event<obj> -> unit)
         =
+        let nodes = level.Nodes
+        let states = level.States
+
         let rec go i =
             if i >= nodes.Length then
                 passed hold event
             else
-                let after out =
-                    pushAt now acc path nodes states (i + 1) out k
-
                 match nodes[i], states[i] with
                 | StageNode stage, _ ->
                     for e in stepStage now acc stage states i event ValueNone do
-                        after e
+                        pushAt now acc level (i + 1) e
 
                     go (i + 1)
                 | AsyncMapNode _, AsyncState queue ->
@@ -245,24 +235,21 @@ module PipeRun =
                     | Some queue -> acc.Set(states, i, AsyncState queue)
                     | None -> go (i + 1)
                 | DemuxNode demux, DemuxState d ->
-                    if demuxAt now acc path i demux d hold event after then
+                    if demuxAt now acc demux d hold event then
                         go (i + 1)
                 | _ -> go (i + 1)
 
         go from
 
-    /// Broadcasts into every substream of demux i, drops those idle (Tick) or flushed (Flush) and not
-    /// busy, and holds the event while a substream holds it; true if it passes the demux now.
-    and private demuxAt now (acc: Collected) path i (demux: Demux) (d: Demuxed) hold event after =
+    /// Broadcasts into every substream of a demux (in key order), drops those idle (Tick) or flushed
+    /// (Flush) and not busy, and holds the event while a substream holds it; true if it passes now.
+    and private demuxAt now (acc: Collected) (demux: Demux) (d: Demuxed) hold event =
         let keys = RunState.sortedKeys d
         let mutable waiting = Set.empty
 
         for key in keys do
-            let sub = d.Subs[key]
             let through = ref false
-
-            broadcastFrom now acc (struct (i, key) :: path) sub.Nodes sub.States 0 hold event after (fun _ _ ->
-                through.Value <- true)
+            broadcastFrom now acc d.Subs[key] 0 hold event (fun _ _ -> through.Value <- true)
 
             if not through.Value then
                 waiting <- waiting.Add key
@@ -279,8 +266,7 @@ module PipeRun =
                 | Flush -> drop key sub
                 | Tick when now - sub.LastActive >= demux.Options.IdleAfter ->
                     // Flushed first; kept if that flush started async calls (dropped at a later tick).
-                    let at = struct (i, key) :: path
-                    broadcastFrom now acc at sub.Nodes sub.States 0 (acc.TakeHold()) Flush after unwatched
+                    broadcastFrom now acc sub 0 (acc.TakeHold()) Flush unwatched
 
                     if not (RunState.busy sub.States) then
                         drop key sub
@@ -347,73 +333,63 @@ module PipeRun =
             let acc = Collected.Take(store.Mode, store.Calls, run.NextCall, run.NextHold)
 
             try
-                pushAt now acc [] store.Nodes store.States 0 env acc.Emit
+                pushAt now acc store.Top 0 env
                 run, acc.Effects
             finally
                 acc.Release()
-        | Message env -> exclusive run (fun acc -> pushAt now acc [] store.Nodes store.States 0 env acc.Emit)
-        | _ ->
-            exclusive run (fun acc ->
-                broadcastFrom now acc [] store.Nodes store.States 0 (acc.TakeHold()) event acc.Emit unwatched)
+        | Message env -> exclusive run (fun acc -> pushAt now acc store.Top 0 env)
+        | _ -> exclusive run (fun acc -> broadcastFrom now acc store.Top 0 (acc.TakeHold()) event unwatched)
 
-    /// Records a call's result at async node i, then passes on what is now at the head of its queue
-    /// (results in input order, and the events held behind them) and starts waiting inputs in the
-    /// freed slots.
-    let private settle now (acc: Collected) path (nodes: Node[]) (states: NodeState[]) i id result k passed =
-        match nodes[i], states[i] with
+    /// Substream `sub` let a held event through: the events no substream of its demux holds any more
+    /// go on after the demux, oldest first, as long as none older is still held.
+    let rec private released now acc (sub: Level) hold (_: Event<obj>) =
+        match sub.Parent, sub.Path with
+        | null, _
+        | _, [] -> ()
+        | parent, struct (i, key) :: _ ->
+            match parent.States[i] with
+            | DemuxState d ->
+                let ready, held = RunState.letThrough hold key d.Held
+                setHeld acc d held
+
+                for h in ready do
+                    broadcastFrom now acc parent (i + 1) h.Hold h.Event (passedOn now acc parent)
+            | _ -> ()
+
+    /// What a resume does with an event passing the end of a level: at the top nothing; at a
+    /// substream, it is let through at its demux.
+    and private passedOn now acc (level: Level) =
+        match level.Parent with
+        | null -> unwatched
+        | _ -> released now acc level
+
+    /// Records a call's result at async node i of a level, then passes on what is now at the head of
+    /// its queue (results in input order, and the events held behind them) and starts waiting inputs
+    /// in the freed slots.
+    let private settle now (acc: Collected) (level: Level) i id result =
+        match level.Nodes[i], level.States[i] with
         | AsyncMapNode(name, parallelism, run), AsyncState queue ->
             let ready, queue = queue |> AsyncQueue.withResult id result |> AsyncQueue.ready
 
             for entry in ready do
                 match entry with
-                | Started(_, env, Some(Ok value)) ->
-                    pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
+                | Started(_, env, Some(Ok value)) -> pushAt now acc level (i + 1) (Envelope.withValue value env)
                 | Started(_, env, Some(Error ex)) -> failed acc name (ValueSome env) ex
-                | Held(hold, event) -> broadcastFrom now acc path nodes states (i + 1) hold event k passed
+                | Held(hold, event) -> broadcastFrom now acc level (i + 1) hold event (passedOn now acc level)
                 | _ -> ()
 
             // The start function is built only when an input waits (a closure per resume otherwise).
             acc.Set(
-                states,
+                level.States,
                 i,
                 AsyncState(
                     if AsyncQueue.waiting queue = 0 then
                         queue
                     else
-                        AsyncQueue.startWaiting parallelism (request acc path i name run) queue
+                        AsyncQueue.startWaiting parallelism (request acc level i name run) queue
                 )
             )
         | _ -> ()
-
-    /// Substream `key` of demux i let a held event through: the events no substream holds any more
-    /// go on after the demux, oldest first, as long as none older is still held.
-    let private released now acc path (nodes: Node[]) (states: NodeState[]) i key k passed hold _event =
-        match states[i] with
-        | DemuxState d ->
-            let ready, held = RunState.letThrough hold key d.Held
-            setHeld acc d held
-
-            for h in ready do
-                broadcastFrom now acc path nodes states (i + 1) h.Hold h.Event k passed
-        | _ -> ()
-
-    /// The level at `path` (innermost first) with what goes on after it: its nodes, its states, the
-    /// continuation of what passes its end, and the `passed` of the events it lets through.
-    let rec private levelAt now (acc: Collected) (store: RunStore) (path: struct (int * string) list) =
-        match path with
-        | [] -> struct (store.Nodes, store.States, acc.Emit, unwatched)
-        | struct (i, key) :: outer ->
-            let struct (nodes: Node[], states: NodeState[], k, passed) = levelAt now acc store outer
-
-            match states[i] with
-            | DemuxState d ->
-                let sub = d.Subs[key]
-
-                let after out =
-                    pushAt now acc outer nodes states (i + 1) out k
-
-                struct (sub.Nodes, sub.States, after, released now acc outer nodes states i key k passed)
-            | _ -> invalidOp "A call's location names a demux that is not there."
 
     let resume (now: DateTimeOffset) (callId: int) (result: Result<obj, exn>) (run: PipeRun) =
         exclusive run (fun acc ->
@@ -421,14 +397,13 @@ module PipeRun =
             | false, _ -> invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
             | true, location ->
                 acc.EndCall(callId, location)
-                let struct (nodes, states, k, passed) = levelAt now acc run.Store location.Path
-                settle now acc location.Path nodes states location.Node callId result k passed)
+                settle now acc location.Level location.Node callId result)
 
     /// Reads the store as `run` holds it, under its lock.
     let private reading (run: PipeRun) (read: NodeState[] -> 'r) =
         lock run.Store (fun () ->
             StoreVersion.reroot run.Version
-            read run.Store.States)
+            read run.Store.Top.States)
 
     let liveSubstreams (run: PipeRun) = reading run RunState.count
 

@@ -23,15 +23,35 @@ type internal NodeState =
 
 /// A demux's live substreams by key, and the events it holds, oldest first. Mutable: it belongs to
 /// one PipeRun store, whose pushes record every write as a Change (so older runs stay valid).
-and [<Sealed>] internal Demuxed(subs: Dictionary<string, Substream>) =
+and [<Sealed>] internal Demuxed(subs: Dictionary<string, Level>) =
     member _.Subs = subs
     member val Held: DemuxHold list = [] with get, set
 
-/// A demux substream: its nodes, their states (written in place, each write recorded) and when it
-/// last received a message.
-and [<Sealed>] internal Substream(nodes: Node[], states: NodeState[], lastActive: DateTimeOffset) =
+/// <summary>A level of a running pipe: the top level (no Parent) or a demux substream. Its nodes, their
+/// states (written in place, each write recorded), where what passes its end goes (node At + 1 of the
+/// Parent level) and when it last received a message. Built once per substream, so a push into it
+/// allocates no continuation or path.</summary>
+and [<Sealed; AllowNullLiteral>] internal Level
+    (nodes: Node[], states: NodeState[], path: struct (int * string) list, parent: Level, lastActive: DateTimeOffset)
+    =
+    let name =
+        match path with
+        | [] -> ""
+        | [ struct (_, key) ] -> key
+        | _ ->
+            path
+            |> List.rev
+            |> List.map (fun struct (_, key) -> key)
+            |> String.concat "\u001f"
+
     member _.Nodes = nodes
     member _.States = states
+    /// The demuxes (index in their level, key) leading here, innermost first.
+    member _.Path = path
+    /// The substream path of its sink requests: keys outermost first, joined by U+001F ("" at the top).
+    member _.Name = name
+    /// The level holding this substream's demux (null at the top).
+    member _.Parent = parent
     member val LastActive = lastActive with get, set
 
 /// A write to a demux's held events.
@@ -47,7 +67,7 @@ type internal HeldChange(demuxed: Demuxed, held: DemuxHold list) =
 
 /// A write to a substream's last activity.
 [<Sealed>]
-type internal ActiveChange(sub: Substream, lastActive: DateTimeOffset) =
+type internal ActiveChange(sub: Level, lastActive: DateTimeOffset) =
     inherit Change()
     let mutable lastActive = lastActive
 
@@ -56,13 +76,9 @@ type internal ActiveChange(sub: Substream, lastActive: DateTimeOffset) =
         sub.LastActive <- lastActive
         lastActive <- current
 
-/// <summary>Where a deferred call's async node is: the demux substreams to descend into, innermost
-/// first (as pushes build it), then the node index.</summary>
+/// Where a deferred call's async node is: its level and its index there.
 [<Struct; NoEquality; NoComparison>]
-type internal Location = {
-    Path: struct (int * string) list
-    Node: int
-}
+type internal Location = { Level: Level; Node: int }
 
 /// Building and reading run state.
 [<RequireQualifiedAccess>]
@@ -71,25 +87,25 @@ module internal RunState =
     let initial (node: Node) =
         match node with
         | StageNode s -> StageState s.Init
-        | DemuxNode _ -> DemuxState(Demuxed(Dictionary<string, Substream>(StringComparer.Ordinal)))
+        | DemuxNode _ -> DemuxState(Demuxed(Dictionary<string, Level>(StringComparer.Ordinal)))
         | AsyncMapNode _ -> AsyncState AsyncQueue.empty
         | SinkNode _
         | ExactlyOnceSinkNode _ -> Stateless
 
-    /// A level's nodes and their initial states.
-    let ofNodes (nodes: Node list) =
+    /// The top level of a pipe, its nodes in their initial states.
+    let top (nodes: Node list) =
         let nodes = Array.ofList nodes
-        nodes, Array.map initial nodes
+        Level(nodes, Array.map initial nodes, [], null, DateTimeOffset.MinValue)
 
-    /// A new substream of a demux for a key, active now.
-    let substream (demux: Demux) key now =
+    /// A new substream for a key of the demux at index `at` of level `parent`, active now.
+    let substream (parent: Level) at (demux: Demux) key now =
         let nodes =
             match demux.Route with
             | Same sub -> sub
             | PerKey route -> route key
+            |> Array.ofList
 
-        let nodes, states = ofNodes nodes
-        Substream(nodes, states, now)
+        Level(nodes, Array.map initial nodes, struct (at, key) :: parent.Path, parent, now)
 
     /// Whether a level holds async calls or events (a substream that does is never dropped).
     let rec busy (states: NodeState[]) =
@@ -98,17 +114,6 @@ module internal RunState =
             | AsyncState queue -> not (AsyncQueue.isEmpty queue)
             | DemuxState d -> not d.Held.IsEmpty || d.Subs.Values |> Seq.exists (fun s -> busy s.States)
             | _ -> false)
-
-    /// The demux substream path of a sink request: keys outermost first, joined by U+001F.
-    let substreamName (path: struct (int * string) list) =
-        match path with
-        | [] -> ""
-        | [ struct (_, key) ] -> key
-        | _ ->
-            path
-            |> List.rev
-            |> List.map (fun struct (_, key) -> key)
-            |> String.concat "\u001f"
 
     /// How many demux substreams a level holds, nested ones included.
     let rec count (states: NodeState[]) =
