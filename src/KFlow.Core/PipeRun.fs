@@ -373,7 +373,8 @@ module PipeRun =
 
             for entry in ready do
                 match entry with
-                | Started(_, env, Some(Ok value)) -> pushAt now acc level (i + 1) (Envelope.withValue value env)
+                | Started(_, env, Some(Ok value)) ->
+                    pushAt now acc level (i + 1) (Envelope.withValue value env)
                 | Started(_, env, Some(Error ex)) -> failed acc name (ValueSome env) ex
                 | Held(hold, event) -> broadcastFrom now acc level (i + 1) hold event (passedOn now acc level)
                 | _ -> ()
@@ -394,7 +395,8 @@ module PipeRun =
     let resume (now: DateTimeOffset) (callId: int) (result: Result<obj, exn>) (run: PipeRun) =
         exclusive run (fun acc ->
             match acc.Calls.TryGetValue callId with
-            | false, _ -> invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
+            | false, _ ->
+                invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
             | true, location ->
                 acc.EndCall(callId, location)
                 settle now acc location.Level location.Node callId result)

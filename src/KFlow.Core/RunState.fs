@@ -32,8 +32,13 @@ and [<Sealed>] internal Demuxed(subs: Dictionary<string, Level>) =
 /// Parent level) and when it last received a message. Built once per substream, so a push into it
 /// allocates no continuation or path.</summary>
 and [<Sealed; AllowNullLiteral>] internal Level
-    (nodes: Node[], states: NodeState[], path: struct (int * string) list, parent: Level, lastActive: DateTimeOffset)
-    =
+    (
+        nodes: Node[],
+        states: NodeState[],
+        path: struct (int * string) list,
+        parent: Level,
+        lastActive: DateTimeOffset
+    ) =
     let name =
         match path with
         | [] -> ""

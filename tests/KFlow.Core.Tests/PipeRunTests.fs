@@ -82,6 +82,46 @@ let tests =
                 (0, 1)
                 "both runs unchanged"
         }
+        test "two threads pushing into two versions of one run each get what a fresh run gives" {
+            let pipe =
+                Pipe.source<int>
+                |> Pipe.demux (fun v -> string (v % 7)) (fun sub -> sub |> Pipe.aggregate (Buffer.count 3))
+
+            let pushAll (inputs: int list) run =
+                ((run, []), inputs)
+                ||> List.fold (fun (run, outputs) v ->
+                    let run, effects = PipeRun.push at (message (int64 v) v) run
+                    run, List.rev (values effects) @ outputs)
+                |> snd
+                |> List.rev
+
+            let run0 = PipeRun.start pipe
+            let run1, _ = run0 |> PipeRun.push at (message 0L 0)
+            let odd = [ for v in 1..2..10_001 -> v ]
+            let even = [ for v in 2..2..10_002 -> v ]
+
+            // Both threads start together, so their pushes interleave.
+            use together = new Threading.Barrier(2)
+
+            let onThread inputs run =
+                Threading.Tasks.Task.Factory.StartNew(
+                    (fun () ->
+                        together.SignalAndWait()
+                        pushAll inputs run),
+                    Threading.Tasks.TaskCreationOptions.LongRunning
+                )
+
+            let fromOld, fromNew =
+                Threading.Tasks.Task.WhenAll(onThread odd run0, onThread even run1)
+                |> fun t -> t.Result[0], t.Result[1]
+
+            Expect.equal fromOld (pushAll odd (PipeRun.start pipe)) "the older version, as a fresh run"
+
+            Expect.equal
+                fromNew
+                (PipeRun.start pipe |> PipeRun.push at (message 0L 0) |> fst |> pushAll even)
+                "the newer version, as a fresh run"
+        }
         test "a flush reaches each stage after what the stages before it emitted on that flush" {
             let pipe =
                 Pipe.source<int>
