@@ -232,7 +232,7 @@ module PipeRun =
                     go (i + 1)
                 | AsyncMapNode _, AsyncState queue ->
                     match AsyncQueue.holdIn hold event queue with
-                    | Some queue -> acc.Set(states, i, AsyncState queue)
+                    | Some queue -> acc.Set(states, i, RunState.asyncState queue)
                     | None -> go (i + 1)
                 | DemuxNode demux, DemuxState d ->
                     if demuxAt now acc demux d hold event then
@@ -363,27 +363,47 @@ module PipeRun =
         | null -> unwatched
         | _ -> released now acc level
 
+    /// An entry leaving the queue of async node i: an answered call's result or failure, or a held event.
+    let private goOn now acc (level: Level) i name entry =
+        match entry with
+        | Started(_, env, Some(Ok value)) -> pushAt now acc level (i + 1) (Envelope.withValue value env)
+        | Started(_, env, Some(Error ex)) -> failed acc name (ValueSome env) ex
+        | Held(hold, event) -> broadcastFrom now acc level (i + 1) hold event (passedOn now acc level)
+        | _ -> ()
+
     /// Records a call's result at async node i of a level, then passes on what is now at the head of
     /// its queue (results in input order, and the events held behind them) and starts waiting inputs
     /// in the freed slots.
     let private settle now (acc: Collected) (level: Level) i id result =
         match level.Nodes[i], level.States[i] with
         | AsyncMapNode(name, parallelism, run), AsyncState queue ->
-            let ready, queue = queue |> AsyncQueue.withResult id result |> AsyncQueue.ready
+            let queue =
+                match AsyncQueue.answerOldest id queue with
+                | ValueSome(struct (env, rest)) ->
+                    // The oldest call answered (the usual case): it goes on first, then what it held back.
+                    match result with
+                    | Ok value -> pushAt now acc level (i + 1) (Envelope.withValue value env)
+                    | Error ex -> failed acc name (ValueSome env) ex
 
-            for entry in ready do
-                match entry with
-                | Started(_, env, Some(Ok value)) ->
-                    pushAt now acc level (i + 1) (Envelope.withValue value env)
-                | Started(_, env, Some(Error ex)) -> failed acc name (ValueSome env) ex
-                | Held(hold, event) -> broadcastFrom now acc level (i + 1) hold event (passedOn now acc level)
-                | _ -> ()
+                    let ready, rest = AsyncQueue.ready rest
+
+                    for entry in ready do
+                        goOn now acc level i name entry
+
+                    rest
+                | ValueNone ->
+                    let ready, queue = queue |> AsyncQueue.withResult id result |> AsyncQueue.ready
+
+                    for entry in ready do
+                        goOn now acc level i name entry
+
+                    queue
 
             // The start function is built only when an input waits (a closure per resume otherwise).
             acc.Set(
                 level.States,
                 i,
-                AsyncState(
+                RunState.asyncState (
                     if AsyncQueue.waiting queue = 0 then
                         queue
                     else

@@ -88,12 +88,22 @@ type internal Location = { Level: Level; Node: int }
 /// Building and reading run state.
 [<RequireQualifiedAccess>]
 module internal RunState =
+    /// An async node with nothing in its queue (one value: setting it again records no write).
+    let idleAsync = AsyncState AsyncQueue.empty
+
+    /// An async node's state with a queue.
+    let asyncState (queue: AsyncQueue) =
+        if AsyncQueue.isEmpty queue then
+            idleAsync
+        else
+            AsyncState queue
+
     /// The initial state of a node.
     let initial (node: Node) =
         match node with
         | StageNode s -> StageState s.Init
         | DemuxNode _ -> DemuxState(Demuxed(Dictionary<string, Level>(StringComparer.Ordinal)))
-        | AsyncMapNode _ -> AsyncState AsyncQueue.empty
+        | AsyncMapNode _ -> idleAsync
         | SinkNode _
         | ExactlyOnceSinkNode _ -> Stateless
 
