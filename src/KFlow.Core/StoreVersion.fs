@@ -1,5 +1,6 @@
 // Versions of a mutable store by rerooting (Baker; Conchon & Filliâtre's persistent arrays): the
-// newest version owns the store, an older one is a diff leading back from a newer one. PipeRun uses it.
+// newest version owns the store, an older one is a diff leading back from a newer one. PipeRun and the
+// ledger's ring use it.
 namespace KFlow
 
 open System.Collections.Generic
@@ -43,10 +44,21 @@ type internal EntryChange<'k, 'v when 'k: equality>(table: Dictionary<'k, 'v>, k
 
         value <- current
 
+/// The changes one update records, newest first.
+[<Sealed; AllowNullLiteral>]
+type internal ChangeLog() =
+    /// The newest change (null: none).
+    member val Head: Change = null with get, set
+
+    /// Records a write (before it is made).
+    member this.Record(change: Change) =
+        change.Next <- this.Head
+        this.Head <- change
+
 /// <summary>A version of a store. The current one has no Newer; an older one has a Newer and the Diff
 /// (changes applied head first) that turns Newer's contents into its own. Old versions point to newer
 /// ones, never back, so a version nobody holds is collected with its diff.</summary>
-[<Sealed; AllowNullLiteral>]
+[<AllowNullLiteral>]
 type internal StoreVersion() =
     member val internal Newer: StoreVersion = null with get, set
     member val internal Diff: Change = null with get, set
