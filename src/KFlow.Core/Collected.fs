@@ -99,12 +99,12 @@ type internal Collected() =
 
     /// Records a call in flight at a location.
     member this.Call(id: int, location: Location) =
-        this.Record(EntryChange(this.Calls, id, ValueNone))
+        this.Record(CallChange(this.Calls, id, null, 0))
         this.Calls[id] <- location
 
     /// Forgets a call in flight.
     member this.EndCall(id: int, location: Location) =
-        this.Record(EntryChange(this.Calls, id, ValueSome location))
+        this.Record(CallChange(this.Calls, id, location.Level, location.Node))
         this.Calls.Remove id |> ignore
 
     /// A new hold id (one per broadcast).

@@ -86,11 +86,14 @@ module PipeRun =
     /// Steps stage i with an event; returns what it emitted (nothing if it threw).
     let private stepStage now (acc: Collected) (stage: Stage<obj, obj>) (states: NodeState[]) i event input =
         match states[i] with
-        | StageState state ->
+        | StageState cell ->
+            let state = cell.State
+
             match tryStep stage.Step now event state with
             | Ok(struct (state', output)) ->
                 if not (obj.ReferenceEquals(state, state')) then
-                    acc.Set(states, i, StageState state')
+                    acc.Record(StateChange(cell, state))
+                    cell.State <- state'
 
                 for e in output.Effects do
                     acc.Ledger e

@@ -17,9 +17,14 @@ type internal DemuxHold = {
 [<NoEquality; NoComparison>]
 type internal NodeState =
     | Stateless
-    | StageState of obj
+    | StageState of StageCell
     | DemuxState of Demuxed
     | AsyncState of AsyncQueue
+
+/// A stage's state in a level, written in place (each write recorded as a StateChange): a new state
+/// costs one change instead of a new NodeState and a slot change.
+and [<Sealed>] internal StageCell(state: obj) =
+    member val State = state with get, set
 
 /// A demux's live substreams by key, and the events it holds, oldest first. Mutable: it belongs to
 /// one PipeRun store, whose pushes record every write as a Change (so older runs stay valid).
@@ -59,6 +64,17 @@ and [<Sealed; AllowNullLiteral>] internal Level
     member _.Parent = parent
     member val LastActive = lastActive with get, set
 
+/// A write to a stage's state.
+[<Sealed>]
+type internal StateChange(cell: StageCell, state: obj) =
+    inherit Change()
+    let mutable state = state
+
+    override _.Swap() =
+        let current = cell.State
+        cell.State <- state
+        state <- current
+
 /// A write to a demux's held events.
 [<Sealed>]
 type internal HeldChange(demuxed: Demuxed, held: DemuxHold list) =
@@ -85,6 +101,28 @@ type internal ActiveChange(sub: Level, lastActive: DateTimeOffset) =
 [<Struct; NoEquality; NoComparison>]
 type internal Location = { Level: Level; Node: int }
 
+/// A write to the calls in flight: call `id` at a location, or absent (a null level). Smaller than an
+/// EntryChange of a Location (two per deferred call).
+[<Sealed>]
+type internal CallChange(calls: Dictionary<int, Location>, id: int, level: Level, node: int) =
+    inherit Change()
+    let mutable level = level
+    let mutable node = node
+
+    override _.Swap() =
+        let current =
+            match calls.TryGetValue id with
+            | true, l -> l
+            | _ -> { Level = null; Node = 0 }
+
+        if isNull level then
+            calls.Remove id |> ignore
+        else
+            calls[id] <- { Level = level; Node = node }
+
+        level <- current.Level
+        node <- current.Node
+
 /// Building and reading run state.
 [<RequireQualifiedAccess>]
 module internal RunState =
@@ -101,7 +139,7 @@ module internal RunState =
     /// The initial state of a node.
     let initial (node: Node) =
         match node with
-        | StageNode s -> StageState s.Init
+        | StageNode s -> StageState(StageCell s.Init)
         | DemuxNode _ -> DemuxState(Demuxed(Dictionary<string, Level>(StringComparer.Ordinal)))
         | AsyncMapNode _ -> idleAsync
         | SinkNode _
