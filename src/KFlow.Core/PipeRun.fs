@@ -427,6 +427,9 @@ module PipeRun =
     /// Reads the store as `run` holds it, under its lock.
     let private reading (run: PipeRun) (read: NodeState[] -> 'r) =
         lock run.Store (fun () ->
+            if run.Store.Busy then
+                invalidOp "A PipeRun was read from inside one of its own steps."
+
             StoreVersion.reroot run.Version
             read run.Store.Top.States)
 

@@ -10,7 +10,8 @@ open System.Threading.Tasks
 /// events would), from any thread.</summary>
 /// <remarks>The versions of one run share a mutable store owned by the newest; an older version holds
 /// the writes that lead back to it, applied (under the store's lock) when it is used again: O(1) per
-/// write in the usual linear use, O(writes since) for going back.</remarks>
+/// write in the usual linear use, O(writes since) for going back; an older run kept alive keeps those
+/// writes alive too.</remarks>
 [<Sealed; NoEquality; NoComparison>]
 type PipeRun
 

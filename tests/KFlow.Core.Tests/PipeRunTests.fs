@@ -313,6 +313,26 @@ let tests =
             let failure = TestDriver.failures d |> List.exactlyOne
             Expect.equal (failure.Position, failure.Tokens) (ValueNone, []) "no message"
         }
+        test "a push into a run from inside one of its own steps is refused, as a failure of that step" {
+            let mutable self = Unchecked.defaultof<PipeRun>
+
+            let reentrant =
+                Pipe.source<int>
+                |> Pipe.stateful "reentrant" 0 (fun _ event n ->
+                    match event with
+                    | Message _ ->
+                        self |> PipeRun.push at Tick |> ignore
+                        n + 1, Output.none
+                    | _ -> n, Output.none)
+
+            self <- PipeRun.start reentrant
+            let _, effects = self |> PipeRun.push at (message 0L 1)
+
+            Expect.equal
+                (effects.Failures |> List.map (fun f -> f.Stage, f.Error.GetType()))
+                [ "reentrant", typeof<InvalidOperationException> ]
+                "the inner push is refused"
+        }
         test "resuming a call that is not in flight is refused" {
             let run =
                 PipeRun.startWith Defer (Pipe.source<int> |> Pipe.mapAsync 1 Threading.Tasks.Task.FromResult)
