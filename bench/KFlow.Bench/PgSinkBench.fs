@@ -4,6 +4,7 @@ module KFlow.Bench.PgSinkBench
 
 open System
 open System.Diagnostics
+open System.IO
 open System.Threading
 open System.Threading.Tasks
 open Npgsql
@@ -65,36 +66,92 @@ let private freshTable (connectionString: string) (name: string) =
         $"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id bigint PRIMARY KEY, name text NOT NULL, \
           qty integer NOT NULL, price double precision NOT NULL, at timestamptz NOT NULL)"
 
+/// The CPU seconds (user + system) the server's processes used so far: the postmaster's own and its
+/// reaped children's, plus its live children's (backends, WAL writer, checkpointer…), from /proc;
+/// NaN for an external server or without /proc.
+let private serverCpuSeconds (dataDirectory: string | null) () : float =
+    let tick = 100.0 // USER_HZ on Linux
+
+    /// ppid and (utime, stime, cutime, cstime) of a process, from /proc/<pid>/stat.
+    let stat (pid: string) =
+        try
+            let text = File.ReadAllText $"/proc/{pid}/stat"
+            // "pid (name) state ppid …": the name may hold spaces, so split after the last ')'.
+            let fields = text.Substring(text.LastIndexOf ')' + 2).Split ' '
+            let ticks (i: int) = float (fields[i])
+            Some(fields[1], (ticks 11, ticks 12, ticks 13, ticks 14))
+        with _ ->
+            None
+
+    let pidFile =
+        match dataDirectory with
+        | null -> ""
+        | directory -> Path.Combine(directory, "postmaster.pid")
+
+    if not (File.Exists pidFile) || not (Directory.Exists "/proc") then
+        nan
+    else
+        let postmaster = (Array.head (File.ReadAllLines pidFile)).Trim()
+
+        match stat postmaster with
+        | None -> nan
+        | Some(_, (user, system, childUser, childSystem)) ->
+            let children =
+                Directory.GetDirectories "/proc"
+                |> Array.map (fun directory -> directory.Substring "/proc/".Length)
+                |> Array.filter (fun name -> name.Length > 0 && Char.IsDigit name[0])
+                |> Array.choose stat
+                |> Array.sumBy (fun (parent, (u, s, _, _)) -> if parent = postmaster then u + s else 0.0)
+
+            (user + system + childUser + childSystem + children) / tick
+
+/// The server a run writes to: its connection string and its processes' CPU seconds so far.
+[<NoEquality; NoComparison>]
+type private Server = {
+    ConnectionString: string
+    CpuSeconds: unit -> float
+}
+
+/// One writer's run: rows per second, and client and server CPU µs per row.
+type private Measured = {
+    Rate: float
+    ClientCpu: float
+    ServerCpu: float
+}
+
 /// Times `work`, which must leave `expected` rows in `table` (fails naming `what` otherwise), and
-/// returns its rate in `rows` per second.
-let private timedRate
-    (connectionString: string)
-    table
-    (expected: int64)
-    what
-    (rows: int)
-    (work: unit -> unit)
-    =
+/// returns its rate in `rows` per second and the client's and server's CPU per row.
+let private timedRate (server: Server) table (expected: int64) what (rows: int) (work: unit -> unit) =
     let cpu = Process.GetCurrentProcess().TotalProcessorTime
+    let serverCpu = server.CpuSeconds()
     let watch = Stopwatch.StartNew()
     work ()
     let elapsed = watch.Elapsed
     let used = Process.GetCurrentProcess().TotalProcessorTime - cpu
+    let serverUsed = server.CpuSeconds() - serverCpu
 
-    if count connectionString table <> expected then
+    if count server.ConnectionString table <> expected then
         failwith $"the {what} benchmark lost rows"
 
     let rate = float rows / elapsed.TotalSeconds
+    let clientPerRow = used.TotalMilliseconds * 1000.0 / float rows
+    let serverPerRow = serverUsed * 1e6 / float rows
 
-    // The client's share of the machine (the server runs in other processes on the same cores).
+    // The client's and the server's shares of the machine (the server's processes share its cores).
     printfn
-        "    %-22s %9.0f rows/s, client CPU %.2f µs per row (%.2f cores)"
+        "    %-22s %9.0f rows/s, CPU per row: client %.2f µs (%.2f cores), server %.2f µs (%.2f cores)"
         what
         rate
-        (used.TotalMilliseconds * 1000.0 / float rows)
+        clientPerRow
         (used.TotalSeconds / elapsed.TotalSeconds)
+        serverPerRow
+        (serverUsed / elapsed.TotalSeconds)
 
-    rate
+    {
+        Rate = rate
+        ClientCpu = clientPerRow
+        ServerCpu = serverPerRow
+    }
 
 /// Writes the batches of one stream as the runtime's lane does for a sink with `pipelining`: up to
 /// InFlight writes outstanding (each reserved first, in order, and released when it ended), the next
@@ -133,7 +190,8 @@ let private writeLane
 /// The sink: rowCount records in batches of batchSize from `streams` concurrent streams, each written as
 /// a runtime lane writes them with UpsertConfig.Pipelining = `inFlight` (1: one batch after the other);
 /// in exactly-once mode each batch also records its source offsets (offset = the row's id, one partition).
-let private sink (exactlyOnce: bool) (streams: int) (inFlight: int) (connectionString: string) =
+let private sink (exactlyOnce: bool) (streams: int) (inFlight: int) (server: Server) =
+    let connectionString = server.ConnectionString
     freshTable connectionString "bench_sink"
     execute connectionString "DROP TABLE IF EXISTS bench_applied_offsets"
 
@@ -179,7 +237,7 @@ let private sink (exactlyOnce: bool) (streams: int) (inFlight: int) (connectionS
     let what =
         (if exactlyOnce then "exactly-once " else "") + $"sink {streams}x{inFlight}"
 
-    timedRate connectionString "bench_sink" (int64 rowCount + 1L) what rowCount (fun () ->
+    timedRate server "bench_sink" (int64 rowCount + 1L) what rowCount (fun () ->
         let writes =
             parts
             |> List.map (fun part -> Task.Run(fun () -> writeLane writer.Pipelining write part))
@@ -210,29 +268,32 @@ let private copyInTransaction (connection: NpgsqlConnection) (table: string) (ro
     transaction.Commit()
 
 /// Raw binary COPY of the same rows into an empty table, in one stream and one transaction.
-let private rawCopy (connectionString: string) =
+let private rawCopy (server: Server) =
+    let connectionString = server.ConnectionString
     freshTable connectionString "bench_copy"
     let rows = Array.init rowCount record
     use connection = new NpgsqlConnection(connectionString)
     connection.Open()
 
-    timedRate connectionString "bench_copy" (int64 rowCount) "raw COPY" rowCount (fun () ->
+    timedRate server "bench_copy" (int64 rowCount) "raw COPY" rowCount (fun () ->
         copyInTransaction connection "bench_copy" rows)
 
 /// Raw binary COPY of the same rows in batches of batchSize, each in its own transaction (the sink's
 /// commit granularity): what a batch of 1,000 can cost at best.
-let private rawCopyBatched (connectionString: string) =
+let private rawCopyBatched (server: Server) =
+    let connectionString = server.ConnectionString
     freshTable connectionString "bench_copy_batched"
     let rows = Array.init rowCount record
     use dataSource = NpgsqlDataSource.Create connectionString
 
-    timedRate connectionString "bench_copy_batched" (int64 rowCount) "batched raw COPY" rowCount (fun () ->
+    timedRate server "bench_copy_batched" (int64 rowCount) "batched raw COPY" rowCount (fun () ->
         for b in 0 .. rowCount / batchSize - 1 do
             use connection = dataSource.OpenConnection()
             copyInTransaction connection "bench_copy_batched" (ArraySegment(rows, b * batchSize, batchSize)))
 
 /// A naive upsert: one prepared INSERT ... ON CONFLICT per row, a transaction per batch of batchSize.
-let private naive (connectionString: string) =
+let private naive (server: Server) =
+    let connectionString = server.ConnectionString
     freshTable connectionString "bench_naive"
     use connection = new NpgsqlConnection(connectionString)
     connection.Open()
@@ -256,7 +317,7 @@ let private naive (connectionString: string) =
     command.Parameters.AddRange parameters
     command.Prepare()
 
-    timedRate connectionString "bench_naive" (int64 naiveRowCount) "naive" naiveRowCount (fun () ->
+    timedRate server "bench_naive" (int64 naiveRowCount) "naive" naiveRowCount (fun () ->
         for b in 0 .. naiveRowCount / batchSize - 1 do
             use transaction = connection.BeginTransaction()
             command.Transaction <- transaction
@@ -284,34 +345,40 @@ let private naive (connectionString: string) =
 let run () : (string * float) list =
     // The server's ordinary durable settings, not the tests' (which turn fsync, synchronous_commit and
     // full_page_writes off): a sink that commits every batch pays for its commits, as in production.
-    use server =
+    use postgres =
         Postgres.startWith {
             PostgresOptions.defaults with
                 Settings = durable
         }
 
-    let connectionString = server.ConnectionString
+    let server = {
+        ConnectionString = postgres.ConnectionString
+        CpuSeconds = serverCpuSeconds postgres.DataDirectory
+    }
 
     let measured =
         List.init rounds (fun _ -> [|
-            rawCopy connectionString
-            rawCopyBatched connectionString
-            sink false 1 1 connectionString
-            sink false concurrentStreams 1 connectionString
-            sink true 1 UpsertConfig.DefaultPipelining connectionString
-            sink false 1 UpsertConfig.DefaultPipelining connectionString
+            rawCopy server
+            rawCopyBatched server
+            sink false 1 1 server
+            sink false concurrentStreams 1 server
+            sink true 1 UpsertConfig.DefaultPipelining server
+            sink false 1 UpsertConfig.DefaultPipelining server
         |])
 
-    let rates (i: int) =
-        measured |> List.map (fun run -> run[i])
+    let of' (figure: Measured -> float) (i: int) =
+        measured |> List.map (fun run -> figure run[i])
 
+    let rates = of' _.Rate
     let best (i: int) = List.max (rates i)
 
-    let median (i: int) =
-        let sorted = rates i |> List.sort
+    let medianOf (values: float list) =
+        let sorted = List.sort values
         sorted[sorted.Length / 2]
 
-    let naiveRate = naive connectionString
+    let median (i: int) = medianOf (rates i)
+
+    let naiveRate = (naive server).Rate
 
     for table in
         [
@@ -321,7 +388,7 @@ let run () : (string * float) list =
             "bench_naive"
             "bench_applied_offsets"
         ] do
-        execute connectionString $"DROP TABLE IF EXISTS {table}"
+        execute server.ConnectionString $"DROP TABLE IF EXISTS {table}"
 
     let names = [|
         "raw COPY, one stream"
@@ -333,17 +400,55 @@ let run () : (string * float) list =
     |]
 
     printfn "PostgreSQL sink: %d rows of 5 columns, best and median of %d runs" rowCount rounds
-    printfn "| %-30s | %14s | %14s |" "writer" "median rows/s" "best rows/s"
-    printfn "|%s|%s|%s|" (String('-', 32)) (String('-', 16)) (String('-', 16))
+    printfn "(CPU: medians of the runs, µs per row; the server's processes: backends, WAL writer…)"
+
+    printfn
+        "| %-30s | %14s | %14s | %10s | %10s |"
+        "writer"
+        "median rows/s"
+        "best rows/s"
+        "client CPU"
+        "server CPU"
+
+    printfn
+        "|%s|%s|%s|%s|%s|"
+        (String('-', 32))
+        (String('-', 16))
+        (String('-', 16))
+        (String('-', 12))
+        (String('-', 12))
+
+    let clientCpu (i: int) = medianOf (of' _.ClientCpu i)
+    let serverCpu (i: int) = medianOf (of' _.ServerCpu i)
 
     for i in 0 .. names.Length - 1 do
-        printfn "| %-30s | %14.0f | %14.0f |" names[i] (median i) (best i)
+        printfn
+            "| %-30s | %14.0f | %14.0f | %10.2f | %10.2f |"
+            names[i]
+            (median i)
+            (best i)
+            (clientCpu i)
+            (serverCpu i)
 
-    printfn "| %-30s | %14s | %14.0f |" $"naive upsert ({naiveRowCount} rows)" "" naiveRate
-    printfn "| %-30s | %14.2f | %14.2f |" "ratio sink / raw COPY" (median 5 / median 0) (best 5 / best 0)
+    printfn
+        "| %-30s | %14s | %14.0f | %10s | %10s |"
+        $"naive upsert ({naiveRowCount} rows)"
+        ""
+        naiveRate
+        ""
+        ""
+
+    printfn
+        "| %-30s | %14.2f | %14.2f | %10s | %10s |"
+        "ratio sink / raw COPY"
+        (median 5 / median 0)
+        (best 5 / best 0)
+        ""
+        ""
 
     // The keys hold the best run of each: on a shared machine the least disturbed run is the best
-    // estimate of what each writer costs; the medians are recorded next to them.
+    // estimate of what each writer costs; the medians are recorded next to them. CPU figures are
+    // medians (CPU per row depends little on the neighbours); an external server's are left out.
     [
         "pg_sink_rows_per_s", best 5
         "pg_raw_copy_rows_per_s", best 0
@@ -361,4 +466,12 @@ let run () : (string * float) list =
         "pg_sink_concurrent_rows_per_s_median", median 3
         "pg_sink_exactly_once_rows_per_s", best 4
         "ratio_pg_sink_exactly_once_vs_sink", best 4 / best 5
+        "pg_sink_client_cpu_us_per_row", clientCpu 5
+        "pg_sink_server_cpu_us_per_row", serverCpu 5
+        "pg_raw_copy_client_cpu_us_per_row", clientCpu 0
+        "pg_raw_copy_server_cpu_us_per_row", serverCpu 0
+        "pg_raw_copy_batched_server_cpu_us_per_row", serverCpu 1
+        "pg_sink_sequential_server_cpu_us_per_row", serverCpu 2
+        "pg_sink_exactly_once_server_cpu_us_per_row", serverCpu 4
     ]
+    |> List.filter (fun (_, value) -> not (Double.IsNaN value))
