@@ -190,7 +190,7 @@ let private writeLane
 /// The sink: rowCount records in batches of batchSize from `streams` concurrent streams, each written as
 /// a runtime lane writes them with UpsertConfig.Pipelining = `inFlight` (1: one batch after the other);
 /// in exactly-once mode each batch also records its source offsets (offset = the row's id, one partition).
-let private sink (exactlyOnce: bool) (streams: int) (inFlight: int) (server: Server) =
+let private sink (exactlyOnce: bool) (streams: int) (inFlight: int) (joined: bool) (server: Server) =
     let connectionString = server.ConnectionString
     freshTable connectionString "bench_sink"
     execute connectionString "DROP TABLE IF EXISTS bench_applied_offsets"
@@ -218,6 +218,21 @@ let private sink (exactlyOnce: bool) (streams: int) (inFlight: int) (server: Ser
             Pipelining = inFlight
     }
 
+    // Without joining: a statement per batch, as many at once as batches are ready (the writer before
+    // group commit).
+    let config =
+        if joined then
+            match Environment.GetEnvironmentVariable "KFLOW_BENCH_PG_GROUP" with
+            | null
+            | "" -> config
+            | spec ->
+                let parts = spec.Split ',' |> Array.map int
+
+                { config with Pipelining = parts[0] }
+                |> UpsertConfig.withGroupCommit parts[1] parts[2]
+        else
+            config |> UpsertConfig.withGroupCommit 100 1
+
     use writer = (UpsertWriter.create config).GetAwaiter().GetResult()
     // Row i stands for offset i of partition 0; the warm-up row (-1) for offset 0 of partition 1.
     let positionOf (row: obj[]) =
@@ -235,15 +250,22 @@ let private sink (exactlyOnce: bool) (streams: int) (inFlight: int) (server: Ser
     (write [ record -1 ]).GetAwaiter().GetResult()
 
     let what =
-        (if exactlyOnce then "exactly-once " else "") + $"sink {streams}x{inFlight}"
+        (if exactlyOnce then "exactly-once " else "")
+        + $"sink {streams}x{inFlight}"
+        + (if joined then "" else " unjoined")
 
-    timedRate server "bench_sink" (int64 rowCount + 1L) what rowCount (fun () ->
-        let writes =
-            parts
-            |> List.map (fun part -> Task.Run(fun () -> writeLane writer.Pipelining write part))
-            |> Array.ofList
+    let measured =
+        timedRate server "bench_sink" (int64 rowCount + 1L) what rowCount (fun () ->
+            let writes =
+                parts
+                |> List.map (fun part -> Task.Run(fun () -> writeLane writer.Pipelining write part))
+                |> Array.ofList
 
-        Task.WaitAll writes)
+            Task.WaitAll writes)
+
+    let struct (statements, batches) = writer.GroupCommits
+    printfn "    %-22s %9.1f batches per transaction" "" (float batches / float statements)
+    measured
 
 /// Copies rows (id, name, qty, price, at) into a table with one binary COPY, in one transaction.
 let private copyInTransaction (connection: NpgsqlConnection) (table: string) (rows: obj[] seq) =
@@ -360,10 +382,11 @@ let run () : (string * float) list =
         List.init rounds (fun _ -> [|
             rawCopy server
             rawCopyBatched server
-            sink false 1 1 server
-            sink false concurrentStreams 1 server
-            sink true 1 UpsertConfig.DefaultPipelining server
-            sink false 1 UpsertConfig.DefaultPipelining server
+            sink false 1 1 true server
+            sink false concurrentStreams 1 true server
+            sink true 1 UpsertConfig.DefaultPipelining true server
+            sink false 1 UpsertConfig.DefaultPipelining true server
+            sink false 1 UpsertConfig.DefaultPipelining false server
         |])
 
     let of' (figure: Measured -> float) (i: int) =
@@ -397,6 +420,7 @@ let run () : (string * float) list =
         $"sink, {concurrentStreams} concurrent streams"
         $"sink, exactly-once, {UpsertConfig.DefaultPipelining} in flight"
         $"sink, {UpsertConfig.DefaultPipelining} in flight (default)"
+        $"sink, {UpsertConfig.DefaultPipelining} in flight, unjoined"
     |]
 
     printfn "PostgreSQL sink: %d rows of 5 columns, best and median of %d runs" rowCount rounds
@@ -473,5 +497,9 @@ let run () : (string * float) list =
         "pg_raw_copy_batched_server_cpu_us_per_row", serverCpu 1
         "pg_sink_sequential_server_cpu_us_per_row", serverCpu 2
         "pg_sink_exactly_once_server_cpu_us_per_row", serverCpu 4
+        "pg_sink_unjoined_rows_per_s", best 6
+        "ratio_pg_sink_unjoined_vs_copy", best 6 / best 0
+        "pg_sink_unjoined_client_cpu_us_per_row", clientCpu 6
+        "pg_sink_unjoined_server_cpu_us_per_row", serverCpu 6
     ]
     |> List.filter (fun (_, value) -> not (Double.IsNaN value))

@@ -49,6 +49,16 @@ type UpsertConfig<'a> = {
     /// key the table sees batches in order (see WritePipeline). 1: one batch at a time. Default 4
     /// (UpsertConfig.DefaultPipelining).
     Pipelining: int
+    /// Statements (transactions) of this writer talking to the server at once, for all its substreams;
+    /// the batches ready meanwhile wait and the next free statement writes them together, in one
+    /// transaction (client-side group commit: fewer commits and round trips). Default 2
+    /// (UpsertConfig.DefaultStatements); raise it for a server with many cores or statements that
+    /// wait on locks.
+    Statements: int
+    /// The most rows one statement joins from waiting batches (a batch larger than this is still
+    /// written whole, alone). 1: every batch in its own transaction. Default 8,192
+    /// (UpsertConfig.DefaultStatementRows).
+    StatementRows: int
 }
 
 /// Building configurations.
@@ -57,6 +67,16 @@ module UpsertConfig =
     /// Batches of one substream in flight at once unless UpsertConfig.Pipelining says otherwise: 4.
     [<Literal>]
     let DefaultPipelining = 4
+
+    /// Statements of one writer talking to the server at once unless UpsertConfig.Statements says
+    /// otherwise: 2.
+    [<Literal>]
+    let DefaultStatements = 2
+
+    /// The most rows one statement joins from waiting batches unless UpsertConfig.StatementRows says
+    /// otherwise: 8,192.
+    [<Literal>]
+    let DefaultStatementRows = 8192
 
     /// A configuration with the default retry options.
     let create
@@ -75,6 +95,8 @@ module UpsertConfig =
             Retry = PgRetry.defaults
             ExactlyOnce = None
             Pipelining = DefaultPipelining
+            Statements = DefaultStatements
+            StatementRows = DefaultStatementRows
         }
 
     /// A configuration for records that are dictionaries keyed by field name (PgRow.ofDictionary).
@@ -88,6 +110,15 @@ module UpsertConfig =
     /// The configuration with up to <c>inFlight</c> batches of one substream written at once (1: one
     /// at a time). Default 4.
     let withPipelining (inFlight: int) (config: UpsertConfig<'a>) = { config with Pipelining = inFlight }
+
+    /// The configuration with at most <c>statements</c> statements of the writer at once, each joining
+    /// waiting batches up to <c>rows</c> rows (see UpsertConfig.Statements and StatementRows). Defaults
+    /// 2 and 8,192.
+    let withGroupCommit (statements: int) (rows: int) (config: UpsertConfig<'a>) = {
+        config with
+            Statements = statements
+            StatementRows = rows
+    }
 
     /// The configuration with other retry options.
     let withRetry (retry: RetryOptions) (config: UpsertConfig<'a>) = { config with Retry = retry }
@@ -125,6 +156,21 @@ type internal UpsertStatements = {
     Insert: string
 }
 
+/// A batch ready to be written, as GroupCommit queues it: its source positions and claims
+/// (exactly-once mode), its prepared rows, and whether its keys are distinct.
+[<NoEquality; NoComparison>]
+type internal GroupedBatch = {
+    Positions: Position list
+    Claimed: (TopicPartition * int64)[]
+    Rows: obj[][]
+    Distinct: bool
+}
+
+/// Raised by a joined exactly-once statement that wrote nothing (some of its offsets were recorded
+/// before, or it was fenced): its batches are then written alone.
+type internal GroupNotWritten() =
+    inherit Exception("A joined statement wrote nothing; its batches are written one by one.")
+
 /// <summary>Writes batches of records into a table as upserts. Thread-safe; make it with UpsertWriter.create.</summary>
 /// <remarks>
 /// Each batch is written atomically on a pooled connection, the last record per key winning
@@ -158,7 +204,9 @@ type UpsertWriter<'a>
         retry: RetryOptions,
         statements: UpsertStatements,
         keyIndexes: int[],
-        pipelining: int
+        pipelining: int,
+        statementLimit: int,
+        groupRows: int
     ) =
     let types = columns |> Array.map (fun c -> Option.get c.Type)
     let dbTypes = types |> Array.map PgValue.dbType
@@ -468,17 +516,17 @@ type UpsertWriter<'a>
         )
     }
 
-    /// Writes the prepared rows of a batch (positions: its source messages, recorded in exactly-once
-    /// mode, with the claims on their partitions taken when the write was made), retrying transient
-    /// failures.
-    let writeRows
+    /// Runs the statement writing the prepared rows (positions: their source messages, recorded in
+    /// exactly-once mode, with the claims on their partitions taken when the write was made), retrying
+    /// transient failures; returns how many of the offsets were recorded before (-1: fenced).
+    let statementRows
         (positions: Position list)
         (claimed: (TopicPartition * int64)[])
         (rows: obj[][])
         (distinct: bool)
-        : Task =
+        : Task<int64> =
         if disposed then
-            Task.FromException(
+            Task.FromException<int64>(
                 ObjectDisposedException(nameof UpsertWriter, "This upsert writer has been disposed.")
             )
         else
@@ -510,27 +558,83 @@ type UpsertWriter<'a>
                 finally
                     connections.Release() |> ignore
 
-                if seen.Value < 0L then
-                    do! fenced claimed rows.Length
-
-                // In exactly-once mode nothing was written if any offset was recorded before: all of them
-                // means the batch was applied already (a replay, or a retry after a commit whose answer
-                // was lost); some of them means two writes overlap, which only a second owner of the
-                // partition can cause.
-                let total = positions |> List.distinct |> List.length |> int64
-
-                if seen.Value > 0L && seen.Value < total then
-                    raise (
-                        PgSinkException(
-                            $"{seen.Value} of the {total} source offsets of a batch for {table} ({server}) were \
-                              applied already by another write, so none of it was written. Two instances \
-                              may own the same partition; the workflow's restart reads the applied offsets \
-                              again and skips them.",
-                            null,
-                            false
-                        )
-                    )
+                return seen.Value
             }
+
+    /// Writes the prepared rows of one batch (see statementRows) and raises when exactly-once mode
+    /// wrote nothing: FencedWriteException, or PgSinkException when only some offsets were recorded.
+    let writeRows
+        (positions: Position list)
+        (claimed: (TopicPartition * int64)[])
+        (rows: obj[][])
+        (distinct: bool)
+        : Task =
+        task {
+            let! seen = statementRows positions claimed rows distinct
+
+            if seen < 0L then
+                do! fenced claimed rows.Length
+
+            // In exactly-once mode nothing was written if any offset was recorded before: all of them
+            // means the batch was applied already (a replay, or a retry after a commit whose answer
+            // was lost); some of them means two writes overlap, which only a second owner of the
+            // partition can cause.
+            let total = positions |> List.distinct |> List.length |> int64
+
+            if seen > 0L && seen < total then
+                raise (
+                    PgSinkException(
+                        $"{seen} of the {total} source offsets of a batch for {table} ({server}) were \
+                          applied already by another write, so none of it was written. Two instances \
+                          may own the same partition; the workflow's restart reads the applied offsets \
+                          again and skips them.",
+                        null,
+                        false
+                    )
+                )
+        }
+
+    /// <summary>Writes the batches of one statement (GroupCommit): one batch as writeRows; several in
+    /// one transaction, their rows one after the other and their offsets recorded together.</summary>
+    /// <remarks>The batches have no key in common (each was submitted once the batches before it on its
+    /// keys were committed), so rows of different batches never meet in DISTINCT ON. In exactly-once
+    /// mode a joined statement that wrote nothing (some offsets recorded before, or fenced) raises
+    /// GroupNotWritten, and each batch is written again alone to find out which.</remarks>
+    let writeGroup (items: GroupedBatch[]) : Task =
+        if items.Length = 1 then
+            let item = items[0]
+            writeRows item.Positions item.Claimed item.Rows item.Distinct
+        else
+            task {
+                let rows = items |> Array.collect _.Rows
+                let positions = items |> List.ofArray |> List.collect _.Positions
+                let distinct = items |> Array.forall _.Distinct
+                let! seen = statementRows positions items[0].Claimed rows distinct
+
+                if seen <> 0L then
+                    raise (GroupNotWritten())
+            }
+
+    /// Which failures of a joined statement are retried batch by batch: a batch the database refuses
+    /// (not transient), one Npgsql cannot send, and an exactly-once statement that wrote nothing.
+    let retryAlone (error: exn) =
+        match error with
+        | :? GroupNotWritten -> true
+        | :? PgSinkException as error -> not error.IsTransient
+        | :? ArgumentException
+        | :? InvalidCastException
+        | :? NotSupportedException -> true
+        | _ -> false
+
+    let groups =
+        GroupCommit<GroupedBatch>(
+            statementLimit,
+            groupRows,
+            (fun batch -> batch.Rows.Length),
+            (fun first next -> first.Claimed = next.Claimed),
+            retryAlone,
+            writeGroup
+        )
 
     let pipeline =
         WritePipeline((fun batch -> prepare (unbox<'a list> batch)), keyIndexes)
@@ -558,7 +662,15 @@ type UpsertWriter<'a>
 
                     started <- true
                     pipeline.Started()
-                    do! writeRows positions claimed slot.Rows (keysDistinct slot)
+
+                    do!
+                        groups.Submit {
+                            Positions = positions
+                            Claimed = claimed
+                            Rows = slot.Rows
+                            Distinct = keysDistinct slot
+                        }
+
                     pipeline.Ended(slot, true, started)
                 with error ->
                     pipeline.Ended(slot, false, started)
@@ -601,6 +713,10 @@ type UpsertWriter<'a>
                     | :? ('a list) as b when not (List.isEmpty b) -> pipeline.Reserve batch
                     | _ -> Task.CompletedTask)
                 pipeline.Release
+
+    /// Statements run and batches they wrote, since the writer was made (batches / statements: how
+    /// many were joined per transaction on average).
+    member internal _.GroupCommits = struct (groups.Statements, groups.Items)
 
     /// Batches talking to the server now.
     member internal _.InFlight = pipeline.InFlight
@@ -794,6 +910,17 @@ module UpsertWriter =
                 $"UpsertConfig.Pipelining must be ≥ 1 (got {config.Pipelining}); it is how many batches of one \
                   substream are written at once (1: one at a time; default {UpsertConfig.DefaultPipelining})."
 
+    let private checkGroupCommit (config: UpsertConfig<'a>) =
+        if config.Statements < 1 then
+            invalid
+                $"UpsertConfig.Statements must be ≥ 1 (got {config.Statements}); it is how many statements of the \
+                  writer talk to the server at once (default {UpsertConfig.DefaultStatements})."
+
+        if config.StatementRows < 1 then
+            invalid
+                $"UpsertConfig.StatementRows must be ≥ 1 (got {config.StatementRows}); it is the most rows one \
+                  statement joins from waiting batches (1: none joined; default {UpsertConfig.DefaultStatementRows})."
+
     let private statementsFor
         (table: PgIdentifier)
         (fieldColumns: PgColumn list)
@@ -896,6 +1023,7 @@ module UpsertWriter =
     /// </remarks>
     let create (config: UpsertConfig<'a>) : Task<UpsertWriter<'a>> = task {
         checkConfig config
+        checkGroupCommit config
         let table = PgIdentifier.parse config.Table
 
         let applied =
@@ -981,7 +1109,9 @@ module UpsertWriter =
                     config.Keys
                     |> List.map (fun key -> List.findIndex (fun f -> f = key) config.Fields)
                     |> Array.ofList,
-                    config.Pipelining
+                    config.Pipelining,
+                    config.Statements,
+                    config.StatementRows
                 )
         with error ->
             if owns then
