@@ -354,6 +354,44 @@ let private naive (server: Server) =
 
             transaction.Commit())
 
+/// The writer's client work before the server (no statement): each batch reserved in the pipeline
+/// (rows mapped and normalized, keys hashed and placed) and released, for rowCount rows in batches of
+/// batchSize; prints and returns CPU µs and allocated bytes per row (best of `rounds`).
+let private preparation (server: Server) =
+    freshTable server.ConnectionString "bench_prepare"
+
+    let batches =
+        List.init (rowCount / batchSize) (fun b -> List.init batchSize (fun i -> record (b * batchSize + i)))
+        |> List.map (fun batch -> Unchecked.nonNull (box batch))
+
+    let config =
+        UpsertConfig.create
+            (PgConnection.ConnectionString server.ConnectionString)
+            "bench_prepare"
+            fields
+            [ "id" ]
+            id
+
+    use writer = (UpsertWriter.create config).GetAwaiter().GetResult()
+    let pipelining = writer.Pipelining
+
+    let once () =
+        let cpu = Process.GetCurrentProcess().TotalProcessorTime
+        let bytes = GC.GetAllocatedBytesForCurrentThread()
+
+        for batch in batches do
+            pipelining.Reserve batch |> ignore
+            pipelining.Release batch
+
+        let used = Process.GetCurrentProcess().TotalProcessorTime - cpu
+        let allocated = GC.GetAllocatedBytesForCurrentThread() - bytes
+        used.TotalMilliseconds * 1000.0 / float rowCount, float allocated / float rowCount
+
+    let cpu, bytes = List.init rounds (fun _ -> once ()) |> List.min
+    execute server.ConnectionString "DROP TABLE bench_prepare"
+    printfn "    %-22s CPU %.2f µs per row, %.0f bytes allocated per row" "preparation" cpu bytes
+    cpu, bytes
+
 /// <summary>Runs the measurements on a throwaway PostgreSQL (or KFLOW_TEST_PG) and returns
 /// pg_sink_rows_per_s (one stream of batches written as the runtime's lane writes them with the sink's
 /// default pipelining: 4 in flight), pg_raw_copy_rows_per_s, pg_naive_rows_per_s and
@@ -402,6 +440,7 @@ let run () : (string * float) list =
     let median (i: int) = medianOf (rates i)
 
     let naiveRate = (naive server).Rate
+    let prepareCpu, prepareBytes = preparation server
 
     for table in
         [
@@ -497,6 +536,8 @@ let run () : (string * float) list =
         "pg_raw_copy_batched_server_cpu_us_per_row", serverCpu 1
         "pg_sink_sequential_server_cpu_us_per_row", serverCpu 2
         "pg_sink_exactly_once_server_cpu_us_per_row", serverCpu 4
+        "pg_sink_prepare_cpu_us_per_row", prepareCpu
+        "pg_sink_prepare_bytes_per_row", prepareBytes
         "pg_sink_unjoined_rows_per_s", best 6
         "ratio_pg_sink_unjoined_vs_copy", best 6 / best 0
         "pg_sink_unjoined_client_cpu_us_per_row", clientCpu 6
