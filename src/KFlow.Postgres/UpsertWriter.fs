@@ -154,6 +154,9 @@ type internal UpsertStatements = {
     CreateStage: string
     Copy: string
     Insert: string
+    /// A binary COPY straight into the table (a large statement of new, distinct keys; not in
+    /// exactly-once mode).
+    CopyInto: string
 }
 
 /// A batch ready to be written, as GroupCommit queues it: its source positions and claims
@@ -170,6 +173,14 @@ type internal GroupedBatch = {
 /// before, or it was fenced): its batches are then written alone.
 type internal GroupNotWritten() =
     inherit Exception("A joined statement wrote nothing; its batches are written one by one.")
+
+/// Rows from which a statement of new, distinct keys is first tried as a binary COPY into the table:
+/// 2,000 (the server's CPU per row, measured: COPY 1.84 µs against INSERT 1.67 at 1,000 rows; 1.19
+/// against 1.66-1.74 at 3,300-3,700 rows).
+[<AutoOpen>]
+module internal UpsertThresholds =
+    [<Literal>]
+    let CopyRows = 2000
 
 /// <summary>Writes batches of records into a table as upserts. Thread-safe; make it with UpsertWriter.create.</summary>
 /// <remarks>
@@ -212,6 +223,7 @@ type UpsertWriter<'a>
     let dbTypes = types |> Array.map PgValue.dbType
     let mutable disposed = false
     let mutable retries = 0L
+    let mutable copies = 0L
 
     // Writes talking to the server at once, at most the pool's size (Maximum Pool Size, Npgsql's
     // default 100): many substreams × pipelined writes otherwise queue in the pool, where a wait
@@ -270,8 +282,10 @@ type UpsertWriter<'a>
                     )))
         |> Array.ofList
 
-    let copyRows (connection: NpgsqlConnection) (rows: obj[][]) : Task = task {
-        use! importer = connection.BeginBinaryImportAsync(statements.Copy)
+    /// A binary COPY of the rows by `sql`: into the stage, each row after its ordinal, or (`ordinals`
+    /// false) straight into the table.
+    let copyWith (sql: string) (ordinals: bool) (connection: NpgsqlConnection) (rows: obj[][]) : Task = task {
+        use! importer = connection.BeginBinaryImportAsync(sql)
         let mutable rowIndex = 0
         let mutable columnIndex = -1
 
@@ -280,7 +294,10 @@ type UpsertWriter<'a>
                 let values = rows[rowIndex]
                 do! importer.StartRowAsync()
                 columnIndex <- -1
-                do! importer.WriteAsync(rowIndex, NpgsqlDbType.Integer)
+
+                if ordinals then
+                    do! importer.WriteAsync(rowIndex, NpgsqlDbType.Integer)
+
                 columnIndex <- 0
 
                 while columnIndex < values.Length do
@@ -310,6 +327,8 @@ type UpsertWriter<'a>
         let! _ = importer.CompleteAsync()
         ()
     }
+
+    let copyRows = copyWith statements.Copy true
 
     /// The outcome of an exactly-once statement: how many of the batch's offsets were recorded before,
     /// or -1 when the batch was fenced.
@@ -434,8 +453,28 @@ type UpsertWriter<'a>
                 else
                     statements.Unnest, statements.UnnestInsert
 
+            // A large statement of distinct keys first tries a binary COPY straight into the table (the
+            // server's bulk-insert path): measured a third less server CPU per row than the INSERT at
+            // 3,300-3,700 rows, but more at 1,000 (CopyRows).
+            let copyInto () = task {
+                try
+                    use! transaction = connection.BeginTransactionAsync()
+                    do! copyWith statements.CopyInto false connection rows
+                    do! transaction.CommitAsync()
+                    Interlocked.Increment &copies |> ignore
+                    return Ok true
+                with
+                | :? PostgresException as error when error.SqlState = PostgresErrorCodes.UniqueViolation ->
+                    return Ok false
+                | :? InvalidCastException
+                | :? NotSupportedException
+                | :? ArgumentException as error -> return Error error
+            }
+
             let! inserted =
-                if optimistic then
+                if optimistic && distinct && statements.Applied.IsNone && rows.Length >= CopyRows then
+                    copyInto ()
+                elif optimistic then
                     execute unnestInsert true
                 else
                     Task.FromResult(Ok false)
@@ -717,6 +756,9 @@ type UpsertWriter<'a>
     /// Statements run and batches they wrote, since the writer was made (batches / statements: how
     /// many were joined per transaction on average).
     member internal _.GroupCommits = struct (groups.Statements, groups.Items)
+
+    /// Statements committed by a binary COPY straight into the table, since the writer was made.
+    member internal _.Copies = Interlocked.Read &copies
 
     /// Batches talking to the server now.
     member internal _.InFlight = pipeline.InFlight
@@ -1010,6 +1052,7 @@ module UpsertWriter =
                 $"CREATE TEMP TABLE kflow_stage ON COMMIT DROP AS SELECT 0::int4 AS {ordinal}, {columns}                   FROM {table.Sql} WITH NO DATA"
             Copy = $"COPY {stage} ({ordinal}, {columns}) FROM STDIN (FORMAT BINARY)"
             Insert = recording 1 (insertFrom false stage upsert)
+            CopyInto = $"COPY {table.Sql} ({columns}) FROM STDIN (FORMAT BINARY)"
         }
 
     /// <summary>Makes a writer after checking the configuration and the table.</summary>

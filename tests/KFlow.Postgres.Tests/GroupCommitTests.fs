@@ -208,6 +208,34 @@ let private onServer =
             Expect.equal writer.HeldKeys 0 "every key is released"
         }
 
+        test
+            "a joined statement of 2,000 rows or more is copied into the table while its keys are new, and upserts once they are not" {
+            let table = slowTable ()
+            use writer = joiningWriter table
+            let batch (first: int) (v: string) = [ for k in first .. first + 999 -> row k v (int64 k) ]
+            // 3,000 new keys joined behind the first batch: the COPY path.
+            let fresh = [ batch 0 "a"; batch 1000 "b"; batch 2000 "c"; batch 3000 "d" ]
+            (Task.WhenAll(writeAsLane writer fresh)).GetAwaiter().GetResult()
+            Expect.isTrue (joined writer) "batches shared a transaction"
+            Expect.isGreaterThanOrEqual writer.Copies 1L "a joined statement was copied"
+            // Then keys already there (and new ones): the COPY meets a unique violation, the upsert runs.
+            let again = [ batch 4000 "e"; batch 500 "f"; batch 1500 "g"; batch 3500 "h" ]
+            (Task.WhenAll(writeAsLane writer again)).GetAwaiter().GetResult()
+
+            // Written one by one, each batch overwrites its keys.
+            let expected =
+                fresh @ again
+                |> List.concat
+                |> List.fold
+                    (fun (m: Map<int, string>) r -> Map.add (unbox<int> r[0]) (string r[1]) m)
+                    Map.empty
+                |> Map.toList
+                |> List.map (fun (k, v) -> k, v, int64 k)
+
+            Expect.equal (contents table) expected "every key holds its last value"
+            Expect.equal writer.HeldKeys 0 "every key is released"
+        }
+
         test "a batch the database refuses in a joined transaction fails alone; the others are committed" {
             let table = slowTable ()
             use writer = joiningWriter table
