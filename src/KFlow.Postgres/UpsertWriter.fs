@@ -46,17 +46,18 @@ type UpsertConfig<'a> = {
     ExactlyOnce: ExactlyOnceOptions option
     /// Batches of one substream written at once by UpsertWriter.sink / sinkExactlyOnce, each on its own
     /// pooled connection; a batch sharing a key with an earlier one still in flight waits for it, so per
-    /// key the table sees batches in order (see WritePipeline). 1: one batch at a time. Default 4
-    /// (UpsertConfig.DefaultPipelining).
+    /// key the table sees batches in order (see WritePipeline). 1: one batch at a time. Default 16
+    /// (UpsertConfig.DefaultPipelining): the batches waiting behind a running statement are joined
+    /// (Statements).
     Pipelining: int
     /// Statements (transactions) of this writer talking to the server at once, for all its substreams;
     /// the batches ready meanwhile wait and the next free statement writes them together, in one
-    /// transaction (client-side group commit: fewer commits and round trips). Default 2
-    /// (UpsertConfig.DefaultStatements); raise it for a server with many cores or statements that
-    /// wait on locks.
+    /// transaction (client-side group commit: fewer commits, round trips and server work per row).
+    /// Default 1 (UpsertConfig.DefaultStatements); raise it for a server with many cores, or when
+    /// statements may wait on locks held by other sessions (one waiting statement holds up the rest).
     Statements: int
     /// The most rows one statement joins from waiting batches (a batch larger than this is still
-    /// written whole, alone). 1: every batch in its own transaction. Default 8,192
+    /// written whole, alone). 1: every batch in its own transaction. Default 16,384
     /// (UpsertConfig.DefaultStatementRows).
     StatementRows: int
 }
@@ -64,19 +65,20 @@ type UpsertConfig<'a> = {
 /// Building configurations.
 [<RequireQualifiedAccess>]
 module UpsertConfig =
-    /// Batches of one substream in flight at once unless UpsertConfig.Pipelining says otherwise: 4.
+    /// Batches of one substream in flight at once unless UpsertConfig.Pipelining says otherwise: 16
+    /// (enough for group commit to join several batches per transaction; was 4 before it).
     [<Literal>]
-    let DefaultPipelining = 4
+    let DefaultPipelining = 16
 
     /// Statements of one writer talking to the server at once unless UpsertConfig.Statements says
-    /// otherwise: 2.
+    /// otherwise: 1.
     [<Literal>]
-    let DefaultStatements = 2
+    let DefaultStatements = 1
 
     /// The most rows one statement joins from waiting batches unless UpsertConfig.StatementRows says
-    /// otherwise: 8,192.
+    /// otherwise: 16,384.
     [<Literal>]
-    let DefaultStatementRows = 8192
+    let DefaultStatementRows = 16384
 
     /// A configuration with the default retry options.
     let create
@@ -108,12 +110,12 @@ module UpsertConfig =
         create connection table fields keys (PgRow.ofJson fields)
 
     /// The configuration with up to <c>inFlight</c> batches of one substream written at once (1: one
-    /// at a time). Default 4.
+    /// at a time). Default 16.
     let withPipelining (inFlight: int) (config: UpsertConfig<'a>) = { config with Pipelining = inFlight }
 
     /// The configuration with at most <c>statements</c> statements of the writer at once, each joining
     /// waiting batches up to <c>rows</c> rows (see UpsertConfig.Statements and StatementRows). Defaults
-    /// 2 and 8,192.
+    /// 1 and 16,384.
     let withGroupCommit (statements: int) (rows: int) (config: UpsertConfig<'a>) = {
         config with
             Statements = statements
@@ -737,7 +739,7 @@ type UpsertWriter<'a>
     /// The written columns' names, in field order.
     member _.Fields = columns |> Array.map _.Name |> List.ofArray
 
-    /// <summary>How the runtime may pipeline this writer's batches (UpsertConfig.Pipelining; default 4):
+    /// <summary>How the runtime may pipeline this writer's batches (UpsertConfig.Pipelining; default 16):
     /// up to that many batches of one substream in flight, ordered per key by the writer (Reserve and
     /// Release). UpsertWriter.sink and sinkExactlyOnce declare it; Pipe.sink with UpsertWriter.write
     /// runs one batch at a time.</summary>
@@ -1170,7 +1172,7 @@ module UpsertWriter =
 
     /// <summary>Ends a pipe of batches with the writer as a sink named <paramref name="name"/>:
     /// <c>Pipe.sinkWith writer.Pipelining name (write writer)</c>, so the runtime writes up to
-    /// UpsertConfig.Pipelining batches of one substream at once (default 4), the writer keeping them
+    /// UpsertConfig.Pipelining batches of one substream at once (default 16), the writer keeping them
     /// in order per key.</summary>
     let sink (name: string) (writer: UpsertWriter<'a>) (pipe: Pipe<'i, 'a list>) : Pipe<'i, Sunk> =
         Pipe.sinkWith writer.Pipelining name (fun batch -> writer.Write batch) pipe

@@ -15,7 +15,7 @@ type UpsertWriterCore =
     /// key now. <paramref name="row"/> returns a record's values in the order of
     /// <paramref name="fields"/> (null for NULL). Default retries: 10 attempts, 100 ms to 5 s.
     /// <paramref name="pipelining"/>: batches of one substream written at once by <see cref="Sink"/>
-    /// (UpsertConfig.Pipelining); default 0: 4.</summary>
+    /// (UpsertConfig.Pipelining); default 0: 16.</summary>
     static member CreateAsync
         (
             connectionString: string,
@@ -41,7 +41,7 @@ type UpsertWriterCore =
     /// <param name="offsetsTable">The offsets table (table or schema.table). Default null:
     /// kflow_applied_offsets.</param>
     /// <param name="pipelining">Batches of one substream written at once (UpsertConfig.Pipelining).
-    /// Default 0: 4.</param>
+    /// Default 0: 16.</param>
     static member CreateExactlyOnceAsync
         (
             connectionString: string,
@@ -132,7 +132,7 @@ type UpsertWriterCore =
         writer.Write(List.ofSeq batch)
 
     /// <summary>Ends a pipe of batches with <paramref name="writer"/> as a sink named
-    /// <paramref name="name"/> (see UpsertWriter.sink): up to the writer's pipelining (default 4) batches
+    /// <paramref name="name"/> (see UpsertWriter.sink): up to the writer's pipelining (default 16) batches
     /// of one substream are written at once, the writer keeping them in order per key.</summary>
     /// <param name="pipe">The pipe, ending in batches (e.g. after PipeCore.Aggregate).</param>
     /// <param name="name">The sink's name (logs, failures, stage policies).</param>

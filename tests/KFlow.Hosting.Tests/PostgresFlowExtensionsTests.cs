@@ -141,11 +141,11 @@ internal static class PostgresFlowExtensionsTests
                 "an offsets table without exactly-once mode");
             Expect.Contains(offsets.Message, "WithExactlyOnce(offsetsTable)", "the message says what to use");
         }),
-        Runner.TestCase("WithPipelining returns a new table with the setting (default 4), and less than 1 is refused at Build", () =>
+        Runner.TestCase("WithPipelining returns a new table with the setting (default 16), and less than 1 is refused at Build", () =>
         {
             var table = PostgresTable.Named("events", "key");
             var pipelined = table.WithPipelining(8);
-            Expect.AreEqual(table.Pipelining, 4, "the default is 4 batches in flight");
+            Expect.AreEqual(table.Pipelining, 16, "the default is 16 batches in flight");
             Expect.AreEqual(pipelined.Pipelining, 8, "the new table has the setting");
             Expect.AreEqual(table.WithPipelining(1).Pipelining, 1, "1 writes one batch at a time");
             var flow = Workflow.FromKafka("t", "g")
