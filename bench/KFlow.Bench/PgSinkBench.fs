@@ -387,14 +387,18 @@ let private preparation (server: Server) =
 
 /// <summary>Runs the measurements on a throwaway PostgreSQL (or KFLOW_TEST_PG) and returns
 /// pg_sink_rows_per_s (one stream of batches written as the runtime's lane writes them with the sink's
-/// default pipelining: 4 in flight), pg_raw_copy_rows_per_s, pg_naive_rows_per_s and
+/// defaults: 16 in flight, group commit), pg_raw_copy_rows_per_s, pg_naive_rows_per_s and
 /// ratio_pg_sink_vs_copy, then pg_sink_sequential_rows_per_s and ratio_pg_sink_sequential_vs_copy (one
 /// batch after the other), pg_raw_copy_batched_rows_per_s and ratio_pg_sink_vs_batched_copy (COPY with
 /// the sink's batches and commits, one after the other), pg_sink_concurrent_rows_per_s (4 concurrent
 /// sequential streams, as the runtime writes partitions) and ratio_pg_sink_concurrent_vs_copy, and the
-/// exactly-once figures (one stream, pipelined).</summary>
-/// <remarks>The sink and the raw COPYs each run 3 times, alternated, and the best run of each counts. The
-/// naive rate is measured on 20,000 rows (a rate, so it extrapolates to 1,000,000). About a minute.</remarks>
+/// exactly-once figures (one stream, pipelined), pg_sink_unjoined_rows_per_s (the writer before group
+/// commit: 4 in flight, a transaction per batch), the client and server CPU µs per row of the main
+/// writers (pg_sink_server_cpu_us_per_row …: the server's processes from /proc) and the preparation
+/// micro-benchmark (pg_sink_prepare_cpu_us_per_row, pg_sink_prepare_bytes_per_row).</summary>
+/// <remarks>The sink and the raw COPYs each run 3 times, alternated, and the best run of each counts (CPU
+/// figures: medians). The naive rate is measured on 20,000 rows (a rate, so it extrapolates to
+/// 1,000,000). About a minute and a half.</remarks>
 let run () : (string * float) list =
     // The server's ordinary durable settings, not the tests' (which turn fsync, synchronous_commit and
     // full_page_writes off): a sink that commits every batch pays for its commits, as in production.

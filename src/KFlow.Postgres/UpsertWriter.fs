@@ -292,20 +292,22 @@ type UpsertWriter<'a>
         let mutable columnIndex = -1
 
         try
+            // Synchronous writes: they fill Npgsql's buffer and only a full buffer goes to the socket
+            // (loopback or network send, short), at a fraction of the client CPU of a Task per value.
             while rowIndex < rows.Length do
                 let values = rows[rowIndex]
-                do! importer.StartRowAsync()
+                importer.StartRow()
                 columnIndex <- -1
 
                 if ordinals then
-                    do! importer.WriteAsync(rowIndex, NpgsqlDbType.Integer)
+                    importer.Write(rowIndex, NpgsqlDbType.Integer)
 
                 columnIndex <- 0
 
                 while columnIndex < values.Length do
                     match values[columnIndex] with
-                    | null -> do! importer.WriteNullAsync()
-                    | value -> do! importer.WriteAsync<obj>(value, dbTypes[columnIndex])
+                    | null -> importer.WriteNull()
+                    | value -> importer.Write<obj>(value, dbTypes[columnIndex])
 
                     columnIndex <- columnIndex + 1
 
