@@ -52,6 +52,12 @@ public sealed record PostgresTable
     /// writer joins the batches waiting behind its running statement into one transaction).</summary>
     public int Pipelining { get; init; } = 16;
 
+    /// <summary>Statements (transactions) of this table's writer talking to the server at once, for all
+    /// substreams; the batches ready meanwhile are joined into the next one (group commit: fewer commits
+    /// and less server work per row). Raise it for a server with many cores, or when statements may wait
+    /// on locks held by other sessions (one waiting statement holds up the others). Default 1.</summary>
+    public int Statements { get; init; } = 1;
+
     /// <summary>Table <paramref name="table"/> upserted by <paramref name="keys"/>.</summary>
     public static PostgresTable Named(string table, params string[] keys) => new(table ?? "", keys ?? Array.Empty<string>());
 
@@ -67,10 +73,16 @@ public sealed record PostgresTable
     /// once (see <see cref="Pipelining"/>; default 16, 1: one at a time).</summary>
     public PostgresTable WithPipelining(int inFlight) => this with { Pipelining = inFlight };
 
+    /// <summary>This table written with up to <paramref name="statements"/> statements at once (see
+    /// <see cref="Statements"/>; default 1).</summary>
+    public PostgresTable WithStatements(int statements) => this with { Statements = statements };
+
     internal IEnumerable<string> Problems()
     {
         if (Pipelining < 1)
             yield return $"ToPostgres: table '{Table}' has Pipelining {Pipelining}; it must be at least 1 (1 writes one batch at a time; default 16).";
+        if (Statements < 1)
+            yield return $"ToPostgres: table '{Table}' has Statements {Statements}; it must be at least 1 (statements of the writer at once; default 1).";
         if (string.IsNullOrWhiteSpace(Table))
             yield return "ToPostgres: the table name must not be empty.";
         if (Keys.Count == 0 && !ExactlyOnce)

@@ -299,6 +299,7 @@ let private onServer =
                     |> UpsertConfig.withGroupCommit 1 UpsertConfig.DefaultStatementRows
                 )
 
+            writer.JoinExactlyOnce <- true
             let tp = TopicPartition.create "t" 0
 
             let write (offsets: int64 list) =
