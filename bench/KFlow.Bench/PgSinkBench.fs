@@ -4,6 +4,7 @@ module KFlow.Bench.PgSinkBench
 
 open System
 open System.Diagnostics
+open System.IO
 open System.Threading
 open System.Threading.Tasks
 open Npgsql
@@ -65,36 +66,92 @@ let private freshTable (connectionString: string) (name: string) =
         $"DROP TABLE IF EXISTS {name}; CREATE TABLE {name} (id bigint PRIMARY KEY, name text NOT NULL, \
           qty integer NOT NULL, price double precision NOT NULL, at timestamptz NOT NULL)"
 
+/// The CPU seconds (user + system) the server's processes used so far: the postmaster's own and its
+/// reaped children's, plus its live children's (backends, WAL writer, checkpointer…), from /proc;
+/// NaN for an external server or without /proc.
+let private serverCpuSeconds (dataDirectory: string | null) () : float =
+    let tick = 100.0 // USER_HZ on Linux
+
+    /// ppid and (utime, stime, cutime, cstime) of a process, from /proc/<pid>/stat.
+    let stat (pid: string) =
+        try
+            let text = File.ReadAllText $"/proc/{pid}/stat"
+            // "pid (name) state ppid …": the name may hold spaces, so split after the last ')'.
+            let fields = text.Substring(text.LastIndexOf ')' + 2).Split ' '
+            let ticks (i: int) = float (fields[i])
+            Some(fields[1], (ticks 11, ticks 12, ticks 13, ticks 14))
+        with _ ->
+            None
+
+    let pidFile =
+        match dataDirectory with
+        | null -> ""
+        | directory -> Path.Combine(directory, "postmaster.pid")
+
+    if not (File.Exists pidFile) || not (Directory.Exists "/proc") then
+        nan
+    else
+        let postmaster = (Array.head (File.ReadAllLines pidFile)).Trim()
+
+        match stat postmaster with
+        | None -> nan
+        | Some(_, (user, system, childUser, childSystem)) ->
+            let children =
+                Directory.GetDirectories "/proc"
+                |> Array.map (fun directory -> directory.Substring "/proc/".Length)
+                |> Array.filter (fun name -> name.Length > 0 && Char.IsDigit name[0])
+                |> Array.choose stat
+                |> Array.sumBy (fun (parent, (u, s, _, _)) -> if parent = postmaster then u + s else 0.0)
+
+            (user + system + childUser + childSystem + children) / tick
+
+/// The server a run writes to: its connection string and its processes' CPU seconds so far.
+[<NoEquality; NoComparison>]
+type private Server = {
+    ConnectionString: string
+    CpuSeconds: unit -> float
+}
+
+/// One writer's run: rows per second, and client and server CPU µs per row.
+type private Measured = {
+    Rate: float
+    ClientCpu: float
+    ServerCpu: float
+}
+
 /// Times `work`, which must leave `expected` rows in `table` (fails naming `what` otherwise), and
-/// returns its rate in `rows` per second.
-let private timedRate
-    (connectionString: string)
-    table
-    (expected: int64)
-    what
-    (rows: int)
-    (work: unit -> unit)
-    =
+/// returns its rate in `rows` per second and the client's and server's CPU per row.
+let private timedRate (server: Server) table (expected: int64) what (rows: int) (work: unit -> unit) =
     let cpu = Process.GetCurrentProcess().TotalProcessorTime
+    let serverCpu = server.CpuSeconds()
     let watch = Stopwatch.StartNew()
     work ()
     let elapsed = watch.Elapsed
     let used = Process.GetCurrentProcess().TotalProcessorTime - cpu
+    let serverUsed = server.CpuSeconds() - serverCpu
 
-    if count connectionString table <> expected then
+    if count server.ConnectionString table <> expected then
         failwith $"the {what} benchmark lost rows"
 
     let rate = float rows / elapsed.TotalSeconds
+    let clientPerRow = used.TotalMilliseconds * 1000.0 / float rows
+    let serverPerRow = serverUsed * 1e6 / float rows
 
-    // The client's share of the machine (the server runs in other processes on the same cores).
+    // The client's and the server's shares of the machine (the server's processes share its cores).
     printfn
-        "    %-22s %9.0f rows/s, client CPU %.2f µs per row (%.2f cores)"
+        "    %-22s %9.0f rows/s, CPU per row: client %.2f µs (%.2f cores), server %.2f µs (%.2f cores)"
         what
         rate
-        (used.TotalMilliseconds * 1000.0 / float rows)
+        clientPerRow
         (used.TotalSeconds / elapsed.TotalSeconds)
+        serverPerRow
+        (serverUsed / elapsed.TotalSeconds)
 
-    rate
+    {
+        Rate = rate
+        ClientCpu = clientPerRow
+        ServerCpu = serverPerRow
+    }
 
 /// Writes the batches of one stream as the runtime's lane does for a sink with `pipelining`: up to
 /// InFlight writes outstanding (each reserved first, in order, and released when it ended), the next
@@ -133,7 +190,8 @@ let private writeLane
 /// The sink: rowCount records in batches of batchSize from `streams` concurrent streams, each written as
 /// a runtime lane writes them with UpsertConfig.Pipelining = `inFlight` (1: one batch after the other);
 /// in exactly-once mode each batch also records its source offsets (offset = the row's id, one partition).
-let private sink (exactlyOnce: bool) (streams: int) (inFlight: int) (connectionString: string) =
+let private sink (exactlyOnce: bool) (streams: int) (inFlight: int) (joined: bool) (server: Server) =
+    let connectionString = server.ConnectionString
     freshTable connectionString "bench_sink"
     execute connectionString "DROP TABLE IF EXISTS bench_applied_offsets"
 
@@ -160,6 +218,14 @@ let private sink (exactlyOnce: bool) (streams: int) (inFlight: int) (connectionS
             Pipelining = inFlight
     }
 
+    // Unjoined: the writer before group commit (each batch in its own transaction, as many at once
+    // as are ready, 4 in flight), measured in the same run for comparison.
+    let config =
+        if joined then
+            config
+        else
+            { config with Pipelining = 4 } |> UpsertConfig.withGroupCommit 100 1
+
     use writer = (UpsertWriter.create config).GetAwaiter().GetResult()
     // Row i stands for offset i of partition 0; the warm-up row (-1) for offset 0 of partition 1.
     let positionOf (row: obj[]) =
@@ -177,15 +243,22 @@ let private sink (exactlyOnce: bool) (streams: int) (inFlight: int) (connectionS
     (write [ record -1 ]).GetAwaiter().GetResult()
 
     let what =
-        (if exactlyOnce then "exactly-once " else "") + $"sink {streams}x{inFlight}"
+        (if exactlyOnce then "exactly-once " else "")
+        + $"sink {streams}x{inFlight}"
+        + (if joined then "" else " unjoined")
 
-    timedRate connectionString "bench_sink" (int64 rowCount + 1L) what rowCount (fun () ->
-        let writes =
-            parts
-            |> List.map (fun part -> Task.Run(fun () -> writeLane writer.Pipelining write part))
-            |> Array.ofList
+    let measured =
+        timedRate server "bench_sink" (int64 rowCount + 1L) what rowCount (fun () ->
+            let writes =
+                parts
+                |> List.map (fun part -> Task.Run(fun () -> writeLane writer.Pipelining write part))
+                |> Array.ofList
 
-        Task.WaitAll writes)
+            Task.WaitAll writes)
+
+    let struct (statements, batches) = writer.GroupCommits
+    printfn "    %-22s %9.1f batches per transaction" "" (float batches / float statements)
+    measured
 
 /// Copies rows (id, name, qty, price, at) into a table with one binary COPY, in one transaction.
 let private copyInTransaction (connection: NpgsqlConnection) (table: string) (rows: obj[] seq) =
@@ -210,29 +283,32 @@ let private copyInTransaction (connection: NpgsqlConnection) (table: string) (ro
     transaction.Commit()
 
 /// Raw binary COPY of the same rows into an empty table, in one stream and one transaction.
-let private rawCopy (connectionString: string) =
+let private rawCopy (server: Server) =
+    let connectionString = server.ConnectionString
     freshTable connectionString "bench_copy"
     let rows = Array.init rowCount record
     use connection = new NpgsqlConnection(connectionString)
     connection.Open()
 
-    timedRate connectionString "bench_copy" (int64 rowCount) "raw COPY" rowCount (fun () ->
+    timedRate server "bench_copy" (int64 rowCount) "raw COPY" rowCount (fun () ->
         copyInTransaction connection "bench_copy" rows)
 
 /// Raw binary COPY of the same rows in batches of batchSize, each in its own transaction (the sink's
 /// commit granularity): what a batch of 1,000 can cost at best.
-let private rawCopyBatched (connectionString: string) =
+let private rawCopyBatched (server: Server) =
+    let connectionString = server.ConnectionString
     freshTable connectionString "bench_copy_batched"
     let rows = Array.init rowCount record
     use dataSource = NpgsqlDataSource.Create connectionString
 
-    timedRate connectionString "bench_copy_batched" (int64 rowCount) "batched raw COPY" rowCount (fun () ->
+    timedRate server "bench_copy_batched" (int64 rowCount) "batched raw COPY" rowCount (fun () ->
         for b in 0 .. rowCount / batchSize - 1 do
             use connection = dataSource.OpenConnection()
             copyInTransaction connection "bench_copy_batched" (ArraySegment(rows, b * batchSize, batchSize)))
 
 /// A naive upsert: one prepared INSERT ... ON CONFLICT per row, a transaction per batch of batchSize.
-let private naive (connectionString: string) =
+let private naive (server: Server) =
+    let connectionString = server.ConnectionString
     freshTable connectionString "bench_naive"
     use connection = new NpgsqlConnection(connectionString)
     connection.Open()
@@ -256,7 +332,7 @@ let private naive (connectionString: string) =
     command.Parameters.AddRange parameters
     command.Prepare()
 
-    timedRate connectionString "bench_naive" (int64 naiveRowCount) "naive" naiveRowCount (fun () ->
+    timedRate server "bench_naive" (int64 naiveRowCount) "naive" naiveRowCount (fun () ->
         for b in 0 .. naiveRowCount / batchSize - 1 do
             use transaction = connection.BeginTransaction()
             command.Transaction <- transaction
@@ -271,47 +347,97 @@ let private naive (connectionString: string) =
 
             transaction.Commit())
 
+/// The writer's client work before the server (no statement): each batch reserved in the pipeline
+/// (rows mapped and normalized, keys hashed and placed) and released, for rowCount rows in batches of
+/// batchSize; prints and returns CPU µs and allocated bytes per row (best of `rounds`).
+let private preparation (server: Server) =
+    freshTable server.ConnectionString "bench_prepare"
+
+    let batches =
+        List.init (rowCount / batchSize) (fun b -> List.init batchSize (fun i -> record (b * batchSize + i)))
+        |> List.map (fun batch -> Unchecked.nonNull (box batch))
+
+    let config =
+        UpsertConfig.create
+            (PgConnection.ConnectionString server.ConnectionString)
+            "bench_prepare"
+            fields
+            [ "id" ]
+            id
+
+    use writer = (UpsertWriter.create config).GetAwaiter().GetResult()
+    let pipelining = writer.Pipelining
+
+    let once () =
+        let cpu = Process.GetCurrentProcess().TotalProcessorTime
+        let bytes = GC.GetAllocatedBytesForCurrentThread()
+
+        for batch in batches do
+            pipelining.Reserve batch |> ignore
+            pipelining.Release batch
+
+        let used = Process.GetCurrentProcess().TotalProcessorTime - cpu
+        let allocated = GC.GetAllocatedBytesForCurrentThread() - bytes
+        used.TotalMilliseconds * 1000.0 / float rowCount, float allocated / float rowCount
+
+    let cpu, bytes = List.init rounds (fun _ -> once ()) |> List.min
+    execute server.ConnectionString "DROP TABLE bench_prepare"
+    printfn "    %-22s CPU %.2f µs per row, %.0f bytes allocated per row" "preparation" cpu bytes
+    cpu, bytes
+
 /// <summary>Runs the measurements on a throwaway PostgreSQL (or KFLOW_TEST_PG) and returns
 /// pg_sink_rows_per_s (one stream of batches written as the runtime's lane writes them with the sink's
-/// default pipelining: 4 in flight), pg_raw_copy_rows_per_s, pg_naive_rows_per_s and
+/// defaults: 16 in flight, group commit), pg_raw_copy_rows_per_s, pg_naive_rows_per_s and
 /// ratio_pg_sink_vs_copy, then pg_sink_sequential_rows_per_s and ratio_pg_sink_sequential_vs_copy (one
 /// batch after the other), pg_raw_copy_batched_rows_per_s and ratio_pg_sink_vs_batched_copy (COPY with
 /// the sink's batches and commits, one after the other), pg_sink_concurrent_rows_per_s (4 concurrent
 /// sequential streams, as the runtime writes partitions) and ratio_pg_sink_concurrent_vs_copy, and the
-/// exactly-once figures (one stream, pipelined).</summary>
-/// <remarks>The sink and the raw COPYs each run 3 times, alternated, and the best run of each counts. The
-/// naive rate is measured on 20,000 rows (a rate, so it extrapolates to 1,000,000). About a minute.</remarks>
+/// exactly-once figures (one stream, pipelined), pg_sink_unjoined_rows_per_s (the writer before group
+/// commit: 4 in flight, a transaction per batch), the client and server CPU µs per row of the main
+/// writers (pg_sink_server_cpu_us_per_row …: the server's processes from /proc) and the preparation
+/// micro-benchmark (pg_sink_prepare_cpu_us_per_row, pg_sink_prepare_bytes_per_row).</summary>
+/// <remarks>The sink and the raw COPYs each run 3 times, alternated, and the best run of each counts (CPU
+/// figures: medians). The naive rate is measured on 20,000 rows (a rate, so it extrapolates to
+/// 1,000,000). About a minute and a half.</remarks>
 let run () : (string * float) list =
     // The server's ordinary durable settings, not the tests' (which turn fsync, synchronous_commit and
     // full_page_writes off): a sink that commits every batch pays for its commits, as in production.
-    use server =
+    use postgres =
         Postgres.startWith {
             PostgresOptions.defaults with
                 Settings = durable
         }
 
-    let connectionString = server.ConnectionString
+    let server = {
+        ConnectionString = postgres.ConnectionString
+        CpuSeconds = serverCpuSeconds postgres.DataDirectory
+    }
 
     let measured =
         List.init rounds (fun _ -> [|
-            rawCopy connectionString
-            rawCopyBatched connectionString
-            sink false 1 1 connectionString
-            sink false concurrentStreams 1 connectionString
-            sink true 1 UpsertConfig.DefaultPipelining connectionString
-            sink false 1 UpsertConfig.DefaultPipelining connectionString
+            rawCopy server
+            rawCopyBatched server
+            sink false 1 1 true server
+            sink false concurrentStreams 1 true server
+            sink true 1 UpsertConfig.DefaultPipelining true server
+            sink false 1 UpsertConfig.DefaultPipelining true server
+            sink false 1 4 false server
         |])
 
-    let rates (i: int) =
-        measured |> List.map (fun run -> run[i])
+    let of' (figure: Measured -> float) (i: int) =
+        measured |> List.map (fun run -> figure run[i])
 
+    let rates = of' _.Rate
     let best (i: int) = List.max (rates i)
 
-    let median (i: int) =
-        let sorted = rates i |> List.sort
+    let medianOf (values: float list) =
+        let sorted = List.sort values
         sorted[sorted.Length / 2]
 
-    let naiveRate = naive connectionString
+    let median (i: int) = medianOf (rates i)
+
+    let naiveRate = (naive server).Rate
+    let prepareCpu, prepareBytes = preparation server
 
     for table in
         [
@@ -321,7 +447,7 @@ let run () : (string * float) list =
             "bench_naive"
             "bench_applied_offsets"
         ] do
-        execute connectionString $"DROP TABLE IF EXISTS {table}"
+        execute server.ConnectionString $"DROP TABLE IF EXISTS {table}"
 
     let names = [|
         "raw COPY, one stream"
@@ -330,20 +456,59 @@ let run () : (string * float) list =
         $"sink, {concurrentStreams} concurrent streams"
         $"sink, exactly-once, {UpsertConfig.DefaultPipelining} in flight"
         $"sink, {UpsertConfig.DefaultPipelining} in flight (default)"
+        "sink, 4 in flight, unjoined"
     |]
 
     printfn "PostgreSQL sink: %d rows of 5 columns, best and median of %d runs" rowCount rounds
-    printfn "| %-30s | %14s | %14s |" "writer" "median rows/s" "best rows/s"
-    printfn "|%s|%s|%s|" (String('-', 32)) (String('-', 16)) (String('-', 16))
+    printfn "(CPU: medians of the runs, µs per row; the server's processes: backends, WAL writer…)"
+
+    printfn
+        "| %-30s | %14s | %14s | %10s | %10s |"
+        "writer"
+        "median rows/s"
+        "best rows/s"
+        "client CPU"
+        "server CPU"
+
+    printfn
+        "|%s|%s|%s|%s|%s|"
+        (String('-', 32))
+        (String('-', 16))
+        (String('-', 16))
+        (String('-', 12))
+        (String('-', 12))
+
+    let clientCpu (i: int) = medianOf (of' _.ClientCpu i)
+    let serverCpu (i: int) = medianOf (of' _.ServerCpu i)
 
     for i in 0 .. names.Length - 1 do
-        printfn "| %-30s | %14.0f | %14.0f |" names[i] (median i) (best i)
+        printfn
+            "| %-30s | %14.0f | %14.0f | %10.2f | %10.2f |"
+            names[i]
+            (median i)
+            (best i)
+            (clientCpu i)
+            (serverCpu i)
 
-    printfn "| %-30s | %14s | %14.0f |" $"naive upsert ({naiveRowCount} rows)" "" naiveRate
-    printfn "| %-30s | %14.2f | %14.2f |" "ratio sink / raw COPY" (median 5 / median 0) (best 5 / best 0)
+    printfn
+        "| %-30s | %14s | %14.0f | %10s | %10s |"
+        $"naive upsert ({naiveRowCount} rows)"
+        ""
+        naiveRate
+        ""
+        ""
+
+    printfn
+        "| %-30s | %14.2f | %14.2f | %10s | %10s |"
+        "ratio sink / raw COPY"
+        (median 5 / median 0)
+        (best 5 / best 0)
+        ""
+        ""
 
     // The keys hold the best run of each: on a shared machine the least disturbed run is the best
-    // estimate of what each writer costs; the medians are recorded next to them.
+    // estimate of what each writer costs; the medians are recorded next to them. CPU figures are
+    // medians (CPU per row depends little on the neighbours); an external server's are left out.
     [
         "pg_sink_rows_per_s", best 5
         "pg_raw_copy_rows_per_s", best 0
@@ -361,4 +526,18 @@ let run () : (string * float) list =
         "pg_sink_concurrent_rows_per_s_median", median 3
         "pg_sink_exactly_once_rows_per_s", best 4
         "ratio_pg_sink_exactly_once_vs_sink", best 4 / best 5
+        "pg_sink_client_cpu_us_per_row", clientCpu 5
+        "pg_sink_server_cpu_us_per_row", serverCpu 5
+        "pg_raw_copy_client_cpu_us_per_row", clientCpu 0
+        "pg_raw_copy_server_cpu_us_per_row", serverCpu 0
+        "pg_raw_copy_batched_server_cpu_us_per_row", serverCpu 1
+        "pg_sink_sequential_server_cpu_us_per_row", serverCpu 2
+        "pg_sink_exactly_once_server_cpu_us_per_row", serverCpu 4
+        "pg_sink_prepare_cpu_us_per_row", prepareCpu
+        "pg_sink_prepare_bytes_per_row", prepareBytes
+        "pg_sink_unjoined_rows_per_s", best 6
+        "ratio_pg_sink_unjoined_vs_copy", best 6 / best 0
+        "pg_sink_unjoined_client_cpu_us_per_row", clientCpu 6
+        "pg_sink_unjoined_server_cpu_us_per_row", serverCpu 6
     ]
+    |> List.filter (fun (_, value) -> not (Double.IsNaN value))

@@ -15,7 +15,7 @@ public static class PostgresFlowExtensions
     /// transaction (the last row per key in a batch wins; replays are idempotent). Properties map to
     /// columns by name (see <see cref="PostgresColumns"/>). The table, its columns and its key are
     /// checked when the workflow starts; transient errors are retried (10 attempts, 100 ms to 5 s). Up to
-    /// <see cref="PostgresTable.Pipelining"/> batches of one substream are written at once (default 4),
+    /// <see cref="PostgresTable.Pipelining"/> batches of one substream are written at once (default 16),
     /// in order per key.
     /// With <see cref="PostgresTable.WithExactlyOnce"/> each batch also records its messages' offsets
     /// for the workflow's group in the same statement, and each message is applied once (see
@@ -51,7 +51,7 @@ public static class PostgresFlowExtensions
             return withProblems.EndWith(sinkName, async ctx =>
             {
                 var writer = await UpsertWriterCore.CreateExactlyOnceAsync(ConnectionString(table, ctx), table.Table,
-                    columns, table.Keys, values, groupId, table.OffsetsTable!, table.Pipelining).ConfigureAwait(false);
+                    columns, table.Keys, values, groupId, table.OffsetsTable!, table.Pipelining, table.Statements).ConfigureAwait(false);
                 ctx.Resources.Add(writer);
                 return pipe => UpsertWriterCore.SinkExactlyOnce(pipe, sinkName, writer, new Action<int>(n => ctx.AddWritten(n)));
             });
@@ -60,7 +60,7 @@ public static class PostgresFlowExtensions
         return withProblems.EndWith(sinkName, async ctx =>
         {
             var writer = await UpsertWriterCore.CreateAsync(ConnectionString(table, ctx), table.Table, columns,
-                table.Keys, values, table.Pipelining).ConfigureAwait(false);
+                table.Keys, values, table.Pipelining, table.Statements).ConfigureAwait(false);
             ctx.Resources.Add(writer);
             return pipe => UpsertWriterCore.Sink(pipe, sinkName, writer, new Action<int>(n => ctx.AddWritten(n)));
         });

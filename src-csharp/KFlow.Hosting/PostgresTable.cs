@@ -48,8 +48,15 @@ public sealed record PostgresTable
     /// <summary>Batches of one substream (a partition, or a key after <c>Demux</c>) written at once, each on
     /// its own pooled connection; a batch sharing a key with an earlier one still in flight waits for it,
     /// so per key the table sees the batches in order. 1 writes one batch at a time. Lower it when many
-    /// substreams write at once (each may hold this many connections of the pool). Default 4.</summary>
-    public int Pipelining { get; init; } = 4;
+    /// substreams write at once (each may hold this many connections of the pool). Default 16 (the
+    /// writer joins the batches waiting behind its running statement into one transaction).</summary>
+    public int Pipelining { get; init; } = 16;
+
+    /// <summary>Statements (transactions) of this table's writer talking to the server at once, for all
+    /// substreams; the batches ready meanwhile are joined into the next one (group commit: fewer commits
+    /// and less server work per row). Raise it for a server with many cores, or when statements may wait
+    /// on locks held by other sessions (one waiting statement holds up the others). Default 1.</summary>
+    public int Statements { get; init; } = 1;
 
     /// <summary>Table <paramref name="table"/> upserted by <paramref name="keys"/>.</summary>
     public static PostgresTable Named(string table, params string[] keys) => new(table ?? "", keys ?? Array.Empty<string>());
@@ -63,13 +70,19 @@ public sealed record PostgresTable
         this with { ExactlyOnce = true, OffsetsTable = offsetsTable };
 
     /// <summary>This table written with up to <paramref name="inFlight"/> batches of one substream at
-    /// once (see <see cref="Pipelining"/>; default 4, 1: one at a time).</summary>
+    /// once (see <see cref="Pipelining"/>; default 16, 1: one at a time).</summary>
     public PostgresTable WithPipelining(int inFlight) => this with { Pipelining = inFlight };
+
+    /// <summary>This table written with up to <paramref name="statements"/> statements at once (see
+    /// <see cref="Statements"/>; default 1).</summary>
+    public PostgresTable WithStatements(int statements) => this with { Statements = statements };
 
     internal IEnumerable<string> Problems()
     {
         if (Pipelining < 1)
-            yield return $"ToPostgres: table '{Table}' has Pipelining {Pipelining}; it must be at least 1 (1 writes one batch at a time; default 4).";
+            yield return $"ToPostgres: table '{Table}' has Pipelining {Pipelining}; it must be at least 1 (1 writes one batch at a time; default 16).";
+        if (Statements < 1)
+            yield return $"ToPostgres: table '{Table}' has Statements {Statements}; it must be at least 1 (statements of the writer at once; default 1).";
         if (string.IsNullOrWhiteSpace(Table))
             yield return "ToPostgres: the table name must not be empty.";
         if (Keys.Count == 0 && !ExactlyOnce)

@@ -15,7 +15,8 @@ type UpsertWriterCore =
     /// key now. <paramref name="row"/> returns a record's values in the order of
     /// <paramref name="fields"/> (null for NULL). Default retries: 10 attempts, 100 ms to 5 s.
     /// <paramref name="pipelining"/>: batches of one substream written at once by <see cref="Sink"/>
-    /// (UpsertConfig.Pipelining); default 0: 4.</summary>
+    /// (UpsertConfig.Pipelining); default 0: 16. <paramref name="statements"/>: statements of the writer
+    /// at once, the batches waiting meanwhile joined (UpsertConfig.Statements); default 0: 1.</summary>
     static member CreateAsync
         (
             connectionString: string,
@@ -23,9 +24,12 @@ type UpsertWriterCore =
             fields: IReadOnlyList<string>,
             keys: IReadOnlyList<string>,
             row: Func<'a, obj[]>,
-            [<Optional; DefaultParameterValue(0)>] pipelining: int
+            [<Optional; DefaultParameterValue(0)>] pipelining: int,
+            [<Optional; DefaultParameterValue(0)>] statements: int
         ) : Task<UpsertWriter<'a>> =
-        UpsertWriter.create (UpsertWriterCore.Config(connectionString, table, fields, keys, row, pipelining))
+        UpsertWriter.create (
+            UpsertWriterCore.Config(connectionString, table, fields, keys, row, pipelining, statements)
+        )
 
     /// <summary>Creates a writer in exactly-once mode (see UpsertConfig.withExactlyOnce): each batch
     /// records its source offsets for <paramref name="groupId"/> in the offsets table in the same
@@ -41,7 +45,9 @@ type UpsertWriterCore =
     /// <param name="offsetsTable">The offsets table (table or schema.table). Default null:
     /// kflow_applied_offsets.</param>
     /// <param name="pipelining">Batches of one substream written at once (UpsertConfig.Pipelining).
-    /// Default 0: 4.</param>
+    /// Default 0: 16.</param>
+    /// <param name="statements">Statements of the writer at once, the batches waiting meanwhile joined
+    /// (UpsertConfig.Statements). Default 0: 1.</param>
     static member CreateExactlyOnceAsync
         (
             connectionString: string,
@@ -51,7 +57,8 @@ type UpsertWriterCore =
             row: Func<'a, obj[]>,
             groupId: string,
             [<Optional; DefaultParameterValue(null: string)>] offsetsTable: string,
-            [<Optional; DefaultParameterValue(0)>] pipelining: int
+            [<Optional; DefaultParameterValue(0)>] pipelining: int,
+            [<Optional; DefaultParameterValue(0)>] statements: int
         ) : Task<UpsertWriter<'a>> =
         let exactlyOnce = {
             ExactlyOnceOptions.create groupId with
@@ -63,7 +70,7 @@ type UpsertWriterCore =
         }
 
         UpsertWriter.create {
-            UpsertWriterCore.Config(connectionString, table, fields, keys, row, pipelining) with
+            UpsertWriterCore.Config(connectionString, table, fields, keys, row, pipelining, statements) with
                 ExactlyOnce = Some exactlyOnce
         }
 
@@ -74,7 +81,8 @@ type UpsertWriterCore =
             fields: IReadOnlyList<string>,
             keys: IReadOnlyList<string>,
             row: Func<'a, obj[]>,
-            pipelining: int
+            pipelining: int,
+            statements: int
         ) : UpsertConfig<'a> =
         if isNull row then
             raise (ArgumentNullException("row", "Give the row mapper: a record's values in field order."))
@@ -91,6 +99,12 @@ type UpsertWriterCore =
             else
                 pipelining
         )
+        |> UpsertConfig.withGroupCommit
+            (if statements = 0 then
+                 UpsertConfig.DefaultStatements
+             else
+                 statements)
+            UpsertConfig.DefaultStatementRows
 
     /// The writer's pipelining for batches that come as IReadOnlyList: each becomes one F# list, made
     /// once (so a retry of the same batch finds its reservation), and the function making it.
@@ -132,7 +146,7 @@ type UpsertWriterCore =
         writer.Write(List.ofSeq batch)
 
     /// <summary>Ends a pipe of batches with <paramref name="writer"/> as a sink named
-    /// <paramref name="name"/> (see UpsertWriter.sink): up to the writer's pipelining (default 4) batches
+    /// <paramref name="name"/> (see UpsertWriter.sink): up to the writer's pipelining (default 16) batches
     /// of one substream are written at once, the writer keeping them in order per key.</summary>
     /// <param name="pipe">The pipe, ending in batches (e.g. after PipeCore.Aggregate).</param>
     /// <param name="name">The sink's name (logs, failures, stage policies).</param>

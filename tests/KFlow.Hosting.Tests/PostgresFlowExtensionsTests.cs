@@ -141,11 +141,24 @@ internal static class PostgresFlowExtensionsTests
                 "an offsets table without exactly-once mode");
             Expect.Contains(offsets.Message, "WithExactlyOnce(offsetsTable)", "the message says what to use");
         }),
-        Runner.TestCase("WithPipelining returns a new table with the setting (default 4), and less than 1 is refused at Build", () =>
+        Runner.TestCase("WithStatements returns a new table with the setting (default 1), and less than 1 is refused at Build", () =>
+        {
+            var table = PostgresTable.Named("events", "key");
+            var wider = table.WithStatements(4);
+            Expect.AreEqual(table.Statements, 1, "the default is 1 statement at once");
+            Expect.AreEqual(wider.Statements, 4, "the new table has the setting");
+            var flow = Workflow.FromKafka("t", "g")
+                .Map(m => new EventRow(m.Key, m.Partition, m.Offset, ""))
+                .Aggregate(Batch.OfMessages(10));
+            flow.ToPostgres(wider).Build();
+            var e = Expect.Throws<ArgumentException>(() => flow.ToPostgres(table.WithStatements(0)).Build(), "0 statements");
+            Expect.Contains(e.Message, "Statements", "the message names the setting");
+        }),
+        Runner.TestCase("WithPipelining returns a new table with the setting (default 16), and less than 1 is refused at Build", () =>
         {
             var table = PostgresTable.Named("events", "key");
             var pipelined = table.WithPipelining(8);
-            Expect.AreEqual(table.Pipelining, 4, "the default is 4 batches in flight");
+            Expect.AreEqual(table.Pipelining, 16, "the default is 16 batches in flight");
             Expect.AreEqual(pipelined.Pipelining, 8, "the new table has the setting");
             Expect.AreEqual(table.WithPipelining(1).Pipelining, 1, "1 writes one batch at a time");
             var flow = Workflow.FromKafka("t", "g")

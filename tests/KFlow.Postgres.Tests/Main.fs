@@ -15,6 +15,7 @@ let all =
         PgAppliedOffsetsTests.tests
         UpsertWriterTests.tests
         WritePipelineTests.tests
+        GroupCommitTests.tests
         ExactlyOnceCrashTests.tests
         ExactlyOnceZombieTests.tests
         PostgresSinkDocTests.tests

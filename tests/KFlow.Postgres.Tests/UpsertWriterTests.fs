@@ -39,18 +39,21 @@ let private slowInserts (table: string) =
           RETURN NULL; END $$; CREATE TRIGGER slow BEFORE INSERT ON {table} FOR EACH STATEMENT \
           EXECUTE FUNCTION {table}_slow()"
 
-/// Waits until the sink's INSERT into the table runs on the server (its transaction is open).
+/// Waits until the sink's INSERT (or COPY, for 2,000 rows or more of new keys) into the table runs on
+/// the server (its transaction is open).
 let private waitForInsert (table: string) =
     let deadline = DateTime.UtcNow.AddSeconds 30.0
-    let pattern = $"INSERT INTO \"{table}\"%%"
+    let insert = $"INSERT INTO \"{table}\"%%"
+    let copy = $"COPY \"{table}\"%%"
 
     let running () =
         scalar<int64>
-            $"SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '{pattern}'" > 0L
+            $"SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND (query LIKE '{insert}' \
+              OR query LIKE '{copy}')" > 0L
 
     while not (running ()) do
         if DateTime.UtcNow > deadline then
-            failtest "the sink's INSERT never started"
+            failtest "the sink's INSERT or COPY never started"
 
         Thread.Sleep 10
 
