@@ -30,7 +30,7 @@ type internal PartitionWorker
 
     let writer = channel.Writer
 
-    // Completions of sink writes and async calls skip the commands queued in the channel: a burst of
+    // Completions of sink writes (and async calls: callsEnded) skip the commands queued in the channel: a burst of
     // delivered messages would otherwise delay every completion (and the next call of its substream)
     // by the time the loop takes to push them all. Measured on bench (e): 3.5-5 ms from a call's
     // end to the next call of its key. `wakePending` is 1 while a Wake is in the channel.
@@ -138,27 +138,17 @@ type internal PartitionWorker
         waiting <- new CancellationTokenSource()
         old.Cancel()
 
-    let callPending (id: int) (t: Task<obj>) =
-        let gen = generation
+    // Async calls that ended, queued by the thread that ended them (taken with the completions).
+    let callsEnded = ConcurrentQueue<RunningCall>()
 
-        t.ContinueWith(
-            (fun (t: Task<obj>) ->
-                postCompletion (
-                    CallDone(
-                        gen,
-                        id,
-                        (if t.IsCompletedSuccessfully then
-                             Ok t.Result
-                         else
-                             Error(taskError t))
-                    )
-                )),
-            TaskContinuationOptions.ExecuteSynchronously
-        )
-        |> ignore
+    let callEnded (call: RunningCall) =
+        callsEnded.Enqueue call
+
+        if Interlocked.Exchange(&wakePending, 1) = 0 then
+            writer.TryWrite Wake |> ignore
 
     let calls =
-        AsyncCalls(tp, handling, callGate, (fun () -> waiting.Token), callPending)
+        AsyncCalls(tp, handling, callGate, (fun () -> waiting.Token), (fun () -> generation), callEnded)
 
     // The guard of each sink's writes (FailureHandling.sinkGuard), built once per sink name.
     let guards = Collections.Generic.Dictionary<string, SinkRequest -> SinkRequest>()
@@ -400,14 +390,6 @@ type internal PartitionWorker
                 | Some _ -> ()
 
             true
-        | CallDone(gen, id, result) ->
-            if gen = generation then
-                calls.Arrived(id, result)
-            else
-                counters.Refused()
-                log $"{tp}: async call {id} of an earlier assignment ended; ignored."
-
-            true
         | Clock ->
             if generation >= 0 then
                 push Tick
@@ -485,11 +467,25 @@ type internal PartitionWorker
         | Deliver batch -> max 1 batch.Count
         | _ -> 1
 
+    /// Settles an async call that ended: its result is queued for the pipe, unless it belongs to an
+    /// earlier assignment (then it is ignored).
+    let settleCall (call: RunningCall) =
+        if call.Generation = generation then
+            calls.Arrived(call.Id, call.Result)
+        else
+            counters.Refused()
+            log $"{tp}: async call {call.Id} of an earlier assignment ended; ignored."
+
     let takeCompletions () =
         let mutable completion = Unchecked.defaultof<WorkerCommand>
 
         while completions.TryDequeue &completion do
             handle completion |> ignore
+
+        let mutable call = Unchecked.defaultof<RunningCall>
+
+        while callsEnded.TryDequeue &call do
+            settleCall call
 
     let loop () = task {
         let reader = channel.Reader
