@@ -214,11 +214,22 @@ let demuxAggregate (input: Input) : float option =
 
         Some(runUntil "demux-aggregate" o (TimeSpan.FromMinutes 5.0) meter (demuxAggregatePipe meter))
 
-/// (e): asyncDemuxPipe over the input; the rate against the ideal (concurrency × 200 msg/s), where
-/// the concurrency is the number of calls the workflow lets run at once: one per key (1,000) under
-/// the default MaxConcurrentCalls (1,024), or `cap` (WorkflowOptions.MaxConcurrentCalls) if lower.
-let asyncDemux (timer: AsyncStep.Timer) (cap: int option) (input: Input) : AsyncFigure option =
-    let meter = Meter input.Messages
+/// (e): asyncDemuxPipe over the input (its first `limit` messages if given); the rate against the
+/// ideal (concurrency × 200 msg/s), where the concurrency is the number of calls the workflow lets
+/// run at once: one per key (1,000) under the default MaxConcurrentCalls (1,024), or `cap`
+/// (WorkflowOptions.MaxConcurrentCalls) if lower.
+let asyncDemux
+    (timer: AsyncStep.Timer)
+    (cap: int option)
+    (limit: int option)
+    (input: Input)
+    : AsyncFigure option =
+    let meter =
+        Meter(
+            match limit with
+            | Some n -> min n input.Messages
+            | None -> input.Messages
+        )
 
     let name =
         match cap with

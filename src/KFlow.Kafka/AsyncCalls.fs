@@ -15,14 +15,8 @@ open KFlow
 /// tasks, two closures and the task's continuation list.</summary>
 [<Sealed>]
 type internal RunningCall
-    (
-        generation: int,
-        id: int,
-        task: Task<obj>,
-        gate: ConcurrencyGate,
-        held: bool,
-        ended: RunningCall -> unit
-    ) =
+    (generation: int, id: int, task: Task<obj>, gate: ConcurrencyGate, held: bool, ended: RunningCall -> unit)
+    =
     member private this.End() =
         if held then
             gate.Release()
@@ -111,7 +105,8 @@ type internal AsyncCalls
 
                 FailureHandling.retrying
                     handling
-                    (fun () -> $"{tp}: async map '{request.Stage}' at offset {request.Envelope.Position.Offset}")
+                    (fun () ->
+                        $"{tp}: async map '{request.Stage}' at offset {request.Envelope.Position.Offset}")
                     policy
                     (fun () -> gate.Run(cancel, (fun () -> call request)))
 
