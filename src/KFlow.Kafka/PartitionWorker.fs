@@ -126,7 +126,6 @@ type internal PartitionWorker
         let gen = generation
         whenEnded t (fun error -> SinkDone(gen, request, error))
 
-    let lanes = SinkLanes(writeEnded, writePending)
 
     // Cancelled when the assignment's state is released or the loop ends: calls and writes still
     // waiting for a slot of the workflow's gates are dropped without running (their completions
@@ -150,27 +149,35 @@ type internal PartitionWorker
     let calls =
         AsyncCalls(tp, handling, callGate, (fun () -> waiting.Token), (fun () -> generation), callEnded)
 
-    // The guard of each sink's writes (FailureHandling.sinkGuard), built once per sink name.
-    let guards = Collections.Generic.Dictionary<string, SinkRequest -> SinkRequest>()
+    // How each sink's writes are guarded and started (FailureHandling.sinkStarter), built once per
+    // sink name on the loop when its first write is queued (read where a pipelined write starts).
+    let sinks =
+        ConcurrentDictionary<string, struct ((SinkRequest -> SinkRequest) * (SinkRequest -> Task))>()
+
+    let sinkOf (name: string) =
+        match sinks.TryGetValue name with
+        | true, s -> s
+        | _ ->
+            let s =
+                FailureHandling.sinkStarter
+                    handling
+                    (fun () -> $"{tp}: sink '{name}'")
+                    offsets.DeadLetterable
+                    name
+
+            sinks.TryAdd(name, s) |> ignore
+            s
 
     let guarded (request: SinkRequest) =
-        let guard =
-            match guards.TryGetValue request.Sink with
-            | true, g -> g
-            | _ ->
-                let sink = request.Sink
-
-                let g =
-                    FailureHandling.sinkGuard
-                        handling
-                        (fun () -> $"{tp}: sink '{sink}'")
-                        offsets.DeadLetterable
-                        sink
-
-                guards[sink] <- g
-                g
-
+        let struct (guard, _) = sinkOf request.Sink
         guard request
+
+    /// Starts a guarded write (timed while a listener records stage latency).
+    let startWrite (request: SinkRequest) =
+        let struct (_, start) = sinkOf request.Sink
+        StageTiming.startWrite counters.Name start request
+
+    let lanes = SinkLanes(writeEnded, writePending, startWrite)
 
     /// Each try of a write runs under the workflow's MaxConcurrentWrites.
     let gatedWrite (request: SinkRequest) =
@@ -186,7 +193,7 @@ type internal PartitionWorker
             }
 
     let enqueueWrite (request: SinkRequest) =
-        let request = gatedWrite request |> guarded |> StageTiming.write counters.Name
+        let request = gatedWrite request |> guarded
         writesInFlight <- writesInFlight + 1
         lanes.Enqueue request
 
