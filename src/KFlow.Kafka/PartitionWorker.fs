@@ -44,7 +44,7 @@ type internal PartitionWorker
             writer.TryWrite Wake |> ignore
 
     // State owned by the loop.
-    let offsets = OpenOffsets(tp, counters, log)
+    let offsets = OpenOffsets(tp, counters, log, handling.DeadLetters.IsSome)
     let mutable run = newRun ()
     let mutable generation = -1
     let mutable writesInFlight = 0
