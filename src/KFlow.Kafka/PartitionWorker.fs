@@ -279,17 +279,21 @@ type internal PartitionWorker
 
     let push (event: Event<obj>) = pushAt DateTimeOffset.UtcNow event
 
-    /// Resumes the async calls that have a result, oldest first.
+    /// Resumes the async calls that have a result, oldest first, with one clock reading (as a batch
+    /// of delivered messages is pushed).
     let resumeReady () =
-        while calls.HasReady do
-            let struct (id, result) = calls.Take()
-            let run', effects = PipeRun.resume DateTimeOffset.UtcNow id result run
-            run <- run'
+        if calls.HasReady then
+            let now = DateTimeOffset.UtcNow
 
-            if draining.IsSome then
-                movedWhileDraining <- true
+            while calls.HasReady do
+                let struct (id, result) = calls.Take()
+                let run', effects = PipeRun.resume now id result run
+                run <- run'
 
-            apply effects
+                if draining.IsSome then
+                    movedWhileDraining <- true
+
+                apply effects
 
     let publish () =
         Volatile.Write(
