@@ -1,6 +1,7 @@
 // The exactly-once mode's fence end to end: instance A's sink writes are held (a paused process) while
 // its partitions move to a rebalance with instance B; both process every message again, commit and prune,
 // then A's held writes go on with A's old claims. They must be fenced; without the fence they apply twice.
+// Under cooperative-sticky assignment A keeps some partitions: only the writes of those it lost are fenced.
 module KFlow.Postgres.Tests.ExactlyOnceZombieTests
 
 open System
@@ -38,17 +39,17 @@ let private produce (cluster: EmbeddedKafkaCluster) =
     Expect.equal failed 0 "every message is delivered"
 
 /// Writes of instance A made while `Holding` is set wait for `Release` once they start; their outcomes
-/// are kept.
+/// are kept with the partition each wrote.
 type private Hold() =
     let gate = TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
-    let outcomes = ConcurrentQueue<exn option>()
+    let outcomes = ConcurrentQueue<int * exn option>()
     let mutable held = 0
 
     /// Whether new writes are held.
     member val Holding = true with get, set
     /// How many writes are held (or were).
     member _.Held = Volatile.Read &held
-    /// The outcomes of the held writes that ended: None when written.
+    /// The outcomes of the held writes that ended, with their partition: None when written.
     member _.Outcomes = List.ofSeq outcomes
     /// Lets the held writes go on.
     member _.Release() = gate.TrySetResult() |> ignore
@@ -57,6 +58,8 @@ type private Hold() =
     /// is made (UpsertWriter.ClaimedWrite), as the runtime makes it, before the hold.
     member hold.Write (writer: UpsertWriter<obj[]>) (positions: Position list) : obj[] list -> Task =
         let write = writer.ClaimedWrite positions
+        // A write's batch comes from one partition's substream.
+        let partition = (List.head positions).TopicPartition.Partition
 
         if not hold.Holding then
             write
@@ -67,9 +70,9 @@ type private Hold() =
 
                 try
                     do! write batch
-                    outcomes.Enqueue None
+                    outcomes.Enqueue(partition, None)
                 with error ->
-                    outcomes.Enqueue(Some error)
+                    outcomes.Enqueue(partition, Some error)
                     raise error
             }
 
@@ -95,9 +98,27 @@ let private rowsPerMessage (table: string) =
     |> List.map (fun r -> (unbox<int> r[0], unbox<int64> r[1]), unbox<int64> r[2])
     |> Map.ofList
 
-/// Runs the scenario; `fence` false switches A's fence check off (the control). Returns the rows per
-/// message, the held writes' outcomes, A's log and A's workflow.
-let private zombie (fence: bool) =
+/// The partitions a workflow has assigned now.
+let private assigned (handle: WorkflowHandle) =
+    handle.Stats.Partitions |> Seq.map _.Partition |> Set.ofSeq
+
+/// What a zombie run left: the rows per message before and after A's held writes went on, their
+/// outcomes (None: written) with the partition each wrote, A's log, failures and whether it ran, and the
+/// partitions A kept through the rebalance (none under eager assignment).
+[<NoEquality; NoComparison>]
+type private Zombie = {
+    Before: Map<int * int64, int64>
+    Rows: Map<int * int64, int64>
+    Outcomes: (int * exn option) list
+    Log: Log
+    AFailures: int64
+    ARunning: bool
+    Kept: Set<int>
+}
+
+/// Runs the scenario; `fence` false switches A's fence check off (the control); `cooperative` uses the
+/// cooperative-sticky assignor for both instances (eager otherwise).
+let private zombie (fence: bool) (cooperative: bool) =
     use cluster = EmbeddedKafka.start 1
     cluster.CreateTopic(topic, partitions)
     produce cluster
@@ -127,10 +148,14 @@ let private zombie (fence: bool) =
     let options (name: string) = {
         WorkflowOptions.create name cluster.BootstrapServers group [ topic ] with
             Properties =
-                FastClientSettings.consumer
-                |> Seq.filter (fun kv -> kv.Key <> "auto.offset.reset")
-                |> Seq.map (fun kv -> kv.Key, kv.Value)
-                |> List.ofSeq
+                (FastClientSettings.consumer
+                 |> Seq.filter (fun kv -> kv.Key <> "auto.offset.reset")
+                 |> Seq.map (fun kv -> kv.Key, kv.Value)
+                 |> List.ofSeq)
+                @ (if cooperative then
+                       [ "partition.assignment.strategy", "cooperative-sticky" ]
+                   else
+                       [])
             TickInterval = TimeSpan.FromMilliseconds 100.
             DrainTimeout = seconds 1.
             CommitInterval = TimeSpan.FromMilliseconds 200.
@@ -147,69 +172,125 @@ let private zombie (fence: bool) =
 
     hold.Holding <- false
     let b = Workflow.run (options "B") (pipe "B" writerB writerB.ClaimedWrite)
+    let all = Set.ofList [ 0 .. partitions - 1 ]
+
+    // Under cooperative-sticky assignment A keeps the partitions it still has once both instances share
+    // them all; under eager assignment every partition was revoked (and its claims taken again).
+    let kept =
+        if cooperative then
+            waitUntil log (seconds 60.) "A and B share the partitions" (fun () ->
+                let a, b = assigned a, assigned b
+
+                not a.IsEmpty
+                && not b.IsEmpty
+                && Set.union a b = all
+                && (Set.intersect a b).IsEmpty)
+
+            assigned a
+        else
+            Set.empty
+
+    let moved = all - kept
+    let ends = endOffsets cluster topic partitions |> Map.ofList
+
+    let messagesIn (ps: Set<int>) = ps |> Seq.sumBy (fun p -> int ends[p])
+
+    let rowsOf (ps: Set<int>) (rows: Map<int * int64, int64>) =
+        rows |> Map.filter (fun (p, _) _ -> ps.Contains p)
 
     // Kafka's committed offsets are not waited for: a partition that resumed past applied offsets up
     // to its end delivers nothing, so its committed offset stays behind until new messages arrive.
-    waitUntil log (seconds 90.) "A and B applied every message again" (fun () ->
-        (rowsPerMessage table).Count = messages)
+    waitUntil log (seconds 90.) "A and B applied every message of the moved partitions again" (fun () ->
+        (rowsPerMessage table |> rowsOf moved).Count = messagesIn moved)
 
     // What the runtime prunes once Kafka committed past them, now: the applied offsets that could
     // still show A's held batches as applied already are gone, as in a long-running service.
-    writerB.AppliedOffsets.Prune [
-        for p, e in endOffsets cluster topic partitions -> TopicPartition.create topic p, e
-    ]
+    writerB.AppliedOffsets.Prune [ for p in moved -> TopicPartition.create topic p, ends[p] ]
     |> _.Wait()
 
-    let before = rowsPerMessage table
+    let before = rowsPerMessage table |> rowsOf moved
     hold.Release()
 
     waitUntil log (seconds 30.) "every held write of A ended" (fun () -> hold.Outcomes.Length = hold.Held)
+    waitUntil log (seconds 60.) "every message has a row" (fun () -> (rowsPerMessage table).Count = messages)
 
-    let rows = rowsPerMessage table
-    let outcomes = hold.Outcomes
-    let aFailures = a.Stats.Failures
-    let aRunning = not a.Completion.IsCompleted
+    let result = {
+        Before = before
+        Rows = rowsPerMessage table
+        Outcomes = hold.Outcomes
+        Log = log
+        AFailures = a.Stats.Failures
+        ARunning = not a.Completion.IsCompleted
+        Kept = kept
+    }
+
     Expect.isTrue (a.StopAsync().Wait(seconds 30.)) "A stops"
     Expect.isTrue (b.StopAsync().Wait(seconds 30.)) "B stops"
-    before, rows, outcomes, log, aFailures, aRunning
+    result
 
-let private expectEachOnce (rows: Map<int * int64, int64>) (what: string) =
-    Expect.equal rows.Count messages $"{what}: every message has a row"
+/// Every message has exactly one row (`count` messages in all).
+let private expectEachOnceOf (count: int) (rows: Map<int * int64, int64>) (what: string) =
+    Expect.equal rows.Count count $"{what}: every message has a row"
 
     Expect.isEmpty
         (rows |> Map.filter (fun _ n -> n > 1L) |> Map.toList |> List.truncate 10)
         $"{what}: no message has two rows"
 
+/// The fence's checks: each message applied once; A's held writes of the partitions it lost fenced,
+/// dropped and not counted as failures; those of the partitions it kept written.
+let private expectFenced (z: Zombie) =
+    expectEachOnceOf z.Before.Count z.Before "before the release (the moved partitions)"
+    expectEachOnceOf messages z.Rows $"after the release.\nLog:\n{z.Log.Tail}"
+
+    let fenced, written =
+        z.Outcomes |> List.partition (fun (p, _) -> not (z.Kept.Contains p))
+
+    Expect.all
+        fenced
+        (fun (_, o) -> o |> Option.exists AppliedOffsets.isFenced)
+        $"every held write of a partition A lost was fenced: %A{fenced |> List.map (fun (p, o) -> p, o |> Option.map _.Message)}"
+
+    Expect.all
+        written
+        (fun (_, o) -> o.IsNone)
+        $"every held write of a partition A kept was written: %A{written |> List.map (fun (p, o) -> p, o |> Option.map _.Message)}"
+
+    Expect.isNonEmpty fenced "some held writes were of partitions A lost"
+
+    Expect.equal
+        (z.Log.Count "a write of an earlier assignment was fenced")
+        fenced.Length
+        "A dropped each fenced write of its earlier assignment"
+
+    Expect.equal z.AFailures 0L "A did not fail: a fenced write of a revoked partition is not a failure"
+    Expect.isTrue z.ARunning "A was still running"
+
 let tests =
     testSequenced
     <| testList "Exactly-once zombie" [
         testCase "a zombie's held writes are fenced after a rebalance, and every message stays applied once"
+        <| fun () -> zombie true false |> expectFenced
+
+        testCase
+            "under cooperative-sticky assignment only the held writes of the partitions the zombie lost are fenced, and every message stays applied once"
         <| fun () ->
-            let before, rows, outcomes, log, aFailures, aRunning = zombie true
-            expectEachOnce before "before the release"
-            expectEachOnce rows $"after the release.\nLog:\n{log.Tail}"
+            let z = zombie true true
+            Expect.isNonEmpty z.Kept "A kept some partitions through the cooperative rebalance"
+            expectFenced z
 
-            Expect.all
-                outcomes
-                (fun o -> o |> Option.exists AppliedOffsets.isFenced)
-                $"every held write was fenced: %A{outcomes |> List.map (Option.map _.Message)}"
-
-            Expect.equal
-                (log.Count "a write of an earlier assignment was fenced")
-                outcomes.Length
-                "A dropped each fenced write of its earlier assignment"
-
-            Expect.equal aFailures 0L "A did not fail: a fenced write of a revoked partition is not a failure"
-            Expect.isTrue aRunning "A was still running"
+            Expect.exists
+                z.Outcomes
+                (fun (p, _) -> z.Kept.Contains p)
+                "some held writes were of partitions A kept"
 
         testCase "without the fence (control) the zombie's held writes apply their messages a second time"
         <| fun () ->
-            let before, rows, outcomes, _, _, _ = zombie false
-            expectEachOnce before "before the release"
-            Expect.all outcomes Option.isNone "every held write was written"
+            let z = zombie false false
+            expectEachOnceOf messages z.Before "before the release"
+            Expect.all z.Outcomes (fun (_, o) -> o.IsNone) "every held write was written"
 
             Expect.equal
-                (rows |> Map.filter (fun _ n -> n > 1L) |> Map.count)
-                (10 * outcomes.Length)
+                (z.Rows |> Map.filter (fun _ n -> n > 1L) |> Map.count)
+                (10 * z.Outcomes.Length)
                 "each message of the held batches (10 each) applied twice: what the fence prevents"
     ]
