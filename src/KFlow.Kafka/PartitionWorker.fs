@@ -30,9 +30,9 @@ type internal PartitionWorker
 
     let writer = channel.Writer
 
-    // Completions of sink writes (and async calls: callsEnded) skip the commands queued in the channel: a burst of
-    // delivered messages would otherwise delay every completion (and the next call of its substream)
-    // by the time the loop takes to push them all. Measured on bench (e): 3.5-5 ms from a call's
+    // Completions of sink writes (and of async calls, in callsEnded) skip the commands queued in the
+    // channel: a burst of delivered messages would otherwise delay every completion (and the next call
+    // of its substream) by the time the loop takes to push them all. Measured on bench (e): 3.5-5 ms from a call's
     // end to the next call of its key. `wakePending` is 1 while a Wake is in the channel.
     let completions = ConcurrentQueue<WorkerCommand>()
     let mutable wakePending = 0
@@ -125,7 +125,6 @@ type internal PartitionWorker
     let writePending (request: SinkRequest) (t: Task) =
         let gen = generation
         whenEnded t (fun error -> SinkDone(gen, request, error))
-
 
     // Cancelled when the assignment's state is released or the loop ends: calls and writes still
     // waiting for a slot of the workflow's gates are dropped without running (their completions
