@@ -125,6 +125,36 @@ module internal AsyncQueue =
                 | Some front -> { q with Front = front; Back = [] }
                 | None -> q
 
+    /// <summary>Call `id`'s result when the call is the oldest entry (parallelism 1, or calls answering
+    /// in order): its input and the queue without it. ValueNone when another entry is older (then
+    /// withResult and ready).</summary>
+    /// <remarks>One queue built per answer instead of four objects and three list cells (bench
+    /// --only pipe-core, async demux).</remarks>
+    let answerOldest id (q: AsyncQueue) =
+        let without front back =
+            if q.Length = 1 then
+                empty
+            else
+                {
+                    Front = front
+                    Back = back
+                    Length = q.Length - 1
+                    Started = q.Started - 1
+                    Queued = q.Queued
+                }
+
+        match q.Front with
+        | Started(c, e, None) :: rest when c = id -> ValueSome(struct (e, without rest q.Back))
+        | [] ->
+            match q.Back with
+            | [ Started(c, e, None) ] when c = id -> ValueSome(struct (e, without [] []))
+            | [] -> ValueNone
+            | back ->
+                match List.rev back with
+                | Started(c, e, None) :: rest when c = id -> ValueSome(struct (e, without rest []))
+                | _ -> ValueNone
+        | _ -> ValueNone
+
     let private going entry =
         match entry with
         | Started(_, _, Some _)

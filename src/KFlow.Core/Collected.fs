@@ -10,14 +10,13 @@ open System
 /// are built, so the values it returns share nothing mutable (pipe-core bench: one object and one
 /// closure less per push). A nested push on the same thread gets a new one.
 [<Sealed; AllowNullLiteral>]
-type internal Collected() as this =
+type internal Collected() =
     let mutable outputs: Envelope<obj> list = []
     let mutable ledger: LedgerEffect list = []
     let mutable sinks: SinkRequest list = []
     let mutable requests: AsyncRequest list = []
     let mutable failures: StageFailure list = []
     let mutable inUse = false
-    let emit = fun (e: Envelope<obj>) -> this.Output e
 
     [<ThreadStatic; DefaultValue>]
     static val mutable private cached: Collected
@@ -36,13 +35,18 @@ type internal Collected() as this =
         Failures = []
     }
 
+    let mutable changes: Change = null
+
     member val Mode = RunInline with get, set
-    member val Calls: Map<int, Location> = Map.empty with get, set
+    /// The store's calls in flight by id (written through Call and EndCall).
+    member val Calls: Collections.Generic.Dictionary<int, Location> = null with get, set
     member val NextCall = 0 with get, set
     member val NextHold = 0 with get, set
 
     /// The thread's free instance (or a new one) set up for a push.
-    static member Take(mode: AsyncMode, calls: Map<int, Location>, nextCall: int, nextHold: int) =
+    static member Take
+        (mode: AsyncMode, calls: Collections.Generic.Dictionary<int, Location>, nextCall: int, nextHold: int)
+        =
         let acc =
             match Collected.cached with
             | null -> Collected()
@@ -63,6 +67,7 @@ type internal Collected() as this =
 
     /// Forgets what was collected and frees the instance for the next push.
     member _.Release() =
+        changes <- null
         outputs <- []
         ledger <- []
         sinks <- []
@@ -71,12 +76,36 @@ type internal Collected() as this =
         inUse <- false
 
     member _.Output(e: Envelope<obj>) = outputs <- e :: outputs
-    /// Output as a function (the continuation at the end of the top level).
-    member _.Emit = emit
     member _.Ledger(e: LedgerEffect) = ledger <- e :: ledger
     member _.Sink(s: SinkRequest) = sinks <- s :: sinks
     member _.Request(r: AsyncRequest) = requests <- r :: requests
     member _.Failure(f: StageFailure) = failures <- f :: failures
+
+    /// The writes to the store recorded so far, newest first (null: none).
+    member _.Changes = changes
+
+    /// Records a write to the store (before it is made).
+    member _.Record(change: Change) =
+        change.Next <- changes
+        changes <- change
+
+    /// Sets slot i of a states array, recording the write (none if the value is the same object).
+    member this.Set(states: NodeState[], i: int, state: NodeState) =
+        let old = states[i]
+
+        if not (obj.ReferenceEquals(old, state)) then
+            this.Record(SlotChange(states, i, old))
+            states[i] <- state
+
+    /// Records a call in flight at a location.
+    member this.Call(id: int, location: Location) =
+        this.Record(CallChange(this.Calls, id, null, 0))
+        this.Calls[id] <- location
+
+    /// Forgets a call in flight.
+    member this.EndCall(id: int, location: Location) =
+        this.Record(CallChange(this.Calls, id, location.Level, location.Node))
+        this.Calls.Remove id |> ignore
 
     /// A new hold id (one per broadcast).
     member this.TakeHold() =

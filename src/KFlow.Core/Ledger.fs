@@ -1,5 +1,7 @@
 // The offset ledger's implementation: per partition, 64-offset bitmaps of open offsets kept in a
-// persistent radix ring sized by the open window (not by absolute offsets), plus a cached commit point.
+// radix ring sized by the open window (not by absolute offsets), plus a cached commit point. The ring
+// is written in place and its older versions kept by rerooting (OffsetRing.fs), so a scattered
+// complete costs one small change instead of a copied path of 16-slot nodes.
 namespace KFlow
 
 open System.Numerics
@@ -30,7 +32,8 @@ type internal PartitionState = {
     TailMask: uint64
     /// The ring holds 16^Depth blocks; every block it holds lies in [CommitPoint/64, that + 16^Depth).
     Depth: int
-    Root: obj
+    /// The ring's version (null: empty).
+    Ring: RingVersion
     /// Open offsets with more than one open part.
     Multi: Map<int64, int>
 }
@@ -120,7 +123,7 @@ module Ledger =
             TailBlock = startOffset >>> 6
             TailMask = 0UL
             Depth = 1
-            Root = null
+            Ring = null
             Multi = Map.empty
         }
 
@@ -143,13 +146,13 @@ module Ledger =
 
     /// The ring of s with the tail block (non-empty) moved into it, growing the ring when the
     /// window from the commit block to the tail block no longer fits.
-    let private pushTail (s: PartitionState) : struct (int * obj) =
+    let private pushTail (s: PartitionState) : struct (int * RingVersion) =
         let low = s.CommitPoint >>> 6
         let span = s.TailBlock - low
         let capacity = 1L <<< (Ring.Bits * s.Depth)
 
         if span < capacity then
-            struct (s.Depth, Ring.set s.Root (s.Depth - 1) (s.TailBlock &&& (capacity - 1L)) s.TailMask)
+            struct (s.Depth, RingVersion.set (s.Depth - 1) (s.TailBlock &&& (capacity - 1L)) s.TailMask s.Ring)
         else
             let mutable depth = s.Depth + 1
 
@@ -157,17 +160,28 @@ module Ledger =
                 depth <- depth + 1
 
             let capacity' = 1L <<< (Ring.Bits * depth)
-            let root = ref null
 
-            Ring.iter
-                (fun slot mask ->
-                    let block = low + ((slot - low) &&& (capacity - 1L))
-                    root.Value <- Ring.set root.Value (depth - 1) (block &&& (capacity' - 1L)) mask)
-                s.Root
-                (s.Depth - 1)
-                0L
+            // A new ring of its own: its nodes are seen by no other version, so no write is recorded.
+            let root =
+                RingVersion.read s.Ring (fun old ->
+                    let root = ref null
 
-            struct (depth, Ring.set root.Value (depth - 1) (s.TailBlock &&& (capacity' - 1L)) s.TailMask)
+                    Ring.iter
+                        (fun slot mask ->
+                            let block = low + ((slot - low) &&& (capacity - 1L))
+
+                            root.Value <-
+                                Ring.set null root.Value (depth - 1) (block &&& (capacity' - 1L)) mask)
+                        old
+                        (s.Depth - 1)
+                        0L
+
+                    root.Value)
+
+            let root =
+                Ring.set null root (depth - 1) (s.TailBlock &&& (capacity' - 1L)) s.TailMask
+
+            struct (depth, RingVersion.fresh root)
 
     let deliver (position: Position) (ledger: Ledger) =
         let tp = position.TopicPartition
@@ -204,7 +218,7 @@ module Ledger =
                                 TailMask = bit
                         }
                     else
-                        let struct (depth, root) = pushTail s
+                        let struct (depth, ring) = pushTail s
 
                         {
                             s with
@@ -214,7 +228,7 @@ module Ledger =
                                 TailBlock = block
                                 TailMask = bit
                                 Depth = depth
-                                Root = root
+                                Ring = ring
                         }
 
                 Ok(struct (replaceAt i s' ledger, { Position = position; Epoch = s.Epoch }))
@@ -229,7 +243,7 @@ module Ledger =
             if block - (s.CommitPoint >>> 6) >= capacity then
                 0UL
             else
-                Ring.get s.Root (s.Depth - 1) (block &&& (capacity - 1L))
+                RingVersion.read s.Ring (fun root -> Ring.get root (s.Depth - 1) (block &&& (capacity - 1L)))
 
     /// The first open offset above `offset` in s, which must still hold an open offset above it.
     let private nextOpenAbove (s: PartitionState) (offset: int64) =
@@ -249,20 +263,22 @@ module Ledger =
         else
             let capacity = 1L <<< (Ring.Bits * s.Depth)
             let level = s.Depth - 1
-            let found = Ring.firstFrom s.Root level 0L ((block + 1L) &&& (capacity - 1L))
 
-            let slot =
-                if found >= 0L then
-                    found
+            RingVersion.read s.Ring (fun root ->
+                let found = Ring.firstFrom root level 0L ((block + 1L) &&& (capacity - 1L))
+
+                let slot =
+                    if found >= 0L then
+                        found
+                    else
+                        Ring.firstFrom root level 0L 0L
+
+                if slot >= 0L then
+                    let block' = block + ((slot - block) &&& (capacity - 1L))
+                    let mask = Ring.get root level slot
+                    (block' <<< 6) + int64 (BitOperations.TrailingZeroCount mask)
                 else
-                    Ring.firstFrom s.Root level 0L 0L
-
-            if slot >= 0L then
-                let block' = block + ((slot - block) &&& (capacity - 1L))
-                let mask = Ring.get s.Root level slot
-                (block' <<< 6) + int64 (BitOperations.TrailingZeroCount mask)
-            else
-                (s.TailBlock <<< 6) + int64 (BitOperations.TrailingZeroCount s.TailMask)
+                    (s.TailBlock <<< 6) + int64 (BitOperations.TrailingZeroCount s.TailMask))
 
     /// Replaces the open parts of an open offset (whose block's mask is `mask`) with `remaining` (≥ 0).
     let private withParts (s: PartitionState) (offset: int64) (mask: uint64) (parts: int) (remaining: int) =
@@ -291,7 +307,7 @@ module Ledger =
                         OpenCount = 0
                         TailMask = 0UL
                         Depth = 1
-                        Root = null
+                        Ring = null
                         Multi = multi
                 }
             else
@@ -310,7 +326,7 @@ module Ledger =
                         {
                             s with
                                 OpenCount = s.OpenCount - 1
-                                Root = Ring.set s.Root (s.Depth - 1) slot (mask &&& ~~~bit)
+                                Ring = RingVersion.set (s.Depth - 1) slot (mask &&& ~~~bit) s.Ring
                                 Multi = multi
                         }
 
@@ -392,11 +408,12 @@ module Ledger =
             let capacity = 1L <<< (Ring.Bits * s.Depth)
             let blocks = ResizeArray<struct (int64 * uint64)>()
 
-            Ring.iter
-                (fun slot mask -> blocks.Add(struct (low + ((slot - low) &&& (capacity - 1L)), mask)))
-                s.Root
-                (s.Depth - 1)
-                0L
+            RingVersion.read s.Ring (fun root ->
+                Ring.iter
+                    (fun slot mask -> blocks.Add(struct (low + ((slot - low) &&& (capacity - 1L)), mask)))
+                    root
+                    (s.Depth - 1)
+                    0L)
 
             if s.TailMask <> 0UL then
                 blocks.Add(struct (s.TailBlock, s.TailMask))

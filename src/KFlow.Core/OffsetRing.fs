@@ -1,8 +1,10 @@
-// A persistent radix ring of 64-offset bitmaps: the ledger's store of open offsets, sized by the open
-// window rather than by absolute offsets, with path-copying updates (O(log16 window)).
+// A radix ring of 64-offset bitmaps: the ledger's store of open offsets, sized by the open window
+// rather than by absolute offsets. Updated in place, its versions kept by rerooting (StoreVersion.fs).
 namespace KFlow
 
-/// A persistent radix trie of 64-bit masks used as a ring: block b (offsets 64b .. 64b+63) sits at
+open System.Threading
+
+/// A radix trie of 64-bit masks used as a ring: block b (offsets 64b .. 64b+63) sits at
 /// slot b mod 16^depth. Level-0 nodes are uint64[16]; higher levels are obj[16]; null is an empty
 /// subtree, and a node whose children are all empty is itself null (so a search never walks empties).
 module internal Ring =
@@ -43,30 +45,47 @@ module internal Ring =
 
         i = Width
 
-    /// A copy of the path to a slot with the slot's mask replaced; empty nodes collapse to null.
-    let rec set (node: obj) (level: int) (slot: int64) (mask: uint64) : obj =
+    /// <summary>Replaces the mask at a slot in place and returns the root (null when the ring is empty;
+    /// an emptied node becomes null). Each write to a node that existed before is recorded in `log`
+    /// (null: no other version sees the nodes); new nodes are filled before they are linked.</summary>
+    let rec set (log: ChangeLog) (node: obj) (level: int) (slot: int64) (mask: uint64) : obj =
         if isNull node && mask = 0UL then
             null
         elif level = 0 then
-            let a =
-                if isNull node then
-                    Array.zeroCreate<uint64> Width
-                else
-                    (node :?> uint64[]).Clone() :?> uint64[]
+            let j = int (slot &&& DigitMask)
 
-            a.[int (slot &&& DigitMask)] <- mask
-            if mask = 0UL && allZero a then null else box a
+            if isNull node then
+                let a = Array.zeroCreate<uint64> Width
+                a.[j] <- mask
+                box a
+            else
+                let a = node :?> uint64[]
+
+                if a.[j] <> mask then
+                    if not (isNull log) then
+                        log.Record(SlotChange(a, j, a.[j]))
+
+                    a.[j] <- mask
+
+                if mask = 0UL && allZero a then null else box a
         else
-            let a =
-                if isNull node then
-                    Array.zeroCreate<obj> Width
-                else
-                    (node :?> obj[]).Clone() :?> obj[]
-
             let i = digit slot level
-            let child = set a.[i] (level - 1) slot mask
-            a.[i] <- child
-            if isNull child && allNull a then null else box a
+
+            if isNull node then
+                let a = Array.zeroCreate<obj> Width
+                a.[i] <- set log null (level - 1) slot mask
+                box a
+            else
+                let a = node :?> obj[]
+                let child = set log a.[i] (level - 1) slot mask
+
+                if not (obj.ReferenceEquals(child, a.[i])) then
+                    if not (isNull log) then
+                        log.Record(SlotChange(a, i, a.[i]))
+
+                    a.[i] <- child
+
+                if isNull child && allNull a then null else box a
 
     /// The first slot ≥ from holding a non-zero mask, in the subtree whose first slot is basis; -1 if none.
     /// Because empty subtrees are null, this is O(depth × Width).
@@ -112,3 +131,60 @@ module internal Ring =
 
                 for i in 0 .. Width - 1 do
                     iter f a.[i] (level - 1) (basis + (int64 i <<< shift))
+
+/// <summary>A version of one partition's ring: the ring's store (the lock shared by its versions) and
+/// the root this version has. A ledger's partition holds one (null: an empty ring).</summary>
+[<Sealed; AllowNullLiteral>]
+type internal RingVersion(store: obj, root: obj) =
+    inherit StoreVersion()
+    member _.Store = store
+    member _.Root = root
+
+/// Reading and writing ring versions; each call holds the ring's lock and reroots it first.
+[<RequireQualifiedAccess>]
+module internal RingVersion =
+    /// Runs `read` on the root of a version's ring (null for none), rerooted, under the ring's lock.
+    let inline read (ring: RingVersion) ([<InlineIfLambda>] read: obj -> 'r) =
+        if isNull ring then
+            read null
+        else
+            let store = ring.Store
+            let mutable locked = false
+
+            try
+                Monitor.Enter(store, &locked)
+                StoreVersion.reroot ring
+                read ring.Root
+            finally
+                if locked then
+                    Monitor.Exit store
+
+    /// The version with the mask at a slot replaced: written in place, `ring` becoming a diff to it
+    /// (a new ring for null).
+    let set (level: int) (slot: int64) (mask: uint64) (ring: RingVersion) =
+        if isNull ring then
+            RingVersion(obj (), Ring.set null null level slot mask)
+        else
+            let store = ring.Store
+            let mutable locked = false
+
+            try
+                Monitor.Enter(store, &locked)
+                StoreVersion.reroot ring
+                let log = ChangeLog()
+                let root = Ring.set log ring.Root level slot mask
+
+                if isNull log.Head && obj.ReferenceEquals(root, ring.Root) then
+                    ring
+                else
+                    let next = RingVersion(store, root)
+                    ring.Diff <- log.Head
+                    ring.Newer <- next
+                    next
+            finally
+                if locked then
+                    Monitor.Exit store
+
+    /// A new ring (its own store) of the given root, built by Ring.set with no log.
+    let fresh (root: obj) =
+        if isNull root then null else RingVersion(obj (), root)

@@ -1,39 +1,42 @@
 // The pure interpreter of a pipe: it pushes one event through the nodes and returns the new state
-// with the effects to apply. Inside a push it works on copies of the state arrays it touches.
+// with the effects to apply. Every version of a run shares one mutable store, rerooted to the version
+// pushed (src/KFlow.Core/StoreVersion.fs): a push writes in place and records each write, O(1) per write.
 namespace KFlow
 
 open System
 open System.Threading.Tasks
 
+/// <summary>What every version of one run shares: the pipe's nodes and the mutable state (stage
+/// states, substreams, calls in flight) holding the contents of its current version. Every push and
+/// resume takes its lock and first reroots the store to the run it is given.</summary>
 [<Sealed; NoEquality; NoComparison>]
-type PipeRun
-    internal
-    (
-        mode: AsyncMode,
-        nodes: Node[],
-        states: NodeState[],
-        calls: Map<int, Location>,
-        nextCall: int,
-        nextHold: int,
-        passOnly: bool
-    ) =
-    member internal _.Mode = mode
+type internal RunStore(mode: AsyncMode, top: Level, passOnly: bool) =
+    member _.Mode = mode
     /// Whether the top level holds only stateless stages (with a Pass step) and sinks, so that a
     /// message changes no state and its push returns the run itself.
-    member internal _.PassOnly = passOnly
-    member internal _.Nodes = nodes
-    member internal _.States = states
-    member internal _.Calls = calls
+    member _.PassOnly = passOnly
+    /// The top level, its states written in place.
+    member _.Top = top
+    /// The deferred calls in flight by id.
+    member val Calls = Collections.Generic.Dictionary<int, Location>()
+    /// Whether a push or resume is running on it (a push from inside one of its own steps is refused).
+    member val Busy = false with get, set
+
+/// A version of a run: its store, the store's version it stands for, and its counters.
+[<Sealed; NoEquality; NoComparison>]
+type PipeRun internal (store: RunStore, version: StoreVersion, nextCall: int, nextHold: int) =
+    member internal _.Store = store
+    member internal _.Version = version
     member internal _.NextCall = nextCall
     member internal _.NextHold = nextHold
 
 [<RequireQualifiedAccess>]
 module PipeRun =
     let startWith (mode: AsyncMode) (pipe: Pipe<'i, 'o>) =
-        let nodes, states = RunState.ofNodes (Pipe.nodes pipe)
+        let top = RunState.top (Pipe.nodes pipe)
 
         let passOnly =
-            nodes
+            top.Nodes
             |> Array.forall (function
                 | StageNode s -> ValueOption.isSome s.Pass
                 | SinkNode _
@@ -41,7 +44,7 @@ module PipeRun =
                 | DemuxNode _
                 | AsyncMapNode _ -> false)
 
-        PipeRun(mode, nodes, states, Map.empty, 1, 1, passOnly)
+        PipeRun(RunStore(mode, top, passOnly), StoreVersion(), 1, 1)
 
     let start pipe = startWith RunInline pipe
 
@@ -83,11 +86,14 @@ module PipeRun =
     /// Steps stage i with an event; returns what it emitted (nothing if it threw).
     let private stepStage now (acc: Collected) (stage: Stage<obj, obj>) (states: NodeState[]) i event input =
         match states[i] with
-        | StageState state ->
+        | StageState cell ->
+            let state = cell.State
+
             match tryStep stage.Step now event state with
             | Ok(struct (state', output)) ->
                 if not (obj.ReferenceEquals(state, state')) then
-                    states[i] <- StageState state'
+                    acc.Record(StateChange(cell, state))
+                    cell.State <- state'
 
                 for e in output.Effects do
                     acc.Ledger e
@@ -98,11 +104,11 @@ module PipeRun =
                 []
         | _ -> []
 
-    /// Starts a deferred call of async node i (at `path`, innermost demux first) for an envelope.
-    let private request (acc: Collected) path i name run (env: Envelope<obj>) =
+    /// Starts a deferred call of async node i of a level for an envelope.
+    let private request (acc: Collected) (level: Level) i name run (env: Envelope<obj>) =
         let id = acc.NextCall
         acc.NextCall <- id + 1
-        acc.Calls <- Map.add id { Demuxes = List.rev path; Node = i } acc.Calls
+        acc.Call(id, { Level = level; Node = i })
 
         acc.Request {
             Id = id
@@ -113,39 +119,48 @@ module PipeRun =
 
         Started(id, env, None)
 
-    /// Pushes one envelope into node i of a level; `k` receives what passes the level's end.
-    let rec private pushAt
-        now
-        (acc: Collected)
-        path
-        (nodes: Node[])
-        (states: NodeState[])
-        i
-        (env: Envelope<obj>)
-        k
-        =
+    /// Sets a demux's held events, recording the write (none if they are the same list).
+    let private setHeld (acc: Collected) (d: Demuxed) held =
+        if not (obj.ReferenceEquals(d.Held, held)) then
+            acc.Record(HeldChange(d, d.Held))
+            d.Held <- held
+
+    /// The index of a substream's demux in its parent level (a substream's path starts with it).
+    let private demuxIndex (level: Level) =
+        match level.Path with
+        | struct (i, _) :: _ -> i
+        | [] -> -1
+
+    /// <summary>Pushes one envelope into node i of a level. What passes the end of a substream goes on
+    /// after its demux in the parent level; what passes the top level's end is an output.</summary>
+    let rec private pushAt now (acc: Collected) (level: Level) i (env: Envelope<obj>) =
+        let nodes = level.Nodes
+        let states = level.States
+
         if i >= nodes.Length then
-            k env
+            match level.Parent with
+            | null -> acc.Output env
+            | parent -> pushAt now acc parent (demuxIndex level + 1) env
         else
             match nodes[i] with
             | StageNode stage ->
                 match stage.Pass with
                 | ValueSome pass ->
                     match tryPass pass env with
-                    | Ok(ValueSome out) -> pushAt now acc path nodes states (i + 1) out k
+                    | Ok(ValueSome out) -> pushAt now acc level (i + 1) out
                     | Ok ValueNone ->
                         for t in env.Tokens do
                             acc.Ledger(Complete t)
                     | Error ex -> failed acc (Stage.name stage) (ValueSome env) ex
                 | ValueNone ->
                     for e in stepStage now acc stage states i (Message env) (ValueSome env) do
-                        pushAt now acc path nodes states (i + 1) e k
+                        pushAt now acc level (i + 1) e
             | SinkNode(name, write, pipelining) ->
                 acc.Sink {
                     Sink = name
                     Envelope = env
                     Write = write
-                    Substream = RunState.substreamName path
+                    Substream = level.Name
                     Pipelining = pipelining
                 }
             | ExactlyOnceSinkNode(name, _, write, pipelining) ->
@@ -153,7 +168,7 @@ module PipeRun =
                     Sink = name
                     Envelope = env
                     Write = write (AppliedOffsets.positionsOf env)
-                    Substream = RunState.substreamName path
+                    Substream = level.Name
                     Pipelining = pipelining
                 }
             | AsyncMapNode(name, parallelism, run) ->
@@ -161,44 +176,35 @@ module PipeRun =
                 | Defer, AsyncState queue ->
                     let entry =
                         if AsyncQueue.canStart parallelism queue then
-                            request acc path i name run env
+                            request acc level i name run env
                         else
                             Queued env
 
-                    states[i] <- AsyncState(AsyncQueue.enqueue entry queue)
+                    acc.Set(states, i, AsyncState(AsyncQueue.enqueue entry queue))
                 | _ ->
                     match attempt (fun () -> (run env.Value).GetAwaiter().GetResult()) with
-                    | Ok value -> pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
+                    | Ok value -> pushAt now acc level (i + 1) (Envelope.withValue value env)
                     | Error ex -> failed acc name (ValueSome env) ex
             | DemuxNode demux ->
-                match tryKey demux env with
-                | Error ex -> failed acc "demux key" (ValueSome env) ex
-                | Ok key ->
-                    // A new key's sub-pipe is built now; a routeDependent route that throws fails the message.
-                    let sub =
-                        match (RunState.demuxed states[i]).Subs.TryGetValue key with
-                        | true, sub -> Ok sub
-                        | _ -> attempt (fun () -> RunState.substream demux key now)
+                match tryKey demux env, states[i] with
+                | Error ex, _ -> failed acc "demux key" (ValueSome env) ex
+                | Ok key, DemuxState d ->
+                    match d.Subs.TryGetValue key with
+                    | true, sub ->
+                        if sub.LastActive <> now then
+                            acc.Record(ActiveChange(sub, sub.LastActive))
+                            sub.LastActive <- now
 
-                    match sub with
-                    | Error ex -> failed acc "routeDependent" (ValueSome env) ex
-                    | Ok sub ->
-                        let subStates = Array.copy sub.States
-
-                        let after out =
-                            pushAt now acc path nodes states (i + 1) out k
-
-                        pushAt now acc (struct (i, key) :: path) sub.Nodes subStates 0 env after
-
-                        states[i] <-
-                            RunState.withSub
-                                key
-                                {
-                                    sub with
-                                        States = subStates
-                                        LastActive = now
-                                }
-                                states[i]
+                        pushAt now acc sub 0 env
+                    | _ ->
+                        // A new key's sub-pipe is built now; a routeDependent route that throws fails the message.
+                        match attempt (fun () -> RunState.substream level i demux key now) with
+                        | Error ex -> failed acc "routeDependent" (ValueSome env) ex
+                        | Ok sub ->
+                            acc.Record(EntryChange(d.Subs, key, ValueNone))
+                            d.Subs[key] <- sub
+                            pushAt now acc sub 0 env
+                | Ok _, _ -> ()
 
     /// <summary>Sends a broadcast event (Tick, Flush, Revoked, Assigned) to the nodes of a level from
     /// node <paramref name="from"/> on, in order.</summary>
@@ -208,178 +214,237 @@ module PipeRun =
     and private broadcastFrom
         now
         (acc: Collected)
-        path
-        (nodes: Node[])
-        (states: NodeState[])
+        (level: Level)
         from
         (hold: int)
         (event: Event<obj>)
-        k
         (passed: int -> Event<obj> -> unit)
         =
+        let nodes = level.Nodes
+        let states = level.States
+
         let rec go i =
             if i >= nodes.Length then
                 passed hold event
             else
-                let after out =
-                    pushAt now acc path nodes states (i + 1) out k
-
                 match nodes[i], states[i] with
                 | StageNode stage, _ ->
                     for e in stepStage now acc stage states i event ValueNone do
-                        after e
+                        pushAt now acc level (i + 1) e
 
                     go (i + 1)
                 | AsyncMapNode _, AsyncState queue ->
                     match AsyncQueue.holdIn hold event queue with
-                    | Some queue -> states[i] <- AsyncState queue
+                    | Some queue -> acc.Set(states, i, RunState.asyncState queue)
                     | None -> go (i + 1)
                 | DemuxNode demux, DemuxState d ->
-                    if demuxAt now acc path states i demux d hold event after then
+                    if demuxAt now acc demux d hold event then
                         go (i + 1)
                 | _ -> go (i + 1)
 
         go from
 
-    /// Broadcasts into every substream of demux i, drops those idle (Tick) or flushed (Flush) and not
-    /// busy, and holds the event while a substream holds it; true if it passes the demux now.
-    and private demuxAt now acc path (states: NodeState[]) i (demux: Demux) (d: Demuxed) hold event after =
-        let waiting = ref Set.empty
-        let mutable subs = d.Subs
+    /// Broadcasts into every substream of a demux (in key order), drops those idle (Tick) or flushed
+    /// (Flush) and not busy, and holds the event while a substream holds it; true if it passes now.
+    and private demuxAt now (acc: Collected) (demux: Demux) (d: Demuxed) hold event =
+        let keys = RunState.sortedKeys d
+        let mutable waiting = Set.empty
 
-        for KeyValue(key, sub) in d.Subs do
-            let subStates = Array.copy sub.States
+        for key in keys do
             let through = ref false
-
-            broadcastFrom now acc (struct (i, key) :: path) sub.Nodes subStates 0 hold event after (fun _ _ ->
-                through.Value <- true)
+            broadcastFrom now acc d.Subs[key] 0 hold event (fun _ _ -> through.Value <- true)
 
             if not through.Value then
-                waiting.Value <- waiting.Value.Add key
+                waiting <- waiting.Add key
 
-            subs <- Map.add key { sub with States = subStates } subs
+        let drop key sub =
+            acc.Record(EntryChange(d.Subs, key, ValueSome sub))
+            d.Subs.Remove key |> ignore
 
-        for KeyValue(key, sub) in subs do
+        for key in keys do
+            let sub = d.Subs[key]
+
             if not (RunState.busy sub.States) then
                 match event with
-                | Flush -> subs <- Map.remove key subs
+                | Flush -> drop key sub
                 | Tick when now - sub.LastActive >= demux.Options.IdleAfter ->
                     // Flushed first; kept if that flush started async calls (dropped at a later tick).
-                    let subStates = Array.copy sub.States
-                    let at = struct (i, key) :: path
-                    broadcastFrom now acc at sub.Nodes subStates 0 (acc.TakeHold()) Flush after unwatched
+                    broadcastFrom now acc sub 0 (acc.TakeHold()) Flush unwatched
 
-                    subs <-
-                        if RunState.busy subStates then
-                            Map.add key { sub with States = subStates } subs
-                        else
-                            Map.remove key subs
+                    if not (RunState.busy sub.States) then
+                        drop key sub
                 | _ -> ()
 
-        let passes, d = RunState.reachDemux hold event waiting.Value { d with Subs = subs }
-        states[i] <- DemuxState d
+        let passes, held = RunState.reachDemux hold event waiting d.Held
+        setHeld acc d held
         passes
 
-    let push (now: DateTimeOffset) (event: Event<obj>) (run: PipeRun) =
-        let acc = Collected.Take(run.Mode, run.Calls, run.NextCall, run.NextHold)
+    /// <summary>Runs a push or resume of `run` under its store's lock: reroots the store to `run`, lets
+    /// `body` write to it through the collector, and returns the new run with the effects.</summary>
+    /// <remarks>A body that throws (a bug: user code's throws are reported) leaves the store as it
+    /// was.</remarks>
+    let inline private exclusive (run: PipeRun) ([<InlineIfLambda>] body: Collected -> unit) =
+        let store = run.Store
+        let mutable locked = false
 
         try
-            match event with
-            | Message env when run.PassOnly ->
-                // Only stateless stages and sinks at the top: a message changes no state.
-                pushAt now acc [] run.Nodes run.States 0 env acc.Emit
-                run, acc.Effects
-            | _ ->
-                let states = Array.copy run.States
+            Threading.Monitor.Enter(store, &locked)
 
-                match event with
-                | Message env -> pushAt now acc [] run.Nodes states 0 env acc.Emit
-                | _ -> broadcastFrom now acc [] run.Nodes states 0 (acc.TakeHold()) event acc.Emit unwatched
+            if store.Busy then
+                invalidOp "A PipeRun was pushed or resumed from inside one of its own steps."
 
-                PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold, run.PassOnly),
-                acc.Effects
+            store.Busy <- true
+
+            try
+                StoreVersion.reroot run.Version
+                let acc = Collected.Take(store.Mode, store.Calls, run.NextCall, run.NextHold)
+
+                try
+                    try
+                        body acc
+                    with _ ->
+                        StoreVersion.revert acc.Changes
+                        reraise ()
+
+                    let version = StoreVersion.advance acc.Changes run.Version
+
+                    let run' =
+                        if
+                            obj.ReferenceEquals(version, run.Version)
+                            && acc.NextCall = run.NextCall
+                            && acc.NextHold = run.NextHold
+                        then
+                            run
+                        else
+                            PipeRun(store, version, acc.NextCall, acc.NextHold)
+
+                    run', acc.Effects
+                finally
+                    acc.Release()
+            finally
+                store.Busy <- false
         finally
-            acc.Release()
+            if locked then
+                Threading.Monitor.Exit store
 
-    /// Records a call's result at async node i, then passes on what is now at the head of its queue
-    /// (results in input order, and the events held behind them) and starts waiting inputs in the
-    /// freed slots.
-    let private settle now (acc: Collected) path (nodes: Node[]) (states: NodeState[]) i id result k passed =
-        match nodes[i], states[i] with
+    // Apart from push, so that push stays small: the JIT then inlines it, and for a pass-only pipe
+    // removes the result tuple its caller takes apart at once (pipe-core bench (b): 32 B per message).
+    let private pushMessage now env (run: PipeRun) =
+        exclusive run (fun acc -> pushAt now acc run.Store.Top 0 env)
+
+    let private broadcast now event (run: PipeRun) =
+        exclusive run (fun acc -> broadcastFrom now acc run.Store.Top 0 (acc.TakeHold()) event unwatched)
+
+    let push (now: DateTimeOffset) (event: Event<obj>) (run: PipeRun) =
+        let store = run.Store
+
+        match event with
+        | Message env when store.PassOnly ->
+            // Only stateless stages and sinks at the top: a message changes no state.
+            let acc = Collected.Take(store.Mode, store.Calls, run.NextCall, run.NextHold)
+
+            try
+                pushAt now acc store.Top 0 env
+                run, acc.Effects
+            finally
+                acc.Release()
+        | Message env -> pushMessage now env run
+        | _ -> broadcast now event run
+
+    /// Substream `sub` let a held event through: the events no substream of its demux holds any more
+    /// go on after the demux, oldest first, as long as none older is still held.
+    let rec private released now acc (sub: Level) hold (_: Event<obj>) =
+        match sub.Parent, sub.Path with
+        | null, _
+        | _, [] -> ()
+        | parent, struct (i, key) :: _ ->
+            match parent.States[i] with
+            | DemuxState d ->
+                let ready, held = RunState.letThrough hold key d.Held
+                setHeld acc d held
+
+                for h in ready do
+                    broadcastFrom now acc parent (i + 1) h.Hold h.Event (passedOn now acc parent)
+            | _ -> ()
+
+    /// What a resume does with an event passing the end of a level: at the top nothing; at a
+    /// substream, it is let through at its demux.
+    and private passedOn now acc (level: Level) =
+        match level.Parent with
+        | null -> unwatched
+        | _ -> released now acc level
+
+    /// An entry leaving the queue of async node i: an answered call's result or failure, or a held event.
+    let private goOn now acc (level: Level) i name entry =
+        match entry with
+        | Started(_, env, Some(Ok value)) -> pushAt now acc level (i + 1) (Envelope.withValue value env)
+        | Started(_, env, Some(Error ex)) -> failed acc name (ValueSome env) ex
+        | Held(hold, event) -> broadcastFrom now acc level (i + 1) hold event (passedOn now acc level)
+        | _ -> ()
+
+    /// Records a call's result at async node i of a level, then passes on what is now at the head of
+    /// its queue (results in input order, and the events held behind them) and starts waiting inputs
+    /// in the freed slots.
+    let private settle now (acc: Collected) (level: Level) i id result =
+        match level.Nodes[i], level.States[i] with
         | AsyncMapNode(name, parallelism, run), AsyncState queue ->
-            let ready, queue = queue |> AsyncQueue.withResult id result |> AsyncQueue.ready
+            let queue =
+                match AsyncQueue.answerOldest id queue with
+                | ValueSome(struct (env, rest)) ->
+                    // The oldest call answered (the usual case): it goes on first, then what it held back.
+                    match result with
+                    | Ok value -> pushAt now acc level (i + 1) (Envelope.withValue value env)
+                    | Error ex -> failed acc name (ValueSome env) ex
 
-            for entry in ready do
-                match entry with
-                | Started(_, env, Some(Ok value)) ->
-                    pushAt now acc path nodes states (i + 1) (Envelope.withValue value env) k
-                | Started(_, env, Some(Error ex)) -> failed acc name (ValueSome env) ex
-                | Held(hold, event) -> broadcastFrom now acc path nodes states (i + 1) hold event k passed
-                | _ -> ()
+                    let ready, rest = AsyncQueue.ready rest
+
+                    for entry in ready do
+                        goOn now acc level i name entry
+
+                    rest
+                | ValueNone ->
+                    let ready, queue = queue |> AsyncQueue.withResult id result |> AsyncQueue.ready
+
+                    for entry in ready do
+                        goOn now acc level i name entry
+
+                    queue
 
             // The start function is built only when an input waits (a closure per resume otherwise).
-            states[i] <-
-                AsyncState(
+            acc.Set(
+                level.States,
+                i,
+                RunState.asyncState (
                     if AsyncQueue.waiting queue = 0 then
                         queue
                     else
-                        AsyncQueue.startWaiting parallelism (request acc path i name run) queue
+                        AsyncQueue.startWaiting parallelism (request acc level i name run) queue
                 )
+            )
         | _ -> ()
 
-    /// Substream `key` of demux i let a held event through: the events no substream holds any more
-    /// go on after the demux, oldest first, as long as none older is still held.
-    let private released now acc path (nodes: Node[]) (states: NodeState[]) i key k passed hold _event =
-        let ready, d = RunState.letThrough hold key (RunState.demuxed states[i])
-        states[i] <- DemuxState d
-
-        for h in ready do
-            broadcastFrom now acc path nodes states (i + 1) h.Hold h.Event k passed
-
     let resume (now: DateTimeOffset) (callId: int) (result: Result<obj, exn>) (run: PipeRun) =
-        match run.Calls.TryGetValue callId with
-        | false, _ -> invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
-        | true, location ->
-            let acc =
-                Collected.Take(run.Mode, Map.remove callId run.Calls, run.NextCall, run.NextHold)
+        exclusive run (fun acc ->
+            match acc.Calls.TryGetValue callId with
+            | false, _ ->
+                invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
+            | true, location ->
+                acc.EndCall(callId, location)
+                settle now acc location.Level location.Node callId result)
 
-            try
-                let states = Array.copy run.States
+    /// Reads the store as `run` holds it, under its lock.
+    let private reading (run: PipeRun) (read: NodeState[] -> 'r) =
+        lock run.Store (fun () ->
+            if run.Store.Busy then
+                invalidOp "A PipeRun was read from inside one of its own steps."
 
-                let rec descend (nodes: Node[]) (states: NodeState[]) demuxes path k passed =
-                    match demuxes with
-                    | [] -> settle now acc path nodes states location.Node callId result k passed
-                    | struct (i, key) :: rest ->
-                        match states[i] with
-                        | DemuxState d ->
-                            let sub = d.Subs[key]
-                            let subStates = Array.copy sub.States
+            StoreVersion.reroot run.Version
+            read run.Store.Top.States)
 
-                            let after out =
-                                pushAt now acc path nodes states (i + 1) out k
-
-                            descend
-                                sub.Nodes
-                                subStates
-                                rest
-                                (struct (i, key) :: path)
-                                after
-                                (released now acc path nodes states i key k passed)
-
-                            states[i] <- RunState.withSub key { sub with States = subStates } states[i]
-                        | _ -> ()
-
-                descend run.Nodes states location.Demuxes [] acc.Emit unwatched
-
-                PipeRun(run.Mode, run.Nodes, states, acc.Calls, acc.NextCall, acc.NextHold, run.PassOnly),
-                acc.Effects
-            finally
-                acc.Release()
-
-    let liveSubstreams (run: PipeRun) = RunState.count run.States
+    let liveSubstreams (run: PipeRun) = reading run RunState.count
 
     let held (run: PipeRun) =
-        RunState.holdsIn run.States
+        reading run RunState.holdsIn
         |> List.distinctBy fst
         |> List.sortBy fst
         |> List.map snd

@@ -5,7 +5,13 @@ namespace KFlow
 open System
 open System.Threading.Tasks
 
-/// A running pipe: the state of every stage and substream. Immutable.
+/// <summary>A running pipe: the state of every stage and substream. A value: pushing into a run returns
+/// a new one, and an older run stays valid (pushing into it again gives what a fresh run given the same
+/// events would), from any thread.</summary>
+/// <remarks>The versions of one run share a mutable store owned by the newest; an older version holds
+/// the writes that lead back to it, applied (under the store's lock) when it is used again: O(1) per
+/// write in the usual linear use, O(writes since) for going back; an older run kept alive keeps those
+/// writes alive too.</remarks>
 [<Sealed; NoEquality; NoComparison>]
 type PipeRun
 

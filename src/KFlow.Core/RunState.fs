@@ -4,6 +4,7 @@
 namespace KFlow
 
 open System
+open System.Collections.Generic
 
 /// A broadcast event held at a demux until none of the substreams in Waiting holds it.
 [<NoEquality; NoComparison>]
@@ -16,73 +17,34 @@ type internal DemuxHold = {
 [<NoEquality; NoComparison>]
 type internal NodeState =
     | Stateless
-    | StageState of obj
+    | StageState of StageCell
     | DemuxState of Demuxed
     | AsyncState of AsyncQueue
 
-/// A demux's live substreams by key, and the events it holds, oldest first.
-and [<NoEquality; NoComparison>] internal Demuxed = {
-    Subs: Map<string, Substream>
-    Held: DemuxHold list
-}
+/// A stage's state in a level, written in place (each write recorded as a StateChange): a new state
+/// costs one change instead of a new NodeState and a slot change.
+and [<Sealed>] internal StageCell(state: obj) =
+    member val State = state with get, set
 
-and [<NoEquality; NoComparison>] internal Substream = {
-    Nodes: Node[]
-    States: NodeState[]
-    LastActive: DateTimeOffset
-}
+/// A demux's live substreams by key, and the events it holds, oldest first. Mutable: it belongs to
+/// one PipeRun store, whose pushes record every write as a Change (so older runs stay valid).
+and [<Sealed>] internal Demuxed(subs: Dictionary<string, Level>) =
+    member _.Subs = subs
+    member val Held: DemuxHold list = [] with get, set
 
-/// Where a deferred call's async node is: the demux substreams to descend into, then the node index.
-type internal Location = {
-    Demuxes: struct (int * string) list
-    Node: int
-}
-
-/// Building and reading run state.
-[<RequireQualifiedAccess>]
-module internal RunState =
-    /// A demux with no substream and nothing held.
-    let noHolds = { Subs = Map.empty; Held = [] }
-
-    /// The initial state of a node.
-    let initial (node: Node) =
-        match node with
-        | StageNode s -> StageState s.Init
-        | DemuxNode _ -> DemuxState noHolds
-        | AsyncMapNode _ -> AsyncState AsyncQueue.empty
-        | SinkNode _
-        | ExactlyOnceSinkNode _ -> Stateless
-
-    /// A level's nodes and their initial states.
-    let ofNodes (nodes: Node list) =
-        let nodes = Array.ofList nodes
-        nodes, Array.map initial nodes
-
-    /// A new substream of a demux for a key, active now.
-    let substream (demux: Demux) key now =
-        let nodes =
-            match demux.Route with
-            | Same sub -> sub
-            | PerKey route -> route key
-
-        let nodes, states = ofNodes nodes
-
-        {
-            Nodes = nodes
-            States = states
-            LastActive = now
-        }
-
-    /// Whether a level holds async calls or events (a substream that does is never dropped).
-    let rec busy (states: NodeState[]) =
-        states
-        |> Array.exists (function
-            | AsyncState queue -> not (AsyncQueue.isEmpty queue)
-            | DemuxState d -> not d.Held.IsEmpty || d.Subs |> Map.exists (fun _ s -> busy s.States)
-            | _ -> false)
-
-    /// The demux substream path of a sink request: keys outermost first, joined by U+001F.
-    let substreamName (path: struct (int * string) list) =
+/// <summary>A level of a running pipe: the top level (no Parent) or a demux substream. Its nodes, their
+/// states (written in place, each write recorded), where what passes its end goes (node At + 1 of the
+/// Parent level) and when it last received a message. Built once per substream, so a push into it
+/// allocates no continuation or path.</summary>
+and [<Sealed; AllowNullLiteral>] internal Level
+    (
+        nodes: Node[],
+        states: NodeState[],
+        path: struct (int * string) list,
+        parent: Level,
+        lastActive: DateTimeOffset
+    ) =
+    let name =
         match path with
         | [] -> ""
         | [ struct (_, key) ] -> key
@@ -92,11 +54,125 @@ module internal RunState =
             |> List.map (fun struct (_, key) -> key)
             |> String.concat "\u001f"
 
+    member _.Nodes = nodes
+    member _.States = states
+    /// The demuxes (index in their level, key) leading here, innermost first.
+    member _.Path = path
+    /// The substream path of its sink requests: keys outermost first, joined by U+001F ("" at the top).
+    member _.Name = name
+    /// The level holding this substream's demux (null at the top).
+    member _.Parent = parent
+    member val LastActive = lastActive with get, set
+
+/// A write to a stage's state.
+[<Sealed>]
+type internal StateChange(cell: StageCell, state: obj) =
+    inherit Change()
+    let mutable state = state
+
+    override _.Swap() =
+        let current = cell.State
+        cell.State <- state
+        state <- current
+
+/// A write to a demux's held events.
+[<Sealed>]
+type internal HeldChange(demuxed: Demuxed, held: DemuxHold list) =
+    inherit Change()
+    let mutable held = held
+
+    override _.Swap() =
+        let current = demuxed.Held
+        demuxed.Held <- held
+        held <- current
+
+/// A write to a substream's last activity.
+[<Sealed>]
+type internal ActiveChange(sub: Level, lastActive: DateTimeOffset) =
+    inherit Change()
+    let mutable lastActive = lastActive
+
+    override _.Swap() =
+        let current = sub.LastActive
+        sub.LastActive <- lastActive
+        lastActive <- current
+
+/// Where a deferred call's async node is: its level and its index there.
+[<Struct; NoEquality; NoComparison>]
+type internal Location = { Level: Level; Node: int }
+
+/// A write to the calls in flight: call `id` at a location, or absent (a null level). Smaller than an
+/// EntryChange of a Location (two per deferred call).
+[<Sealed>]
+type internal CallChange(calls: Dictionary<int, Location>, id: int, level: Level, node: int) =
+    inherit Change()
+    let mutable level = level
+    let mutable node = node
+
+    override _.Swap() =
+        let current =
+            match calls.TryGetValue id with
+            | true, l -> l
+            | _ -> { Level = null; Node = 0 }
+
+        if isNull level then
+            calls.Remove id |> ignore
+        else
+            calls[id] <- { Level = level; Node = node }
+
+        level <- current.Level
+        node <- current.Node
+
+/// Building and reading run state.
+[<RequireQualifiedAccess>]
+module internal RunState =
+    /// An async node with nothing in its queue (one value: setting it again records no write).
+    let idleAsync = AsyncState AsyncQueue.empty
+
+    /// An async node's state with a queue.
+    let asyncState (queue: AsyncQueue) =
+        if AsyncQueue.isEmpty queue then
+            idleAsync
+        else
+            AsyncState queue
+
+    /// The initial state of a node.
+    let initial (node: Node) =
+        match node with
+        | StageNode s -> StageState(StageCell s.Init)
+        | DemuxNode _ -> DemuxState(Demuxed(Dictionary<string, Level>(StringComparer.Ordinal)))
+        | AsyncMapNode _ -> idleAsync
+        | SinkNode _
+        | ExactlyOnceSinkNode _ -> Stateless
+
+    /// The top level of a pipe, its nodes in their initial states.
+    let top (nodes: Node list) =
+        let nodes = Array.ofList nodes
+        Level(nodes, Array.map initial nodes, [], null, DateTimeOffset.MinValue)
+
+    /// A new substream for a key of the demux at index `at` of level `parent`, active now.
+    let substream (parent: Level) at (demux: Demux) key now =
+        let nodes =
+            match demux.Route with
+            | Same sub -> sub
+            | PerKey route -> route key
+            |> Array.ofList
+
+        Level(nodes, Array.map initial nodes, struct (at, key) :: parent.Path, parent, now)
+
+    /// Whether a level holds async calls or events (a substream that does is never dropped).
+    let rec busy (states: NodeState[]) =
+        states
+        |> Array.exists (function
+            | AsyncState queue -> not (AsyncQueue.isEmpty queue)
+            | DemuxState d -> not d.Held.IsEmpty || d.Subs.Values |> Seq.exists (fun s -> busy s.States)
+            | _ -> false)
+
     /// How many demux substreams a level holds, nested ones included.
     let rec count (states: NodeState[]) =
         states
         |> Array.sumBy (function
-            | DemuxState d -> d.Subs.Count + (d.Subs |> Seq.sumBy (fun (KeyValue(_, s)) -> count s.States))
+            | DemuxState d -> d.Subs.Count + (d.Subs.Values |> Seq.sumBy (fun s -> count s.States))
             | _ -> 0)
 
 
@@ -112,48 +188,41 @@ module internal RunState =
             | DemuxState d ->
                 for h in d.Held -> h.Hold, h.Event
 
-                for KeyValue(_, sub) in d.Subs do
+                for sub in d.Subs.Values do
                     yield! holdsIn sub.States
             | _ -> ()
     ]
 
-    /// A demux node's state (none for another node).
-    let demuxed (state: NodeState) =
-        match state with
-        | DemuxState d -> d
-        | _ -> noHolds
-
-    /// A demux node's state with a substream stored under its key.
-    let withSub key (sub: Substream) (state: NodeState) =
-        let d = demuxed state
-        DemuxState { d with Subs = Map.add key sub d.Subs }
+    /// A demux's substream keys in ordinal order (the order a broadcast visits them in).
+    let sortedKeys (d: Demuxed) =
+        let keys = Array.zeroCreate<string> d.Subs.Count
+        d.Subs.Keys.CopyTo(keys, 0)
+        Array.sortInPlaceWith (fun (a: string) b -> String.CompareOrdinal(a, b)) keys
+        keys
 
     /// A broadcast event reached a demux and `waiting` substreams hold it: it passes on now (true) if
     /// none does and no older event is held there (a Tick always passes); else the demux holds it.
-    let reachDemux hold event (waiting: Set<string>) (d: Demuxed) =
+    /// Returns whether it passes and the demux's held events after.
+    let reachDemux hold event (waiting: Set<string>) (held: DemuxHold list) =
         match event with
-        | Tick -> true, d
-        | _ when waiting.IsEmpty && d.Held.IsEmpty -> true, d
+        | Tick -> true, held
+        | _ when waiting.IsEmpty && held.IsEmpty -> true, held
         | _ ->
             false,
-            {
-                d with
-                    Held =
-                        d.Held
-                        @ [
-                            {
-                                Hold = hold
-                                Event = event
-                                Waiting = waiting
-                            }
-                        ]
-            }
+            held
+            @ [
+                {
+                    Hold = hold
+                    Event = event
+                    Waiting = waiting
+                }
+            ]
 
     /// Substream `key` let held event `hold` through: the events now held by no substream, oldest
-    /// first up to the first one still held, go on; returns them and the demux holding the rest.
-    let letThrough hold key (d: Demuxed) =
+    /// first up to the first one still held, go on; returns them and the events still held.
+    let letThrough hold key (held: DemuxHold list) =
         let held =
-            d.Held
+            held
             |> List.map (fun h ->
                 if h.Hold = hold then
                     {
@@ -165,8 +234,4 @@ module internal RunState =
 
         let ready = held |> List.takeWhile (fun h -> h.Waiting.IsEmpty)
 
-        ready,
-        {
-            d with
-                Held = List.skip ready.Length held
-        }
+        ready, List.skip ready.Length held

@@ -120,7 +120,14 @@ let private agree (parallelism: int) (ops: (int * int) list) =
                 let result: Result<obj, exn> =
                     if arg % 5 = 0 then Error(exn "failed") else Ok(id :> obj)
 
-                let goingQ, q' = q |> AsyncQueue.withResult id result |> AsyncQueue.ready
+                // The oldest call's answer takes answerOldest's path, the others withResult's.
+                let goingQ, q' =
+                    match AsyncQueue.answerOldest id q with
+                    | ValueSome(struct (e, rest)) ->
+                        let going, rest = AsyncQueue.ready rest
+                        Started(id, e, Some result) :: going, rest
+                    | ValueNone -> q |> AsyncQueue.withResult id result |> AsyncQueue.ready
+
                 let goingM, m' = m |> Model.withResult id result |> Model.ready
                 Expect.equal (List.map shape goingQ) (List.map shape goingM) "what goes on"
                 // One start function for both, so both see the same new ids in the same order.

@@ -14,6 +14,7 @@ let all =
         ChunksTests.tests
         PipeTests.tests
         AsyncQueueTests.tests
+        StoreVersionTests.tests
         CollectedTests.tests
         PipeRunTests.tests
         SinkPipeliningTests.tests

@@ -266,6 +266,51 @@ let private demuxMemory (s: DemuxScenario) =
     verdict errors
     |> Prop.classify (keys.Length > 2 * maxLive) "keys ever seen > 2 x most live substreams"
 
+/// What a run shows of itself: the driver's reports (sink calls, async calls, outputs, failures,
+/// refusals, commits) and the live substreams.
+let private observed (run: Run) =
+    let d = run.Driver
+
+    sprintf
+        "%A"
+        (TestDriver.sinkCalls d,
+         TestDriver.asyncCalls d,
+         TestDriver.outputs d,
+         TestDriver.failures d
+         |> List.map (fun f -> f.Stage, f.Position, f.Tokens, f.Error.Message),
+         TestDriver.refused d,
+         TestDriver.commitHistory d,
+         TestDriver.liveSubstreams d,
+         run.Next)
+
+/// A run is a value: runs a scenario's first half (`old`), then its second half from `old`, then
+/// other commands (the second half reversed) from `old` again, and from the newer run; compares each
+/// with a fresh run of the same commands, and the newer run with itself before the branch.
+let private olderRunsStayValid (s: Scenario) =
+    let half = List.length s.Commands / 2
+    let first, second = List.splitAt half s.Commands
+
+    let other =
+        match List.rev second with
+        | reversed when reversed = second && not reversed.IsEmpty -> List.tail reversed
+        | reversed -> reversed
+
+    let run from commands = List.fold (step s) from commands
+    let old = run (start s) first
+    let newer = run old second
+    let newerBefore = observed newer
+    let branch = run old other
+    let freshBranch = run (run (start s) first) other
+
+    [
+        if observed branch <> observed freshBranch then
+            sprintf "the older run continued with %A differs from a fresh run of the same commands" other
+        if observed newer <> newerBefore then
+            "the newer run changed when its older run was continued"
+        if observed (run newer other) <> observed (run (run (start s) s.Commands) other) then
+            sprintf "the newer run continued with %A (after the branch) differs from a fresh run" other
+    ]
+
 let tests =
     testList "Pipe properties" [
         testPropertyWithConfig config "the commit point never passes an offset whose processing is unfinished"
@@ -338,6 +383,18 @@ let tests =
             verdict violations
             |> Prop.classify (List.contains 0 counts) "some input dropped"
             |> Prop.classify (List.exists (fun n -> n >= 2) counts) "some input unfolded to 2+")
+
+        testPropertyWithConfig
+            config
+            "an older run continued with other commands gives what a fresh run gives, and the newer run stays as it was"
+        <| Prop.forAll chaos (fun s ->
+            verdict (olderRunsStayValid s)
+            |> Prop.classify
+                (match s.Pipe.Tail with
+                 | Plain _ -> false
+                 | _ -> true)
+                "demux"
+            |> Prop.classify s.Deferred "deferred calls")
 
         testPropertyWithConfig
             config

@@ -82,6 +82,46 @@ let tests =
                 (0, 1)
                 "both runs unchanged"
         }
+        test "two threads pushing into two versions of one run each get what a fresh run gives" {
+            let pipe =
+                Pipe.source<int>
+                |> Pipe.demux (fun v -> string (v % 7)) (fun sub -> sub |> Pipe.aggregate (Buffer.count 3))
+
+            let pushAll (inputs: int list) run =
+                ((run, []), inputs)
+                ||> List.fold (fun (run, outputs) v ->
+                    let run, effects = PipeRun.push at (message (int64 v) v) run
+                    run, List.rev (values effects) @ outputs)
+                |> snd
+                |> List.rev
+
+            let run0 = PipeRun.start pipe
+            let run1, _ = run0 |> PipeRun.push at (message 0L 0)
+            let odd = [ for v in 1..2..10_001 -> v ]
+            let even = [ for v in 2..2..10_002 -> v ]
+
+            // Both threads start together, so their pushes interleave.
+            use together = new Threading.Barrier(2)
+
+            let onThread inputs run =
+                Threading.Tasks.Task.Factory.StartNew(
+                    (fun () ->
+                        together.SignalAndWait()
+                        pushAll inputs run),
+                    Threading.Tasks.TaskCreationOptions.LongRunning
+                )
+
+            let fromOld, fromNew =
+                Threading.Tasks.Task.WhenAll(onThread odd run0, onThread even run1)
+                |> fun t -> t.Result[0], t.Result[1]
+
+            Expect.equal fromOld (pushAll odd (PipeRun.start pipe)) "the older version, as a fresh run"
+
+            Expect.equal
+                fromNew
+                (PipeRun.start pipe |> PipeRun.push at (message 0L 0) |> fst |> pushAll even)
+                "the newer version, as a fresh run"
+        }
         test "a flush reaches each stage after what the stages before it emitted on that flush" {
             let pipe =
                 Pipe.source<int>
@@ -272,6 +312,26 @@ let tests =
 
             let failure = TestDriver.failures d |> List.exactlyOne
             Expect.equal (failure.Position, failure.Tokens) (ValueNone, []) "no message"
+        }
+        test "a push into a run from inside one of its own steps is refused, as a failure of that step" {
+            let mutable self = Unchecked.defaultof<PipeRun>
+
+            let reentrant =
+                Pipe.source<int>
+                |> Pipe.stateful "reentrant" 0 (fun _ event n ->
+                    match event with
+                    | Message _ ->
+                        self |> PipeRun.push at Tick |> ignore
+                        n + 1, Output.none
+                    | _ -> n, Output.none)
+
+            self <- PipeRun.start reentrant
+            let _, effects = self |> PipeRun.push at (message 0L 1)
+
+            Expect.equal
+                (effects.Failures |> List.map (fun f -> f.Stage, f.Error.GetType()))
+                [ "reentrant", typeof<InvalidOperationException> ]
+                "the inner push is refused"
         }
         test "resuming a call that is not in flight is refused" {
             let run =
