@@ -6,7 +6,6 @@ namespace KFlow.Kafka
 open System
 open System.Diagnostics
 open System.Collections.Concurrent
-open System.Text
 open System.Threading
 open System.Threading.Channels
 open System.Threading.Tasks
@@ -45,6 +44,7 @@ type internal PartitionWorker
 
     // State owned by the loop.
     let offsets = OpenOffsets(tp, counters, log, handling.DeadLetters.IsSome)
+    let keys = KeyCache()
     let mutable run = newRun ()
     let mutable generation = -1
     let mutable writesInFlight = 0
@@ -341,7 +341,7 @@ type internal PartitionWorker
             let envelope: Envelope<obj> = {
                 Value = box m.Value
                 Tokens = [ token ]
-                Key = (if isNull m.Key then "" else Encoding.UTF8.GetString m.Key)
+                Key = keys.Decode m.Key
                 Position = {
                     TopicPartition = tp
                     Offset = cr.Offset.Value
