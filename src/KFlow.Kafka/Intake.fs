@@ -157,7 +157,7 @@ type internal Intake
 
             if pending.Count > 0 then
                 slot.Worker.Post(Deliver pending)
-                slot.Pending <- ResizeArray(pending.Count)
+                slot.Pending <- slot.Worker.TakeSpare pending.Count
 
     /// Where the consumer thread is in its life; intake is open only while Running.
     member _.Mode

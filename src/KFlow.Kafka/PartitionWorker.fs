@@ -29,6 +29,10 @@ type internal PartitionWorker
 
     let writer = channel.Writer
 
+    // The list of the last batch of deliveries handled, emptied, for the consumer thread to fill
+    // again (null once taken): a new list per batch cost ~16-37 bytes a message in bench (c).
+    let mutable spare: ResizeArray<Consumed> = null
+
     // Completions of sink writes (and of async calls, in callsEnded) skip the commands queued in the
     // channel: a burst of delivered messages would otherwise delay every completion (and the next call
     // of its substream) by the time the loop takes to push them all. Measured on bench (e): 3.5-5 ms from a call's
@@ -383,6 +387,9 @@ type internal PartitionWorker
             for struct (cr, size) in batch do
                 deliver now cr size
 
+            // Handed back for the intake's next batch (TakeSpare).
+            batch.Clear()
+            Volatile.Write(&spare, batch)
             true
         | SinkDone(gen, request, error) ->
             if gen = generation then
@@ -557,6 +564,13 @@ type internal PartitionWorker
 
     /// What the loop published last.
     member _.Published = Volatile.Read &published
+
+    /// An empty list for the next Deliver: the one the loop handed back, or a new one of
+    /// `capacity`. Consumer thread only.
+    member _.TakeSpare(capacity: int) =
+        match Interlocked.Exchange(&spare, null) with
+        | null -> ResizeArray<Consumed>(capacity)
+        | list -> list
 
     /// Queues a command (false once the loop ended).
     member _.Post(command: WorkerCommand) = writer.TryWrite command |> ignore
