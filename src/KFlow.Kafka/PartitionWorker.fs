@@ -36,15 +36,16 @@ type internal PartitionWorker
     // Completions of sink writes (and of async calls, in callsEnded) skip the commands queued in the
     // channel: a burst of delivered messages would otherwise delay every completion (and the next call
     // of its substream) by the time the loop takes to push them all. Measured on bench (e): 3.5-5 ms from a call's
-    // end to the next call of its key. `wakePending` is 1 while a Wake is in the channel.
+    // end to the next call of its key.
     let completions = ConcurrentQueue<WorkerCommand>()
-    let mutable wakePending = 0
+
+    // Wakes the loop when it waits: for commands and write completions through the thread pool, for
+    // an ended async call on the thread that ended it when that is a pool thread (callEnded).
+    let signal = LoopSignal()
 
     let postCompletion (command: WorkerCommand) =
         completions.Enqueue command
-
-        if Interlocked.Exchange(&wakePending, 1) = 0 then
-            writer.TryWrite Wake |> ignore
+        signal.Wake false
 
     // State owned by the loop.
     let offsets = OpenOffsets(tp, counters, log, handling.DeadLetters.IsSome)
@@ -145,9 +146,9 @@ type internal PartitionWorker
 
     let callEnded (call: RunningCall) =
         callsEnded.Enqueue call
-
-        if Interlocked.Exchange(&wakePending, 1) = 0 then
-            writer.TryWrite Wake |> ignore
+        // On this thread: it is the one that completed the call's task (a timer's, an I/O
+        // completion's), past the user's code; the loop's turn runs at most batchTime there.
+        signal.Wake true
 
     let calls =
         AsyncCalls(tp, handling, callGate, (fun () -> waiting.Token), (fun () -> generation), callEnded)
@@ -464,9 +465,6 @@ type internal PartitionWorker
                     report offset stage ex
 
             true
-        | Wake ->
-            Volatile.Write(&wakePending, 0)
-            true
         | Abandon ->
             dropWaiting ()
             false
@@ -504,55 +502,56 @@ type internal PartitionWorker
         while callsEnded.TryDequeue &call do
             settleCall call
 
+    let reader = channel.Reader
+
+    /// Whether a command or completion waits (asked by LoopSignal.Park).
+    let hasWork () =
+        reader.Count > 0 || not completions.IsEmpty || not callsEnded.IsEmpty
+
     let loop () = task {
-        let reader = channel.Reader
         let mutable go = true
 
         try
             while go do
-                let! more = reader.WaitToReadAsync()
+                let mutable n = 0
+                let mutable checkAt = 64
+                let started = Stopwatch.GetTimestamp()
 
-                if not more then
-                    go <- false
-                else
-                    let mutable n = 0
-                    let mutable checkAt = 64
-                    let started = Stopwatch.GetTimestamp()
+                while go && n < batchCommands do
+                    // Completions first.
+                    takeCompletions ()
 
-                    while go && n < batchCommands do
-                        // Completions first (a Wake's are taken after it reset the flag).
-                        takeCompletions ()
-
-                        match reader.TryRead() with
-                        | true, command ->
-                            n <- n + weight command
-                            go <- handle command
-
-                            if go then
-                                takeCompletions ()
-
-                            if n >= checkAt then
-                                checkAt <- n + 64
-
-                                if Stopwatch.GetElapsedTime started > batchTime then
-                                    n <- batchCommands
-                        | _ -> n <- Int32.MaxValue
+                    match reader.TryRead() with
+                    | true, command ->
+                        n <- n + weight command
+                        go <- handle command
 
                         if go then
-                            resumeReady ()
-                            checkDrained ()
+                            takeCompletions ()
+
+                        if n >= checkAt then
+                            checkAt <- n + 64
+
+                            if Stopwatch.GetElapsedTime started > batchTime then
+                                n <- batchCommands
+                    | _ -> n <- Int32.MaxValue
 
                     if go then
-                        publish ()
+                        resumeReady ()
+                        checkDrained ()
 
-                        // WaitToReadAsync completes synchronously while commands wait, so a busy
-                        // loop would keep its thread-pool thread for good: the timers completing
-                        // async calls (queued to the pool) and the other partitions' loops then
-                        // waited for the pool to inject threads. Measured on 2 cores (bench (e)): a
-                        // 5 ms Task.Delay in the pipe took 15-18 ms on average (8 ms alone, see
-                        // docs/benchmarks.md), 12-13 ms once the loop yields after a full batch.
-                        if n <> Int32.MaxValue then
-                            do! Task.Yield()
+                if go then
+                    publish ()
+
+                    // A loop that went on while commands wait would keep its thread-pool thread for
+                    // good: the timers completing async calls (queued to the pool) and the other
+                    // partitions' loops then waited for the pool to inject threads. Measured on 2 cores (bench (e)): a
+                    // 5 ms Task.Delay in the pipe took 15-18 ms on average (8 ms alone, see
+                    // docs/benchmarks.md), 12-13 ms once the loop yields after a full batch.
+                    if n <> Int32.MaxValue then
+                        do! Task.Yield()
+                    else
+                        do! signal.Park hasWork
         with ex ->
             report ValueNone "runtime" ex
     }
@@ -573,20 +572,26 @@ type internal PartitionWorker
         | list -> list
 
     /// Queues a command (false once the loop ended).
-    member _.Post(command: WorkerCommand) = writer.TryWrite command |> ignore
+    member _.Post(command: WorkerCommand) =
+        if writer.TryWrite command then
+            signal.Wake false
 
     /// Asks the loop to push `event` and wait for in-flight work; the task completes when it has.
     member _.Drain(generation: int, event: Event<obj>) =
         let answer =
             TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
 
-        if not (writer.TryWrite(Drain(generation, event, answer))) then
+        if writer.TryWrite(Drain(generation, event, answer)) then
+            signal.Wake false
+        else
             answer.TrySetResult() |> ignore
 
         answer.Task
 
     /// Ends the loop (nothing is flushed); the task completes when it has stopped.
     member _.Abandon() =
-        writer.TryWrite Abandon |> ignore
+        if writer.TryWrite Abandon then
+            signal.Wake false
+
         writer.TryComplete() |> ignore
         completion :> Task
