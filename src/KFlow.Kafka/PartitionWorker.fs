@@ -505,8 +505,11 @@ type internal PartitionWorker
     let reader = channel.Reader
 
     /// Whether a command or completion waits (asked by LoopSignal.Park).
+    let mutable peeked = Unchecked.defaultof<WorkerCommand>
+
     let hasWork () =
-        reader.Count > 0 || not completions.IsEmpty || not callsEnded.IsEmpty
+        // The single-reader channel counts nothing, but it peeks.
+        reader.TryPeek &peeked || not completions.IsEmpty || not callsEnded.IsEmpty
 
     let loop () = task {
         let mutable go = true

@@ -15,6 +15,7 @@ let all =
         CommitPlanTests.tests
         OpenOffsetsTests.tests
         KeyCacheTests.tests
+        LoopSignalTests.tests
         FailureHandlingTests.tests
         AsyncCallsTests.tests
         SinkLanesTests.tests
