@@ -299,15 +299,31 @@ type internal PartitionWorker
 
                 apply effects
 
+    /// Publishes the commit point and finished count when one of them moved (a new record each
+    /// time: a turn that finished nothing allocates nothing).
     let publish () =
-        Volatile.Write(
-            &published,
-            {
-                Generation = generation
-                CommitPoint = offsets.CommitPoint
-                Finished = offsets.Finished
-            }
-        )
+        let last = published
+        let point = offsets.CommitPoint
+
+        let samePoint =
+            match last.CommitPoint, point with
+            | ValueSome a, ValueSome b -> a = b
+            | ValueNone, ValueNone -> true
+            | _ -> false
+
+        if
+            not samePoint
+            || last.Generation <> generation
+            || last.Finished <> offsets.Finished
+        then
+            Volatile.Write(
+                &published,
+                {
+                    Generation = generation
+                    CommitPoint = point
+                    Finished = offsets.Finished
+                }
+            )
 
         offsets.ReportFinished()
 

@@ -9,23 +9,25 @@ open Expecto
 open KFlow.Kafka
 
 /// The thread a parked loop's continuation ran on, once it has run.
-let private resumedOn (parked: Task) =
-    parked.ContinueWith(
-        (fun (_: Task) -> Environment.CurrentManagedThreadId),
-        TaskContinuationOptions.ExecuteSynchronously
-    )
+let private resumedOn (parked: ValueTask) =
+    parked
+        .AsTask()
+        .ContinueWith(
+            (fun (_: Task) -> Environment.CurrentManagedThreadId),
+            TaskContinuationOptions.ExecuteSynchronously
+        )
 
 let tests =
     testList "LoopSignal" [
         test "LoopSignal / work queued before the loop parked ends its wait at once" {
             let signal = LoopSignal()
             let parked = signal.Park(fun () -> true)
-            Expect.isTrue parked.IsCompleted "the loop goes on without a wake"
+            Expect.isTrue parked.IsCompletedSuccessfully "the loop goes on without a wake"
         }
 
         test "LoopSignal / a wake after the loop parked ends its wait" {
             let signal = LoopSignal()
-            let parked = signal.Park(fun () -> false)
+            let parked = signal.Park(fun () -> false).AsTask()
             Expect.isFalse parked.IsCompleted "parked until a wake"
             signal.Wake false
             Expect.isTrue (parked.Wait(TimeSpan.FromSeconds 10.0)) "woken"
@@ -34,7 +36,7 @@ let tests =
         test "LoopSignal / a wake while the loop runs is left to the loop's next look for work" {
             let signal = LoopSignal()
             signal.Wake true
-            let parked = signal.Park(fun () -> false)
+            let parked = signal.Park(fun () -> false).AsTask()
             Expect.isFalse parked.IsCompleted "the earlier wake does not end a later wait"
             signal.Wake false
             Expect.isTrue (parked.Wait(TimeSpan.FromSeconds 10.0)) "woken by the next wake"
@@ -68,5 +70,14 @@ let tests =
             waker.Join()
             Expect.isTrue (resumed.Wait(TimeSpan.FromSeconds 10.0)) "woken"
             Expect.notEqual resumed.Result wakerThread "not on the waking thread"
+        }
+
+        test "LoopSignal / one signal serves wait after wait" {
+            let signal = LoopSignal()
+
+            for _ in 1..3 do
+                let parked = signal.Park(fun () -> false).AsTask()
+                signal.Wake false
+                Expect.isTrue (parked.Wait(TimeSpan.FromSeconds 10.0)) "woken"
         }
     ]
