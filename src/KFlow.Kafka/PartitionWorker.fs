@@ -36,16 +36,15 @@ type internal PartitionWorker
     // Completions of sink writes (and of async calls, in callsEnded) skip the commands queued in the
     // channel: a burst of delivered messages would otherwise delay every completion (and the next call
     // of its substream) by the time the loop takes to push them all. Measured on bench (e): 3.5-5 ms from a call's
-    // end to the next call of its key.
+    // end to the next call of its key. `wakePending` is 1 while a Wake is in the channel.
     let completions = ConcurrentQueue<WorkerCommand>()
-
-    // Wakes the loop when it waits: for commands and write completions through the thread pool, for
-    // an ended async call on the thread that ended it when that is a pool thread (callEnded).
-    let signal = LoopSignal()
+    let mutable wakePending = 0
 
     let postCompletion (command: WorkerCommand) =
         completions.Enqueue command
-        signal.Wake false
+
+        if Interlocked.Exchange(&wakePending, 1) = 0 then
+            writer.TryWrite Wake |> ignore
 
     // State owned by the loop.
     let offsets = OpenOffsets(tp, counters, log, handling.DeadLetters.IsSome)
@@ -146,9 +145,9 @@ type internal PartitionWorker
 
     let callEnded (call: RunningCall) =
         callsEnded.Enqueue call
-        // On this thread: it is the one that completed the call's task (a timer's, an I/O
-        // completion's), past the user's code; the loop's turn runs at most batchTime there.
-        signal.Wake true
+
+        if Interlocked.Exchange(&wakePending, 1) = 0 then
+            writer.TryWrite Wake |> ignore
 
     let calls =
         AsyncCalls(tp, handling, callGate, (fun () -> waiting.Token), (fun () -> generation), callEnded)
@@ -481,6 +480,9 @@ type internal PartitionWorker
                     report offset stage ex
 
             true
+        | Wake ->
+            Volatile.Write(&wakePending, 0)
+            true
         | Abandon ->
             dropWaiting ()
             false
@@ -518,59 +520,55 @@ type internal PartitionWorker
         while callsEnded.TryDequeue &call do
             settleCall call
 
-    let reader = channel.Reader
-
-    /// Whether a command or completion waits (asked by LoopSignal.Park).
-    let mutable peeked = Unchecked.defaultof<WorkerCommand>
-
-    let hasWork () =
-        // The single-reader channel counts nothing, but it peeks.
-        reader.TryPeek &peeked || not completions.IsEmpty || not callsEnded.IsEmpty
-
     let loop () = task {
+        let reader = channel.Reader
         let mutable go = true
 
         try
             while go do
-                let mutable n = 0
-                let mutable checkAt = 64
-                let started = Stopwatch.GetTimestamp()
+                let! more = reader.WaitToReadAsync()
 
-                while go && n < batchCommands do
-                    // Completions first.
-                    takeCompletions ()
+                if not more then
+                    go <- false
+                else
+                    let mutable n = 0
+                    let mutable checkAt = 64
+                    let started = Stopwatch.GetTimestamp()
 
-                    match reader.TryRead() with
-                    | true, command ->
-                        n <- n + weight command
-                        go <- handle command
+                    while go && n < batchCommands do
+                        // Completions first (a Wake's are taken after it reset the flag).
+                        takeCompletions ()
+
+                        match reader.TryRead() with
+                        | true, command ->
+                            n <- n + weight command
+                            go <- handle command
+
+                            if go then
+                                takeCompletions ()
+
+                            if n >= checkAt then
+                                checkAt <- n + 64
+
+                                if Stopwatch.GetElapsedTime started > batchTime then
+                                    n <- batchCommands
+                        | _ -> n <- Int32.MaxValue
 
                         if go then
-                            takeCompletions ()
-
-                        if n >= checkAt then
-                            checkAt <- n + 64
-
-                            if Stopwatch.GetElapsedTime started > batchTime then
-                                n <- batchCommands
-                    | _ -> n <- Int32.MaxValue
+                            resumeReady ()
+                            checkDrained ()
 
                     if go then
-                        resumeReady ()
-                        checkDrained ()
+                        publish ()
 
-                if go then
-                    publish ()
-
-                    // A loop that went on while commands wait would keep its thread-pool thread for
-                    // good: the timers completing async calls (queued to the pool) and the other
-                    // partitions' loops then waited for the pool to inject threads. Measured on 2 cores (bench (e)): a
-                    // 5 ms Task.Delay in the pipe took 15-18 ms on average (8 ms alone, see
-                    // docs/benchmarks.md), 12-13 ms once the loop yields after a full batch.
-                    if n <> Int32.MaxValue then
-                        do! Task.Yield()
-                    else
-                        do! signal.Park hasWork
+                        // WaitToReadAsync completes synchronously while commands wait, so a busy
+                        // loop would keep its thread-pool thread for good: the timers completing
+                        // async calls (queued to the pool) and the other partitions' loops then
+                        // waited for the pool to inject threads. Measured on 2 cores (bench (e)): a
+                        // 5 ms Task.Delay in the pipe took 15-18 ms on average (8 ms alone, see
+                        // docs/benchmarks.md), 12-13 ms once the loop yields after a full batch.
+                        if n <> Int32.MaxValue then
+                            do! Task.Yield()
         with ex ->
             report ValueNone "runtime" ex
     }
@@ -591,26 +589,20 @@ type internal PartitionWorker
         | list -> list
 
     /// Queues a command (false once the loop ended).
-    member _.Post(command: WorkerCommand) =
-        if writer.TryWrite command then
-            signal.Wake false
+    member _.Post(command: WorkerCommand) = writer.TryWrite command |> ignore
 
     /// Asks the loop to push `event` and wait for in-flight work; the task completes when it has.
     member _.Drain(generation: int, event: Event<obj>) =
         let answer =
             TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)
 
-        if writer.TryWrite(Drain(generation, event, answer)) then
-            signal.Wake false
-        else
+        if not (writer.TryWrite(Drain(generation, event, answer))) then
             answer.TrySetResult() |> ignore
 
         answer.Task
 
     /// Ends the loop (nothing is flushed); the task completes when it has stopped.
     member _.Abandon() =
-        if writer.TryWrite Abandon then
-            signal.Wake false
-
+        writer.TryWrite Abandon |> ignore
         writer.TryComplete() |> ignore
         completion :> Task

@@ -40,5 +40,7 @@ type internal WorkerCommand =
     /// The dead-letter writes of a failed input of an assignment ended (error None = every one
     /// acknowledged): its tokens complete (one part each).
     | DeadLettered of generation: int * tokens: Token list * stage: string * error: exn option
+    /// Completions wait in the loop's completion queue (they are handled before queued commands).
+    | Wake
     /// The incarnation ends: stop the loop.
     | Abandon

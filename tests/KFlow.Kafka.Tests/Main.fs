@@ -15,7 +15,6 @@ let all =
         CommitPlanTests.tests
         OpenOffsetsTests.tests
         KeyCacheTests.tests
-        LoopSignalTests.tests
         FailureHandlingTests.tests
         AsyncCallsTests.tests
         SinkLanesTests.tests
