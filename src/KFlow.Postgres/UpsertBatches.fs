@@ -66,14 +66,8 @@ type internal UpsertBatches
             task {
                 let seen = ref 0L
 
-                let describe (error: exn) (tries: int) (transient: bool) : exn =
-                    let attempts = if tries > 1 then $" after {tries} attempts" else ""
-
-                    PgSinkException(
-                        $"Upsert of {rows.Length} record(s) into {table} ({server}) failed{attempts}: {error.Message}",
-                        error,
-                        transient
-                    )
+                let describe =
+                    PgRetry.failed $"Upsert of {rows.Length} record(s) into {table} ({server})"
 
                 let attempt = attempts.Attempt(positions, claimed, rows, distinct, seen)
 

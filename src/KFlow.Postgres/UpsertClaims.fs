@@ -84,14 +84,8 @@ type internal UpsertClaims
     /// The store of applied offsets in <paramref name="offsets"/>, its calls retried like batches; its
     /// Load claims the partitions for this writer first.
     member _.Store(offsets: PgAppliedOffsets) : AppliedOffsetStore =
-        let describe (error: exn) (tries: int) (transient: bool) : exn =
-            let attempts = if tries > 1 then $" after {tries} attempts" else ""
-
-            PgSinkException(
-                $"Reading the applied offsets in {offsets.Table} ({server}) failed{attempts}: {error.Message}",
-                error,
-                transient
-            )
+        let describe =
+            PgRetry.failed $"Reading the applied offsets in {offsets.Table} ({server})"
 
         let retried (run: NpgsqlConnection -> Task) : Task =
             PgRetry.run retry onTransient describe (fun () -> task {

@@ -366,10 +366,9 @@ module UpsertWriter =
                 | :? InvalidOperationException as error ->
                     InvalidOperationException($"{error.Message} (Server: {server})", error)
                 | _ ->
-                    let attempts = if tries > 1 then $" after {tries} attempts" else ""
-
                     PgSinkException(
-                        $"Could not read the schema of {table} ({server}){attempts}: {error.Message}",
+                        $"Could not read the schema of {table} ({server}){PgRetry.afterAttempts tries}: \
+                          {error.Message}",
                         error,
                         transient
                     )
