@@ -46,6 +46,15 @@ type internal ConcurrencyGate(limit: int) =
     /// Slots free now (Int32.MaxValue without a cap).
     member _.Free = if isNull slots then Int32.MaxValue else slots.CurrentCount
 
+    /// <summary>Takes a slot if one is free now (always true without a cap); the caller gives it
+    /// back with <c>Release</c> once the function it started has ended, however it ended.</summary>
+    member _.TryEnter() = isNull slots || slots.Wait 0
+
+    /// Gives back a slot taken by TryEnter (nothing without a cap).
+    member _.Release() =
+        if not (isNull slots) then
+            release ()
+
     /// <summary>Runs <paramref name="run"/> once a slot is free: at once when one is (the task is
     /// the function's own), else after waiting for one. A wait cancelled by
     /// <paramref name="cancel"/> ends the task as cancelled without calling the function.</summary>

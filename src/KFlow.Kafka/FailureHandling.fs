@@ -133,6 +133,32 @@ module internal FailureHandling =
         else
             retryingAfter handling what policy first run
 
+    /// <summary>One try of a write, <c>inner value</c>, as it is when it succeeds at once; else (it
+    /// failed, threw, gave no task or runs on) it is awaited and retried in place as the policy
+    /// allows. A write that succeeds at once allocates nothing here.</summary>
+    let private retriedWrite
+        (handling: FailureHandling)
+        (what: unit -> string)
+        (policy: ErrorPolicy)
+        (request: SinkRequest)
+        (inner: obj -> Task)
+        (value: obj)
+        : Task =
+        let first =
+            try
+                inner value
+            with ex ->
+                Task.FromException ex
+
+        if not (isNull first) && first.IsCompletedSuccessfully then
+            first
+        else
+            // A null task takes the retrying path, whose await fails on it.
+            let whatAt () =
+                $"{what ()} at offset {request.Envelope.Position.Offset}"
+
+            retryingAfter handling whatAt policy (task { do! first }) (fun () -> task { do! inner value })
+
     /// <summary>Dead-letters messages: produces each original to <paramref name="topic"/> with the
     /// failure headers, all at once and in order (the producer is idempotent, so they land in that
     /// order); the task completes once the broker acknowledged every one, and faults if any could not
@@ -195,30 +221,35 @@ module internal FailureHandling =
 
                 { request with Write = write }
         | _ when ErrorPolicy.retries policy > 0 ->
-            fun request ->
-                let inner = request.Write
-
-                // The first try runs here; only a write that fails (or runs on) builds the retry
-                // state machine. A null task takes the retrying path, whose await fails on it.
-                let write (value: obj) : Task =
-                    let first =
-                        try
-                            inner value
-                        with ex ->
-                            Task.FromException ex
-
-                    if not (isNull first) && first.IsCompletedSuccessfully then
-                        first
-                    else
-                        let whatAt () =
-                            $"{what ()} at offset {request.Envelope.Position.Offset}"
-
-                        retryingAfter handling whatAt policy (task { do! first }) (fun () -> task {
-                            do! inner value
-                        })
-
-                { request with Write = write }
+            fun request -> {
+                request with
+                    Write = retriedWrite handling what policy request request.Write
+            }
         | _ -> id
+
+    /// <summary>How a partition loop runs one sink's writes, built once per sink: the guard it applies
+    /// to each request when it is queued (on the loop), and how it starts a guarded request. Under
+    /// DeadLetter the guard is <c>sinkGuard</c>'s (it takes the originals on the loop) and a request
+    /// starts as it is. With retries in place only, nothing is wrapped per request: a request starts
+    /// with its first try as it is, and only a write that fails or runs on builds the retry state
+    /// machine (sinkGuard copied every request with a wrapped write, ~100 bytes a message). Without
+    /// either, a request starts as it is.</summary>
+    let sinkStarter
+        (handling: FailureHandling)
+        (what: unit -> string)
+        (originalsOf: Token list -> Confluent.Kafka.ConsumeResult<byte[], byte[]> list voption)
+        (sink: string)
+        : struct ((SinkRequest -> SinkRequest) * (SinkRequest -> Task)) =
+        let policy = sinkPolicyOf sink handling
+        let plain (request: SinkRequest) = request.Write request.Envelope.Value
+
+        match ErrorPolicy.terminal policy, handling.DeadLetters with
+        | DeadLetter _, Some _ -> struct (sinkGuard handling what originalsOf sink, plain)
+        | _ when ErrorPolicy.retries policy > 0 ->
+            struct (id,
+                    fun request ->
+                        retriedWrite handling what policy request request.Write request.Envelope.Value)
+        | _ -> struct (id, plain)
 
     /// <summary>One sink write request with its sink's policy applied, as <c>sinkGuard</c> gives it
     /// (the guard is built for this request alone; the partition loops keep one per sink).</summary>

@@ -30,9 +30,9 @@ type internal PartitionWorker
 
     let writer = channel.Writer
 
-    // Completions of sink writes and async calls skip the commands queued in the channel: a burst of
-    // delivered messages would otherwise delay every completion (and the next call of its substream)
-    // by the time the loop takes to push them all. Measured on bench (e): 3.5-5 ms from a call's
+    // Completions of sink writes (and of async calls, in callsEnded) skip the commands queued in the
+    // channel: a burst of delivered messages would otherwise delay every completion (and the next call
+    // of its substream) by the time the loop takes to push them all. Measured on bench (e): 3.5-5 ms from a call's
     // end to the next call of its key. `wakePending` is 1 while a Wake is in the channel.
     let completions = ConcurrentQueue<WorkerCommand>()
     let mutable wakePending = 0
@@ -44,7 +44,7 @@ type internal PartitionWorker
             writer.TryWrite Wake |> ignore
 
     // State owned by the loop.
-    let offsets = OpenOffsets(tp, counters, log)
+    let offsets = OpenOffsets(tp, counters, log, handling.DeadLetters.IsSome)
     let mutable run = newRun ()
     let mutable generation = -1
     let mutable writesInFlight = 0
@@ -126,8 +126,6 @@ type internal PartitionWorker
         let gen = generation
         whenEnded t (fun error -> SinkDone(gen, request, error))
 
-    let lanes = SinkLanes(writeEnded, writePending)
-
     // Cancelled when the assignment's state is released or the loop ends: calls and writes still
     // waiting for a slot of the workflow's gates are dropped without running (their completions
     // belong to an earlier assignment).
@@ -138,49 +136,47 @@ type internal PartitionWorker
         waiting <- new CancellationTokenSource()
         old.Cancel()
 
-    let callPending (id: int) (t: Task<obj>) =
-        let gen = generation
+    // Async calls that ended, queued by the thread that ended them (taken with the completions).
+    let callsEnded = ConcurrentQueue<RunningCall>()
 
-        t.ContinueWith(
-            (fun (t: Task<obj>) ->
-                postCompletion (
-                    CallDone(
-                        gen,
-                        id,
-                        (if t.IsCompletedSuccessfully then
-                             Ok t.Result
-                         else
-                             Error(taskError t))
-                    )
-                )),
-            TaskContinuationOptions.ExecuteSynchronously
-        )
-        |> ignore
+    let callEnded (call: RunningCall) =
+        callsEnded.Enqueue call
+
+        if Interlocked.Exchange(&wakePending, 1) = 0 then
+            writer.TryWrite Wake |> ignore
 
     let calls =
-        AsyncCalls(tp, handling, callGate, (fun () -> waiting.Token), callPending)
+        AsyncCalls(tp, handling, callGate, (fun () -> waiting.Token), (fun () -> generation), callEnded)
 
-    // The guard of each sink's writes (FailureHandling.sinkGuard), built once per sink name.
-    let guards = Collections.Generic.Dictionary<string, SinkRequest -> SinkRequest>()
+    // How each sink's writes are guarded and started (FailureHandling.sinkStarter), built once per
+    // sink name on the loop when its first write is queued (read where a pipelined write starts).
+    let sinks =
+        ConcurrentDictionary<string, struct ((SinkRequest -> SinkRequest) * (SinkRequest -> Task))>()
+
+    let sinkOf (name: string) =
+        match sinks.TryGetValue name with
+        | true, s -> s
+        | _ ->
+            let s =
+                FailureHandling.sinkStarter
+                    handling
+                    (fun () -> $"{tp}: sink '{name}'")
+                    offsets.DeadLetterable
+                    name
+
+            sinks.TryAdd(name, s) |> ignore
+            s
 
     let guarded (request: SinkRequest) =
-        let guard =
-            match guards.TryGetValue request.Sink with
-            | true, g -> g
-            | _ ->
-                let sink = request.Sink
-
-                let g =
-                    FailureHandling.sinkGuard
-                        handling
-                        (fun () -> $"{tp}: sink '{sink}'")
-                        offsets.DeadLetterable
-                        sink
-
-                guards[sink] <- g
-                g
-
+        let struct (guard, _) = sinkOf request.Sink
         guard request
+
+    /// Starts a guarded write (timed while a listener records stage latency).
+    let startWrite (request: SinkRequest) =
+        let struct (_, start) = sinkOf request.Sink
+        StageTiming.startWrite counters.Name start request
+
+    let lanes = SinkLanes(writeEnded, writePending, startWrite)
 
     /// Each try of a write runs under the workflow's MaxConcurrentWrites.
     let gatedWrite (request: SinkRequest) =
@@ -196,7 +192,7 @@ type internal PartitionWorker
             }
 
     let enqueueWrite (request: SinkRequest) =
-        let request = gatedWrite request |> guarded |> StageTiming.write counters.Name
+        let request = gatedWrite request |> guarded
         writesInFlight <- writesInFlight + 1
         lanes.Enqueue request
 
@@ -282,17 +278,21 @@ type internal PartitionWorker
 
     let push (event: Event<obj>) = pushAt DateTimeOffset.UtcNow event
 
-    /// Resumes the async calls that have a result, oldest first.
+    /// Resumes the async calls that have a result, oldest first, with one clock reading (as a batch
+    /// of delivered messages is pushed).
     let resumeReady () =
-        while calls.HasReady do
-            let struct (id, result) = calls.Take()
-            let run', effects = PipeRun.resume DateTimeOffset.UtcNow id result run
-            run <- run'
+        if calls.HasReady then
+            let now = DateTimeOffset.UtcNow
 
-            if draining.IsSome then
-                movedWhileDraining <- true
+            while calls.HasReady do
+                let struct (id, result) = calls.Take()
+                let run', effects = PipeRun.resume now id result run
+                run <- run'
 
-            apply effects
+                if draining.IsSome then
+                    movedWhileDraining <- true
+
+                apply effects
 
     let publish () =
         Volatile.Write(
@@ -400,14 +400,6 @@ type internal PartitionWorker
                 | Some _ -> ()
 
             true
-        | CallDone(gen, id, result) ->
-            if gen = generation then
-                calls.Arrived(id, result)
-            else
-                counters.Refused()
-                log $"{tp}: async call {id} of an earlier assignment ended; ignored."
-
-            true
         | Clock ->
             if generation >= 0 then
                 push Tick
@@ -485,11 +477,25 @@ type internal PartitionWorker
         | Deliver batch -> max 1 batch.Count
         | _ -> 1
 
+    /// Settles an async call that ended: its result is queued for the pipe, unless it belongs to an
+    /// earlier assignment (then it is ignored).
+    let settleCall (call: RunningCall) =
+        if call.Generation = generation then
+            calls.Arrived(call.Id, call.Result)
+        else
+            counters.Refused()
+            log $"{tp}: async call {call.Id} of an earlier assignment ended; ignored."
+
     let takeCompletions () =
         let mutable completion = Unchecked.defaultof<WorkerCommand>
 
         while completions.TryDequeue &completion do
             handle completion |> ignore
+
+        let mutable call = Unchecked.defaultof<RunningCall>
+
+        while callsEnded.TryDequeue &call do
+            settleCall call
 
     let loop () = task {
         let reader = channel.Reader

@@ -29,14 +29,20 @@ type internal SinkLane() =
 
 /// The lanes of sink writes of one partition loop.
 /// `ended request error` settles a write that ended (false: it failed, the lane stops);
-/// `pending request task` is called for a write that runs on, whose end comes back through Ended.
+/// `pending request task` is called for a write that runs on, whose end comes back through Ended;
+/// `start request` starts a write (on the loop, or where a pipelined write's reservation ended).
 [<Sealed>]
-type internal SinkLanes(ended: SinkRequest -> exn option -> bool, pending: SinkRequest -> Task -> unit) =
+type internal SinkLanes
+    (
+        ended: SinkRequest -> exn option -> bool,
+        pending: SinkRequest -> Task -> unit,
+        start: SinkRequest -> Task
+    ) =
     let lanes = Dictionary<string, SinkLane>()
 
     let call (request: SinkRequest) =
         try
-            match request.Write request.Envelope.Value with
+            match start request with
             | null -> Task.CompletedTask
             | t -> t
         with ex ->
@@ -122,6 +128,10 @@ type internal SinkLanes(ended: SinkRequest -> exn option -> bool, pending: SinkR
 
         if not lane.Stopped && lane.Running = 0 && not lane.HasWaiting then
             lanes.Remove name |> ignore
+
+    /// Lanes whose writes start with `request.Write request.Envelope.Value`.
+    new(ended: SinkRequest -> exn option -> bool, pending: SinkRequest -> Task -> unit) =
+        SinkLanes(ended, pending, (fun request -> request.Write request.Envelope.Value))
 
     /// Queues a write in its lane and starts it at once if the lane has room (an idle lane, or fewer
     /// than the sink's InFlight writes running and none waiting before it).

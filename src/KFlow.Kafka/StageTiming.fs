@@ -72,17 +72,19 @@ module StageTiming =
         else
             inner value
 
-    /// A sink write timed from its start to its end. Unchanged (no wrapper allocated per message)
-    /// while no listener records the histogram: one that starts listening later times the writes
-    /// requested from then on.
-    let internal write (workflow: string) (request: SinkRequest) =
+    /// Starts a sink write with `start`, timed from its start to its end while a listener records
+    /// the histogram (nothing is allocated per write while none does).
+    let internal startWrite (workflow: string) (start: SinkRequest -> Task) (request: SinkRequest) : Task =
         if enabled () then
-            {
-                request with
-                    Write = timedCall workflow request.Sink request.Write
-            }
+            let started = Stopwatch.GetTimestamp()
+            let t = start request
+
+            if not (isNull t) then
+                whenDone workflow request.Sink started t
+
+            t
         else
-            request
+            start request
 
     /// An async call timed from its start to its end. Unchanged while no listener records the
     /// histogram, as `write`.

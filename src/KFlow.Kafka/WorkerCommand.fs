@@ -29,8 +29,6 @@ type internal WorkerCommand =
     | Deliver of batch: ResizeArray<Consumed>
     /// A sink write of an assignment ended (error None = success).
     | SinkDone of generation: int * request: SinkRequest * error: exn option
-    /// An async call of an assignment ended.
-    | CallDone of generation: int * callId: int * result: Result<obj, exn>
     /// The clock ticked.
     | Clock
     /// Intake stalled: flush the pipe's buffers now.

@@ -14,6 +14,8 @@ let all =
         BackpressureTests.tests
         CommitPlanTests.tests
         OpenOffsetsTests.tests
+        FailureHandlingTests.tests
+        AsyncCallsTests.tests
         SinkLanesTests.tests
         WorkflowOptionsTests.tests
         StageTimingTests.tests

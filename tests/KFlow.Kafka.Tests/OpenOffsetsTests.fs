@@ -39,6 +39,24 @@ let private offsetsOf (messages: ConsumeResult<byte[], byte[]> list voption) =
 
 let tests =
     testList "OpenOffsets" [
+        test "without dead-lettering an open offset keeps its message's key for reports but not the message" {
+            let offsets = OpenOffsets(tp, Counters "open-offsets-tests", ignore, false)
+
+            let token =
+                match offsets.Deliver(consumed 0L, 1L) with
+                | Ok token -> token
+                | Error e -> failtestf "delivery refused: %A" e
+
+            Expect.equal (offsets.KeyAt(ValueSome 0L)) (ValueSome "k") "the key is kept"
+            Expect.equal (offsetsOf (offsets.DeadLetterable [ token ])) ValueNone "the message is not"
+            offsets.Complete token
+            Expect.equal offsets.CommitPoint (ValueSome 1L) "the offset finishes as usual"
+        }
+        test "with dead-lettering an open offset keeps its message and its key" {
+            let offsets, tokens = delivered ()
+            Expect.equal (offsets.KeyAt(ValueSome 2L)) (ValueSome "k") "the key"
+            Expect.equal (offsetsOf (offsets.DeadLetterable [ tokens[2] ])) (ValueSome [ 2L ]) "the message"
+        }
         test "a batch's messages are dead-letterable each once, in token order" {
             let offsets, tokens = delivered ()
             let batch = [ tokens[3]; tokens[1]; tokens[3]; tokens[4] ]
