@@ -15,6 +15,7 @@ let all =
         PgAppliedOffsetsTests.tests
         WritePipelineTests.tests
         GroupCommitTests.tests
+        UpsertConfigTests.tests
         UpsertStatementsTests.tests
         UpsertAttemptsTests.tests
         UpsertBatchesTests.tests
