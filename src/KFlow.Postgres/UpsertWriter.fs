@@ -119,7 +119,7 @@ type UpsertWriter<'a>
         WritePipeline((fun batch -> prepare (unbox<'a list> batch)), keyIndexes)
 
     /// Writes a batch in its place in the pipeline: after the batches placed before it that share a
-    /// key with it (see WritePipeline); claims as in writeRows.
+    /// key with it (see WritePipeline), then alone or joined (UpsertBatches), with the claims given.
     let write (positions: Position list) (claimed: (TopicPartition * int64)[]) (batch: 'a list) : Task =
         if disposed then
             Task.FromException(
