@@ -22,16 +22,39 @@ type internal RunStore(mode: AsyncMode, top: Level, passOnly: bool) =
     /// Whether a push or resume is running on it (a push from inside one of its own steps is refused).
     member val Busy = false with get, set
 
-/// A version of a run: its store, the store's version it stands for, and its counters.
+/// A version of a run: its store and its counters, and itself the store's version it stands for (one
+/// object per push rather than two: pipe-core bench).
+/// As a StoreVersion (StoreVersion.fs; not its subclass, PipeRun being public): the current version
+/// has no Newer (null), an older one the Newer and the Diff that turns Newer's contents into its own.
 [<Sealed; NoEquality; NoComparison>]
-type PipeRun internal (store: RunStore, version: StoreVersion, nextCall: int, nextHold: int) =
+type PipeRun internal (store: RunStore, nextCall: int, nextHold: int) =
     member internal _.Store = store
-    member internal _.Version = version
+    member val internal Newer: PipeRun = Unchecked.defaultof<PipeRun> with get, set
+    member val internal Diff: Change = null with get, set
     member internal _.NextCall = nextCall
     member internal _.NextHold = nextHold
 
 [<RequireQualifiedAccess>]
 module PipeRun =
+    /// Makes the store hold `run`'s contents, as StoreVersion.reroot does: the diffs from the current
+    /// run back to it applied and turned around. O(1) when it is current already.
+    let private reroot (run: PipeRun) =
+        if not (isNull (box run.Newer)) then
+            let chain = Collections.Generic.Stack<PipeRun>()
+            let mutable v = run
+
+            while not (isNull (box v.Newer)) do
+                chain.Push v
+                v <- v.Newer
+
+            while chain.Count > 0 do
+                let older = chain.Pop()
+                v.Diff <- StoreVersion.turn older.Diff
+                v.Newer <- older
+                older.Diff <- null
+                older.Newer <- Unchecked.defaultof<PipeRun>
+                v <- older
+
     let startWith (mode: AsyncMode) (pipe: Pipe<'i, 'o>) =
         let top = RunState.top (Pipe.nodes pipe)
 
@@ -44,7 +67,7 @@ module PipeRun =
                 | DemuxNode _
                 | AsyncMapNode _ -> false)
 
-        PipeRun(RunStore(mode, top, passOnly), StoreVersion(), 1, 1)
+        PipeRun(RunStore(mode, top, passOnly), 1, 1)
 
     let start pipe = startWith RunInline pipe
 
@@ -296,7 +319,7 @@ module PipeRun =
             store.Busy <- true
 
             try
-                StoreVersion.reroot run.Version
+                reroot run
                 let acc = Collected.Take(store.Mode, store.Calls, run.NextCall, run.NextHold)
 
                 try
@@ -306,17 +329,17 @@ module PipeRun =
                         StoreVersion.revert acc.Changes
                         reraise ()
 
-                    let version = StoreVersion.advance acc.Changes run.Version
-
+                    // The run itself when nothing changed; else a new current version, `run` a diff to it.
                     let run' =
                         if
-                            obj.ReferenceEquals(version, run.Version)
-                            && acc.NextCall = run.NextCall
-                            && acc.NextHold = run.NextHold
+                            isNull acc.Changes && acc.NextCall = run.NextCall && acc.NextHold = run.NextHold
                         then
                             run
                         else
-                            PipeRun(store, version, acc.NextCall, acc.NextHold)
+                            let next = PipeRun(store, acc.NextCall, acc.NextHold)
+                            run.Diff <- acc.Changes
+                            run.Newer <- next
+                            next
 
                     run', acc.Effects
                 finally
@@ -438,7 +461,7 @@ module PipeRun =
             if run.Store.Busy then
                 invalidOp "A PipeRun was read from inside one of its own steps."
 
-            StoreVersion.reroot run.Version
+            reroot run
             read run.Store.Top.States)
 
     let liveSubstreams (run: PipeRun) = reading run RunState.count
