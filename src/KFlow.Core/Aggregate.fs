@@ -155,7 +155,8 @@ module Buffer =
             invalidArgWith "options" "MaxAge must be positive; set it in BufferOptions."
         | _ -> ()
 
-        let empty = {
+        // Typed: left generic, `box empty` would box a BufferState<obj>.
+        let empty: BufferState<'a> = {
             Values = []
             Count = 0
             Bytes = 0L
@@ -176,7 +177,11 @@ module Buffer =
                 | Some n -> s.Bytes >= n
                 | None -> false)
 
-        let add now value s =
+        // Steps on the untyped state with struct results, as Aggregator.create makes of a user's: no
+        // tuple per value (bench --only pipe-core).
+        let add now (value: 'a) (state: obj) : struct (obj * 'a list option) =
+            let s = unbox<BufferState<'a>> state
+
             let s' = {
                 Values = value :: s.Values
                 Count = s.Count + 1
@@ -185,20 +190,23 @@ module Buffer =
             }
 
             if full s' || old now s' then
-                empty, Some(List.rev s'.Values)
+                struct (box empty, Some(List.rev s'.Values))
             else
-                s', None
+                struct (box s', None)
 
-        let tick now s =
+        let tick now (state: obj) : struct (obj * 'a list option) =
+            let s = unbox<BufferState<'a>> state
+
             if old now s then
-                empty, Some(List.rev s.Values)
+                struct (box empty, Some(List.rev s.Values))
             else
-                s, None
+                struct (state, None)
 
-        let flush s =
+        let flush (state: obj) =
+            let s = unbox<BufferState<'a>> state
             if s.Count = 0 then None else Some(List.rev s.Values)
 
-        Aggregator.create empty add tick flush
+        Aggregator<'a, 'a list>(box empty, add, tick, flush)
 
     let count (count: int) =
         create { options with MaxCount = Some count }
