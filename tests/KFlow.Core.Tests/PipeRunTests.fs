@@ -82,6 +82,27 @@ let tests =
                 (0, 1)
                 "both runs unchanged"
         }
+        test "a push that only takes a hold id is a version of its own; older and newer runs both stay valid" {
+            let pipe =
+                Pipe.source<int>
+                |> Pipe.demux string (fun sub -> sub |> Pipe.aggregate (Buffer.count 2))
+
+            let run0 = PipeRun.start pipe
+            // A tick with no substream writes nothing to the store: only the run's hold counter moves.
+            let run1, _ = run0 |> PipeRun.push at Tick
+            let run2, _ = run1 |> PipeRun.push at (message 0L 7)
+            let _, fromOld = run1 |> PipeRun.push at (message 1L 7)
+            let _, fromNew = run2 |> PipeRun.push at (message 1L 7)
+            let _, fromFirst = run0 |> PipeRun.push at (message 1L 7)
+            Expect.isEmpty fromOld.Outputs "the run after the tick had nothing buffered"
+            Expect.isEmpty fromFirst.Outputs "the first run had nothing buffered"
+            Expect.equal (values fromNew) [ [ 7; 7 ] ] "the newest run had 7 buffered"
+
+            Expect.equal
+                (PipeRun.liveSubstreams run0, PipeRun.liveSubstreams run1, PipeRun.liveSubstreams run2)
+                (0, 0, 1)
+                "every run unchanged"
+        }
         test "two threads pushing into two versions of one run each get what a fresh run gives" {
             let pipe =
                 Pipe.source<int>
