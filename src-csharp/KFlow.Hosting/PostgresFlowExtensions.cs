@@ -51,7 +51,8 @@ public static class PostgresFlowExtensions
             return withProblems.EndWith(sinkName, async ctx =>
             {
                 var writer = await UpsertWriterCore.CreateExactlyOnceAsync(ConnectionString(table, ctx), table.Table,
-                    columns, table.Keys, values, groupId, table.OffsetsTable!, table.Pipelining, table.Statements).ConfigureAwait(false);
+                    columns, table.Keys, values, groupId, table.OffsetsTable!, table.Pipelining, table.Statements,
+                    table.StatementRows).ConfigureAwait(false);
                 ctx.Resources.Add(writer);
                 return pipe => UpsertWriterCore.SinkExactlyOnce(pipe, sinkName, writer, new Action<int>(n => ctx.AddWritten(n)));
             });
@@ -60,7 +61,7 @@ public static class PostgresFlowExtensions
         return withProblems.EndWith(sinkName, async ctx =>
         {
             var writer = await UpsertWriterCore.CreateAsync(ConnectionString(table, ctx), table.Table, columns,
-                table.Keys, values, table.Pipelining, table.Statements).ConfigureAwait(false);
+                table.Keys, values, table.Pipelining, table.Statements, table.StatementRows).ConfigureAwait(false);
             ctx.Resources.Add(writer);
             return pipe => UpsertWriterCore.Sink(pipe, sinkName, writer, new Action<int>(n => ctx.AddWritten(n)));
         });

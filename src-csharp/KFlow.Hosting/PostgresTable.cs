@@ -58,6 +58,11 @@ public sealed record PostgresTable
     /// on locks held by other sessions (one waiting statement holds up the others). Default 1.</summary>
     public int Statements { get; init; } = 1;
 
+    /// <summary>The most rows one statement of this table's writer joins from waiting batches (a batch
+    /// larger than this is still written whole, alone). 1 writes every batch in its own transaction.
+    /// Default 16,384.</summary>
+    public int StatementRows { get; init; } = 16384;
+
     /// <summary>Table <paramref name="table"/> upserted by <paramref name="keys"/>.</summary>
     public static PostgresTable Named(string table, params string[] keys) => new(table ?? "", keys ?? Array.Empty<string>());
 
@@ -77,12 +82,18 @@ public sealed record PostgresTable
     /// <see cref="Statements"/>; default 1).</summary>
     public PostgresTable WithStatements(int statements) => this with { Statements = statements };
 
+    /// <summary>This table written with statements joining up to <paramref name="rows"/> rows of waiting
+    /// batches (see <see cref="StatementRows"/>; default 16,384, 1: every batch in its own transaction).</summary>
+    public PostgresTable WithStatementRows(int rows) => this with { StatementRows = rows };
+
     internal IEnumerable<string> Problems()
     {
         if (Pipelining < 1)
             yield return $"ToPostgres: table '{Table}' has Pipelining {Pipelining}; it must be at least 1 (1 writes one batch at a time; default 16).";
         if (Statements < 1)
             yield return $"ToPostgres: table '{Table}' has Statements {Statements}; it must be at least 1 (statements of the writer at once; default 1).";
+        if (StatementRows < 1)
+            yield return $"ToPostgres: table '{Table}' has StatementRows {StatementRows}; it must be at least 1 (the most rows one statement joins from waiting batches, 1: none joined; default 16,384).";
         if (string.IsNullOrWhiteSpace(Table))
             yield return "ToPostgres: the table name must not be empty.";
         if (Keys.Count == 0 && !ExactlyOnce)

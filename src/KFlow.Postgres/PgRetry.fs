@@ -113,6 +113,14 @@ module PgRetry =
         let jitter = 0.8 + 0.4 * Random.Shared.NextDouble()
         TimeSpan.FromMilliseconds(baseMs * jitter)
 
+    /// " after N attempts" when there were more than one, else "": for the messages of describe.
+    let afterAttempts (tries: int) =
+        if tries > 1 then $" after {tries} attempts" else ""
+
+    /// A describe for run: the PgSinkException "{what} failed after N attempts: {the last error}".
+    let failed (what: string) (error: exn) (tries: int) (transient: bool) : exn =
+        PgSinkException($"{what} failed{afterAttempts tries}: {error.Message}", error, transient)
+
     /// <summary>Runs an attempt until it succeeds, a failure is not transient, or attempts run out.</summary>
     /// <param name="options">Retry options.</param>
     /// <param name="onTransient">Called after each transient failure before waiting (e.g. to clear a pool).</param>

@@ -16,7 +16,9 @@ type UpsertWriterCore =
     /// <paramref name="fields"/> (null for NULL). Default retries: 10 attempts, 100 ms to 5 s.
     /// <paramref name="pipelining"/>: batches of one substream written at once by <see cref="Sink"/>
     /// (UpsertConfig.Pipelining); default 0: 16. <paramref name="statements"/>: statements of the writer
-    /// at once, the batches waiting meanwhile joined (UpsertConfig.Statements); default 0: 1.</summary>
+    /// at once, the batches waiting meanwhile joined (UpsertConfig.Statements); default 0: 1.
+    /// <paramref name="statementRows"/>: the most rows one statement joins from waiting batches
+    /// (UpsertConfig.StatementRows); default 0: 16,384.</summary>
     static member CreateAsync
         (
             connectionString: string,
@@ -25,10 +27,20 @@ type UpsertWriterCore =
             keys: IReadOnlyList<string>,
             row: Func<'a, obj[]>,
             [<Optional; DefaultParameterValue(0)>] pipelining: int,
-            [<Optional; DefaultParameterValue(0)>] statements: int
+            [<Optional; DefaultParameterValue(0)>] statements: int,
+            [<Optional; DefaultParameterValue(0)>] statementRows: int
         ) : Task<UpsertWriter<'a>> =
         UpsertWriter.create (
-            UpsertWriterCore.Config(connectionString, table, fields, keys, row, pipelining, statements)
+            UpsertWriterCore.Config(
+                connectionString,
+                table,
+                fields,
+                keys,
+                row,
+                pipelining,
+                statements,
+                statementRows
+            )
         )
 
     /// <summary>Creates a writer in exactly-once mode (see UpsertConfig.withExactlyOnce): each batch
@@ -48,6 +60,8 @@ type UpsertWriterCore =
     /// Default 0: 16.</param>
     /// <param name="statements">Statements of the writer at once, the batches waiting meanwhile joined
     /// (UpsertConfig.Statements). Default 0: 1.</param>
+    /// <param name="statementRows">The most rows one statement joins from waiting batches
+    /// (UpsertConfig.StatementRows). Default 0: 16,384.</param>
     static member CreateExactlyOnceAsync
         (
             connectionString: string,
@@ -58,7 +72,8 @@ type UpsertWriterCore =
             groupId: string,
             [<Optional; DefaultParameterValue(null: string)>] offsetsTable: string,
             [<Optional; DefaultParameterValue(0)>] pipelining: int,
-            [<Optional; DefaultParameterValue(0)>] statements: int
+            [<Optional; DefaultParameterValue(0)>] statements: int,
+            [<Optional; DefaultParameterValue(0)>] statementRows: int
         ) : Task<UpsertWriter<'a>> =
         let exactlyOnce = {
             ExactlyOnceOptions.create groupId with
@@ -70,7 +85,16 @@ type UpsertWriterCore =
         }
 
         UpsertWriter.create {
-            UpsertWriterCore.Config(connectionString, table, fields, keys, row, pipelining, statements) with
+            UpsertWriterCore.Config(
+                connectionString,
+                table,
+                fields,
+                keys,
+                row,
+                pipelining,
+                statements,
+                statementRows
+            ) with
                 ExactlyOnce = Some exactlyOnce
         }
 
@@ -82,7 +106,8 @@ type UpsertWriterCore =
             keys: IReadOnlyList<string>,
             row: Func<'a, obj[]>,
             pipelining: int,
-            statements: int
+            statements: int,
+            statementRows: int
         ) : UpsertConfig<'a> =
         if isNull row then
             raise (ArgumentNullException("row", "Give the row mapper: a record's values in field order."))
@@ -104,7 +129,10 @@ type UpsertWriterCore =
                  UpsertConfig.DefaultStatements
              else
                  statements)
-            UpsertConfig.DefaultStatementRows
+            (if statementRows = 0 then
+                 UpsertConfig.DefaultStatementRows
+             else
+                 statementRows)
 
     /// The writer's pipelining for batches that come as IReadOnlyList: each becomes one F# list, made
     /// once (so a retry of the same batch finds its reservation), and the function making it.

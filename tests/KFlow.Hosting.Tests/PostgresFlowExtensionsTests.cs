@@ -154,6 +154,19 @@ internal static class PostgresFlowExtensionsTests
             var e = Expect.Throws<ArgumentException>(() => flow.ToPostgres(table.WithStatements(0)).Build(), "0 statements");
             Expect.Contains(e.Message, "Statements", "the message names the setting");
         }),
+        Runner.TestCase("WithStatementRows returns a new table with the setting (default 16,384), and less than 1 is refused at Build", () =>
+        {
+            var table = PostgresTable.Named("events", "key");
+            var smaller = table.WithStatementRows(1000);
+            Expect.AreEqual(table.StatementRows, 16384, "the default is 16,384 rows per statement");
+            Expect.AreEqual(smaller.StatementRows, 1000, "the new table has the setting");
+            var flow = Workflow.FromKafka("t", "g")
+                .Map(m => new EventRow(m.Key, m.Partition, m.Offset, ""))
+                .Aggregate(Batch.OfMessages(10));
+            flow.ToPostgres(smaller).Build();
+            var e = Expect.Throws<ArgumentException>(() => flow.ToPostgres(table.WithStatementRows(0)).Build(), "0 rows");
+            Expect.Contains(e.Message, "StatementRows", "the message names the setting");
+        }),
         Runner.TestCase("WithPipelining returns a new table with the setting (default 16), and less than 1 is refused at Build", () =>
         {
             var table = PostgresTable.Named("events", "key");

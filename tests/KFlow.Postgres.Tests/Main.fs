@@ -13,9 +13,13 @@ let all =
         PgRowTests.tests
         PgRetryTests.tests
         PgAppliedOffsetsTests.tests
-        UpsertWriterTests.tests
         WritePipelineTests.tests
         GroupCommitTests.tests
+        UpsertConfigTests.tests
+        UpsertStatementsTests.tests
+        UpsertAttemptsTests.tests
+        UpsertBatchesTests.tests
+        UpsertWriterTests.tests
         ExactlyOnceCrashTests.tests
         ExactlyOnceZombieTests.tests
         PostgresSinkDocTests.tests

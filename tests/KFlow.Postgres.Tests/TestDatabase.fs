@@ -77,3 +77,25 @@ let faultOf (what: string) (run: unit -> Threading.Tasks.Task) : exn =
     match outcome with
     | Some error -> error
     | None -> Expecto.Tests.failtestf "%s: expected the Task to fault, but it succeeded" what
+
+/// A fresh table (k int PRIMARY KEY, v text, n bigint).
+let keyValueTable () =
+    let table = freshTable ()
+    execute $"CREATE TABLE {table} (k int PRIMARY KEY, v text, n bigint)"
+    table
+
+/// A writer of the key-value table (fields k, v, n; key k).
+let keyValueWriter (table: string) =
+    writerFor (configFor table [ "k"; "v"; "n" ] [ "k" ])
+
+/// A row of the key-value table.
+let row (k: int) (v: string) (n: int64) = [| box k; box v; box n |]
+
+/// The table's rows as (k, v, n), ordered by k.
+let contents (table: string) =
+    query $"SELECT k, v, n FROM {table} ORDER BY k"
+    |> List.map (fun r -> unbox<int> r[0], string r[1], unbox<int64> r[2])
+
+/// The table's row count.
+let count (table: string) =
+    scalar<int64> $"SELECT count(*) FROM {table}"
