@@ -197,13 +197,16 @@ module PipeRun =
             | AsyncMapNode(name, parallelism, run) ->
                 match acc.Mode, states[i] with
                 | Defer, AsyncState queue ->
-                    let entry =
-                        if AsyncQueue.canStart parallelism queue then
-                            request acc level i name run env
-                        else
-                            Queued env
-
-                    acc.Set(states, i, AsyncState(AsyncQueue.enqueue entry queue))
+                    if AsyncQueue.canStart parallelism queue then
+                        let entry = request acc level i name run env
+                        // The state write rides on the call's change (one change, not two).
+                        acc.SetWithCall(
+                            acc.LastCall,
+                            { Level = level; Node = i },
+                            AsyncState(AsyncQueue.enqueue entry queue)
+                        )
+                    else
+                        acc.Set(states, i, AsyncState(AsyncQueue.enqueue (Queued env) queue))
                 | _ ->
                     match attempt (fun () -> (run env.Value).GetAwaiter().GetResult()) with
                     | Ok value -> pushAt now acc level (i + 1) (Envelope.withValue value env)
@@ -408,7 +411,7 @@ module PipeRun =
     /// Records a call's result at async node i of a level, then passes on what is now at the head of
     /// its queue (results in input order, and the events held behind them) and starts waiting inputs
     /// in the freed slots.
-    let private settle now (acc: Collected) (level: Level) i id result =
+    let private settle now (acc: Collected) (ended: CallChange) (level: Level) i id result =
         match level.Nodes[i], level.States[i] with
         | AsyncMapNode(name, parallelism, run), AsyncState queue ->
             let queue =
@@ -434,9 +437,10 @@ module PipeRun =
                     queue
 
             // The start function is built only when an input waits (a closure per resume otherwise).
-            acc.Set(
-                level.States,
-                i,
+            // The state write rides on the ended call's change (one change, not two).
+            acc.SetWithCall(
+                ended,
+                { Level = level; Node = i },
                 RunState.asyncState (
                     if AsyncQueue.waiting queue = 0 then
                         queue
@@ -452,8 +456,8 @@ module PipeRun =
             | false, _ ->
                 invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
             | true, location ->
-                acc.EndCall(callId, location)
-                settle now acc location.Level location.Node callId result)
+                let ended = acc.EndCall(callId, location)
+                settle now acc ended location.Level location.Node callId result)
 
     /// Reads the store as `run` holds it, under its lock.
     let private reading (run: PipeRun) (read: NodeState[] -> 'r) =
