@@ -66,7 +66,8 @@ type internal Collected() =
         and set v = inUse <- v
 
     /// Forgets what was collected and frees the instance for the next push.
-    member _.Release() =
+    member this.Release() =
+        this.LastCall <- Unchecked.defaultof<CallChange>
         changes <- null
         outputs <- []
         ledger <- []
@@ -97,15 +98,29 @@ type internal Collected() =
             this.Record(SlotChange(states, i, old))
             states[i] <- state
 
+    /// The change of the last call started (Call): its node's state write can be attached to it.
+    member val LastCall: CallChange = Unchecked.defaultof<CallChange> with get, set
+
     /// Records a call in flight at a location.
     member this.Call(id: int, location: Location) =
-        this.Record(CallChange(this.Calls, id, null, 0))
+        let change = CallChange(this.Calls, id, null, 0)
+        this.Record change
+        this.LastCall <- change
         this.Calls[id] <- location
 
-    /// Forgets a call in flight.
+    /// Forgets a call in flight; returns the change, to which its node's state write can be attached.
     member this.EndCall(id: int, location: Location) =
-        this.Record(CallChange(this.Calls, id, location.Level, location.Node))
+        let change = CallChange(this.Calls, id, location.Level, location.Node)
+        this.Record change
         this.Calls.Remove id |> ignore
+        change
+
+    /// Sets the state of the async node at `location`, the write carried by `call`, a change of a call at
+    /// that location recorded since that node's state was last written (none if the state is the same
+    /// object).
+    member this.SetWithCall(call: CallChange, location: Location, state: NodeState) =
+        if not (obj.ReferenceEquals(location.Level.States[location.Node], state)) then
+            call.Attach(location, state)
 
     /// A new hold id (one per broadcast).
     member this.TakeHold() =

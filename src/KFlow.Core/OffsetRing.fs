@@ -132,10 +132,11 @@ module internal Ring =
                 for i in 0 .. Width - 1 do
                     iter f a.[i] (level - 1) (basis + (int64 i <<< shift))
 
-/// <summary>A version of one partition's ring: the ring's store (the lock shared by its versions) and
-/// the root this version has. A ledger's partition holds one (null: an empty ring).</summary>
+/// <summary>A version of one partition's ring: the ring's store (the lock shared by its versions, and
+/// the log each write fills, reused: no log allocated per write) and the root this version has. A
+/// ledger's partition holds one (null: an empty ring).</summary>
 [<Sealed; AllowNullLiteral>]
-type internal RingVersion(store: obj, root: obj) =
+type internal RingVersion(store: ChangeLog, root: obj) =
     inherit StoreVersion()
     member _.Store = store
     member _.Root = root
@@ -163,7 +164,7 @@ module internal RingVersion =
     /// (a new ring for null).
     let set (level: int) (slot: int64) (mask: uint64) (ring: RingVersion) =
         if isNull ring then
-            RingVersion(obj (), Ring.set null null level slot mask)
+            RingVersion(ChangeLog(), Ring.set null null level slot mask)
         else
             let store = ring.Store
             let mutable locked = false
@@ -171,14 +172,16 @@ module internal RingVersion =
             try
                 Monitor.Enter(store, &locked)
                 StoreVersion.reroot ring
-                let log = ChangeLog()
-                let root = Ring.set log ring.Root level slot mask
+                store.Head <- null
+                let root = Ring.set store ring.Root level slot mask
+                let changes = store.Head
+                store.Head <- null
 
-                if isNull log.Head && obj.ReferenceEquals(root, ring.Root) then
+                if isNull changes && obj.ReferenceEquals(root, ring.Root) then
                     ring
                 else
                     let next = RingVersion(store, root)
-                    ring.Diff <- log.Head
+                    ring.Diff <- changes
                     ring.Newer <- next
                     next
             finally
@@ -187,4 +190,4 @@ module internal RingVersion =
 
     /// A new ring (its own store) of the given root, built by Ring.set with no log.
     let fresh (root: obj) =
-        if isNull root then null else RingVersion(obj (), root)
+        if isNull root then null else RingVersion(ChangeLog(), root)

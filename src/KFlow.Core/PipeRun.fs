@@ -22,16 +22,39 @@ type internal RunStore(mode: AsyncMode, top: Level, passOnly: bool) =
     /// Whether a push or resume is running on it (a push from inside one of its own steps is refused).
     member val Busy = false with get, set
 
-/// A version of a run: its store, the store's version it stands for, and its counters.
+/// A version of a run: its store and its counters, and itself the store's version it stands for (one
+/// object per push rather than two: pipe-core bench).
+/// As a StoreVersion (StoreVersion.fs; not its subclass, PipeRun being public): the current version
+/// has no Newer (null), an older one the Newer and the Diff that turns Newer's contents into its own.
 [<Sealed; NoEquality; NoComparison>]
-type PipeRun internal (store: RunStore, version: StoreVersion, nextCall: int, nextHold: int) =
+type PipeRun internal (store: RunStore, nextCall: int, nextHold: int) =
     member internal _.Store = store
-    member internal _.Version = version
+    member val internal Newer: PipeRun = Unchecked.defaultof<PipeRun> with get, set
+    member val internal Diff: Change = null with get, set
     member internal _.NextCall = nextCall
     member internal _.NextHold = nextHold
 
 [<RequireQualifiedAccess>]
 module PipeRun =
+    /// Makes the store hold `run`'s contents, as StoreVersion.reroot does: the diffs from the current
+    /// run back to it applied and turned around. O(1) when it is current already.
+    let private reroot (run: PipeRun) =
+        if not (isNull (box run.Newer)) then
+            let chain = Collections.Generic.Stack<PipeRun>()
+            let mutable v = run
+
+            while not (isNull (box v.Newer)) do
+                chain.Push v
+                v <- v.Newer
+
+            while chain.Count > 0 do
+                let older = chain.Pop()
+                v.Diff <- StoreVersion.turn older.Diff
+                v.Newer <- older
+                older.Diff <- null
+                older.Newer <- Unchecked.defaultof<PipeRun>
+                v <- older
+
     let startWith (mode: AsyncMode) (pipe: Pipe<'i, 'o>) =
         let top = RunState.top (Pipe.nodes pipe)
 
@@ -44,7 +67,7 @@ module PipeRun =
                 | DemuxNode _
                 | AsyncMapNode _ -> false)
 
-        PipeRun(RunStore(mode, top, passOnly), StoreVersion(), 1, 1)
+        PipeRun(RunStore(mode, top, passOnly), 1, 1)
 
     let start pipe = startWith RunInline pipe
 
@@ -174,13 +197,16 @@ module PipeRun =
             | AsyncMapNode(name, parallelism, run) ->
                 match acc.Mode, states[i] with
                 | Defer, AsyncState queue ->
-                    let entry =
-                        if AsyncQueue.canStart parallelism queue then
-                            request acc level i name run env
-                        else
-                            Queued env
-
-                    acc.Set(states, i, AsyncState(AsyncQueue.enqueue entry queue))
+                    if AsyncQueue.canStart parallelism queue then
+                        let entry = request acc level i name run env
+                        // The state write rides on the call's change (one change, not two).
+                        acc.SetWithCall(
+                            acc.LastCall,
+                            { Level = level; Node = i },
+                            AsyncState(AsyncQueue.enqueue entry queue)
+                        )
+                    else
+                        acc.Set(states, i, AsyncState(AsyncQueue.enqueue (Queued env) queue))
                 | _ ->
                     match attempt (fun () -> (run env.Value).GetAwaiter().GetResult()) with
                     | Ok value -> pushAt now acc level (i + 1) (Envelope.withValue value env)
@@ -296,7 +322,7 @@ module PipeRun =
             store.Busy <- true
 
             try
-                StoreVersion.reroot run.Version
+                reroot run
                 let acc = Collected.Take(store.Mode, store.Calls, run.NextCall, run.NextHold)
 
                 try
@@ -306,17 +332,17 @@ module PipeRun =
                         StoreVersion.revert acc.Changes
                         reraise ()
 
-                    let version = StoreVersion.advance acc.Changes run.Version
-
+                    // The run itself when nothing changed; else a new current version, `run` a diff to it.
                     let run' =
                         if
-                            obj.ReferenceEquals(version, run.Version)
-                            && acc.NextCall = run.NextCall
-                            && acc.NextHold = run.NextHold
+                            isNull acc.Changes && acc.NextCall = run.NextCall && acc.NextHold = run.NextHold
                         then
                             run
                         else
-                            PipeRun(store, version, acc.NextCall, acc.NextHold)
+                            let next = PipeRun(store, acc.NextCall, acc.NextHold)
+                            run.Diff <- acc.Changes
+                            run.Newer <- next
+                            next
 
                     run', acc.Effects
                 finally
@@ -385,7 +411,7 @@ module PipeRun =
     /// Records a call's result at async node i of a level, then passes on what is now at the head of
     /// its queue (results in input order, and the events held behind them) and starts waiting inputs
     /// in the freed slots.
-    let private settle now (acc: Collected) (level: Level) i id result =
+    let private settle now (acc: Collected) (ended: CallChange) (level: Level) i id result =
         match level.Nodes[i], level.States[i] with
         | AsyncMapNode(name, parallelism, run), AsyncState queue ->
             let queue =
@@ -411,9 +437,10 @@ module PipeRun =
                     queue
 
             // The start function is built only when an input waits (a closure per resume otherwise).
-            acc.Set(
-                level.States,
-                i,
+            // The state write rides on the ended call's change (one change, not two).
+            acc.SetWithCall(
+                ended,
+                { Level = level; Node = i },
                 RunState.asyncState (
                     if AsyncQueue.waiting queue = 0 then
                         queue
@@ -429,8 +456,8 @@ module PipeRun =
             | false, _ ->
                 invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
             | true, location ->
-                acc.EndCall(callId, location)
-                settle now acc location.Level location.Node callId result)
+                let ended = acc.EndCall(callId, location)
+                settle now acc ended location.Level location.Node callId result)
 
     /// Reads the store as `run` holds it, under its lock.
     let private reading (run: PipeRun) (read: NodeState[] -> 'r) =
@@ -438,7 +465,7 @@ module PipeRun =
             if run.Store.Busy then
                 invalidOp "A PipeRun was read from inside one of its own steps."
 
-            StoreVersion.reroot run.Version
+            reroot run
             read run.Store.Top.States)
 
     let liveSubstreams (run: PipeRun) = reading run RunState.count

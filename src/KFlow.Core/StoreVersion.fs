@@ -67,7 +67,7 @@ type internal StoreVersion() =
 [<RequireQualifiedAccess>]
 module internal StoreVersion =
     /// Applies a diff head first and returns it turned around (the diff that leads back).
-    let private turn (diff: Change) =
+    let turn (diff: Change) =
         let mutable change = diff
         let mutable back: Change = null
 

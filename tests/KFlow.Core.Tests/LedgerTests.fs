@@ -248,6 +248,28 @@ let tests =
                 let ledger = completed t7 ledger
                 Expect.commitPointIs tp0 8L ledger "one past the last delivered"
             }
+            test "offsets open on both sides of a block boundary after a start on one are all tracked" {
+                // The tail block is that of the last delivered offset: here 63 then 64 (a new block),
+                // 64 itself starting the assignment.
+                let ledger = Ledger.empty |> Ledger.assign tp0 64L
+                Expect.commitPointIs tp0 64L ledger "nothing delivered"
+                let struct (ledger, t64) = deliverAt 64L ledger
+                let struct (ledger, t127) = deliverAt 127L ledger
+                let struct (ledger, t128) = deliverAt 128L ledger
+                let struct (ledger, t300) = deliverAt 300L ledger
+                let ledger = completed t128 ledger
+                let ledger = completed t64 ledger
+                Expect.commitPointIs tp0 127L ledger "127 is open in the ring"
+                Expect.equal (Ledger.openOffsets tp0 ledger) [ 127L, 1; 300L, 1 ] "127 and 300 open"
+                let ledger = completed t127 ledger
+                Expect.commitPointIs tp0 300L ledger "300 is open in the tail"
+                let ledger = completed t300 ledger
+                Expect.commitPointIs tp0 301L ledger "one past the last delivered"
+                let struct (ledger, t301) = deliverAt 301L ledger
+                Expect.commitPointIs tp0 301L ledger "301 open in the emptied tail block"
+                let ledger = completed t301 ledger
+                Expect.equal (Ledger.openCount tp0 ledger) 0 "nothing open"
+            }
             test "forking into zero parts completes the offset" {
                 let ledger = Ledger.empty |> Ledger.assign tp0 5L
                 let struct (ledger, t5) = deliverAt 5L ledger

@@ -82,6 +82,27 @@ let tests =
                 (0, 1)
                 "both runs unchanged"
         }
+        test "a push that only takes a hold id is a version of its own; older and newer runs both stay valid" {
+            let pipe =
+                Pipe.source<int>
+                |> Pipe.demux string (fun sub -> sub |> Pipe.aggregate (Buffer.count 2))
+
+            let run0 = PipeRun.start pipe
+            // A tick with no substream writes nothing to the store: only the run's hold counter moves.
+            let run1, _ = run0 |> PipeRun.push at Tick
+            let run2, _ = run1 |> PipeRun.push at (message 0L 7)
+            let _, fromOld = run1 |> PipeRun.push at (message 1L 7)
+            let _, fromNew = run2 |> PipeRun.push at (message 1L 7)
+            let _, fromFirst = run0 |> PipeRun.push at (message 1L 7)
+            Expect.isEmpty fromOld.Outputs "the run after the tick had nothing buffered"
+            Expect.isEmpty fromFirst.Outputs "the first run had nothing buffered"
+            Expect.equal (values fromNew) [ [ 7; 7 ] ] "the newest run had 7 buffered"
+
+            Expect.equal
+                (PipeRun.liveSubstreams run0, PipeRun.liveSubstreams run1, PipeRun.liveSubstreams run2)
+                (0, 0, 1)
+                "every run unchanged"
+        }
         test "two threads pushing into two versions of one run each get what a fresh run gives" {
             let pipe =
                 Pipe.source<int>
@@ -340,5 +361,34 @@ let tests =
             Expect.throwsT<ArgumentException>
                 (fun () -> run |> PipeRun.resume at 1 (Ok(1 :> obj)) |> ignore)
                 "unknown call"
+        }
+        test "an async node's queue and its calls in flight go back together to an older run" {
+            let run0 =
+                Pipe.source<int>
+                |> Pipe.mapAsync 1 Threading.Tasks.Task.FromResult
+                |> Pipe.aggregate (Buffer.count 2)
+                |> PipeRun.startWith Defer
+
+            let run1, started = run0 |> PipeRun.push at (message 0L 0)
+            let first = started.Calls |> List.exactlyOne
+            let run2, _ = run1 |> PipeRun.resume at first.Id (Ok(10 :> obj))
+            let run3, next = run2 |> PipeRun.push at (message 1L 1)
+            let second = next.Calls |> List.exactlyOne
+
+            // Back to run1: its call is in flight again and the buffer empty; run2 has no call in flight.
+            let run1', _ = run1 |> PipeRun.resume at first.Id (Ok(20 :> obj))
+
+            Expect.throwsT<ArgumentException>
+                (fun () -> run2 |> PipeRun.resume at first.Id (Ok(10 :> obj)) |> ignore)
+                "the call ended in run2"
+
+            let run1'', again = run1' |> PipeRun.push at (message 1L 1)
+
+            let _, fromOld =
+                run1'' |> PipeRun.resume at (List.exactlyOne again.Calls).Id (Ok(21 :> obj))
+
+            let _, fromNew = run3 |> PipeRun.resume at second.Id (Ok(30 :> obj))
+            Expect.equal (values fromOld) [ [ 20; 21 ] ] "the older run's answers"
+            Expect.equal (values fromNew) [ [ 10; 30 ] ] "the newer run's answers"
         }
     ]
