@@ -157,7 +157,7 @@ type internal Intake
 
             if pending.Count > 0 then
                 slot.Worker.Post(Deliver pending)
-                slot.Pending <- ResizeArray(pending.Count)
+                slot.Pending <- slot.Worker.TakeSpare pending.Count
 
     /// Where the consumer thread is in its life; intake is open only while Running.
     member _.Mode
@@ -180,8 +180,9 @@ type internal Intake
     /// A message from Consume: admitted (handed on at the next Flush), or held (in order) until its
     /// partition's intake reopens.
     member _.Route(cr: ConsumeResult<byte[], byte[]>) =
-        let tpo = cr.TopicPartitionOffset
-        let partition = tpo.Partition.Value
+        // cr.TopicPartitionOffset would build a new object per message.
+        let topic = cr.Topic
+        let partition = cr.Partition.Value
 
         // Consume returns runs of one partition's messages: the last slot found serves the next
         // message of the same partition without a lookup (forgotten at every Flush, which the
@@ -190,14 +191,14 @@ type internal Intake
             if
                 not (isNull lastSlot)
                 && lastPartition = partition
-                && String.Equals(lastTopic, tpo.Topic)
+                && String.Equals(lastTopic, topic)
             then
                 lastSlot
             else
-                match slots.TryGetValue(KFlow.TopicPartition.create tpo.Topic partition) with
+                match slots.TryGetValue(KFlow.TopicPartition.create topic partition) with
                 | true, slot ->
                     lastSlot <- slot
-                    lastTopic <- tpo.Topic
+                    lastTopic <- topic
                     lastPartition <- partition
                     slot
                 | _ -> null

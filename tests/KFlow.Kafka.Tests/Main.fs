@@ -14,6 +14,7 @@ let all =
         BackpressureTests.tests
         CommitPlanTests.tests
         OpenOffsetsTests.tests
+        KeyCacheTests.tests
         FailureHandlingTests.tests
         AsyncCallsTests.tests
         SinkLanesTests.tests
