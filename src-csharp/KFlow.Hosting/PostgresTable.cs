@@ -48,15 +48,16 @@ public sealed record PostgresTable
     /// <summary>Batches of one substream (a partition, or a key after <c>Demux</c>) written at once, each on
     /// its own pooled connection; a batch sharing a key with an earlier one still in flight waits for it,
     /// so per key the table sees the batches in order. 1 writes one batch at a time. Lower it when many
-    /// substreams write at once (each may hold this many connections of the pool). Default 16 (the
-    /// writer joins the batches waiting behind its running statement into one transaction).</summary>
-    public int Pipelining { get; init; } = 16;
+    /// substreams write at once (each may hold this many connections of the pool). Default 32 (the
+    /// writer joins the batches waiting behind its running statements into one transaction).</summary>
+    public int Pipelining { get; init; } = 32;
 
     /// <summary>Statements (transactions) of this table's writer talking to the server at once, for all
     /// substreams; the batches ready meanwhile are joined into the next one (group commit: fewer commits
     /// and less server work per row). Raise it for a server with many cores, or when statements may wait
-    /// on locks held by other sessions (one waiting statement holds up the others). Default 1.</summary>
-    public int Statements { get; init; } = 1;
+    /// on locks held by other sessions (a waiting statement holds up the batches queued behind it). Default 2
+    /// (one statement runs while the next is prepared).</summary>
+    public int Statements { get; init; } = 2;
 
     /// <summary>The most rows one statement of this table's writer joins from waiting batches (a batch
     /// larger than this is still written whole, alone). 1 writes every batch in its own transaction.
@@ -75,11 +76,11 @@ public sealed record PostgresTable
         this with { ExactlyOnce = true, OffsetsTable = offsetsTable };
 
     /// <summary>This table written with up to <paramref name="inFlight"/> batches of one substream at
-    /// once (see <see cref="Pipelining"/>; default 16, 1: one at a time).</summary>
+    /// once (see <see cref="Pipelining"/>; default 32, 1: one at a time).</summary>
     public PostgresTable WithPipelining(int inFlight) => this with { Pipelining = inFlight };
 
     /// <summary>This table written with up to <paramref name="statements"/> statements at once (see
-    /// <see cref="Statements"/>; default 1).</summary>
+    /// <see cref="Statements"/>; default 2).</summary>
     public PostgresTable WithStatements(int statements) => this with { Statements = statements };
 
     /// <summary>This table written with statements joining up to <paramref name="rows"/> rows of waiting
@@ -89,9 +90,9 @@ public sealed record PostgresTable
     internal IEnumerable<string> Problems()
     {
         if (Pipelining < 1)
-            yield return $"ToPostgres: table '{Table}' has Pipelining {Pipelining}; it must be at least 1 (1 writes one batch at a time; default 16).";
+            yield return $"ToPostgres: table '{Table}' has Pipelining {Pipelining}; it must be at least 1 (1 writes one batch at a time; default 32).";
         if (Statements < 1)
-            yield return $"ToPostgres: table '{Table}' has Statements {Statements}; it must be at least 1 (statements of the writer at once; default 1).";
+            yield return $"ToPostgres: table '{Table}' has Statements {Statements}; it must be at least 1 (statements of the writer at once; default 2).";
         if (StatementRows < 1)
             yield return $"ToPostgres: table '{Table}' has StatementRows {StatementRows}; it must be at least 1 (the most rows one statement joins from waiting batches, 1: none joined; default 16,384).";
         if (string.IsNullOrWhiteSpace(Table))

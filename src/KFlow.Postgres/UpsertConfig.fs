@@ -40,15 +40,16 @@ type UpsertConfig<'a> = {
     ExactlyOnce: ExactlyOnceOptions option
     /// Batches of one substream written at once by UpsertWriter.sink / sinkExactlyOnce, each on its own
     /// pooled connection; a batch sharing a key with an earlier one still in flight waits for it, so per
-    /// key the table sees batches in order (see WritePipeline). 1: one batch at a time. Default 16
+    /// key the table sees batches in order (see WritePipeline). 1: one batch at a time. Default 32
     /// (UpsertConfig.DefaultPipelining): the batches waiting behind a running statement are joined
     /// (Statements).
     Pipelining: int
     /// Statements (transactions) of this writer talking to the server at once, for all its substreams;
     /// the batches ready meanwhile wait and the next free statement writes them together, in one
     /// transaction (client-side group commit: fewer commits, round trips and server work per row).
-    /// Default 1 (UpsertConfig.DefaultStatements); raise it for a server with many cores, or when
-    /// statements may wait on locks held by other sessions (one waiting statement holds up the rest).
+    /// Default 2 (UpsertConfig.DefaultStatements: one statement runs while the next is prepared and the
+    /// batches behind it join); raise it for a server with many cores, or when statements may wait on
+    /// locks held by other sessions (a waiting statement holds up the batches queued behind it).
     Statements: int
     /// The most rows one statement joins from waiting batches (a batch larger than this is still
     /// written whole, alone). 1: every batch in its own transaction. Default 16,384
@@ -59,15 +60,16 @@ type UpsertConfig<'a> = {
 /// Building configurations.
 [<RequireQualifiedAccess>]
 module UpsertConfig =
-    /// Batches of one substream in flight at once unless UpsertConfig.Pipelining says otherwise: 16
-    /// (enough for group commit to join several batches per transaction; was 4 before it).
+    /// Batches of one substream in flight at once unless UpsertConfig.Pipelining says otherwise: 32
+    /// (enough for group commit to join about 8 batches per transaction with 2 statements at once; was 4
+    /// before group commit).
     [<Literal>]
-    let DefaultPipelining = 16
+    let DefaultPipelining = 32
 
     /// Statements of one writer talking to the server at once unless UpsertConfig.Statements says
-    /// otherwise: 1.
+    /// otherwise: 2.
     [<Literal>]
-    let DefaultStatements = 1
+    let DefaultStatements = 2
 
     /// The most rows one statement joins from waiting batches unless UpsertConfig.StatementRows says
     /// otherwise: 16,384.
@@ -104,12 +106,12 @@ module UpsertConfig =
         create connection table fields keys (PgRow.ofJson fields)
 
     /// The configuration with up to <c>inFlight</c> batches of one substream written at once (1: one
-    /// at a time). Default 16.
+    /// at a time). Default 32.
     let withPipelining (inFlight: int) (config: UpsertConfig<'a>) = { config with Pipelining = inFlight }
 
     /// The configuration with at most <c>statements</c> statements of the writer at once, each joining
     /// waiting batches up to <c>rows</c> rows (see UpsertConfig.Statements and StatementRows). Defaults
-    /// 1 and 16,384.
+    /// 2 and 16,384.
     let withGroupCommit (statements: int) (rows: int) (config: UpsertConfig<'a>) = {
         config with
             Statements = statements

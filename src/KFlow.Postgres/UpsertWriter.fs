@@ -177,7 +177,7 @@ type UpsertWriter<'a>
     /// The written columns' names, in field order.
     member _.Fields = columns |> Array.map _.Name |> List.ofArray
 
-    /// <summary>How the runtime may pipeline this writer's batches (UpsertConfig.Pipelining; default 16):
+    /// <summary>How the runtime may pipeline this writer's batches (UpsertConfig.Pipelining; default 32):
     /// up to that many batches of one substream in flight, ordered per key by the writer (Reserve and
     /// Release). UpsertWriter.sink and sinkExactlyOnce declare it; Pipe.sink with UpsertWriter.write
     /// runs one batch at a time.</summary>
@@ -421,7 +421,7 @@ module UpsertWriter =
 
     /// <summary>Ends a pipe of batches with the writer as a sink named <paramref name="name"/>:
     /// <c>Pipe.sinkWith writer.Pipelining name (write writer)</c>, so the runtime writes up to
-    /// UpsertConfig.Pipelining batches of one substream at once (default 16), the writer keeping them
+    /// UpsertConfig.Pipelining batches of one substream at once (default 32), the writer keeping them
     /// in order per key.</summary>
     let sink (name: string) (writer: UpsertWriter<'a>) (pipe: Pipe<'i, 'a list>) : Pipe<'i, Sunk> =
         Pipe.sinkWith writer.Pipelining name (fun batch -> writer.Write batch) pipe

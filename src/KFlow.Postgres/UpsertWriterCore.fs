@@ -15,8 +15,8 @@ type UpsertWriterCore =
     /// key now. <paramref name="row"/> returns a record's values in the order of
     /// <paramref name="fields"/> (null for NULL). Default retries: 10 attempts, 100 ms to 5 s.
     /// <paramref name="pipelining"/>: batches of one substream written at once by <see cref="Sink"/>
-    /// (UpsertConfig.Pipelining); default 0: 16. <paramref name="statements"/>: statements of the writer
-    /// at once, the batches waiting meanwhile joined (UpsertConfig.Statements); default 0: 1.
+    /// (UpsertConfig.Pipelining); default 0: 32. <paramref name="statements"/>: statements of the writer
+    /// at once, the batches waiting meanwhile joined (UpsertConfig.Statements); default 0: 2.
     /// <paramref name="statementRows"/>: the most rows one statement joins from waiting batches
     /// (UpsertConfig.StatementRows); default 0: 16,384.</summary>
     static member CreateAsync
@@ -174,7 +174,7 @@ type UpsertWriterCore =
         writer.Write(List.ofSeq batch)
 
     /// <summary>Ends a pipe of batches with <paramref name="writer"/> as a sink named
-    /// <paramref name="name"/> (see UpsertWriter.sink): up to the writer's pipelining (default 16) batches
+    /// <paramref name="name"/> (see UpsertWriter.sink): up to the writer's pipelining (default 32) batches
     /// of one substream are written at once, the writer keeping them in order per key.</summary>
     /// <param name="pipe">The pipe, ending in batches (e.g. after PipeCore.Aggregate).</param>
     /// <param name="name">The sink's name (logs, failures, stage policies).</param>

@@ -141,11 +141,11 @@ internal static class PostgresFlowExtensionsTests
                 "an offsets table without exactly-once mode");
             Expect.Contains(offsets.Message, "WithExactlyOnce(offsetsTable)", "the message says what to use");
         }),
-        Runner.TestCase("WithStatements returns a new table with the setting (default 1), and less than 1 is refused at Build", () =>
+        Runner.TestCase("WithStatements returns a new table with the setting (default 2), and less than 1 is refused at Build", () =>
         {
             var table = PostgresTable.Named("events", "key");
             var wider = table.WithStatements(4);
-            Expect.AreEqual(table.Statements, 1, "the default is 1 statement at once");
+            Expect.AreEqual(table.Statements, 2, "the default is 2 statements at once");
             Expect.AreEqual(wider.Statements, 4, "the new table has the setting");
             var flow = Workflow.FromKafka("t", "g")
                 .Map(m => new EventRow(m.Key, m.Partition, m.Offset, ""))
@@ -167,11 +167,11 @@ internal static class PostgresFlowExtensionsTests
             var e = Expect.Throws<ArgumentException>(() => flow.ToPostgres(table.WithStatementRows(0)).Build(), "0 rows");
             Expect.Contains(e.Message, "StatementRows", "the message names the setting");
         }),
-        Runner.TestCase("WithPipelining returns a new table with the setting (default 16), and less than 1 is refused at Build", () =>
+        Runner.TestCase("WithPipelining returns a new table with the setting (default 32), and less than 1 is refused at Build", () =>
         {
             var table = PostgresTable.Named("events", "key");
             var pipelined = table.WithPipelining(8);
-            Expect.AreEqual(table.Pipelining, 16, "the default is 16 batches in flight");
+            Expect.AreEqual(table.Pipelining, 32, "the default is 32 batches in flight");
             Expect.AreEqual(pipelined.Pipelining, 8, "the new table has the setting");
             Expect.AreEqual(table.WithPipelining(1).Pipelining, 1, "1 writes one batch at a time");
             var flow = Workflow.FromKafka("t", "g")

@@ -58,13 +58,13 @@ module PipelinedExample =
 
     let workflow (bootstrap: string) (config: UpsertConfig<obj[]>) (parse: byte[] -> obj[]) = task {
         //[pipelined-sink]
-        let! writer = UpsertWriter.create (config |> UpsertConfig.withPipelining 16) // 16 is the default
+        let! writer = UpsertWriter.create (config |> UpsertConfig.withPipelining 32) // 32 is the default
 
         let pipe =
             Pipe.source<byte[]>
             |> Pipe.map parse
             |> Pipe.aggregate (Buffer.count 1_000)
-            |> UpsertWriter.sink "orders" writer // up to 16 batches in flight, in order per key
+            |> UpsertWriter.sink "orders" writer // up to 32 batches in flight, in order per key
         //[/pipelined-sink]
         return Workflow.run (WorkflowOptions.create "orders" bootstrap "orders-service" [ "orders" ]) pipe
     }

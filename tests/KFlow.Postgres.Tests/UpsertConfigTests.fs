@@ -22,8 +22,8 @@ let tests =
     testList "UpsertConfig" [
         test "create holds the documented defaults" {
             let c = config ()
-            Expect.equal c.Pipelining 16 "Pipelining"
-            Expect.equal c.Statements 1 "Statements"
+            Expect.equal c.Pipelining 32 "Pipelining"
+            Expect.equal c.Statements 2 "Statements"
             Expect.equal c.StatementRows 16384 "StatementRows"
             Expect.equal c.Retry PgRetry.defaults "Retry"
             Expect.isNone c.ExactlyOnce "not exactly-once"
