@@ -144,21 +144,25 @@ type internal RingVersion(store: ChangeLog, root: obj) =
 /// Reading and writing ring versions; each call holds the ring's lock and reroots it first.
 [<RequireQualifiedAccess>]
 module internal RingVersion =
+    /// Runs `f` under the lock of a (non-null) version's ring, rerooted to that version.
+    let inline rerooted (ring: RingVersion) ([<InlineIfLambda>] f: ChangeLog -> 'r) =
+        let store = ring.Store
+        let mutable locked = false
+
+        try
+            Monitor.Enter(store, &locked)
+            StoreVersion.reroot ring
+            f store
+        finally
+            if locked then
+                Monitor.Exit store
+
     /// Runs `read` on the root of a version's ring (null for none), rerooted, under the ring's lock.
     let inline read (ring: RingVersion) ([<InlineIfLambda>] read: obj -> 'r) =
         if isNull ring then
             read null
         else
-            let store = ring.Store
-            let mutable locked = false
-
-            try
-                Monitor.Enter(store, &locked)
-                StoreVersion.reroot ring
-                read ring.Root
-            finally
-                if locked then
-                    Monitor.Exit store
+            rerooted ring (fun _ -> read ring.Root)
 
     /// The version with the mask at a slot replaced: written in place, `ring` becoming a diff to it
     /// (a new ring for null).
@@ -166,12 +170,7 @@ module internal RingVersion =
         if isNull ring then
             RingVersion(ChangeLog(), Ring.set null null level slot mask)
         else
-            let store = ring.Store
-            let mutable locked = false
-
-            try
-                Monitor.Enter(store, &locked)
-                StoreVersion.reroot ring
+            rerooted ring (fun store ->
                 store.Head <- null
                 let root = Ring.set store ring.Root level slot mask
                 let changes = store.Head
@@ -183,10 +182,7 @@ module internal RingVersion =
                     let next = RingVersion(store, root)
                     ring.Diff <- changes
                     ring.Newer <- next
-                    next
-            finally
-                if locked then
-                    Monitor.Exit store
+                    next)
 
     /// A new ring (its own store) of the given root, built by Ring.set with no log.
     let fresh (root: obj) =
