@@ -15,7 +15,7 @@ public static class PostgresFlowExtensions
     /// transaction (the last row per key in a batch wins; replays are idempotent). Properties map to
     /// columns by name (see <see cref="PostgresColumns"/>). The table, its columns and its key are
     /// checked when the workflow starts; transient errors are retried (10 attempts, 100 ms to 5 s). Up to
-    /// <see cref="PostgresTable.Pipelining"/> batches of one substream are written at once (default 16),
+    /// <see cref="PostgresTable.Pipelining"/> batches of one substream are written at once (default 32),
     /// in order per key.
     /// With <see cref="PostgresTable.WithExactlyOnce"/> each batch also records its messages' offsets
     /// for the workflow's group in the same statement, and each message is applied once (see

@@ -57,9 +57,9 @@ type UpsertWriterCore =
     /// <param name="offsetsTable">The offsets table (table or schema.table). Default null:
     /// kflow_applied_offsets.</param>
     /// <param name="pipelining">Batches of one substream written at once (UpsertConfig.Pipelining).
-    /// Default 0: 16.</param>
+    /// Default 0: 32.</param>
     /// <param name="statements">Statements of the writer at once, the batches waiting meanwhile joined
-    /// (UpsertConfig.Statements). Default 0: 1.</param>
+    /// (UpsertConfig.Statements). Default 0: 2.</param>
     /// <param name="statementRows">The most rows one statement joins from waiting batches
     /// (UpsertConfig.StatementRows). Default 0: 16,384.</param>
     static member CreateExactlyOnceAsync
