@@ -27,6 +27,13 @@ type BackpressureOptions = {
     ResumeAt: float
     /// Open (unfinished) offsets per partition before that partition pauses. Default 20,000.
     MaxOpenOffsetsPerPartition: int
+    /// Messages consumed and handed to their partition loops but not yet pushed into the pipe (the
+    /// loops' queues, all partitions together) before intake holds (checked after each burst of at
+    /// most 512 consumed messages, so the queues may pass it by one burst); it resumes at half of it,
+    /// and pauses every partition if the limit still holds after 500 ms. Messages waiting there are
+    /// .NET objects the garbage collector walks and copies, while those librdkafka prefetched wait in
+    /// its native queue. Default 8,192.
+    MaxQueuedMessages: int
     /// When intake (of the workflow or of one partition) has been paused this long without any
     /// message finishing, the pipes concerned receive Flush: aggregates emit what they hold and
     /// demux substreams are dropped as after an idle eviction, so buffers that only new input
@@ -103,6 +110,7 @@ module WorkflowOptions =
         MaxInFlightBytes = 64L * 1024L * 1024L
         ResumeAt = 0.5
         MaxOpenOffsetsPerPartition = 20_000
+        MaxQueuedMessages = 8_192
         FlushWhenStalled = TimeSpan.FromSeconds 2.
     }
 
@@ -212,6 +220,11 @@ module WorkflowOptions =
             invalidSetting
                 "Backpressure"
                 $"WorkflowOptions.Backpressure.MaxOpenOffsetsPerPartition must be ≥ 1 (got {b.MaxOpenOffsetsPerPartition})."
+
+        if b.MaxQueuedMessages < 1 then
+            invalidSetting
+                "Backpressure"
+                $"WorkflowOptions.Backpressure.MaxQueuedMessages must be ≥ 1 (got {b.MaxQueuedMessages})."
 
         if b.FlushWhenStalled <= TimeSpan.Zero then
             invalidSetting

@@ -27,6 +27,7 @@ let tests =
             Expect.equal o.Backpressure.MaxInFlightBytes (64L * 1024L * 1024L) "64 MiB"
             Expect.equal o.Backpressure.ResumeAt 0.5 "resume at half"
             Expect.equal o.Backpressure.MaxOpenOffsetsPerPartition 20_000 "20k open offsets"
+            Expect.equal o.Backpressure.MaxQueuedMessages 8_192 "8,192 queued messages"
             Expect.equal o.Backpressure.FlushWhenStalled (TimeSpan.FromSeconds 2.) "flush after a 2 s stall"
 
             Expect.equal
@@ -98,6 +99,13 @@ let tests =
                         }
                 }
                 "MaxOpenOffsetsPerPartition"
+
+            refused
+                {
+                    valid with
+                        Backpressure = { bp with MaxQueuedMessages = 0 }
+                }
+                "MaxQueuedMessages"
 
             refused
                 {
