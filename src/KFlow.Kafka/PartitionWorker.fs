@@ -366,10 +366,8 @@ type internal PartitionWorker
                 Value = box m.Value
                 Tokens = [ token ]
                 Key = keys.Decode m.Key
-                Position = {
-                    TopicPartition = tp
-                    Offset = cr.Offset.Value
-                }
+                // The token's: one Position per message, not two.
+                Position = token.Position
                 Timestamp = DateTimeOffset(let ts = m.Timestamp in ts.UtcDateTime)
             }
 

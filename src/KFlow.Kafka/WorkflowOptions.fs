@@ -59,7 +59,9 @@ type WorkflowOptions = {
     /// runtime owns (group.id, bootstrap.servers, enable.auto.commit, enable.auto.offset.store,
     /// auto.commit.interval.ms, auto.offset.reset) are refused here: use the fields above. A
     /// property given here overrides KFlow's own consumer defaults (`WorkflowOptions.consumerDefaults`:
-    /// fetch.queue.backoff.ms 10 ms, librdkafka's default 1000 ms).
+    /// fetch.queue.backoff.ms 10 ms, librdkafka's default 1000 ms; and
+    /// dotnet.consumer.consume.result.fields "topic,timestamp", plus "headers" when a policy
+    /// dead-letters; a value given here must keep those).
     Properties: (string * string) list
     /// How often the stored commit points are committed to Kafka (auto.commit.interval.ms).
     /// Default 5 s (librdkafka's default too). Revokes and stops also commit synchronously.
@@ -153,6 +155,26 @@ module WorkflowOptions =
     /// </list></summary>
     let consumerDefaults: (string * string) list = [ "fetch.queue.backoff.ms", "10" ]
 
+    /// Confluent.Kafka's property naming the ConsumeResult fields it fills (all by default).
+    [<Literal>]
+    let ResultFields = "dotnet.consumer.consume.result.fields"
+
+    /// Whether some policy of the options dead-letters (a dead-letter copies the message's headers).
+    let private deadLetters (o: WorkflowOptions) =
+        ErrorPolicies.all {
+            Default = o.OnFailure
+            Stages = o.OnStageFailure
+        }
+        |> List.exists ErrorPolicy.deadLetters
+
+    /// The ConsumeResult fields the runtime reads: topic and timestamp always, headers only to
+    /// dead-letter a message with them.
+    let private neededFields (o: WorkflowOptions) =
+        if deadLetters o then
+            [ "topic"; "timestamp"; "headers" ]
+        else
+            [ "topic"; "timestamp" ]
+
     /// The librdkafka properties the runtime sets itself, with the option to use instead.
     let private owned =
         dict [
@@ -188,13 +210,28 @@ module WorkflowOptions =
                 "GroupId"
                 "WorkflowOptions.GroupId must not be empty; set the consumer group (group.id)."
 
-        for key, _ in o.Properties do
+        for key, value in o.Properties do
             match owned.TryGetValue key with
             | true, instead ->
                 invalidSetting
                     "Properties"
                     $"WorkflowOptions.Properties must not set '{key}': the runtime owns it; set {instead}."
             | _ -> ()
+
+            if key = ResultFields then
+                let given =
+                    (if isNull value then "" else value).Split(',')
+                    |> Array.map (fun f -> f.Trim().ToLowerInvariant())
+
+                if not (Array.contains "all" given) then
+                    match neededFields o |> List.filter (fun f -> not (Array.contains f given)) with
+                    | [] -> ()
+                    | missing ->
+                        let missing = String.Join(", ", missing)
+
+                        invalidSetting
+                            "Properties"
+                            $"WorkflowOptions.Properties sets '{ResultFields}' to '{value}', without {missing}: the runtime reads the topic and timestamp of every message, and the headers of those it dead-letters; add them or leave the property out (KFlow sets it to what it needs)."
 
         let positive (name: string) (t: TimeSpan) (what: string) =
             if t <= TimeSpan.Zero then
@@ -275,14 +312,19 @@ module WorkflowOptions =
         Stages = o.OnStageFailure
     }
 
-    /// The Confluent consumer configuration: KFlow's consumer defaults (consumerDefaults), the
-    /// pass-through properties (which override them), then the settings the runtime owns (offsets
-    /// stored explicitly, committed by librdkafka every CommitInterval).
+    /// The Confluent consumer configuration: KFlow's consumer defaults (consumerDefaults, and the
+    /// ConsumeResult fields the runtime reads: topic and timestamp, plus headers when a policy
+    /// dead-letters), the pass-through properties (which override them), then the settings the
+    /// runtime owns (offsets stored explicitly, committed by librdkafka every CommitInterval).
     let consumerConfig (o: WorkflowOptions) =
         let c = ConsumerConfig()
 
         for key, value in consumerDefaults do
             c.Set(key, value)
+
+        // Without a dead-letter policy nothing reads a message's headers: Confluent.Kafka then builds
+        // no Headers and header list per message (two objects per message; bench (c)).
+        c.Set(ResultFields, String.Join(",", neededFields o))
 
         for key, value in o.Properties do
             c.Set(key, value)

@@ -192,4 +192,57 @@ let tests =
 
             Expect.equal (overridden.Get "fetch.queue.backoff.ms") "1000" "the user's property wins"
         }
+
+        test "the consumer fills message headers only when a policy dead-letters" {
+            let fields (o: WorkflowOptions) =
+                (WorkflowOptions.consumerConfig o).Get WorkflowOptions.ResultFields
+
+            Expect.equal (fields valid) "topic,timestamp" "no dead-letter policy: no headers"
+
+            let deadLetter = ErrorPolicy.DeadLetter "dead"
+
+            Expect.equal
+                (fields { valid with OnFailure = deadLetter })
+                "topic,timestamp,headers"
+                "the default policy"
+
+            Expect.equal
+                (fields {
+                    valid with
+                        OnStageFailure = Map [ "sink", deadLetter ]
+                })
+                "topic,timestamp,headers"
+                "one stage's policy"
+
+            Expect.equal
+                (fields {
+                    valid with
+                        Properties = [ WorkflowOptions.ResultFields, "all" ]
+                })
+                "all"
+                "the user's property wins"
+        }
+
+        test "a result-fields property without what the runtime reads is refused, naming what is missing" {
+            refused
+                {
+                    valid with
+                        Properties = [ WorkflowOptions.ResultFields, "none" ]
+                }
+                "without topic, timestamp"
+
+            refused
+                {
+                    valid with
+                        OnFailure = ErrorPolicy.DeadLetter "dead"
+                        Properties = [ WorkflowOptions.ResultFields, "topic,timestamp" ]
+                }
+                "without headers"
+
+            WorkflowOptions.validate {
+                valid with
+                    Properties = [ WorkflowOptions.ResultFields, "timestamp, topic" ]
+            }
+            |> ignore
+        }
     ]
