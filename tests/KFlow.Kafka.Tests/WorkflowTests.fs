@@ -166,6 +166,93 @@ let private gaps =
         let aborted = sunk |> Seq.filter (fun v -> v.StartsWith "x") |> Seq.length
         Expect.isTrue (aborted = 0 || aborted = 5) "aborted messages: none (real broker) or all once (mock)"
 
+/// Offsets 0-32 of a partition holding compacted batches: a:0-4 at 0-4, then a batch spanning 5-16 of
+/// which compaction kept 5, 8, 9 and 14 (c:0-3), b:0-4 at 17-21, a batch spanning 22-27 of which 22
+/// and 24 remain (d:0-1), and e:0-4 at 28-32: gaps inside batches and at their ends. (A real broker
+/// compacts only closed segments, so uncompacted messages follow, as here.)
+let private compactedPartition (cluster: EmbeddedKafkaCluster) (topic: string) =
+    cluster.CreateTopic(topic, 1)
+    use producer = ProducerBuilder<string, string>(cluster.ProducerConfig()).Build()
+
+    let plain (prefix: string) =
+        for i in 0..4 do
+            producer.Produce(topic, Confluent.Kafka.Message<_, _>(Key = prefix, Value = $"{prefix}:{i}"))
+
+        producer.Flush(seconds 10.) |> ignore
+
+    plain "a"
+
+    CompactedLog.produceBatch
+        cluster.BootstrapServers
+        topic
+        0
+        (CompactedLog.batch 12 [ 0, "c", "c:0"; 3, "c", "c:1"; 4, "c", "c:2"; 9, "c", "c:3" ])
+
+    plain "b"
+
+    CompactedLog.produceBatch
+        cluster.BootstrapServers
+        topic
+        0
+        (CompactedLog.batch 6 [ 0, "d", "d:0"; 2, "d", "d:1" ])
+
+    plain "e"
+
+/// The offsets a compacted partition holds, and their values.
+let private compactedOffsets = [
+    for i in 0..4 -> int64 i, $"a:{i}"
+    yield! [ 5L, "c:0"; 8L, "c:1"; 9L, "c:2"; 14L, "c:3" ]
+    for i in 0..4 -> int64 (17 + i), $"b:{i}"
+    yield! [ 22L, "d:0"; 24L, "d:1" ]
+    for i in 0..4 -> int64 (28 + i), $"e:{i}"
+]
+
+let private compactionGaps =
+    testCase "offsets missing from compacted batches never stall the commits and lose nothing"
+    <| fun () ->
+        use cluster = EmbeddedKafka.start 1
+        compactedPartition cluster "compacted"
+        Expect.equal (endOffsets cluster "compacted" 1) [ 0, 33L ] "the batches' spans are reserved"
+
+        // What a plain consumer reads: the embedded partition looks compacted.
+        let read =
+            use consumer =
+                ConsumerBuilder<string, string>(cluster.ConsumerConfig "compacted-reader").Build()
+
+            consumer.Assign(TopicPartitionOffset("compacted", Partition 0, Offset 0L))
+
+            [
+                for _ in compactedOffsets ->
+                    let cr = consumer.Consume(seconds 10.)
+
+                    if isNull cr then
+                        failtest "the plain consumer read fewer messages than the partition holds"
+
+                    cr.Offset.Value, cr.Message.Value
+            ]
+
+        Expect.equal read compactedOffsets "a plain consumer reads the offsets compaction kept"
+
+        let sunk = ConcurrentQueue<int64 * string>()
+
+        let pipe =
+            Pipe.source<byte[]>
+            |> Pipe.mapEnvelope (fun e -> e.Position.Offset, Encoding.UTF8.GetString e.Value)
+            |> Pipe.sink "record" (fun v ->
+                sunk.Enqueue v
+                Task.CompletedTask)
+
+        let log = Log()
+        let handle = Workflow.run (options cluster log "compacted" [ "compacted" ]) pipe
+
+        waitUntil log (seconds 30.) "every kept message is sunk" (fun () ->
+            sunk.Count >= compactedOffsets.Length)
+        // The periodic commit (no stop yet) gets past every gap.
+        waitEndOffsetsCommitted cluster log (seconds 30.) "compacted" "compacted" 1
+        stopped log handle
+        Expect.equal (List.ofSeq sunk) compactedOffsets "each kept message sunk once, in offset order"
+        Expect.equal (committed cluster "compacted" "compacted" 1) [ 0, 33L ] "committed to the end"
+
 let private asyncMaps =
     testCase "async maps run their calls concurrently and pass results on in input order"
     <| fun () ->
@@ -682,6 +769,7 @@ let tests =
         stallFlush
         partitionLimit
         queueLimit
+        compactionGaps
         boundedStop
         brokerDown
         failingSink
