@@ -14,23 +14,20 @@ type internal BatchLimits = {
     MaxAge: TimeSpan option
 }
 
+/// What an aggregator runs: a user's state machine on its untyped state (Aggregator.create), or a
+/// ready-made buffer's limits ('b is then 'a list), by which the aggregate stage batches itself.
+[<NoEquality; NoComparison>]
+type internal AggregatorSteps<'a, 'b> =
+    | UserSteps of
+        init: obj *
+        add: (DateTimeOffset -> 'a -> obj -> struct (obj * 'b option)) *
+        tick: (DateTimeOffset -> obj -> struct (obj * 'b option)) *
+        flush: (obj -> 'b option)
+    | Batching of BatchLimits
+
 [<Sealed; NoEquality; NoComparison>]
-type Aggregator<'a, 'b>
-    internal
-    (
-        init: obj,
-        add: DateTimeOffset -> 'a -> obj -> struct (obj * 'b option),
-        tick: DateTimeOffset -> obj -> struct (obj * 'b option),
-        flush: obj -> 'b option,
-        batch: BatchLimits voption
-    ) =
-    member internal _.Init = init
-    member internal _.Add = add
-    member internal _.Tick = tick
-    member internal _.Flush = flush
-    /// A ready-made buffer's limits ('b is then 'a list): the stage batches by them, the same
-    /// batches as add, tick and flush give, with fewer objects per input.
-    member internal _.Batch = batch
+type Aggregator<'a, 'b> internal (steps: AggregatorSteps<'a, 'b>) =
+    member internal _.Steps = steps
 
 /// The aggregate stage's state: the user's state, the first input held since the last output (its
 /// key, position and timestamp go to the output; null when none is held: 8 bytes less per input than
@@ -99,7 +96,7 @@ module Aggregator =
             let s', out = tick now (unbox<'s> s)
             struct (box s', out)
 
-        Aggregator<'a, 'b>(box init, add', tick', (fun s -> flush (unbox<'s> s)), ValueNone)
+        Aggregator<'a, 'b>(UserSteps(box init, add', tick', (fun s -> flush (unbox<'s> s))))
 
     /// `tokens` (in order) put before `newestFirst`, newest first.
     let private holding (tokens: Token list) (newestFirst: Token list) =
@@ -107,8 +104,9 @@ module Aggregator =
         | [ t ] -> t :: newestFirst
         | _ -> List.fold (fun acc t -> t :: acc) newestFirst tokens
 
-    /// <summary>The stage of a ready-made buffer ('b is 'a list): the batches Buffer's add, tick and
-    /// flush would give, held as a BatchState chain.</summary>
+    /// <summary>The stage of a ready-made buffer ('b is 'a list): it emits its batch, oldest value
+    /// first, as soon as one limit is reached (on the message, or on the first tick once the oldest
+    /// value is too old), and what it holds on Flush and Revoked.</summary>
     let private batchStage (limits: BatchLimits) : Stage<'a, 'b> =
         let empty = BatchState.Empty
         let none: Output<obj> = Output.none
@@ -175,7 +173,12 @@ module Aggregator =
         Stage<'a, 'b>("aggregate", box empty, step, ValueNone)
 
     /// The stage of a user's aggregator.
-    let private userStage (aggregator: Aggregator<'a, 'b>) : Stage<'a, 'b> =
+    let private userStage
+        init
+        (add: DateTimeOffset -> 'a -> obj -> struct (obj * 'b option))
+        tick
+        flush
+        : Stage<'a, 'b> =
         let empty user = {
             User = user
             First = Unchecked.defaultof<Envelope<obj>>
@@ -212,7 +215,7 @@ module Aggregator =
 
                 match event with
                 | Message e ->
-                    let struct (user, out) = aggregator.Add now (unbox<'a> e.Value) s.User
+                    let struct (user, out) = add now (unbox<'a> e.Value) s.User
 
                     let held = {
                         User = user
@@ -224,19 +227,19 @@ module Aggregator =
                     | Some _ -> struct (box (empty user), release held out)
                     | None -> struct (box held, none)
                 | Tick ->
-                    match aggregator.Tick now s.User with
+                    match tick now s.User with
                     | struct (user, (Some _ as out)) -> struct (box (empty user), release s out)
                     | struct (user, None) -> struct (box { s with User = user }, none)
                 | Flush
-                | Revoked _ -> struct (box (empty aggregator.Init), release s (aggregator.Flush s.User))
+                | Revoked _ -> struct (box (empty init), release s (flush s.User))
                 | Assigned _ -> struct (state, none))
 
-        Stage<'a, 'b>("aggregate", box (empty aggregator.Init), step, ValueNone)
+        Stage<'a, 'b>("aggregate", box (empty init), step, ValueNone)
 
     let stage (aggregator: Aggregator<'a, 'b>) : Stage<'a, 'b> =
-        match aggregator.Batch with
-        | ValueSome limits -> batchStage limits
-        | ValueNone -> userStage aggregator
+        match aggregator.Steps with
+        | UserSteps(init, add, tick, flush) -> userStage init add tick flush
+        | Batching limits -> batchStage limits
 
 [<NoEquality; NoComparison>]
 type BufferOptions<'a> = {
@@ -244,14 +247,6 @@ type BufferOptions<'a> = {
     MaxBytes: int64 option
     Size: 'a -> int64
     MaxAge: TimeSpan option
-}
-
-/// A buffer's state: values newest first, their count and size, and when the oldest arrived.
-type internal BufferState<'a> = {
-    Values: 'a list
-    Count: int
-    Bytes: int64
-    Since: DateTimeOffset
 }
 
 [<RequireQualifiedAccess>]
@@ -284,57 +279,6 @@ module Buffer =
             invalidArgWith "options" "MaxAge must be positive; set it in BufferOptions."
         | _ -> ()
 
-        // Typed: left generic, `box empty` would box a BufferState<obj>.
-        let empty: BufferState<'a> = {
-            Values = []
-            Count = 0
-            Bytes = 0L
-            Since = DateTimeOffset.MinValue
-        }
-
-        let old (now: DateTimeOffset) s =
-            s.Count > 0
-            && (match options.MaxAge with
-                | Some age -> now - s.Since >= age
-                | None -> false)
-
-        let full s =
-            (match options.MaxCount with
-             | Some n -> s.Count >= n
-             | None -> false)
-            || (match options.MaxBytes with
-                | Some n -> s.Bytes >= n
-                | None -> false)
-
-        // Steps on the untyped state with struct results, as Aggregator.create makes of a user's: no
-        // tuple per value (bench --only pipe-core).
-        let add now (value: 'a) (state: obj) : struct (obj * 'a list option) =
-            let s = unbox<BufferState<'a>> state
-
-            let s' = {
-                Values = value :: s.Values
-                Count = s.Count + 1
-                Bytes = s.Bytes + options.Size value
-                Since = (if s.Count = 0 then now else s.Since)
-            }
-
-            if full s' || old now s' then
-                struct (box empty, Some(List.rev s'.Values))
-            else
-                struct (box s', None)
-
-        let tick now (state: obj) : struct (obj * 'a list option) =
-            let s = unbox<BufferState<'a>> state
-
-            if old now s then
-                struct (box empty, Some(List.rev s.Values))
-            else
-                struct (state, None)
-
-        let flush (state: obj) =
-            let s = unbox<BufferState<'a>> state
-            if s.Count = 0 then None else Some(List.rev s.Values)
-
         let limits: BatchLimits = {
             MaxCount = defaultArg options.MaxCount 0
             MaxBytes = defaultArg options.MaxBytes 0L
@@ -342,7 +286,7 @@ module Buffer =
             MaxAge = options.MaxAge
         }
 
-        Aggregator<'a, 'a list>(box empty, add, tick, flush, ValueSome limits)
+        Aggregator<'a, 'a list>(Batching limits)
 
     let count (count: int) =
         create { options with MaxCount = Some count }
