@@ -147,30 +147,33 @@ module Aggregator =
                 Timestamp = first.Timestamp
             }
 
+        let add now (e: Envelope<obj>) (state: obj) =
+            let s = unbox<BatchState> state
+            let size = limits.Size e.Value
+
+            let held =
+                if s.Count = 0 then
+                    BatchState(e.Value, e, e.Tokens, 1, size, now, null)
+                else
+                    BatchState(e.Value, s.First, e.Tokens, s.Count + 1, s.Bytes + size, s.Since, s)
+
+            if full held || old now held then
+                struct (box empty, batch held)
+            else
+                struct (box held, none)
+
         let step =
             UntypedStep(fun now event state ->
                 let s = unbox<BatchState> state
 
                 match event with
-                | Message e ->
-                    let size = limits.Size e.Value
-
-                    let held =
-                        if s.Count = 0 then
-                            BatchState(e.Value, e, e.Tokens, 1, size, now, null)
-                        else
-                            BatchState(e.Value, s.First, e.Tokens, s.Count + 1, s.Bytes + size, s.Since, s)
-
-                    if full held || old now held then
-                        struct (box empty, batch held)
-                    else
-                        struct (box held, none)
+                | Message e -> add now e state
                 | Tick when old now s -> struct (box empty, batch s)
                 | Flush
                 | Revoked _ when s.Count > 0 -> struct (box empty, batch s)
                 | _ -> struct (state, none))
 
-        Stage<'a, 'b>("aggregate", box empty, step, ValueNone)
+        Stage<'a, 'b>("aggregate", box empty, step, ValueNone, ValueSome(MessageStep add))
 
     /// The stage of a user's aggregator.
     let private userStage
@@ -208,24 +211,27 @@ module Aggregator =
                 Effects = List.fold (fun acc t -> Complete t :: acc) [] s.Tokens
               }
 
+        let addMessage now (e: Envelope<obj>) (state: obj) =
+            let s = unbox<AggregateState> state
+            let struct (user, out) = add now (unbox<'a> e.Value) s.User
+
+            let held = {
+                User = user
+                First = (if s.Holds then s.First else e)
+                Tokens = holding e.Tokens s.Tokens
+            }
+
+            match out with
+            | Some _ -> struct (box (empty user), release held out)
+            | None -> struct (box held, none)
+
         // Untyped (no Event or Output mapped per message), the same steps as a Stage.create would run.
         let step =
             UntypedStep(fun now event state ->
                 let s = unbox<AggregateState> state
 
                 match event with
-                | Message e ->
-                    let struct (user, out) = add now (unbox<'a> e.Value) s.User
-
-                    let held = {
-                        User = user
-                        First = (if s.Holds then s.First else e)
-                        Tokens = holding e.Tokens s.Tokens
-                    }
-
-                    match out with
-                    | Some _ -> struct (box (empty user), release held out)
-                    | None -> struct (box held, none)
+                | Message e -> addMessage now e state
                 | Tick ->
                     match tick now s.User with
                     | struct (user, (Some _ as out)) -> struct (box (empty user), release s out)
@@ -234,7 +240,7 @@ module Aggregator =
                 | Revoked _ -> struct (box (empty init), release s (flush s.User))
                 | Assigned _ -> struct (state, none))
 
-        Stage<'a, 'b>("aggregate", box (empty init), step, ValueNone)
+        Stage<'a, 'b>("aggregate", box (empty init), step, ValueNone, ValueSome(MessageStep addMessage))
 
     let stage (aggregator: Aggregator<'a, 'b>) : Stage<'a, 'b> =
         match aggregator.Steps with

@@ -138,13 +138,27 @@ module PipeRun =
         with ex ->
             Error ex
 
-    /// Steps stage i with an event; returns what it emitted (nothing if it threw).
+    let private tryMessage (step: MessageStep) now env state =
+        try
+            Ok(step.Invoke(now, env, state))
+        with ex ->
+            Error ex
+
+    /// Steps stage i with an event (ValueNone: a Message of `input`, built only for a stage with no
+    /// message step of its own); returns what it emitted (nothing if it threw).
     let private stepStage now (acc: Collected) (stage: Stage<obj, obj>) (states: NodeState[]) i event input =
         match states[i] with
         | StageState cell ->
             let state = cell.State
 
-            match tryStep stage.Step now event state with
+            let stepped =
+                match event, input, stage.OnMessage with
+                | ValueNone, ValueSome env, ValueSome onMessage -> tryMessage onMessage now env state
+                | ValueNone, ValueSome env, ValueNone -> tryStep stage.Step now (Message env) state
+                | ValueSome event, _, _ -> tryStep stage.Step now event state
+                | ValueNone, ValueNone, _ -> Ok(struct (state, Output.none))
+
+            match stepped with
             | Ok(struct (state', output)) ->
                 if not (obj.ReferenceEquals(state, state')) then
                     acc.SetState(cell, state')
@@ -201,7 +215,7 @@ module PipeRun =
                             acc.Ledger(Complete t)
                     | Error ex -> failed acc (Stage.name stage) (ValueSome env) ex
                 | ValueNone ->
-                    for e in stepStage now acc stage states i (Message env) (ValueSome env) do
+                    for e in stepStage now acc stage states i ValueNone (ValueSome env) do
                         pushAt now acc level (i + 1) e
             | SinkNode(name, write, pipelining) ->
                 acc.Sink {
@@ -276,7 +290,7 @@ module PipeRun =
             else
                 match nodes[i], states[i] with
                 | StageNode stage, _ ->
-                    for e in stepStage now acc stage states i event ValueNone do
+                    for e in stepStage now acc stage states i (ValueSome event) ValueNone do
                         pushAt now acc level (i + 1) e
 
                     go (i + 1)
