@@ -1,5 +1,6 @@
 // The effects one push or resume of PipeRun collects, in order: an internal mutable collector that
-// PipeRun reuses per thread, never shared with the values a push returns.
+// PipeRun reuses per thread, never shared with the values a push returns. It makes every write to the
+// run's store, recording each (none for an owned run).
 namespace KFlow
 
 open System

@@ -1,6 +1,7 @@
 // The pure interpreter of a pipe: it pushes one event through the nodes and returns the new state
 // with the effects to apply. Every version of a run shares one mutable store, rerooted to the version
 // pushed (src/KFlow.Core/StoreVersion.fs): a push writes in place and records each write, O(1) per write.
+// An owned run (the Kafka runtime's, one caller, never going back) is written in place with no record.
 namespace KFlow
 
 open System
