@@ -83,11 +83,17 @@ let runLedger (w: Workload) =
     bytesPerOp,
     struct (checksum, (Ledger.commitPoint tp ledger |> ValueOption.get))
 
-/// One run of the mutable baseline; returns what runLedger returns.
-let runBaseline (w: Workload) =
+/// One run of a ledger updated in place (the mutable baseline, or the OwnedLedger the runtime's
+/// partition loops use); returns what runLedger returns.
+let inline private runInPlace
+    (ledger:
+        ^L
+            when ^L: (member Deliver: Position -> Result<Token, LedgerError>)
+            and ^L: (member Complete: Token -> Result<unit, LedgerError>)
+            and ^L: (member CommitPoint: TopicPartition -> int64 voption))
+    (w: Workload)
+    =
     let tokens = Array.zeroCreate<Token> w.Window
-    let ledger = BaselineLedger()
-    ledger.Assign(tp, 0L)
     let mutable offset = 0L
 
     for i in 0 .. w.Window - 1 do
@@ -125,6 +131,27 @@ let runBaseline (w: Workload) =
 
     watch.Elapsed.TotalSeconds, bytesPerOp, struct (checksum, (ledger.CommitPoint tp |> ValueOption.get))
 
+/// One run of the mutable baseline.
+let runBaseline (w: Workload) =
+    let ledger = BaselineLedger()
+    ledger.Assign(tp, 0L)
+    runInPlace ledger w
+
+/// The OwnedLedger behind members runInPlace can constrain on (its own are internal to KFlow.Core).
+[<Sealed>]
+type OwnedRun() =
+    let ledger = OwnedLedger()
+    member _.Assign(tp, start) = ledger.Assign(tp, start)
+    member _.Deliver(position: Position) = ledger.Deliver position
+    member _.Complete(token: Token) = ledger.Complete token
+    member _.CommitPoint(tp: TopicPartition) = ledger.CommitPoint tp
+
+/// One run of the owned ledger (written in place, no older version kept).
+let runOwned (w: Workload) =
+    let ledger = OwnedRun()
+    ledger.Assign(tp, 0L)
+    runInPlace ledger w
+
 let private median (xs: float list) =
     let sorted = List.sort xs
     sorted[sorted.Length / 2]
@@ -141,14 +168,21 @@ let run () =
     let warm = workload window 300_000
     let _, _, ledgerAnswer = runLedger warm
     let _, _, baselineAnswer = runBaseline warm
+    let _, _, ownedAnswer = runOwned warm
 
-    if ledgerAnswer <> baselineAnswer then
-        failwithf "The ledger and the baseline disagree: %A vs %A" ledgerAnswer baselineAnswer
+    if ledgerAnswer <> baselineAnswer || ownedAnswer <> baselineAnswer then
+        failwithf
+            "The ledger, the owned ledger and the baseline disagree: %A, %A, %A"
+            ledgerAnswer
+            ownedAnswer
+            baselineAnswer
 
     let ledgerRates = ResizeArray()
     let baselineRates = ResizeArray()
+    let ownedRates = ResizeArray()
     let mutable ledgerBytes = 0.0
     let mutable baselineBytes = 0.0
+    let mutable ownedBytes = 0.0
 
     for _ in 1..runs do
         GC.Collect()
@@ -159,17 +193,25 @@ let run () =
         let seconds, bytes, _ = runBaseline w
         baselineRates.Add(ops / seconds)
         baselineBytes <- bytes
+        GC.Collect()
+        let seconds, bytes, _ = runOwned w
+        ownedRates.Add(ops / seconds)
+        ownedBytes <- bytes
 
     let ledgerMedian = median (List.ofSeq ledgerRates)
     let baselineMedian = median (List.ofSeq baselineRates)
     let ledgerBest = Seq.max ledgerRates
     let baselineBest = Seq.max baselineRates
+    let ownedMedian = median (List.ofSeq ownedRates)
+    let ownedBest = Seq.max ownedRates
 
     printfn "Ledger: deliver + complete, random completion order among %d open offsets" window
     printfn "%d runs of %.0f operations each, after a warm-up\n" runs ops
     printfn "| %-30s | %13s | %13s | %12s |" "implementation" "median ops/s" "best ops/s" "bytes/op"
     printfn "|%s|%s|%s|%s|" (String('-', 32)) (String('-', 15)) (String('-', 15)) (String('-', 14))
     printfn "| %-30s | %13.0f | %13.0f | %12.1f |" "Ledger (immutable)" ledgerMedian ledgerBest ledgerBytes
+
+    printfn "| %-30s | %13.0f | %13.0f | %12.1f |" "OwnedLedger (in place)" ownedMedian ownedBest ownedBytes
 
     printfn
         "| %-30s | %13.0f | %13.0f | %12.1f |"
@@ -185,6 +227,13 @@ let run () =
         (ledgerBest / baselineBest)
         ""
 
+    printfn
+        "| %-30s | %13.2f | %13.2f | %12s |"
+        "ratio owned / baseline"
+        (ownedMedian / baselineMedian)
+        (ownedBest / baselineBest)
+        ""
+
     // The keys hold the best run of each: on a shared machine the least disturbed run is the best
     // estimate of what each implementation costs; the medians are recorded next to them.
     [
@@ -195,4 +244,8 @@ let run () =
         "ledger_baseline_ops_per_s_median", baselineMedian
         "ledger_bytes_per_op", ledgerBytes
         "ledger_baseline_bytes_per_op", baselineBytes
+        "owned_ledger_ops_per_s", ownedBest
+        "ratio_owned_ledger_vs_baseline", ownedBest / baselineBest
+        "owned_ledger_ops_per_s_median", ownedMedian
+        "owned_ledger_bytes_per_op", ownedBytes
     ]

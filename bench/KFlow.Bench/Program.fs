@@ -31,6 +31,8 @@ let rec private parse (args: Arguments) =
 
 [<EntryPoint>]
 let main argv =
+    KFlow.Bench.GcTrace.start ()
+
     match List.ofArray argv with
     | [ "--backlog-child"; bootstrap; topic; ends ] -> RuntimeBench.backlogChild bootstrap topic ends
     | args ->

@@ -45,6 +45,12 @@ public sealed class KafkaSettings
     /// <summary>Unfinished messages per partition before that partition pauses. Default 20,000.</summary>
     public int MaxOpenOffsetsPerPartition { get; set; } = 20_000;
 
+    /// <summary>Consumed messages waiting for their partition loops (not yet in the pipe, all
+    /// partitions together) before intake holds; it resumes at half of it, and pauses every partition if
+    /// the limit still holds after 500 ms. The loops' queues hold .NET objects the garbage collector
+    /// walks, while what librdkafka prefetched waits in native memory. Default 8,192.</summary>
+    public int MaxQueuedMessages { get; set; } = 8_192;
+
     /// <summary>Async calls (<c>MapAsync</c> steps of every partition and key) running at once in a
     /// workflow; each further call waits for one to end. Default 1,024.</summary>
     public int MaxConcurrentCalls { get; set; } = 1024;

@@ -28,6 +28,8 @@ internal sealed class KFlowOptionsValidator : IValidateOptions<KFlowOptions>
             problems.Add($"KFlow:Kafka:MaxInFlightMessages must be ≥ 1 (got {kafka.MaxInFlightMessages}).");
         if (kafka.MaxOpenOffsetsPerPartition < 1)
             problems.Add($"KFlow:Kafka:MaxOpenOffsetsPerPartition must be ≥ 1 (got {kafka.MaxOpenOffsetsPerPartition}).");
+        if (kafka.MaxQueuedMessages < 1)
+            problems.Add($"KFlow:Kafka:MaxQueuedMessages must be ≥ 1 (got {kafka.MaxQueuedMessages}).");
         if (kafka.MaxConcurrentCalls < 1)
             problems.Add($"KFlow:Kafka:MaxConcurrentCalls must be ≥ 1 (got {kafka.MaxConcurrentCalls}).");
         if (kafka.MaxConcurrentWrites < 1)

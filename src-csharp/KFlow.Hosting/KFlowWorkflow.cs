@@ -106,7 +106,8 @@ public sealed class KFlowWorkflow
             _policy?.ToCore()!,
             _stagePolicies.ToDictionary(kv => kv.Key, kv => kv.Value.ToCore(), StringComparer.Ordinal),
             kafka.MaxConcurrentCalls,
-            kafka.MaxConcurrentWrites);
+            kafka.MaxConcurrentWrites,
+            kafka.MaxQueuedMessages);
         return new RunningWorkflow(Name, handle, ctx, stopping, kafka.DrainTimeout);
     }
 }

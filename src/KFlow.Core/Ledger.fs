@@ -67,6 +67,8 @@ type internal LedgerShape(count: int, rest: PartitionState[], nextEpoch: int) =
 /// (the new Ledger) instead of three (Ledger, array, state): measured by bench --only pipe-core.
 [<Sealed>]
 type Ledger internal (first: PartitionState, shape: LedgerShape) =
+    // Written only by an OwnedLedger, on the one Ledger it owns (SetAt); a Ledger value never changes.
+    let mutable first = first
     member internal _.Shape = shape
     member internal _.Count = shape.Count
     member internal _.First = first
@@ -80,6 +82,10 @@ type Ledger internal (first: PartitionState, shape: LedgerShape) =
     /// Partition i (0 ≤ i < count).
     member internal _.At(i: int) =
         if i = 0 then first else shape.Rest.[i - 1]
+
+    /// Replaces partition i in place: only for the Ledger an OwnedLedger owns (its arrays are its own).
+    member internal _.SetAt(i: int, s: PartitionState) =
+        if i = 0 then first <- s else shape.Rest.[i - 1] <- s
 
     /// All partitions, sorted.
     member internal _.Partitions =
@@ -177,15 +183,22 @@ module Ledger =
         | -1 -> ValueNone
         | i -> ValueSome (ledger.At i).Info.Epoch
 
+    /// A ring write: in place with nothing recorded for an OwnedLedger, else a new version.
+    let inline private ringSet (inPlace: bool) level slot mask ring =
+        if inPlace then
+            RingVersion.setInPlace level slot mask ring
+        else
+            RingVersion.set level slot mask ring
+
     /// The ring of s with the tail block (non-empty) moved into it, growing the ring when the
     /// window from the commit block to the tail block no longer fits.
-    let private pushTail (s: PartitionState) : struct (int * RingVersion) =
+    let private pushTail (inPlace: bool) (s: PartitionState) : struct (int * RingVersion) =
         let low = s.CommitPoint >>> 6
         let span = s.TailBlock - low
         let capacity = 1L <<< (Ring.Bits * s.Depth)
 
         if span < capacity then
-            struct (s.Depth, RingVersion.set (s.Depth - 1) (s.TailBlock &&& (capacity - 1L)) s.TailMask s.Ring)
+            struct (s.Depth, ringSet inPlace (s.Depth - 1) (s.TailBlock &&& (capacity - 1L)) s.TailMask s.Ring)
         else
             let mutable depth = s.Depth + 1
 
@@ -230,53 +243,62 @@ module Ledger =
         else
             { info with Multi = multi }
 
+    /// A partition's state after delivering `position` (ring writes in place when `inPlace`).
+    let private deliverTo (inPlace: bool) (s: PartitionState) (position: Position) =
+        let offset = position.Offset
+
+        if offset < s.NextAtLeast then
+            Error(OutOfOrder(position, s.NextAtLeast))
+        else
+            let block = offset >>> 6
+            let bit = 1UL <<< int (offset &&& 63L)
+            let commitPoint = if s.OpenCount = 0 then offset else s.CommitPoint
+
+            if block = s.TailBlock then
+                Ok {
+                    s with
+                        NextAtLeast = offset + 1L
+                        CommitPoint = commitPoint
+                        OpenCount = s.OpenCount + 1
+                        TailMask = s.TailMask ||| bit
+                }
+            elif s.TailMask = 0UL then
+                Ok {
+                    s with
+                        NextAtLeast = offset + 1L
+                        CommitPoint = commitPoint
+                        OpenCount = s.OpenCount + 1
+                        TailMask = bit
+                }
+            else
+                let struct (depth, ring) = pushTail inPlace s
+
+                Ok {
+                    s with
+                        NextAtLeast = offset + 1L
+                        CommitPoint = commitPoint
+                        OpenCount = s.OpenCount + 1
+                        TailMask = bit
+                        Info = withDepth depth s.Info
+                        Ring = ring
+                }
+
     let deliver (position: Position) (ledger: Ledger) =
         let tp = position.TopicPartition
 
         match indexOf tp ledger with
         | -1 -> Error(NotAssigned tp)
         | i ->
-            let s = ledger.At i
-            let offset = position.Offset
-
-            if offset < s.NextAtLeast then
-                Error(OutOfOrder(position, s.NextAtLeast))
-            else
-                let block = offset >>> 6
-                let bit = 1UL <<< int (offset &&& 63L)
-                let commitPoint = if s.OpenCount = 0 then offset else s.CommitPoint
-
-                let s' =
-                    if block = s.TailBlock then
-                        {
-                            s with
-                                NextAtLeast = offset + 1L
-                                CommitPoint = commitPoint
-                                OpenCount = s.OpenCount + 1
-                                TailMask = s.TailMask ||| bit
-                        }
-                    elif s.TailMask = 0UL then
-                        {
-                            s with
-                                NextAtLeast = offset + 1L
-                                CommitPoint = commitPoint
-                                OpenCount = s.OpenCount + 1
-                                TailMask = bit
-                        }
-                    else
-                        let struct (depth, ring) = pushTail s
-
-                        {
-                            s with
-                                NextAtLeast = offset + 1L
-                                CommitPoint = commitPoint
-                                OpenCount = s.OpenCount + 1
-                                TailMask = bit
-                                Info = withDepth depth s.Info
-                                Ring = ring
-                        }
-
-                Ok(struct (replaceAt i s' ledger, { Position = position; Epoch = s.Epoch }))
+            match deliverTo false (ledger.At i) position with
+            | Ok s' ->
+                Ok(
+                    struct (replaceAt i s' ledger,
+                            {
+                                Position = position
+                                Epoch = s'.Epoch
+                            })
+                )
+            | Error e -> Error e
 
     /// The mask of an open block (ring or tail); 0 for a block outside the window.
     let private maskOf (s: PartitionState) (block: int64) =
@@ -326,7 +348,14 @@ module Ledger =
                     (s.TailBlock <<< 6) + int64 (BitOperations.TrailingZeroCount s.TailMask))
 
     /// Replaces the open parts of an open offset (whose block's mask is `mask`) with `remaining` (≥ 0).
-    let private withParts (s: PartitionState) (offset: int64) (mask: uint64) (parts: int) (remaining: int) =
+    let private withParts
+        (inPlace: bool)
+        (s: PartitionState)
+        (offset: int64)
+        (mask: uint64)
+        (parts: int)
+        (remaining: int)
+        =
         if remaining > 0 then
             if remaining = parts then
                 s
@@ -370,7 +399,7 @@ module Ledger =
                         {
                             s with
                                 OpenCount = s.OpenCount - 1
-                                Ring = RingVersion.set (s.Depth - 1) slot (mask &&& ~~~bit) s.Ring
+                                Ring = ringSet inPlace (s.Depth - 1) slot (mask &&& ~~~bit) s.Ring
                                 Info = withMulti multi s.Info
                         }
 
@@ -382,42 +411,54 @@ module Ledger =
                 else
                     s'
 
-    /// Applies `change` (the new number of parts from the current one) to an open token.
+    /// A partition's state after `change` (the new number of parts from the current one) is applied
+    /// to an open token of it (ValueNone: unchanged). Ring writes in place when `inPlace`.
+    let inline private changeIn
+        (inPlace: bool)
+        (token: Token)
+        (s: PartitionState)
+        ([<InlineIfLambda>] change: int -> int)
+        =
+        let offset = token.Position.Offset
+
+        // Offsets outside [commit point, next expected) are not open; inside, the block's mask says.
+        let mask =
+            if offset < s.CommitPoint || offset >= s.NextAtLeast then
+                0UL
+            else
+                maskOf s (offset >>> 6)
+
+        if s.Epoch <> token.Epoch then
+            Error(StaleEpoch(token, s.Epoch))
+        elif mask &&& (1UL <<< int (offset &&& 63L)) = 0UL then
+            Error(NotOpen token)
+        else
+            let parts =
+                if s.Multi.IsEmpty then
+                    1
+                else
+                    match s.Multi.TryGetValue offset with
+                    | true, n -> n
+                    | _ -> 1
+
+            let remaining = change parts
+
+            if remaining > 0 && remaining = parts then
+                Ok ValueNone
+            else
+                Ok(ValueSome(withParts inPlace s offset mask parts remaining))
+
+    /// Applies `change` to an open token of a ledger value.
     let inline private changeParts (token: Token) (ledger: Ledger) ([<InlineIfLambda>] change: int -> int) =
         let tp = token.Position.TopicPartition
 
         match indexOf tp ledger with
         | -1 -> Error(NotAssigned tp)
         | i ->
-            let s = ledger.At i
-            let offset = token.Position.Offset
-
-            // Offsets outside [commit point, next expected) are not open; inside, the block's mask says.
-            let mask =
-                if offset < s.CommitPoint || offset >= s.NextAtLeast then
-                    0UL
-                else
-                    maskOf s (offset >>> 6)
-
-            if s.Epoch <> token.Epoch then
-                Error(StaleEpoch(token, s.Epoch))
-            elif mask &&& (1UL <<< int (offset &&& 63L)) = 0UL then
-                Error(NotOpen token)
-            else
-                let parts =
-                    if s.Multi.IsEmpty then
-                        1
-                    else
-                        match s.Multi.TryGetValue offset with
-                        | true, n -> n
-                        | _ -> 1
-
-                let remaining = change parts
-
-                if remaining > 0 && remaining = parts then
-                    Ok ledger
-                else
-                    Ok(replaceAt i (withParts s offset mask parts remaining) ledger)
+            match changeIn false token (ledger.At i) change with
+            | Ok(ValueSome s') -> Ok(replaceAt i s' ledger)
+            | Ok ValueNone -> Ok ledger
+            | Error e -> Error e
 
     let fork (parts: int) (token: Token) (ledger: Ledger) =
         if parts < 0 then
@@ -478,3 +519,68 @@ module Ledger =
 
     let assigned (ledger: Ledger) =
         ledger.Partitions |> Array.map (fun s -> s.TopicPartition) |> List.ofArray
+
+    // The owned ledger's steps: the same state changes as the functions above, written in place.
+
+    /// Delivers into the ledger an OwnedLedger owns (ring written in place).
+    let internal deliverOwned (position: Position) (ledger: Ledger) =
+        let tp = position.TopicPartition
+
+        match indexOf tp ledger with
+        | -1 -> Error(NotAssigned tp)
+        | i ->
+            match deliverTo true (ledger.At i) position with
+            | Ok s' ->
+                ledger.SetAt(i, s')
+
+                Ok {
+                    Position = position
+                    Epoch = s'.Epoch
+                }
+            | Error e -> Error e
+
+    /// Applies `change` to an open token in the ledger an OwnedLedger owns.
+    let inline private changeOwned (token: Token) (ledger: Ledger) ([<InlineIfLambda>] change: int -> int) =
+        let tp = token.Position.TopicPartition
+
+        match indexOf tp ledger with
+        | -1 -> Error(NotAssigned tp)
+        | i ->
+            match changeIn true token (ledger.At i) change with
+            | Ok(ValueSome s') ->
+                ledger.SetAt(i, s')
+                Ok()
+            | Ok ValueNone -> Ok()
+            | Error e -> Error e
+
+    let internal forkOwned (parts: int) (token: Token) (ledger: Ledger) =
+        if parts < 0 then
+            Error(InvalidParts(token, parts))
+        else
+            changeOwned token ledger (fun current -> current - 1 + parts)
+
+    let internal completeOwned (token: Token) (ledger: Ledger) =
+        changeOwned token ledger (fun current -> current - 1)
+
+/// <summary>A ledger one owner updates in place: the answers of Ledger's functions, without a new
+/// value per deliver and complete and without keeping older versions (a runtime's partition loop
+/// never goes back to one). Not thread-safe.</summary>
+[<Sealed>]
+type internal OwnedLedger() =
+    // Only this object holds it: assign and revoke replace it (new arrays), deliver and complete
+    // write its partition states and rings in place.
+    let mutable ledger = Ledger.empty
+
+    member _.Assign(tp: TopicPartition, startOffset: int64) =
+        ledger <- Ledger.assign tp startOffset ledger
+
+    member _.Revoke(tp: TopicPartition) = ledger <- Ledger.revoke tp ledger
+    member _.Deliver(position: Position) = Ledger.deliverOwned position ledger
+    member _.Complete(token: Token) = Ledger.completeOwned token ledger
+    member _.Fork(parts: int, token: Token) = Ledger.forkOwned parts token ledger
+    member _.Epoch(tp: TopicPartition) = Ledger.epoch tp ledger
+    member _.CommitPoint(tp: TopicPartition) = Ledger.commitPoint tp ledger
+    member _.CommitPoints = Ledger.commitPoints ledger
+    member _.OpenCount(tp: TopicPartition) = Ledger.openCount tp ledger
+    member _.OpenOffsets(tp: TopicPartition) = Ledger.openOffsets tp ledger
+    member _.Assigned = Ledger.assigned ledger

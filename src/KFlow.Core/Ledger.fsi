@@ -80,3 +80,41 @@ module Ledger =
 
     /// The assigned partitions, in topic-partition order.
     val assigned: ledger: Ledger -> TopicPartition list
+
+    /// Delivers into the Ledger an OwnedLedger owns, in place. Internal.
+    val internal deliverOwned: position: Position -> ledger: Ledger -> Result<Token, LedgerError>
+
+    /// Splits a part in the Ledger an OwnedLedger owns, in place. Internal.
+    val internal forkOwned: parts: int -> token: Token -> ledger: Ledger -> Result<unit, LedgerError>
+
+    /// Completes a part in the Ledger an OwnedLedger owns, in place. Internal.
+    val internal completeOwned: token: Token -> ledger: Ledger -> Result<unit, LedgerError>
+
+/// <summary>A ledger one owner updates in place: the answers of Ledger's functions, without a new
+/// value per deliver and complete and without keeping older versions (a runtime's partition loop
+/// never goes back to one). Not thread-safe.</summary>
+[<Sealed>]
+type internal OwnedLedger =
+    new: unit -> OwnedLedger
+    /// As Ledger.assign.
+    member Assign: tp: TopicPartition * startOffset: int64 -> unit
+    /// As Ledger.revoke.
+    member Revoke: tp: TopicPartition -> unit
+    /// As Ledger.deliver.
+    member Deliver: position: Position -> Result<Token, LedgerError>
+    /// As Ledger.complete.
+    member Complete: token: Token -> Result<unit, LedgerError>
+    /// As Ledger.fork.
+    member Fork: parts: int * token: Token -> Result<unit, LedgerError>
+    /// As Ledger.epoch.
+    member Epoch: tp: TopicPartition -> int voption
+    /// As Ledger.commitPoint.
+    member CommitPoint: tp: TopicPartition -> int64 voption
+    /// As Ledger.commitPoints.
+    member CommitPoints: (TopicPartition * int64) list
+    /// As Ledger.openCount.
+    member OpenCount: tp: TopicPartition -> int
+    /// As Ledger.openOffsets.
+    member OpenOffsets: tp: TopicPartition -> (int64 * int) list
+    /// As Ledger.assigned.
+    member Assigned: TopicPartition list

@@ -184,6 +184,20 @@ module internal RingVersion =
                     ring.Newer <- next
                     next)
 
+    /// <summary>The version with the mask at a slot replaced, written in place and nothing recorded: for a
+    /// ring whose versions only one owner sees and never goes back to (OwnedLedger). `ring` itself
+    /// is returned when the root is the same node.</summary>
+    let setInPlace (level: int) (slot: int64) (mask: uint64) (ring: RingVersion) =
+        if isNull ring then
+            RingVersion(ChangeLog(), Ring.set null null level slot mask)
+        else
+            let root = Ring.set null ring.Root level slot mask
+
+            if obj.ReferenceEquals(root, ring.Root) then
+                ring
+            else
+                RingVersion(ring.Store, root)
+
     /// A new ring (its own store) of the given root, built by Ring.set with no log.
     let fresh (root: obj) =
         if isNull root then null else RingVersion(ChangeLog(), root)

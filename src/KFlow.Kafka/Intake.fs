@@ -46,6 +46,14 @@ type internal Intake
     // When the in-flight gate closed (Stopwatch timestamp).
     let mutable closedAt = 0L
     let mutable globalStall = Stall.start 0L
+    // The queue gate: messages handed to the loops and not yet pushed into their pipes reached
+    // MaxQueuedMessages; intake holds until they fall to half of it.
+    let mutable queueClosed = false
+    // The queue gate is closed and every partition is paused in the consumer (after the hold).
+    let mutable queuePaused = false
+    let mutable queueClosedAt = 0L
+    let maxQueued = int64 b.MaxQueuedMessages
+    let resumeQueued = maxQueued / 2L
     let stallMs = int64 b.FlushWhenStalled.TotalMilliseconds
 
     /// <summary>How long intake holds (stops calling Consume) once the in-flight gate closes before
@@ -63,7 +71,7 @@ type internal Intake
         let resume = List<Confluent.Kafka.TopicPartition>()
 
         for slot in slots.Values do
-            let wanted = mode <> Running || globalPaused || slot.Closed
+            let wanted = mode <> Running || globalPaused || queuePaused || slot.Closed
 
             if wanted && (not slot.KafkaPaused || not slot.PauseKnown) then
                 pause.Add slot.Kafka
@@ -114,7 +122,7 @@ type internal Intake
         let load = counters.InFlight
         let pload = { Messages = slot.Open; Bytes = 0L }
 
-        if mode <> Running || globalClosed || slot.Closed || failed () then
+        if mode <> Running || globalClosed || queueClosed || slot.Closed || failed () then
             false
         elif not (Gate.fits size load globalGate) then
             closeGlobal ()
@@ -151,13 +159,20 @@ type internal Intake
     /// message waits behind a command posted later (Drain, Release, Clock).
     let flush () =
         lastSlot <- null
+        let mutable queued = 0L
 
         for slot in slots.Values do
             let pending = slot.Pending
 
             if pending.Count > 0 then
-                slot.Worker.Post(Deliver pending)
+                slot.Worker.Deliver pending
                 slot.Pending <- slot.Worker.TakeSpare pending.Count
+
+            queued <- queued + slot.Worker.Queued
+
+        if not queueClosed && queued >= maxQueued then
+            queueClosed <- true
+            queueClosedAt <- Stopwatch.GetTimestamp()
 
     /// Where the consumer thread is in its life; intake is open only while Running.
     member _.Mode
@@ -165,11 +180,12 @@ type internal Intake
         and set value = mode <- value
 
     /// Whether the workflow's in-flight gate is closed and every partition paused.
-    member _.GlobalPaused = globalPaused
+    member _.GlobalPaused = globalPaused || queuePaused
 
-    /// Whether intake holds: the in-flight gate is closed but the partitions are not paused yet; the
-    /// consumer thread does not call Consume meanwhile (at most holdBeforePause).
-    member _.Holding = globalClosed && not globalPaused
+    /// Whether intake holds: the in-flight or the queue gate is closed but the partitions are not
+    /// paused yet; the consumer thread does not call Consume meanwhile (at most holdBeforePause).
+    member _.Holding =
+        (globalClosed && not globalPaused) || (queueClosed && not queuePaused)
 
     /// Pauses or resumes each partition in the consumer as the mode and the gates want it.
     member _.ApplyPauses() = applyPauses ()
@@ -232,6 +248,18 @@ type internal Intake
 
             log
                 $"{name}: in-flight still at {counters.InFlight} after {holdBeforePause}; pausing every partition"
+
+        if queueClosed then
+            let queued = slots.Values |> Seq.sumBy (fun s -> s.Worker.Queued)
+
+            if queued <= resumeQueued then
+                queueClosed <- false
+                queuePaused <- false
+            elif not queuePaused && Stopwatch.GetElapsedTime queueClosedAt >= holdBeforePause then
+                queuePaused <- true
+
+                log
+                    $"{name}: {queued} messages still wait for their partition loops after {holdBeforePause}; pausing every partition"
 
         if globalClosed then
             let watch, stalled = Stall.watch now counters.InFlight.Messages stallMs globalStall

@@ -7,15 +7,15 @@ open System.Text
 open KFlow
 
 /// One unfinished offset: its open parts, its size, the message's key (for failure reports), the
-/// message itself when it may be dead-lettered (null otherwise) and its token (ValueNone if the
-/// ledger refused the delivery).
+/// message itself when it may be dead-lettered (null otherwise) and whether the ledger took the
+/// delivery.
 [<Struct; NoEquality; NoComparison>]
 type internal OpenEntry = {
     Parts: int
     Size: int64
     Key: byte[] | null
     Message: Confluent.Kafka.ConsumeResult<byte[], byte[]> | null
-    Token: Token voption
+    Delivered: bool
 }
 
 /// <summary>The ledger of one partition and its open offsets, for the life of a partition loop.
@@ -26,7 +26,8 @@ type internal OpenEntry = {
 [<Sealed>]
 type internal OpenOffsets
     (tp: KFlow.TopicPartition, counters: Counters, log: string -> unit, keepMessages: bool) =
-    let mutable ledger = Ledger.empty
+    // Written in place (no value per deliver and complete): this loop never goes back to an older one.
+    let ledger = OwnedLedger()
     let mutable ledgerAssigned = false
     let opened = Dictionary<int64, OpenEntry>()
     let mutable finished = 0L
@@ -53,11 +54,7 @@ type internal OpenOffsets
     member _.Finished = finished
 
     /// The ledger's commit point (ValueNone until the first message of the assignment).
-    member _.CommitPoint =
-        if ledgerAssigned then
-            Ledger.commitPoint tp ledger
-        else
-            ValueNone
+    member _.CommitPoint = if ledgerAssigned then ledger.CommitPoint tp else ValueNone
 
     /// Delivers a consumed message to the ledger and opens its offset. A refused delivery stays
     /// open (never finished) so the commit point cannot pass it.
@@ -65,21 +62,19 @@ type internal OpenOffsets
         let offset = cr.Offset.Value
 
         if not ledgerAssigned then
-            ledger <- Ledger.assign tp offset ledger
+            ledger.Assign(tp, offset)
             ledgerAssigned <- true
 
         let position = { TopicPartition = tp; Offset = offset }
 
-        match Ledger.deliver position ledger with
-        | Ok(struct (l, token)) ->
-            ledger <- l
-
+        match ledger.Deliver position with
+        | Ok token ->
             opened[offset] <- {
                 Parts = 1
                 Size = size
                 Key = cr.Message.Key
                 Message = (if keepMessages then cr else null)
-                Token = ValueSome token
+                Delivered = true
             }
 
             Ok token
@@ -89,16 +84,15 @@ type internal OpenOffsets
                 Size = size
                 Key = cr.Message.Key
                 Message = (if keepMessages then cr else null)
-                Token = ValueNone
+                Delivered = false
             }
 
             Error e
 
     /// Completes one part of a token's offset; the offset finishes with its last part.
     member _.Complete(token: Token) =
-        match Ledger.complete token ledger with
-        | Ok l ->
-            ledger <- l
+        match ledger.Complete token with
+        | Ok() ->
             let offset = token.Position.Offset
 
             match opened.TryGetValue offset with
@@ -109,9 +103,8 @@ type internal OpenOffsets
 
     /// Splits a token into `parts` parts (0 finishes it).
     member _.Fork(token: Token, parts: int) =
-        match Ledger.fork parts token ledger with
-        | Ok l ->
-            ledger <- l
+        match ledger.Fork(parts, token) with
+        | Ok() ->
             let offset = token.Position.Offset
 
             match opened.TryGetValue offset with
@@ -141,7 +134,7 @@ type internal OpenOffsets
             offsets
             |> List.choose (fun o ->
                 match opened.TryGetValue o with
-                | true, e when not (isNull e.Message) && e.Token.IsSome -> Some(nonNull e.Message)
+                | true, e when not (isNull e.Message) && e.Delivered -> Some(nonNull e.Message)
                 | _ -> None)
 
         if offsets.IsEmpty || originals.Length <> offsets.Length then
@@ -161,7 +154,7 @@ type internal OpenOffsets
     /// in-flight counts.
     member _.Release() =
         if ledgerAssigned then
-            ledger <- Ledger.revoke tp ledger
+            ledger.Revoke tp
 
         ledgerAssigned <- false
 

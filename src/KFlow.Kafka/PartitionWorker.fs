@@ -32,6 +32,10 @@ type internal PartitionWorker
     // The list of the last batch of deliveries handled, emptied, for the consumer thread to fill
     // again (null once taken): a new list per batch cost ~16-37 bytes a message in bench (c).
     let mutable spare: ResizeArray<Consumed> = null
+    // Messages posted in Deliver batches (written by the consumer thread) and handled by the loop
+    // (written by the loop); the difference is the loop's queue.
+    let mutable posted = 0L
+    let mutable taken = 0L
 
     // Completions of sink writes (and of async calls, in callsEnded) skip the commands queued in the
     // channel: a burst of delivered messages would otherwise delay every completion (and the next call
@@ -360,10 +364,8 @@ type internal PartitionWorker
                 Value = box m.Value
                 Tokens = [ token ]
                 Key = keys.Decode m.Key
-                Position = {
-                    TopicPartition = tp
-                    Offset = cr.Offset.Value
-                }
+                // The token's: one Position per message, not two.
+                Position = token.Position
                 Timestamp = DateTimeOffset(let ts = m.Timestamp in ts.UtcDateTime)
             }
 
@@ -401,6 +403,7 @@ type internal PartitionWorker
             for struct (cr, size) in batch do
                 deliver now cr size
 
+            Volatile.Write(&taken, taken + int64 batch.Count)
             // Handed back for the intake's next batch (TakeSpare).
             batch.Clear()
             Volatile.Write(&spare, batch)
@@ -578,6 +581,14 @@ type internal PartitionWorker
 
     /// What the loop published last.
     member _.Published = Volatile.Read &published
+
+    /// Messages delivered to the loop and not yet pushed into the pipe (the loop's queue).
+    member _.Queued = Volatile.Read &posted - Volatile.Read &taken
+
+    /// Queues a batch of consumed messages (consumer thread only).
+    member _.Deliver(batch: ResizeArray<Consumed>) =
+        Volatile.Write(&posted, posted + int64 batch.Count)
+        writer.TryWrite(Deliver batch) |> ignore
 
     /// An empty list for the next Deliver: the one the loop handed back, or a new one of
     /// `capacity`. Consumer thread only.

@@ -18,7 +18,8 @@ type WorkflowCore =
     /// ignored (called from several threads), onFailure null (halt ? Halt : RestartAndReplay with
     /// Backoff.defaults; a policy given here wins over halt), onStageFailure none (overrides by stage
     /// name), maxConcurrentCalls 1,024 (async calls running at once in the workflow),
-    /// maxConcurrentWrites Int32.MaxValue (sink writes running at once; no cap).</summary>
+    /// maxConcurrentWrites Int32.MaxValue (sink writes running at once; no cap), maxQueuedMessages
+    /// 8,192 (consumed messages waiting for their partition loops before intake holds).</summary>
     static member Run
         (
             name: string,
@@ -38,7 +39,8 @@ type WorkflowCore =
             [<Optional; DefaultParameterValue(null: IReadOnlyDictionary<string, ErrorPolicy>)>] onStageFailure:
                 IReadOnlyDictionary<string, ErrorPolicy>,
             [<Optional; DefaultParameterValue(Nullable<int>())>] maxConcurrentCalls: Nullable<int>,
-            [<Optional; DefaultParameterValue(Nullable<int>())>] maxConcurrentWrites: Nullable<int>
+            [<Optional; DefaultParameterValue(Nullable<int>())>] maxConcurrentWrites: Nullable<int>,
+            [<Optional; DefaultParameterValue(Nullable<int>())>] maxQueuedMessages: Nullable<int>
         ) : WorkflowHandle =
         let topics = if isNull topics then [] else List.ofSeq topics
         let o = WorkflowOptions.create name bootstrapServers groupId topics
@@ -57,6 +59,8 @@ type WorkflowCore =
                     defaultArg
                         (Option.ofNullable maxOpenOffsetsPerPartition)
                         o.Backpressure.MaxOpenOffsetsPerPartition
+                MaxQueuedMessages =
+                    defaultArg (Option.ofNullable maxQueuedMessages) o.Backpressure.MaxQueuedMessages
         }
 
         let options = {

@@ -27,6 +27,13 @@ type BackpressureOptions = {
     ResumeAt: float
     /// Open (unfinished) offsets per partition before that partition pauses. Default 20,000.
     MaxOpenOffsetsPerPartition: int
+    /// Messages consumed and handed to their partition loops but not yet pushed into the pipe (the
+    /// loops' queues, all partitions together) before intake holds (checked after each burst of at
+    /// most 512 consumed messages, so the queues may pass it by one burst); it resumes at half of it,
+    /// and pauses every partition if the limit still holds after 500 ms. Messages waiting there are
+    /// .NET objects the garbage collector walks and copies, while those librdkafka prefetched wait in
+    /// its native queue. Default 8,192.
+    MaxQueuedMessages: int
     /// When intake (of the workflow or of one partition) has been paused this long without any
     /// message finishing, the pipes concerned receive Flush: aggregates emit what they hold and
     /// demux substreams are dropped as after an idle eviction, so buffers that only new input
@@ -52,7 +59,9 @@ type WorkflowOptions = {
     /// runtime owns (group.id, bootstrap.servers, enable.auto.commit, enable.auto.offset.store,
     /// auto.commit.interval.ms, auto.offset.reset) are refused here: use the fields above. A
     /// property given here overrides KFlow's own consumer defaults (`WorkflowOptions.consumerDefaults`:
-    /// fetch.queue.backoff.ms 10 ms, librdkafka's default 1000 ms).
+    /// fetch.queue.backoff.ms 10 ms, librdkafka's default 1000 ms; and
+    /// dotnet.consumer.consume.result.fields "topic,timestamp", plus "headers" when a policy
+    /// dead-letters; a value given here must keep those).
     Properties: (string * string) list
     /// How often the stored commit points are committed to Kafka (auto.commit.interval.ms).
     /// Default 5 s (librdkafka's default too). Revokes and stops also commit synchronously.
@@ -103,6 +112,7 @@ module WorkflowOptions =
         MaxInFlightBytes = 64L * 1024L * 1024L
         ResumeAt = 0.5
         MaxOpenOffsetsPerPartition = 20_000
+        MaxQueuedMessages = 8_192
         FlushWhenStalled = TimeSpan.FromSeconds 2.
     }
 
@@ -145,6 +155,26 @@ module WorkflowOptions =
     /// </list></summary>
     let consumerDefaults: (string * string) list = [ "fetch.queue.backoff.ms", "10" ]
 
+    /// Confluent.Kafka's property naming the ConsumeResult fields it fills (all by default).
+    [<Literal>]
+    let ResultFields = "dotnet.consumer.consume.result.fields"
+
+    /// Whether some policy of the options dead-letters (a dead-letter copies the message's headers).
+    let private deadLetters (o: WorkflowOptions) =
+        ErrorPolicies.all {
+            Default = o.OnFailure
+            Stages = o.OnStageFailure
+        }
+        |> List.exists ErrorPolicy.deadLetters
+
+    /// The ConsumeResult fields the runtime reads: topic and timestamp always, headers only to
+    /// dead-letter a message with them.
+    let private neededFields (o: WorkflowOptions) =
+        if deadLetters o then
+            [ "topic"; "timestamp"; "headers" ]
+        else
+            [ "topic"; "timestamp" ]
+
     /// The librdkafka properties the runtime sets itself, with the option to use instead.
     let private owned =
         dict [
@@ -180,13 +210,28 @@ module WorkflowOptions =
                 "GroupId"
                 "WorkflowOptions.GroupId must not be empty; set the consumer group (group.id)."
 
-        for key, _ in o.Properties do
+        for key, value in o.Properties do
             match owned.TryGetValue key with
             | true, instead ->
                 invalidSetting
                     "Properties"
                     $"WorkflowOptions.Properties must not set '{key}': the runtime owns it; set {instead}."
             | _ -> ()
+
+            if key = ResultFields then
+                let given =
+                    (if isNull value then "" else value).Split(',')
+                    |> Array.map (fun f -> f.Trim().ToLowerInvariant())
+
+                if not (Array.contains "all" given) then
+                    match neededFields o |> List.filter (fun f -> not (Array.contains f given)) with
+                    | [] -> ()
+                    | missing ->
+                        let missing = String.Join(", ", missing)
+
+                        invalidSetting
+                            "Properties"
+                            $"WorkflowOptions.Properties sets '{ResultFields}' to '{value}', without {missing}: the runtime reads the topic and timestamp of every message, and the headers of those it dead-letters; add them or leave the property out (KFlow sets it to what it needs)."
 
         let positive (name: string) (t: TimeSpan) (what: string) =
             if t <= TimeSpan.Zero then
@@ -212,6 +257,11 @@ module WorkflowOptions =
             invalidSetting
                 "Backpressure"
                 $"WorkflowOptions.Backpressure.MaxOpenOffsetsPerPartition must be ≥ 1 (got {b.MaxOpenOffsetsPerPartition})."
+
+        if b.MaxQueuedMessages < 1 then
+            invalidSetting
+                "Backpressure"
+                $"WorkflowOptions.Backpressure.MaxQueuedMessages must be ≥ 1 (got {b.MaxQueuedMessages})."
 
         if b.FlushWhenStalled <= TimeSpan.Zero then
             invalidSetting
@@ -262,14 +312,19 @@ module WorkflowOptions =
         Stages = o.OnStageFailure
     }
 
-    /// The Confluent consumer configuration: KFlow's consumer defaults (consumerDefaults), the
-    /// pass-through properties (which override them), then the settings the runtime owns (offsets
-    /// stored explicitly, committed by librdkafka every CommitInterval).
+    /// The Confluent consumer configuration: KFlow's consumer defaults (consumerDefaults, and the
+    /// ConsumeResult fields the runtime reads: topic and timestamp, plus headers when a policy
+    /// dead-letters), the pass-through properties (which override them), then the settings the
+    /// runtime owns (offsets stored explicitly, committed by librdkafka every CommitInterval).
     let consumerConfig (o: WorkflowOptions) =
         let c = ConsumerConfig()
 
         for key, value in consumerDefaults do
             c.Set(key, value)
+
+        // Without a dead-letter policy nothing reads a message's headers: Confluent.Kafka then builds
+        // no Headers and header list per message (two objects per message; bench (c)).
+        c.Set(ResultFields, String.Join(",", neededFields o))
 
         for key, value in o.Properties do
             c.Set(key, value)

@@ -155,6 +155,167 @@ let private slidingWindow (seed: int) (window: FsCheck.PositiveInt) =
             let _, _, _, _, modelOpen = (observeModel model).PerPartition.[0]
             Expect.equal (Ledger.openOffsets tp ledger) modelOpen (sprintf "step %d: the open offsets" step)
 
+/// What can be observed of an owned ledger, as `observe` gives it of a value.
+let private observeOwned (owned: OwnedLedger) = {
+    CommitPoints = owned.CommitPoints
+    Assigned = owned.Assigned
+    PerPartition = [
+        for tp in Generators.partitions ->
+            tp,
+            owned.Epoch tp |> ValueOption.toOption,
+            owned.CommitPoint tp |> ValueOption.toOption,
+            owned.OpenCount tp,
+            owned.OpenOffsets tp
+    ]
+}
+
+/// The ledger calls a command makes on the value ledger (see LedgerModel.step), made on an owned one
+/// given the run before the command; returns their outcomes.
+let private stepOwned (owned: OwnedLedger) (before: Run) (command: Command) : Outcome list =
+    let tpOf i = Generators.partitions.[i]
+
+    let pickToken pick =
+        if before.Issued.Count = 0 then
+            None
+        else
+            Some before.Issued.[pick % before.Issued.Count]
+
+    let onToken (r: Result<unit, LedgerError>) : Outcome list = [ r |> Result.map (fun () -> None) ]
+
+    let deliver (position: Position) : Outcome =
+        owned.Deliver position |> Result.map Some
+
+    match command with
+    | Assign(p, start) ->
+        owned.Assign(tpOf p, start)
+        []
+    | Revoke p ->
+        owned.Revoke(tpOf p)
+        []
+    | Deliver(p, gap) ->
+        let next = Model.nextAtLeast (tpOf p) before.Model
+        [ deliver (Position.create (tpOf p) (max 0L (next + gap))) ]
+    | DeliverRun(p, count, stride) ->
+        let tp = tpOf p
+        let mutable model = before.Model
+
+        [
+            for i in 0 .. count - 1 do
+                let gap = if i = 0 then 0L else stride - 1L
+                let position = Position.create tp (max 0L (Model.nextAtLeast tp model + gap))
+
+                match Model.deliver position model with
+                | Ok(m, _) -> model <- m
+                | Error _ -> ()
+
+                deliver position
+        ]
+    | Command.Complete pick ->
+        match pickToken pick with
+        | None -> []
+        | Some token -> onToken (owned.Complete token)
+    | Command.Fork(pick, parts) ->
+        match pickToken pick with
+        | None -> []
+        | Some token -> onToken (owned.Fork(parts, token))
+    | CompleteShifted(pick, shift) ->
+        match pickToken pick with
+        | None -> []
+        | Some issued ->
+            onToken (
+                owned.Complete {
+                    issued with
+                        Position =
+                            Position.create
+                                issued.Position.TopicPartition
+                                (max 0L (issued.Position.Offset + shift))
+                }
+            )
+    | CompleteForged(p, offset, epoch) ->
+        onToken (
+            owned.Complete {
+                Position = Position.create (tpOf p) offset
+                Epoch = epoch
+            }
+        )
+
+/// An owned ledger fed the same commands as the value ledger answers every call alike and looks the
+/// same after every command.
+let private ownedAgrees (commands: Command list) =
+    let owned = OwnedLedger()
+
+    (start (), List.indexed (prelude @ commands))
+    ||> List.fold (fun run (i, command) ->
+        let ownedOutcomes = stepOwned owned run command
+        let run', outcomes = step run command
+        let valueOutcomes = outcomes |> List.map fst
+
+        if ownedOutcomes <> valueOutcomes then
+            failtestf
+                "step %d (%A): the owned ledger answered %A, the value %A"
+                i
+                command
+                ownedOutcomes
+                valueOutcomes
+
+        let seen, expected = observeOwned owned, observe run'.Ledger
+
+        if seen <> expected then
+            Expect.equal
+                seen
+                expected
+                (sprintf "step %d (%A): the owned ledger looks like the value" i command)
+
+        run')
+    |> ignore
+
+/// The sliding window of random completions (ring wrap-around and growth) on an owned ledger against
+/// the model.
+let private ownedSlidingWindow (seed: int) (window: FsCheck.PositiveInt) =
+    let window = 1 + window.Get % 400
+    let random = Random seed
+    let tp = Generators.partitions.[0]
+    let tokens = ResizeArray<Token>()
+    let owned = OwnedLedger()
+    owned.Assign(tp, 0L)
+    let mutable model = Model.empty |> Model.assign tp 0L
+    let mutable offset = 0L
+
+    for step in 1..6_000 do
+        if tokens.Count >= window || (tokens.Count > 0 && random.Next 3 = 0) then
+            let i = random.Next tokens.Count
+            let token = tokens.[i]
+            tokens.[i] <- tokens.[tokens.Count - 1]
+            tokens.RemoveAt(tokens.Count - 1)
+            Expect.ok (owned.Complete token) "complete"
+            model <- Expect.ok (Model.complete token model) "model complete"
+        else
+            let position = Position.create tp offset
+            tokens.Add(Expect.ok (owned.Deliver position) "deliver")
+            model <- Expect.ok (Model.deliver position model) "model deliver" |> fst
+
+            offset <-
+                offset
+                + (if random.Next 20 = 0 then
+                       1L + int64 (random.Next 3_000)
+                   else
+                       1L)
+
+        let expected = Model.commitPoint tp model |> Option.get
+
+        if owned.CommitPoint tp <> ValueSome expected || owned.OpenCount tp <> tokens.Count then
+            failtestf
+                "step %d: commit point %A, open %d; the model's %d, open %d"
+                step
+                (owned.CommitPoint tp)
+                (owned.OpenCount tp)
+                expected
+                tokens.Count
+
+        if step % 500 = 0 then
+            let _, _, _, _, modelOpen = (observeModel model).PerPartition.[0]
+            Expect.equal (owned.OpenOffsets tp) modelOpen (sprintf "step %d: the open offsets" step)
+
 let tp0 = TopicPartition.create "orders" 0
 
 let private deliverAt offset ledger =
@@ -228,6 +389,14 @@ let tests =
                 Config.fsCheck
                 "refuses stale, double and unknown completions with error values, never exceptions"
                 refusesWithErrors
+            testPropertyWithConfig
+                Config.fsCheck
+                "an owned ledger answers every call as the value ledger does and looks the same after each"
+                ownedAgrees
+            testPropertyWithConfig
+                { Config.fsCheck with maxTest = 30 }
+                "an owned ledger agrees with the model over a long sliding window of random completions"
+                ownedSlidingWindow
         ]
         testList "examples" [
             test "a partition with nothing delivered commits its start offset" {

@@ -69,6 +69,7 @@ internal static class ServiceCollectionExtensionsTests
                 o.Kafka.MaxInFlightMessages = 0;
                 o.Kafka.MaxConcurrentCalls = 0;
                 o.Kafka.MaxConcurrentWrites = -1;
+                o.Kafka.MaxQueuedMessages = 0;
             });
             using var host = builder.Build();
             var e = Expect.Throws<OptionsValidationException>(() => host.StartAsync().GetAwaiter().GetResult(), "start fails");
@@ -76,6 +77,7 @@ internal static class ServiceCollectionExtensionsTests
             Expect.Contains(e.Message, "KFlow:Kafka:MaxInFlightMessages must be ≥ 1 (got 0)", "every problem is named");
             Expect.Contains(e.Message, "KFlow:Kafka:MaxConcurrentCalls must be ≥ 1 (got 0)", "the call cap is named");
             Expect.Contains(e.Message, "KFlow:Kafka:MaxConcurrentWrites must be ≥ 1 (got -1)", "the write cap is named");
+            Expect.Contains(e.Message, "KFlow:Kafka:MaxQueuedMessages must be ≥ 1 (got 0)", "the queue limit is named");
         }),
         Runner.TestCase("each workflow is one hosted service with its health check", () =>
         {

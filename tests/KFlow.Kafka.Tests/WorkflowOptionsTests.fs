@@ -27,6 +27,7 @@ let tests =
             Expect.equal o.Backpressure.MaxInFlightBytes (64L * 1024L * 1024L) "64 MiB"
             Expect.equal o.Backpressure.ResumeAt 0.5 "resume at half"
             Expect.equal o.Backpressure.MaxOpenOffsetsPerPartition 20_000 "20k open offsets"
+            Expect.equal o.Backpressure.MaxQueuedMessages 8_192 "8,192 queued messages"
             Expect.equal o.Backpressure.FlushWhenStalled (TimeSpan.FromSeconds 2.) "flush after a 2 s stall"
 
             Expect.equal
@@ -98,6 +99,13 @@ let tests =
                         }
                 }
                 "MaxOpenOffsetsPerPartition"
+
+            refused
+                {
+                    valid with
+                        Backpressure = { bp with MaxQueuedMessages = 0 }
+                }
+                "MaxQueuedMessages"
 
             refused
                 {
@@ -183,5 +191,58 @@ let tests =
                 }
 
             Expect.equal (overridden.Get "fetch.queue.backoff.ms") "1000" "the user's property wins"
+        }
+
+        test "the consumer fills message headers only when a policy dead-letters" {
+            let fields (o: WorkflowOptions) =
+                (WorkflowOptions.consumerConfig o).Get WorkflowOptions.ResultFields
+
+            Expect.equal (fields valid) "topic,timestamp" "no dead-letter policy: no headers"
+
+            let deadLetter = ErrorPolicy.DeadLetter "dead"
+
+            Expect.equal
+                (fields { valid with OnFailure = deadLetter })
+                "topic,timestamp,headers"
+                "the default policy"
+
+            Expect.equal
+                (fields {
+                    valid with
+                        OnStageFailure = Map [ "sink", deadLetter ]
+                })
+                "topic,timestamp,headers"
+                "one stage's policy"
+
+            Expect.equal
+                (fields {
+                    valid with
+                        Properties = [ WorkflowOptions.ResultFields, "all" ]
+                })
+                "all"
+                "the user's property wins"
+        }
+
+        test "a result-fields property without what the runtime reads is refused, naming what is missing" {
+            refused
+                {
+                    valid with
+                        Properties = [ WorkflowOptions.ResultFields, "none" ]
+                }
+                "without topic, timestamp"
+
+            refused
+                {
+                    valid with
+                        OnFailure = ErrorPolicy.DeadLetter "dead"
+                        Properties = [ WorkflowOptions.ResultFields, "topic,timestamp" ]
+                }
+                "without headers"
+
+            WorkflowOptions.validate {
+                valid with
+                    Properties = [ WorkflowOptions.ResultFields, "timestamp, topic" ]
+            }
+            |> ignore
         }
     ]

@@ -327,6 +327,52 @@ let private partitionLimit =
         Expect.equal handle.Stats.Pauses 0L "the workflow-wide limit was never reached"
         Expect.all peaks (fun peak -> peak <= limit) "no partition held more than its limit"
 
+let private queueLimit =
+    testCase
+        "intake holds while the partition loops' queues are full, pauses after the hold, and loses nothing"
+    <| fun () ->
+        let n = 5_000
+        use cluster = clusterWith "queued" 1 16 n
+        let sunk = ConcurrentQueue<string>()
+        use gate = new ManualResetEventSlim(false)
+
+        // The first message blocks the partition loop until the gate opens: what is consumed meanwhile
+        // waits in the loop's queue.
+        let pipe =
+            decoded ()
+            |> Pipe.map (fun v ->
+                gate.Wait()
+                v)
+            |> Pipe.sink "record" (fun (v: string) ->
+                sunk.Enqueue v
+                Task.CompletedTask)
+
+        let log = Log()
+        let limit = 100
+
+        let options = {
+            options cluster log "queued" [ "queued" ] with
+                Backpressure = {
+                    WorkflowOptions.backpressure with
+                        MaxQueuedMessages = limit
+                }
+        }
+
+        let handle = Workflow.run options pipe
+
+        waitUntil log (seconds 30.) "the partition is paused" (fun () -> handle.Stats.PausedPartitions = 1)
+
+        // Without the queue gate all 5,000 would be routed (the in-flight limit is 50,000).
+        let routed = handle.Stats.InFlightMessages
+        Expect.isLessThanOrEqual routed (int64 (limit + 512)) "at most the limit and one burst consumed"
+        Expect.isEmpty sunk "nothing passed the blocked loop"
+        gate.Set()
+        waitUntil log (seconds 60.) $"{n} values are sunk" (fun () -> sunk.Count >= n)
+        stopped log handle
+        expectEndOffsetsCommitted cluster options
+        expectOrderedOnce sunk n
+        Expect.isGreaterThanOrEqual (log.Count "wait for their partition loops") 1 "the pause is logged"
+
 let private brokerDown =
     testCase "a broker down for a few seconds mid-stream loses nothing"
     <| fun () ->
@@ -598,6 +644,7 @@ let tests =
         slowSink
         stallFlush
         partitionLimit
+        queueLimit
         brokerDown
         failingSink
         halt
