@@ -88,7 +88,7 @@ module PipeRun =
 
     let startOwned pipe = startOwnedWith RunInline pipe
 
-    // Apart, so that the functions checking for them stay small (push is inlined: see pushMessage).
+    // The refusals, apart from the inlined functions that raise them (exclusive, owning).
     let private ownedRefused () =
         invalidOp
             "This PipeRun is owned (PipeRun.startOwnedWith): push it with PipeRun.pushOwned and resume it \
