@@ -46,11 +46,14 @@ let PublishEvery = 1_024
 /// One partition loop's core work: the ledger, the PipeRun, the effects applied in PartitionWorker's
 /// order (ledger effects, outputs, sink writes completing their tokens, calls), and deferred calls
 /// answered oldest first: one per message once `inFlight` are started (0: all, as soon as started).
-/// Owned: the run is pushed in place as PartitionWorker does (PipeRun.pushMessageOwned); else through
-/// the value API (push / resume, a new run per push).
+/// Owned: the run and the ledger are written in place as PartitionWorker and OpenOffsets do
+/// (PipeRun.pushMessageOwned, OwnedLedger); else through the value APIs (push / resume and Ledger, a
+/// new run and ledger per call).
 [<Sealed>]
 type private Loop(pipe: Pipe<byte[], Sunk>, inFlight: int, owned: bool) =
     let mutable ledger = Ledger.empty |> Ledger.assign tp 0L
+    let ownedLedger = OwnedLedger()
+    do ownedLedger.Assign(tp, 0L)
     // Timed as Workflow.run times every pipe (StageTiming), with no listener recording.
     let timed = Pipe.timed (fun () -> false) (fun _ _ -> ()) pipe
 
@@ -68,14 +71,23 @@ type private Loop(pipe: Pipe<byte[], Sunk>, inFlight: int, owned: bool) =
         failwithf "The core benchmark's ledger refused an operation: %A" e
 
     let complete (t: Token) =
-        match Ledger.complete t ledger with
-        | Ok l -> ledger <- l
-        | Error e -> refused e
+        if owned then
+            match ownedLedger.Complete t with
+            | Ok() -> ()
+            | Error e -> refused e
+        else
+            match Ledger.complete t ledger with
+            | Ok l -> ledger <- l
+            | Error e -> refused e
 
     let apply (effects: Effects) =
         for e in effects.Ledger do
             match e with
             | Complete t -> complete t
+            | Fork(t, n) when owned ->
+                match ownedLedger.Fork(n, t) with
+                | Ok() -> ()
+                | Error e -> refused e
             | Fork(t, n) ->
                 match Ledger.fork n t ledger with
                 | Ok l -> ledger <- l
@@ -109,52 +121,65 @@ type private Loop(pipe: Pipe<byte[], Sunk>, inFlight: int, owned: bool) =
         run <- run'
         apply effects
 
+    let deliver position =
+        if owned then
+            match ownedLedger.Deliver position with
+            | Ok token -> token
+            | Error e -> refused e
+        else
+            match Ledger.deliver position ledger with
+            | Ok(struct (l, token)) ->
+                ledger <- l
+                token
+            | Error e -> refused e
+
     /// Messages and batches that reached the sink.
     member _.Sunk = sunk
 
     /// The partition's commit point.
-    member _.CommitPoint = Ledger.commitPoint tp ledger |> ValueOption.defaultValue -1L
+    member _.CommitPoint =
+        if owned then
+            ownedLedger.CommitPoint tp |> ValueOption.defaultValue -1L
+        else
+            Ledger.commitPoint tp ledger |> ValueOption.defaultValue -1L
 
     /// Delivers the message at `offset` and pushes it, then resumes every call started.
     member _.Deliver(offset: int64, key: string, value: byte[]) =
         let position = { TopicPartition = tp; Offset = offset }
 
-        match Ledger.deliver position ledger with
-        | Error e -> refused e
-        | Ok(struct (l, token)) ->
-            ledger <- l
+        let token = deliver position
 
-            let envelope: Envelope<obj> = {
-                Value = (value :> obj)
-                Tokens = [ token ]
-                Key = key
-                Position = position
-                Timestamp = now
-            }
+        let envelope: Envelope<obj> = {
+            Value = (value :> obj)
+            Tokens = [ token ]
+            Key = key
+            Position = position
+            Timestamp = now
+        }
+
+        if owned then
+            apply (PipeRun.pushMessageOwned now envelope run)
+        else
+            pushValue envelope
+
+        // Immediate answers: every call started. In flight: one answer per message (as many
+        // leave as arrive) once `inFlight` calls are started.
+        let mutable answers =
+            if inFlight = 0 then Int32.MaxValue
+            elif calls.Count >= inFlight then 1
+            else 0
+
+        while answers > 0 && calls.Count > 0 do
+            answers <- answers - 1
+            let c = calls.Dequeue()
+            let result = (c.Run c.Envelope.Value).Result
 
             if owned then
-                apply (PipeRun.pushMessageOwned now envelope run)
+                apply (PipeRun.resumeOwned now c.Id (Ok result) run)
             else
-                pushValue envelope
-
-            // Immediate answers: every call started. In flight: one answer per message (as many
-            // leave as arrive) once `inFlight` calls are started.
-            let mutable answers =
-                if inFlight = 0 then Int32.MaxValue
-                elif calls.Count >= inFlight then 1
-                else 0
-
-            while answers > 0 && calls.Count > 0 do
-                answers <- answers - 1
-                let c = calls.Dequeue()
-                let result = (c.Run c.Envelope.Value).Result
-
-                if owned then
-                    apply (PipeRun.resumeOwned now c.Id (Ok result) run)
-                else
-                    let run', effects = PipeRun.resume now c.Id (Ok result) run
-                    run <- run'
-                    apply effects
+                let run', effects = PipeRun.resume now c.Id (Ok result) run
+                run <- run'
+                apply effects
 
     /// Pushes a Tick a millisecond later.
     member _.Tick() =
