@@ -602,6 +602,13 @@ let tests =
                 (resumed.Outputs |> List.map (fun e -> unbox<int> e.Value))
                 [ 5 ]
                 "the owned run still works"
+
+            // A pipe of stateless stages only, which push runs without the store's lock.
+            let passing = Pipe.source<int> |> Pipe.map ((+) 1) |> PipeRun.startOwned
+
+            Expect.throwsT<InvalidOperationException>
+                (fun () -> passing |> PipeRun.push at (message 0L 1) |> ignore)
+                "push refuses an owned run of stateless stages"
         }
         test "a value run refuses the owned API" {
             let run =
