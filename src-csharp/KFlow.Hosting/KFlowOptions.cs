@@ -59,7 +59,8 @@ public sealed class KafkaSettings
     /// Default int.MaxValue (no cap beyond MaxInFlightMessages).</summary>
     public int MaxConcurrentWrites { get; set; } = int.MaxValue;
 
-    /// <summary>How long a stop or revoke waits for in-flight writes. Default 10 s.</summary>
+    /// <summary>How long a stop or revoke waits for in-flight writes; a whole stop (drain, commit,
+    /// leaving the group) takes at most twice this. Default 10 s.</summary>
     public TimeSpan DrainTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
     /// <summary>Stop the workflow (and the host) on a failure instead of restarting it from the

@@ -283,22 +283,36 @@ module Ledger =
                         Ring = ring
                 }
 
-    let deliver (position: Position) (ledger: Ledger) =
+    /// Delivers `position` into its partition; `write` stores the partition's new state (into a new
+    /// Ledger value, or in place) and gives the result.
+    let inline private deliverWith
+        (inPlace: bool)
+        ([<InlineIfLambda>] write: int -> PartitionState -> Result<'r, LedgerError>)
+        (position: Position)
+        (ledger: Ledger)
+        =
         let tp = position.TopicPartition
 
         match indexOf tp ledger with
         | -1 -> Error(NotAssigned tp)
         | i ->
-            match deliverTo false (ledger.At i) position with
-            | Ok s' ->
+            match deliverTo inPlace (ledger.At i) position with
+            | Ok s' -> write i s'
+            | Error e -> Error e
+
+    let deliver (position: Position) (ledger: Ledger) =
+        deliverWith
+            false
+            (fun i s' ->
                 Ok(
                     struct (replaceAt i s' ledger,
                             {
                                 Position = position
                                 Epoch = s'.Epoch
                             })
-                )
-            | Error e -> Error e
+                ))
+            position
+            ledger
 
     /// The mask of an open block (ring or tail); 0 for a block outside the window.
     let private maskOf (s: PartitionState) (block: int64) =
@@ -448,23 +462,43 @@ module Ledger =
             else
                 Ok(ValueSome(withParts inPlace s offset mask parts remaining))
 
-    /// Applies `change` to an open token of a ledger value.
-    let inline private changeParts (token: Token) (ledger: Ledger) ([<InlineIfLambda>] change: int -> int) =
+    /// Applies `change` to an open token; `write` stores its partition's new state (into a new Ledger
+    /// value, or in place) and gives what is returned, `unchanged` what is returned when nothing changed.
+    let inline private changeWith
+        (inPlace: bool)
+        ([<InlineIfLambda>] write: int -> PartitionState -> 'l)
+        (unchanged: 'l)
+        (token: Token)
+        (ledger: Ledger)
+        ([<InlineIfLambda>] change: int -> int)
+        =
         let tp = token.Position.TopicPartition
 
         match indexOf tp ledger with
         | -1 -> Error(NotAssigned tp)
         | i ->
-            match changeIn false token (ledger.At i) change with
-            | Ok(ValueSome s') -> Ok(replaceAt i s' ledger)
-            | Ok ValueNone -> Ok ledger
+            match changeIn inPlace token (ledger.At i) change with
+            | Ok(ValueSome s') -> Ok(write i s')
+            | Ok ValueNone -> Ok unchanged
             | Error e -> Error e
 
-    let fork (parts: int) (token: Token) (ledger: Ledger) =
+    /// Splits one part into `parts` through `change` (a changeWith), refusing a negative count.
+    let inline private forkWith
+        ([<InlineIfLambda>] change: (int -> int) -> Result<'l, LedgerError>)
+        parts
+        token
+        =
         if parts < 0 then
             Error(InvalidParts(token, parts))
         else
-            changeParts token ledger (fun current -> current - 1 + parts)
+            change (fun current -> current - 1 + parts)
+
+    /// Applies `change` to an open token of a ledger value.
+    let inline private changeParts (token: Token) (ledger: Ledger) ([<InlineIfLambda>] change: int -> int) =
+        changeWith false (fun i s' -> replaceAt i s' ledger) ledger token ledger change
+
+    let fork (parts: int) (token: Token) (ledger: Ledger) =
+        forkWith (changeParts token ledger) parts token
 
     let complete (token: Token) (ledger: Ledger) =
         changeParts token ledger (fun current -> current - 1)
@@ -524,40 +558,24 @@ module Ledger =
 
     /// Delivers into the ledger an OwnedLedger owns (ring written in place).
     let internal deliverOwned (position: Position) (ledger: Ledger) =
-        let tp = position.TopicPartition
-
-        match indexOf tp ledger with
-        | -1 -> Error(NotAssigned tp)
-        | i ->
-            match deliverTo true (ledger.At i) position with
-            | Ok s' ->
+        deliverWith
+            true
+            (fun i s' ->
                 ledger.SetAt(i, s')
 
                 Ok {
                     Position = position
                     Epoch = s'.Epoch
-                }
-            | Error e -> Error e
+                })
+            position
+            ledger
 
     /// Applies `change` to an open token in the ledger an OwnedLedger owns.
     let inline private changeOwned (token: Token) (ledger: Ledger) ([<InlineIfLambda>] change: int -> int) =
-        let tp = token.Position.TopicPartition
-
-        match indexOf tp ledger with
-        | -1 -> Error(NotAssigned tp)
-        | i ->
-            match changeIn true token (ledger.At i) change with
-            | Ok(ValueSome s') ->
-                ledger.SetAt(i, s')
-                Ok()
-            | Ok ValueNone -> Ok()
-            | Error e -> Error e
+        changeWith true (fun i s' -> ledger.SetAt(i, s')) () token ledger change
 
     let internal forkOwned (parts: int) (token: Token) (ledger: Ledger) =
-        if parts < 0 then
-            Error(InvalidParts(token, parts))
-        else
-            changeOwned token ledger (fun current -> current - 1 + parts)
+        forkWith (changeOwned token ledger) parts token
 
     let internal completeOwned (token: Token) (ledger: Ledger) =
         changeOwned token ledger (fun current -> current - 1)

@@ -71,16 +71,19 @@ type internal Incarnation
     let commitSync (slots: Slot seq) =
         Committer.commitSync log name counters consumer slots
 
-    let waitAll (what: string) (tasks: Task[]) =
+    /// Waits at most `within` (zero: no wait) for the tasks; logs when they did not all finish.
+    let waitWithin (within: TimeSpan) (what: string) (tasks: Task[]) =
         let finished =
             try
-                Task.WaitAll(tasks, options.DrainTimeout)
+                Task.WaitAll(tasks, max TimeSpan.Zero within)
             with _ ->
                 false
 
         if not finished then
-            log
-                $"{name}: {what} did not finish within the drain timeout ({options.DrainTimeout}); committing what is finished"
+            log $"{name}: {what} did not finish within {max TimeSpan.Zero within}; going on"
+
+    let waitAll (what: string) (tasks: Task[]) =
+        waitWithin options.DrainTimeout what tasks
 
     /// Exactly-once mode: where each partition starts and what it skips (ExactlyOnce.Resume). A store
     /// that cannot answer fails the incarnation, which then reads nothing and restarts.
@@ -235,18 +238,21 @@ type internal Incarnation
                         log $"{name}: librdkafka {m.Level} {m.Facility}: {m.Message}")
                 .Build()
 
-    let abandonWorkers () =
+    /// Ends every partition loop, waiting for them at most `within`.
+    let abandonWorkers (within: TimeSpan) =
         workers.Values
         |> Seq.map (fun w -> w.Abandon())
         |> Array.ofSeq
-        |> waitAll "stopping the partition loops"
+        |> waitWithin within "stopping the partition loops"
 
     /// Closes the consumer (it leaves its group) and disposes it, on a thread of its own: librdkafka's
     /// close has no timeout, and one caught in a cooperative rebalance on the embedded cluster was
     /// seen to hang (over 30 s, after its revoke callback ran). The consumer thread waits for it at
-    /// most DrainTimeout, then goes on; a close still running finishes in the background (the
-    /// handlers do nothing in Closing mode but drop slots).
-    let close () =
+    /// most `within` (zero: not at all), then goes on; a close still running finishes in the
+    /// background (the handlers do nothing in Closing mode but drop slots). The loops are then ended,
+    /// waited for within what is left of `within`.
+    let close (within: TimeSpan) =
+        let started = Stopwatch.StartNew()
         intake.Mode <- Closing
 
         let closing =
@@ -267,11 +273,11 @@ type internal Incarnation
 
         closing.Start()
 
-        if not (closing.Join options.DrainTimeout) then
+        if not (closing.Join(max TimeSpan.Zero within)) then
             log
-                $"{name}: closing the consumer did not finish within the drain timeout ({options.DrainTimeout}); it goes on in the background"
+                $"{name}: closing the consumer did not finish within {max TimeSpan.Zero within}; it goes on in the background"
 
-        abandonWorkers ()
+        abandonWorkers (within - started.Elapsed)
 
     let gracefulStop (clock: Stopwatch) =
         intake.Mode <- Stopping
@@ -283,7 +289,10 @@ type internal Incarnation
             |> Seq.map (fun s -> s.Worker.Drain(s.Generation, Flush))
             |> Array.ofSeq
 
+        // The whole stop takes at most twice DrainTimeout: the drain at most one, and the commit (with
+        // its retries during a rebalance), the close and the end of the loops share the rest.
         let deadline = clock.Elapsed + options.DrainTimeout
+        let stopDeadline = deadline + options.DrainTimeout
 
         while not (drains |> Array.forall _.IsCompleted) && clock.Elapsed < deadline do
             // Polling keeps the member alive and runs rebalance handlers; messages are held.
@@ -308,11 +317,10 @@ type internal Incarnation
             store s
 
         // A commit refused during a rebalance (another member joining or leaving) is retried while
-        // polling lets the rebalance finish, within a second drain timeout.
-        let retryUntil = clock.Elapsed + options.DrainTimeout
+        // polling lets the rebalance finish, until the stop's deadline.
         let mutable committed = commitSync slots.Values
 
-        while not committed && clock.Elapsed < retryUntil do
+        while not committed && clock.Elapsed < stopDeadline do
             match
                 (try
                     consumer.Consume 100
@@ -331,20 +339,20 @@ type internal Incarnation
 
             committed <- commitSync slots.Values
 
-        close ()
+        close (stopDeadline - clock.Elapsed)
         Outcome.Stopped
 
     let abort (report: FailureReport) =
         counters.Failed()
         intake.Flush()
         intake.Mode <- Closing
-        abandonWorkers ()
+        abandonWorkers options.DrainTimeout
 
         for s in slots.Values do
             store s
 
         commitSync slots.Values |> ignore
-        close ()
+        close options.DrainTimeout
         Outcome.Failed report
 
     /// One Consume call; a consume error is logged (and fails the incarnation if fatal), giving null.

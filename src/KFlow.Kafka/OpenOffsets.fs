@@ -3,17 +3,17 @@
 namespace KFlow.Kafka
 
 open System.Collections.Generic
-open System.Text
 open KFlow
 
-/// One unfinished offset: its open parts, its size, the message's key (for failure reports), the
+/// One unfinished offset: its open parts, its size, the message's key as text (for failure reports;
+/// the KeyCache's string, shared by the messages of one key, so the key's bytes are not held), the
 /// message itself when it may be dead-lettered (null otherwise) and whether the ledger took the
 /// delivery.
 [<Struct; NoEquality; NoComparison>]
 type internal OpenEntry = {
     Parts: int
     Size: int64
-    Key: byte[] | null
+    Key: string
     Message: Confluent.Kafka.ConsumeResult<byte[], byte[]> | null
     Delivered: bool
 }
@@ -58,7 +58,7 @@ type internal OpenOffsets
 
     /// Delivers a consumed message to the ledger and opens its offset. A refused delivery stays
     /// open (never finished) so the commit point cannot pass it.
-    member _.Deliver(cr: Confluent.Kafka.ConsumeResult<byte[], byte[]>, size: int64) =
+    member _.Deliver(cr: Confluent.Kafka.ConsumeResult<byte[], byte[]>, key: string, size: int64) =
         let offset = cr.Offset.Value
 
         if not ledgerAssigned then
@@ -72,7 +72,7 @@ type internal OpenOffsets
             opened[offset] <- {
                 Parts = 1
                 Size = size
-                Key = cr.Message.Key
+                Key = key
                 Message = (if keepMessages then cr else null)
                 Delivered = true
             }
@@ -82,7 +82,7 @@ type internal OpenOffsets
             opened[offset] <- {
                 Parts = 1
                 Size = size
-                Key = cr.Message.Key
+                Key = key
                 Message = (if keepMessages then cr else null)
                 Delivered = false
             }
@@ -118,8 +118,7 @@ type internal OpenOffsets
         match offset with
         | ValueSome o ->
             match opened.TryGetValue o with
-            | true, e when not (isNull e.Key) -> ValueSome(Encoding.UTF8.GetString(nonNull e.Key))
-            | true, _ -> ValueSome ""
+            | true, e -> ValueSome e.Key
             | _ -> ValueNone
         | ValueNone -> ValueNone
 

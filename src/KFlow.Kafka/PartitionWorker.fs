@@ -353,17 +353,18 @@ type internal PartitionWorker
 
     /// Pushes one consumed message at `now` (the time its batch was taken).
     let deliver (now: DateTimeOffset) (cr: Confluent.Kafka.ConsumeResult<byte[], byte[]>) (size: int64) =
-        match offsets.Deliver(cr, size) with
+        let m = cr.Message
+        let key = keys.Decode m.Key
+
+        match offsets.Deliver(cr, key, size) with
         | Ok token when not (isNull skip) && skip.Remove cr.Offset.Value ->
             // Exactly-once mode: its effect is applied already; finished without running the pipe.
             offsets.Complete token
         | Ok token ->
-            let m = cr.Message
-
             let envelope: Envelope<obj> = {
                 Value = box m.Value
                 Tokens = [ token ]
-                Key = keys.Decode m.Key
+                Key = key
                 // The token's: one Position per message, not two.
                 Position = token.Position
                 Timestamp = DateTimeOffset(let ts = m.Timestamp in ts.UtcDateTime)

@@ -94,8 +94,10 @@ type WorkflowHandle
     /// 2. Every partition's pipe receives Flush: aggregates emit what they hold.
     /// 3. In-flight sink writes and async calls finish, for at most DrainTimeout.
     /// 4. The commit points reached are stored and committed synchronously.
-    /// 5. The consumer closes (leaves its group); a close taking longer than DrainTimeout goes on in
-    /// the background.
+    /// 5. The consumer closes (leaves its group).
+    /// The whole stop takes at most twice DrainTimeout (3. at most one; 4., retried during a
+    /// rebalance, 5. and the end of the partition loops share the rest); a close still running then
+    /// goes on in the background.
     /// </remarks>
     member _.StopAsync() : Task =
         stop.Cancel()

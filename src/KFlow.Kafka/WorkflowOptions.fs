@@ -72,7 +72,8 @@ type WorkflowOptions = {
     /// Default 1 s.
     TickInterval: TimeSpan
     /// How long a revoke or a stop waits for in-flight sink writes and async calls before it commits
-    /// what is finished and lets go. Default 10 s.
+    /// what is finished and lets go; a whole stop (drain, commit, leaving the group) takes at most
+    /// twice this. Default 10 s.
     DrainTimeout: TimeSpan
     /// Async calls (of every async map, in every partition and substream) running at once in the
     /// workflow: a call waits for a free slot before the user's function starts and frees it when the

@@ -103,15 +103,54 @@ let private refusesWithErrors (commands: Command list) =
         if actual <> expected then
             failtestf "%A is finally refused with %A, expected %A" token actual expected
 
+/// A ledger under test through its operations: the value ledger (kept in a cell) or an owned one.
+[<NoEquality; NoComparison>]
+type private Subject = {
+    Deliver: Position -> Token
+    Complete: Token -> unit
+    CommitPoint: TopicPartition -> int64 voption
+    OpenCount: TopicPartition -> int
+    OpenOffsets: TopicPartition -> (int64 * int) list
+}
+
+/// The value ledger with `tp` assigned at 0, behind a Subject.
+let private valueSubject (tp: TopicPartition) =
+    let mutable ledger = Ledger.empty |> Ledger.assign tp 0L
+
+    {
+        Deliver =
+            fun position ->
+                let struct (l, token) = Expect.ok (Ledger.deliver position ledger) "deliver"
+                ledger <- l
+                token
+        Complete = fun token -> ledger <- Expect.ok (Ledger.complete token ledger) "complete"
+        CommitPoint = fun tp -> Ledger.commitPoint tp ledger
+        OpenCount = fun tp -> Ledger.openCount tp ledger
+        OpenOffsets = fun tp -> Ledger.openOffsets tp ledger
+    }
+
+/// An owned ledger with `tp` assigned at 0, behind a Subject.
+let private ownedSubject (tp: TopicPartition) =
+    let owned = OwnedLedger()
+    owned.Assign(tp, 0L)
+
+    {
+        Deliver = fun position -> Expect.ok (owned.Deliver position) "deliver"
+        Complete = fun token -> Expect.ok (owned.Complete token) "complete"
+        CommitPoint = owned.CommitPoint
+        OpenCount = owned.OpenCount
+        OpenOffsets = owned.OpenOffsets
+    }
+
 /// The benchmark's workload in miniature: a window of open offsets completed in random order while
 /// new ones (with gaps) arrive, long enough for the ring to wrap around and to grow, compared with the
 /// model after every step.
-let private slidingWindow (seed: int) (window: FsCheck.PositiveInt) =
+let private slidingWindowOf (subject: TopicPartition -> Subject) (seed: int) (window: FsCheck.PositiveInt) =
     let window = 1 + window.Get % 400
     let random = Random seed
     let tp = Generators.partitions.[0]
     let tokens = ResizeArray<Token>()
-    let mutable ledger = Ledger.empty |> Ledger.assign tp 0L
+    let ledger = subject tp
     let mutable model = Model.empty |> Model.assign tp 0L
     let mutable offset = 0L
 
@@ -121,14 +160,12 @@ let private slidingWindow (seed: int) (window: FsCheck.PositiveInt) =
             let token = tokens.[i]
             tokens.[i] <- tokens.[tokens.Count - 1]
             tokens.RemoveAt(tokens.Count - 1)
-            ledger <- Expect.ok (Ledger.complete token ledger) "complete"
+            ledger.Complete token
             model <- Expect.ok (Model.complete token model) "model complete"
         else
             let position = Position.create tp offset
-            let struct (l, token) = Expect.ok (Ledger.deliver position ledger) "deliver"
-            ledger <- l
+            tokens.Add(ledger.Deliver position)
             model <- Expect.ok (Model.deliver position model) "model deliver" |> fst
-            tokens.Add token
 
             offset <-
                 offset
@@ -140,20 +177,20 @@ let private slidingWindow (seed: int) (window: FsCheck.PositiveInt) =
         let expected = Model.commitPoint tp model |> Option.get
 
         if
-            Ledger.commitPoint tp ledger <> ValueSome expected
-            || Ledger.openCount tp ledger <> tokens.Count
+            ledger.CommitPoint tp <> ValueSome expected
+            || ledger.OpenCount tp <> tokens.Count
         then
             failtestf
                 "step %d: commit point %A, open %d; the model's %d, open %d"
                 step
-                (Ledger.commitPoint tp ledger)
-                (Ledger.openCount tp ledger)
+                (ledger.CommitPoint tp)
+                (ledger.OpenCount tp)
                 expected
                 tokens.Count
 
         if step % 500 = 0 then
             let _, _, _, _, modelOpen = (observeModel model).PerPartition.[0]
-            Expect.equal (Ledger.openOffsets tp ledger) modelOpen (sprintf "step %d: the open offsets" step)
+            Expect.equal (ledger.OpenOffsets tp) modelOpen (sprintf "step %d: the open offsets" step)
 
 /// What can be observed of an owned ledger, as `observe` gives it of a value.
 let private observeOwned (owned: OwnedLedger) = {
@@ -269,53 +306,6 @@ let private ownedAgrees (commands: Command list) =
         run')
     |> ignore
 
-/// The sliding window of random completions (ring wrap-around and growth) on an owned ledger against
-/// the model.
-let private ownedSlidingWindow (seed: int) (window: FsCheck.PositiveInt) =
-    let window = 1 + window.Get % 400
-    let random = Random seed
-    let tp = Generators.partitions.[0]
-    let tokens = ResizeArray<Token>()
-    let owned = OwnedLedger()
-    owned.Assign(tp, 0L)
-    let mutable model = Model.empty |> Model.assign tp 0L
-    let mutable offset = 0L
-
-    for step in 1..6_000 do
-        if tokens.Count >= window || (tokens.Count > 0 && random.Next 3 = 0) then
-            let i = random.Next tokens.Count
-            let token = tokens.[i]
-            tokens.[i] <- tokens.[tokens.Count - 1]
-            tokens.RemoveAt(tokens.Count - 1)
-            Expect.ok (owned.Complete token) "complete"
-            model <- Expect.ok (Model.complete token model) "model complete"
-        else
-            let position = Position.create tp offset
-            tokens.Add(Expect.ok (owned.Deliver position) "deliver")
-            model <- Expect.ok (Model.deliver position model) "model deliver" |> fst
-
-            offset <-
-                offset
-                + (if random.Next 20 = 0 then
-                       1L + int64 (random.Next 3_000)
-                   else
-                       1L)
-
-        let expected = Model.commitPoint tp model |> Option.get
-
-        if owned.CommitPoint tp <> ValueSome expected || owned.OpenCount tp <> tokens.Count then
-            failtestf
-                "step %d: commit point %A, open %d; the model's %d, open %d"
-                step
-                (owned.CommitPoint tp)
-                (owned.OpenCount tp)
-                expected
-                tokens.Count
-
-        if step % 500 = 0 then
-            let _, _, _, _, modelOpen = (observeModel model).PerPartition.[0]
-            Expect.equal (owned.OpenOffsets tp) modelOpen (sprintf "step %d: the open offsets" step)
-
 let tp0 = TopicPartition.create "orders" 0
 
 let private deliverAt offset ledger =
@@ -375,7 +365,7 @@ let tests =
             testPropertyWithConfig
                 { Config.fsCheck with maxTest = 30 }
                 "agrees with the model over a long sliding window of random completions"
-                slidingWindow
+                (slidingWindowOf valueSubject)
             testPropertyWithConfig Config.fsCheck "commit point never passes an open offset" neverPassesOpen
             testPropertyWithConfig
                 Config.fsCheck
@@ -396,7 +386,7 @@ let tests =
             testPropertyWithConfig
                 { Config.fsCheck with maxTest = 30 }
                 "an owned ledger agrees with the model over a long sliding window of random completions"
-                ownedSlidingWindow
+                (slidingWindowOf ownedSubject)
         ]
         testList "examples" [
             test "a partition with nothing delivered commits its start offset" {

@@ -27,7 +27,7 @@ let private delivered () =
 
     let tokens = [
         for o in 0L .. 4L ->
-            match offsets.Deliver(consumed o, 1L) with
+            match offsets.Deliver(consumed o, "k", 1L) with
             | Ok token -> token
             | Error e -> failtestf "delivery refused: %A" e
     ]
@@ -39,11 +39,12 @@ let private offsetsOf (messages: ConsumeResult<byte[], byte[]> list voption) =
 
 let tests =
     testList "OpenOffsets" [
-        test "without dead-lettering an open offset keeps its message's key for reports but not the message" {
+        test
+            "without dead-lettering an open offset keeps its message's key text for reports but not the message" {
             let offsets = OpenOffsets(tp, Counters "open-offsets-tests", ignore, false)
 
             let token =
-                match offsets.Deliver(consumed 0L, 1L) with
+                match offsets.Deliver(consumed 0L, "k", 1L) with
                 | Ok token -> token
                 | Error e -> failtestf "delivery refused: %A" e
 

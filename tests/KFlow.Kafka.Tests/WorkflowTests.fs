@@ -373,6 +373,43 @@ let private queueLimit =
         expectOrderedOnce sunk n
         Expect.isGreaterThanOrEqual (log.Count "wait for their partition loops") 1 "the pause is logged"
 
+let private boundedStop =
+    testCase
+        "a stop whose writes never finish returns within twice the drain timeout and commits only what finished"
+    <| fun () ->
+        use cluster = clusterWith "hung" 1 1 20
+        let sunk = ConcurrentQueue<string>()
+        let never = TaskCompletionSource()
+
+        // Messages 0-9 are written; from 10 on every write hangs.
+        let pipe =
+            decoded ()
+            |> Pipe.sink "hangs" (fun (v: string) ->
+                if seqOf v < 10 then
+                    sunk.Enqueue v
+                    Task.CompletedTask
+                else
+                    never.Task)
+
+        let log = Log()
+        let drain = TimeSpan.FromSeconds 1.
+
+        let options = {
+            options cluster log "hung" [ "hung" ] with
+                DrainTimeout = drain
+        }
+
+        let handle = Workflow.run options pipe
+        waitUntil log (seconds 30.) "every message is in flight" (fun () -> handle.Stats.Consumed >= 20L)
+        waitUntil log (seconds 30.) "the first ten are written" (fun () -> sunk.Count >= 10)
+        let clock = Diagnostics.Stopwatch.StartNew()
+        // Twice the drain timeout, and slack for a loaded machine: not a speed check.
+        let returned = handle.StopAsync().Wait(drain * 2. + seconds 10.)
+        Expect.isTrue returned $"the stop returned (after {clock.Elapsed}).\nLog:\n{log.Tail}"
+        Expect.equal handle.Completion.Status TaskStatus.RanToCompletion "a clean stop"
+        Expect.equal (committed cluster "hung" "hung" 1) [ 0, 10L ] "committed up to the first hung write"
+        Expect.isGreaterThanOrEqual (log.Count "the stop drain did not finish") 1 "the timeout is logged"
+
 let private brokerDown =
     testCase "a broker down for a few seconds mid-stream loses nothing"
     <| fun () ->
@@ -645,6 +682,7 @@ let tests =
         stallFlush
         partitionLimit
         queueLimit
+        boundedStop
         brokerDown
         failingSink
         halt
