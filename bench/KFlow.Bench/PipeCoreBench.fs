@@ -46,12 +46,22 @@ let PublishEvery = 1_024
 /// One partition loop's core work: the ledger, the PipeRun, the effects applied in PartitionWorker's
 /// order (ledger effects, outputs, sink writes completing their tokens, calls), and deferred calls
 /// answered oldest first: one per message once `inFlight` are started (0: all, as soon as started).
+/// Owned: the run and the ledger are written in place as PartitionWorker and OpenOffsets do
+/// (PipeRun.pushMessageOwned, OwnedLedger); else through the value APIs (push / resume and Ledger, a
+/// new run and ledger per call).
 [<Sealed>]
-type private Loop(pipe: Pipe<byte[], Sunk>, inFlight: int) =
+type private Loop(pipe: Pipe<byte[], Sunk>, inFlight: int, owned: bool) =
     let mutable ledger = Ledger.empty |> Ledger.assign tp 0L
+    let ownedLedger = OwnedLedger()
+    do ownedLedger.Assign(tp, 0L)
     // Timed as Workflow.run times every pipe (StageTiming), with no listener recording.
+    let timed = Pipe.timed (fun () -> false) (fun _ _ -> ()) pipe
+
     let mutable run =
-        PipeRun.startWith Defer (Pipe.timed (fun () -> false) (fun _ _ -> ()) pipe)
+        if owned then
+            PipeRun.startOwnedWith Defer timed
+        else
+            PipeRun.startWith Defer timed
 
     let calls = Queue<AsyncRequest>()
     let mutable now = DateTimeOffset.UnixEpoch
@@ -61,14 +71,23 @@ type private Loop(pipe: Pipe<byte[], Sunk>, inFlight: int) =
         failwithf "The core benchmark's ledger refused an operation: %A" e
 
     let complete (t: Token) =
-        match Ledger.complete t ledger with
-        | Ok l -> ledger <- l
-        | Error e -> refused e
+        if owned then
+            match ownedLedger.Complete t with
+            | Ok() -> ()
+            | Error e -> refused e
+        else
+            match Ledger.complete t ledger with
+            | Ok l -> ledger <- l
+            | Error e -> refused e
 
     let apply (effects: Effects) =
         for e in effects.Ledger do
             match e with
             | Complete t -> complete t
+            | Fork(t, n) when owned ->
+                match ownedLedger.Fork(n, t) with
+                | Ok() -> ()
+                | Error e -> refused e
             | Fork(t, n) ->
                 match Ledger.fork n t ledger with
                 | Ok l -> ledger <- l
@@ -95,44 +114,69 @@ type private Loop(pipe: Pipe<byte[], Sunk>, inFlight: int) =
         for c in effects.Calls do
             calls.Enqueue c
 
+    // Apart, so that the JIT inlines PipeRun.push here and drops its result tuple as it does in
+    // PartitionWorker before the owned mode (pipe-core bench (b): 32 B per message).
+    let pushValue envelope =
+        let run', effects = PipeRun.push now (Message envelope) run
+        run <- run'
+        apply effects
+
+    let deliver position =
+        if owned then
+            match ownedLedger.Deliver position with
+            | Ok token -> token
+            | Error e -> refused e
+        else
+            match Ledger.deliver position ledger with
+            | Ok(struct (l, token)) ->
+                ledger <- l
+                token
+            | Error e -> refused e
+
     /// Messages and batches that reached the sink.
     member _.Sunk = sunk
 
     /// The partition's commit point.
-    member _.CommitPoint = Ledger.commitPoint tp ledger |> ValueOption.defaultValue -1L
+    member _.CommitPoint =
+        if owned then
+            ownedLedger.CommitPoint tp |> ValueOption.defaultValue -1L
+        else
+            Ledger.commitPoint tp ledger |> ValueOption.defaultValue -1L
 
     /// Delivers the message at `offset` and pushes it, then resumes every call started.
     member _.Deliver(offset: int64, key: string, value: byte[]) =
         let position = { TopicPartition = tp; Offset = offset }
 
-        match Ledger.deliver position ledger with
-        | Error e -> refused e
-        | Ok(struct (l, token)) ->
-            ledger <- l
+        let token = deliver position
 
-            let envelope: Envelope<obj> = {
-                Value = (value :> obj)
-                Tokens = [ token ]
-                Key = key
-                Position = position
-                Timestamp = now
-            }
+        let envelope: Envelope<obj> = {
+            Value = (value :> obj)
+            Tokens = [ token ]
+            Key = key
+            Position = position
+            Timestamp = now
+        }
 
-            let run', effects = PipeRun.push now (Message envelope) run
-            run <- run'
-            apply effects
+        if owned then
+            apply (PipeRun.pushMessageOwned now envelope run)
+        else
+            pushValue envelope
 
-            // Immediate answers: every call started. In flight: one answer per message (as many
-            // leave as arrive) once `inFlight` calls are started.
-            let mutable answers =
-                if inFlight = 0 then Int32.MaxValue
-                elif calls.Count >= inFlight then 1
-                else 0
+        // Immediate answers: every call started. In flight: one answer per message (as many
+        // leave as arrive) once `inFlight` calls are started.
+        let mutable answers =
+            if inFlight = 0 then Int32.MaxValue
+            elif calls.Count >= inFlight then 1
+            else 0
 
-            while answers > 0 && calls.Count > 0 do
-                answers <- answers - 1
-                let c = calls.Dequeue()
-                let result = (c.Run c.Envelope.Value).Result
+        while answers > 0 && calls.Count > 0 do
+            answers <- answers - 1
+            let c = calls.Dequeue()
+            let result = (c.Run c.Envelope.Value).Result
+
+            if owned then
+                apply (PipeRun.resumeOwned now c.Id (Ok result) run)
+            else
                 let run', effects = PipeRun.resume now c.Id (Ok result) run
                 run <- run'
                 apply effects
@@ -140,9 +184,13 @@ type private Loop(pipe: Pipe<byte[], Sunk>, inFlight: int) =
     /// Pushes a Tick a millisecond later.
     member _.Tick() =
         now <- now.AddMilliseconds 1.0
-        let run', effects = PipeRun.push now Tick run
-        run <- run'
-        apply effects
+
+        if owned then
+            apply (PipeRun.pushOwned now Tick run)
+        else
+            let run', effects = PipeRun.push now Tick run
+            run <- run'
+            apply effects
 
 /// The input: 10,000 values and 1,000 keys, reused in turn (a consumer would hand over new arrays:
 /// that allocation is the client's, not the core's).
@@ -156,9 +204,9 @@ let private input =
         }
 
 /// One run of `messages` messages through a fresh loop: ns per message, bytes allocated per message.
-let private once (pipe: Pipe<byte[], Sunk>, inFlight: int) (messages: int) =
+let private once (pipe: Pipe<byte[], Sunk>, inFlight: int, owned: bool) (messages: int) =
     let input = input.Force()
-    let loop = Loop(pipe, inFlight)
+    let loop = Loop(pipe, inFlight, owned)
     let mutable checksum = 0L
     let allocated = GC.GetAllocatedBytesForCurrentThread()
     let clock = Stopwatch.StartNew()
@@ -181,11 +229,15 @@ let private once (pipe: Pipe<byte[], Sunk>, inFlight: int) (messages: int) =
     struct (clock.Elapsed.TotalSeconds * 1e9 / float messages, float bytes / float messages)
 
 /// GC allocation samples (one per ~100 KB) by type, printed when KFLOW_BENCH_ALLOCS is set: where
-/// the bytes per message go.
+/// the bytes per message go. Each sample stands for the ~100 KB allocated since the last one; divided
+/// by the sampled object's size, it estimates how many objects of its type were allocated (the GC's
+/// collection cost grows with the number of objects, not only bytes).
 [<Sealed>]
 type private AllocationSampler() =
     inherit Diagnostics.Tracing.EventListener()
-    let counts = Collections.Concurrent.ConcurrentDictionary<string, int>()
+
+    let counts =
+        Collections.Concurrent.ConcurrentDictionary<string, struct (int * float)>()
 
     override _.OnEventSourceCreated(source) =
         if source.Name = "Microsoft-Windows-DotNETRuntime" then
@@ -198,36 +250,65 @@ type private AllocationSampler() =
 
     override _.OnEventWritten(e) =
         if e.EventName = "GCAllocationTick_V4" || e.EventName = "GCAllocationTick_V3" then
-            match nonNull e.PayloadNames |> Seq.tryFindIndex ((=) "TypeName") with
-            | Some i ->
-                let payload = nonNull e.Payload
-                let name = string payload[i]
-                counts.AddOrUpdate(name, 1, fun _ n -> n + 1) |> ignore
+            let names = nonNull e.PayloadNames
+            let payload = nonNull e.Payload
+
+            let field name =
+                names |> Seq.tryFindIndex ((=) name) |> Option.map (fun i -> payload[i])
+
+            match field "TypeName" with
+            | Some name ->
+                let amount =
+                    field "AllocationAmount64"
+                    |> Option.map (fun a -> float (Convert.ToUInt64 a))
+                    |> Option.defaultValue 100_000.0
+
+                // V4 carries the sampled object's size; without it no estimate (0).
+                let objects =
+                    match field "ObjectSize" |> Option.map Convert.ToUInt64 with
+                    | Some size when size > 0UL -> amount / float size
+                    | _ -> 0.0
+
+                counts.AddOrUpdate(
+                    string name,
+                    struct (1, objects),
+                    fun _ (struct (n, o)) -> struct (n + 1, o + objects)
+                )
+                |> ignore
             | None -> ()
 
-    /// The sampled types, most frequent first, and forgets them.
+    /// The sampled types, most frequent first, and the estimated objects of all types; forgets them.
     member _.Take() =
+        let all = counts |> List.ofSeq
+
         let top =
-            counts
-            |> Seq.sortByDescending (fun kv -> kv.Value)
-            |> Seq.truncate 15
-            |> List.ofSeq
+            all
+            |> List.sortByDescending (fun kv -> let struct (n, _) = kv.Value in n)
+            |> List.truncate 18
 
         counts.Clear()
-        top
+        top, all |> List.sumBy (fun kv -> let struct (_, o) = kv.Value in o)
 
 /// Rounds per pipe; the fastest counts (the machine is shared). 3.
 [<Literal>]
 let Rounds = 3
 
-/// Runs each pipe over `messages` messages (after a warm-up); returns the figures.
+/// Runs each pipe over `messages` messages (after a warm-up); returns the figures. The rows without
+/// "value" push an owned run in place, as the Kafka runtime does; the "value" rows the public value
+/// API (a new PipeRun per push), for comparison.
 let run (messages: int) () =
     let pipes = [
-        "map_filter", "(b) map → filter → sink", (mapFilterPipe, 0)
-        "demux_aggregate", "(c) map → demux (1,000 keys) → aggregate (100) → sink", (demuxAggregatePipe, 0)
-        "async_demux", "(e) map → demux (1,000 keys) → mapAsync 1 → sink", (asyncDemuxPipe, 0)
+        "map_filter", "(b) map → filter → sink", (mapFilterPipe, 0, true)
+        "demux_aggregate",
+        "(c) map → demux (1,000 keys) → aggregate (100) → sink",
+        (demuxAggregatePipe, 0, true)
+        "async_demux", "(e) map → demux (1,000 keys) → mapAsync 1 → sink", (asyncDemuxPipe, 0, true)
         // As on Kafka: every key's call in flight, its next input waiting behind it.
-        "async_demux_inflight", "(e) the same, 1,000 calls in flight", (asyncDemuxPipe, Keys)
+        "async_demux_inflight", "(e) the same, 1,000 calls in flight", (asyncDemuxPipe, Keys, true)
+        "value_map_filter", "(b) value API", (mapFilterPipe, 0, false)
+        "value_demux_aggregate", "(c) value API", (demuxAggregatePipe, 0, false)
+        "value_async_demux", "(e) value API", (asyncDemuxPipe, 0, false)
+        "value_async_demux_inflight", "(e) value API, 1,000 calls in flight", (asyncDemuxPipe, Keys, false)
     ]
 
     printfn "  %d messages per round, best of %d rounds" messages Rounds
@@ -246,9 +327,13 @@ let run (messages: int) () =
 
             match sampler with
             | Some s ->
-                for kv in s.Take() do
-                    printfn "      %6d  %s" kv.Value kv.Key
+                let top, objects = s.Take()
 
+                for kv in top do
+                    let struct (n, o) = kv.Value
+                    printfn "      %6d  %5.2f obj/msg  %s" n (o / float (messages * Rounds)) kv.Key
+
+                printfn "      about %.1f objects per message in all" (objects / float (messages * Rounds))
                 s.Dispose()
             | None -> ()
 

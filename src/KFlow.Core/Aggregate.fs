@@ -4,19 +4,30 @@ namespace KFlow
 
 open System
 
+/// A ready-made buffer's limits (Buffer.create), untyped: the aggregate stage batches by them itself
+/// (see BatchState). 0 or None: no such limit.
+[<NoEquality; NoComparison>]
+type internal BatchLimits = {
+    MaxCount: int
+    MaxBytes: int64
+    Size: obj -> int64
+    MaxAge: TimeSpan option
+}
+
+/// What an aggregator runs: a user's state machine on its untyped state (Aggregator.create), or a
+/// ready-made buffer's limits ('b is then 'a list), by which the aggregate stage batches itself.
+[<NoEquality; NoComparison>]
+type internal AggregatorSteps<'a, 'b> =
+    | UserSteps of
+        init: obj *
+        add: (DateTimeOffset -> 'a -> obj -> struct (obj * 'b option)) *
+        tick: (DateTimeOffset -> obj -> struct (obj * 'b option)) *
+        flush: (obj -> 'b option)
+    | Batching of BatchLimits
+
 [<Sealed; NoEquality; NoComparison>]
-type Aggregator<'a, 'b>
-    internal
-    (
-        init: obj,
-        add: DateTimeOffset -> 'a -> obj -> struct (obj * 'b option),
-        tick: DateTimeOffset -> obj -> struct (obj * 'b option),
-        flush: obj -> 'b option
-    ) =
-    member internal _.Init = init
-    member internal _.Add = add
-    member internal _.Tick = tick
-    member internal _.Flush = flush
+type Aggregator<'a, 'b> internal (steps: AggregatorSteps<'a, 'b>) =
+    member internal _.Steps = steps
 
 /// The aggregate stage's state: the user's state, the first input held since the last output (its
 /// key, position and timestamp go to the output; null when none is held: 8 bytes less per input than
@@ -31,6 +42,42 @@ type internal AggregateState = {
 
     /// Whether an input is held.
     member s.Holds = not (isNull (box s.First))
+
+/// <summary>A ready-made buffer's state in the aggregate stage: the inputs held since the last output as
+/// a chain, newest first, each state holding one input's value and tokens (that envelope's own list,
+/// not copied), the count, size and arrival time of the batch so far, and the state before it. One
+/// object per input where the user state's record and value cell, the aggregate's record and token
+/// cell were four, and the batch's values and tokens are built oldest first by walking the chain,
+/// with no reversed copy (bench --only pipe-core (c)).</summary>
+[<Sealed; AllowNullLiteral>]
+type internal BatchState
+    (
+        value: obj,
+        first: Envelope<obj>,
+        tokens: Token list,
+        count: int,
+        bytes: int64,
+        since: DateTimeOffset,
+        earlier: BatchState
+    ) =
+    /// The newest held input's value.
+    member _.Value = value
+    /// The oldest held input (its key, position and timestamp go to the output); null when none is held.
+    member _.First = first
+    /// The newest held input's tokens ([] when none is held).
+    member _.Tokens = tokens
+    /// How many inputs are held.
+    member _.Count = count
+    /// Their total size.
+    member _.Bytes = bytes
+    /// When the oldest held input arrived.
+    member _.Since = since
+    /// The state holding the inputs before this one (null: none).
+    member _.Earlier = earlier
+
+    /// Nothing held.
+    static member val Empty =
+        BatchState(null, Unchecked.defaultof<Envelope<obj>>, [], 0, 0L, DateTimeOffset.MinValue, null)
 
 [<RequireQualifiedAccess>]
 module Aggregator =
@@ -49,7 +96,7 @@ module Aggregator =
             let s', out = tick now (unbox<'s> s)
             struct (box s', out)
 
-        Aggregator<'a, 'b>(box init, add', tick', (fun s -> flush (unbox<'s> s)))
+        Aggregator<'a, 'b>(UserSteps(box init, add', tick', (fun s -> flush (unbox<'s> s))))
 
     /// `tokens` (in order) put before `newestFirst`, newest first.
     let private holding (tokens: Token list) (newestFirst: Token list) =
@@ -57,7 +104,84 @@ module Aggregator =
         | [ t ] -> t :: newestFirst
         | _ -> List.fold (fun acc t -> t :: acc) newestFirst tokens
 
-    let stage (aggregator: Aggregator<'a, 'b>) : Stage<'a, 'b> =
+    /// <summary>The stage of a ready-made buffer ('b is 'a list): it emits its batch, oldest value
+    /// first, as soon as one limit is reached (on the message, or on the first tick once the oldest
+    /// value is too old), and what it holds on Flush and Revoked.</summary>
+    let private batchStage (limits: BatchLimits) : Stage<'a, 'b> =
+        let empty = BatchState.Empty
+        let none: Output<obj> = Output.none
+
+        let old (now: DateTimeOffset) (s: BatchState) =
+            s.Count > 0
+            && (match limits.MaxAge with
+                | Some age -> now - s.Since >= age
+                | None -> false)
+
+        let full (s: BatchState) =
+            (limits.MaxCount > 0 && s.Count >= limits.MaxCount)
+            || (limits.MaxBytes > 0L && s.Bytes >= limits.MaxBytes)
+
+        // The batch, oldest value first, holding every held input's tokens (the one input's own list
+        // when one is held).
+        let batch (s: BatchState) : Output<obj> =
+            let mutable values: 'a list = []
+            let mutable tokens: Token list = []
+            let mutable held = s
+
+            while not (isNull held) do
+                values <- unbox<'a> held.Value :: values
+
+                match held.Tokens with
+                | [ t ] -> tokens <- t :: tokens
+                | ts -> tokens <- List.foldBack (fun t acc -> t :: acc) ts tokens
+
+                held <- held.Earlier
+
+            let first = s.First
+
+            Output.emit {
+                Value = box values
+                Tokens = (if isNull s.Earlier then s.Tokens else tokens)
+                Key = first.Key
+                Position = first.Position
+                Timestamp = first.Timestamp
+            }
+
+        let add now (e: Envelope<obj>) (state: obj) =
+            let s = unbox<BatchState> state
+            let size = limits.Size e.Value
+
+            let held =
+                if s.Count = 0 then
+                    BatchState(e.Value, e, e.Tokens, 1, size, now, null)
+                else
+                    BatchState(e.Value, s.First, e.Tokens, s.Count + 1, s.Bytes + size, s.Since, s)
+
+            if full held || old now held then
+                struct (box empty, batch held)
+            else
+                struct (box held, none)
+
+        let step =
+            UntypedStep(fun now event state ->
+                let s = unbox<BatchState> state
+
+                match event with
+                | Message e -> add now e state
+                | Tick when old now s -> struct (box empty, batch s)
+                | Flush
+                | Revoked _ when s.Count > 0 -> struct (box empty, batch s)
+                | _ -> struct (state, none))
+
+        Stage<'a, 'b>("aggregate", box empty, step, ValueNone, ValueSome(MessageStep add))
+
+    /// The stage of a user's aggregator.
+    let private userStage
+        init
+        (add: DateTimeOffset -> 'a -> obj -> struct (obj * 'b option))
+        tick
+        flush
+        : Stage<'a, 'b> =
         let empty user = {
             User = user
             First = Unchecked.defaultof<Envelope<obj>>
@@ -87,33 +211,41 @@ module Aggregator =
                 Effects = List.fold (fun acc t -> Complete t :: acc) [] s.Tokens
               }
 
+        let addMessage now (e: Envelope<obj>) (state: obj) =
+            let s = unbox<AggregateState> state
+            let struct (user, out) = add now (unbox<'a> e.Value) s.User
+
+            let held = {
+                User = user
+                First = (if s.Holds then s.First else e)
+                Tokens = holding e.Tokens s.Tokens
+            }
+
+            match out with
+            | Some _ -> struct (box (empty user), release held out)
+            | None -> struct (box held, none)
+
         // Untyped (no Event or Output mapped per message), the same steps as a Stage.create would run.
         let step =
             UntypedStep(fun now event state ->
                 let s = unbox<AggregateState> state
 
                 match event with
-                | Message e ->
-                    let struct (user, out) = aggregator.Add now (unbox<'a> e.Value) s.User
-
-                    let held = {
-                        User = user
-                        First = (if s.Holds then s.First else e)
-                        Tokens = holding e.Tokens s.Tokens
-                    }
-
-                    match out with
-                    | Some _ -> struct (box (empty user), release held out)
-                    | None -> struct (box held, none)
+                | Message e -> addMessage now e state
                 | Tick ->
-                    match aggregator.Tick now s.User with
+                    match tick now s.User with
                     | struct (user, (Some _ as out)) -> struct (box (empty user), release s out)
                     | struct (user, None) -> struct (box { s with User = user }, none)
                 | Flush
-                | Revoked _ -> struct (box (empty aggregator.Init), release s (aggregator.Flush s.User))
+                | Revoked _ -> struct (box (empty init), release s (flush s.User))
                 | Assigned _ -> struct (state, none))
 
-        Stage<'a, 'b>("aggregate", box (empty aggregator.Init), step, ValueNone)
+        Stage<'a, 'b>("aggregate", box (empty init), step, ValueNone, ValueSome(MessageStep addMessage))
+
+    let stage (aggregator: Aggregator<'a, 'b>) : Stage<'a, 'b> =
+        match aggregator.Steps with
+        | UserSteps(init, add, tick, flush) -> userStage init add tick flush
+        | Batching limits -> batchStage limits
 
 [<NoEquality; NoComparison>]
 type BufferOptions<'a> = {
@@ -121,14 +253,6 @@ type BufferOptions<'a> = {
     MaxBytes: int64 option
     Size: 'a -> int64
     MaxAge: TimeSpan option
-}
-
-/// A buffer's state: values newest first, their count and size, and when the oldest arrived.
-type internal BufferState<'a> = {
-    Values: 'a list
-    Count: int
-    Bytes: int64
-    Since: DateTimeOffset
 }
 
 [<RequireQualifiedAccess>]
@@ -161,58 +285,14 @@ module Buffer =
             invalidArgWith "options" "MaxAge must be positive; set it in BufferOptions."
         | _ -> ()
 
-        // Typed: left generic, `box empty` would box a BufferState<obj>.
-        let empty: BufferState<'a> = {
-            Values = []
-            Count = 0
-            Bytes = 0L
-            Since = DateTimeOffset.MinValue
+        let limits: BatchLimits = {
+            MaxCount = defaultArg options.MaxCount 0
+            MaxBytes = defaultArg options.MaxBytes 0L
+            Size = (fun (value: obj) -> options.Size(unbox<'a> value))
+            MaxAge = options.MaxAge
         }
 
-        let old (now: DateTimeOffset) s =
-            s.Count > 0
-            && (match options.MaxAge with
-                | Some age -> now - s.Since >= age
-                | None -> false)
-
-        let full s =
-            (match options.MaxCount with
-             | Some n -> s.Count >= n
-             | None -> false)
-            || (match options.MaxBytes with
-                | Some n -> s.Bytes >= n
-                | None -> false)
-
-        // Steps on the untyped state with struct results, as Aggregator.create makes of a user's: no
-        // tuple per value (bench --only pipe-core).
-        let add now (value: 'a) (state: obj) : struct (obj * 'a list option) =
-            let s = unbox<BufferState<'a>> state
-
-            let s' = {
-                Values = value :: s.Values
-                Count = s.Count + 1
-                Bytes = s.Bytes + options.Size value
-                Since = (if s.Count = 0 then now else s.Since)
-            }
-
-            if full s' || old now s' then
-                struct (box empty, Some(List.rev s'.Values))
-            else
-                struct (box s', None)
-
-        let tick now (state: obj) : struct (obj * 'a list option) =
-            let s = unbox<BufferState<'a>> state
-
-            if old now s then
-                struct (box empty, Some(List.rev s.Values))
-            else
-                struct (state, None)
-
-        let flush (state: obj) =
-            let s = unbox<BufferState<'a>> state
-            if s.Count = 0 then None else Some(List.rev s.Values)
-
-        Aggregator<'a, 'a list>(box empty, add, tick, flush)
+        Aggregator<'a, 'a list>(Batching limits)
 
     let count (count: int) =
         create { options with MaxCount = Some count }

@@ -1,5 +1,6 @@
 // The effects one push or resume of PipeRun collects, in order: an internal mutable collector that
-// PipeRun reuses per thread, never shared with the values a push returns.
+// PipeRun reuses per thread, never shared with the values a push returns. It makes every write to the
+// run's store, recording each (none for an owned run).
 namespace KFlow
 
 open System
@@ -38,6 +39,9 @@ type internal Collected() =
     let mutable changes: Change = null
 
     member val Mode = RunInline with get, set
+    /// Whether the push writes an owned run's store (PipeRun.startOwnedWith): it writes in place and
+    /// records no change (nothing goes back to an older version).
+    member val Owned = false with get, set
     /// The store's calls in flight by id (written through Call and EndCall).
     member val Calls: Collections.Generic.Dictionary<int, Location> = null with get, set
     member val NextCall = 0 with get, set
@@ -45,8 +49,13 @@ type internal Collected() =
 
     /// The thread's free instance (or a new one) set up for a push.
     static member Take
-        (mode: AsyncMode, calls: Collections.Generic.Dictionary<int, Location>, nextCall: int, nextHold: int)
-        =
+        (
+            mode: AsyncMode,
+            calls: Collections.Generic.Dictionary<int, Location>,
+            nextCall: int,
+            nextHold: int,
+            owned: bool
+        ) =
         let acc =
             match Collected.cached with
             | null -> Collected()
@@ -56,6 +65,7 @@ type internal Collected() =
         Collected.cached <- acc
         acc.InUse <- true
         acc.Mode <- mode
+        acc.Owned <- owned
         acc.Calls <- calls
         acc.NextCall <- nextCall
         acc.NextHold <- nextHold
@@ -95,32 +105,84 @@ type internal Collected() =
         let old = states[i]
 
         if not (obj.ReferenceEquals(old, state)) then
-            this.Record(SlotChange(states, i, old))
+            if not this.Owned then
+                this.Record(SlotChange(states, i, old))
+
             states[i] <- state
 
-    /// The change of the last call started (Call): its node's state write can be attached to it.
+    /// Sets a stage's state, recording the write (the caller checked that it is a new object).
+    member this.SetState(cell: StageCell, state: obj) =
+        if not this.Owned then
+            this.Record(StateChange(cell, cell.State))
+
+        cell.State <- state
+
+    /// Sets a demux's held events, recording the write (none if they are the same list).
+    member this.SetHeld(d: Demuxed, held: DemuxHold list) =
+        if not (obj.ReferenceEquals(d.Held, held)) then
+            if not this.Owned then
+                this.Record(HeldChange(d, d.Held))
+
+            d.Held <- held
+
+    /// Sets a substream's last activity, recording the write (none if it is the same).
+    member this.SetActive(sub: Level, now: DateTimeOffset) =
+        if sub.LastActive <> now then
+            if not this.Owned then
+                this.Record(ActiveChange(sub, sub.LastActive))
+
+            sub.LastActive <- now
+
+    /// Adds a new substream to a demux, recording the write.
+    member this.AddSubstream(d: Demuxed, key: string, sub: Level) =
+        if not this.Owned then
+            this.Record(EntryChange(d.Subs, key, ValueNone))
+
+        d.Subs[key] <- sub
+
+    /// Drops a substream of a demux, recording the write.
+    member this.DropSubstream(d: Demuxed, key: string, sub: Level) =
+        if not this.Owned then
+            this.Record(EntryChange(d.Subs, key, ValueSome sub))
+
+        d.Subs.Remove key |> ignore
+
+    /// The change of the last call started (Call): its node's state write can be attached to it (null
+    /// when owned: nothing is recorded).
     member val LastCall: CallChange = Unchecked.defaultof<CallChange> with get, set
 
     /// Records a call in flight at a location.
     member this.Call(id: int, location: Location) =
-        let change = CallChange(this.Calls, id, null, 0)
-        this.Record change
-        this.LastCall <- change
+        if not this.Owned then
+            let change = CallChange(this.Calls, id, null, 0)
+            this.Record change
+            this.LastCall <- change
+
         this.Calls[id] <- location
 
-    /// Forgets a call in flight; returns the change, to which its node's state write can be attached.
+    /// Forgets a call in flight; returns the change, to which its node's state write can be attached
+    /// (null when owned).
     member this.EndCall(id: int, location: Location) =
-        let change = CallChange(this.Calls, id, location.Level, location.Node)
-        this.Record change
-        this.Calls.Remove id |> ignore
-        change
+        if this.Owned then
+            this.Calls.Remove id |> ignore
+            Unchecked.defaultof<CallChange>
+        else
+            let change = CallChange(this.Calls, id, location.Level, location.Node)
+            this.Record change
+            this.Calls.Remove id |> ignore
+            change
 
     /// Sets the state of the async node at `location`, the write carried by `call`, a change of a call at
     /// that location recorded since that node's state was last written (none if the state is the same
-    /// object).
+    /// object). Owned (`call` is null): written in place.
     member this.SetWithCall(call: CallChange, location: Location, state: NodeState) =
-        if not (obj.ReferenceEquals(location.Level.States[location.Node], state)) then
-            call.Attach(location, state)
+        let states = location.Level.States
+
+        if not (obj.ReferenceEquals(states[location.Node], state)) then
+            if this.Owned then
+                states[location.Node] <- state
+            else
+                call.Attach(location, state)
 
     /// A new hold id (one per broadcast).
     member this.TakeHold() =

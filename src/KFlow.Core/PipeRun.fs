@@ -1,6 +1,7 @@
 // The pure interpreter of a pipe: it pushes one event through the nodes and returns the new state
 // with the effects to apply. Every version of a run shares one mutable store, rerooted to the version
 // pushed (src/KFlow.Core/StoreVersion.fs): a push writes in place and records each write, O(1) per write.
+// An owned run (the Kafka runtime's, one caller, never going back) is written in place with no record.
 namespace KFlow
 
 open System
@@ -10,8 +11,14 @@ open System.Threading.Tasks
 /// states, substreams, calls in flight) holding the contents of its current version. Every push and
 /// resume takes its lock and first reroots the store to the run it is given.</summary>
 [<Sealed; NoEquality; NoComparison>]
-type internal RunStore(mode: AsyncMode, top: Level, passOnly: bool) =
+type internal RunStore(mode: AsyncMode, top: Level, passOnly: bool, owned: bool) =
     member _.Mode = mode
+    /// Whether one caller owns the run (startOwnedWith): pushOwned and resumeOwned write the store in
+    /// place, record nothing and keep the one PipeRun; push and resume refuse it.
+    member _.Owned = owned
+    /// Whether an owned run's push or resume threw half-way (a bug): its store is then in no known
+    /// state, and every later use raises.
+    member val Broken = false with get, set
     /// Whether the top level holds only stateless stages (with a Pass step) and sinks, so that a
     /// message changes no state and its push returns the run itself.
     member _.PassOnly = passOnly
@@ -31,8 +38,9 @@ type PipeRun internal (store: RunStore, nextCall: int, nextHold: int) =
     member internal _.Store = store
     member val internal Newer: PipeRun = Unchecked.defaultof<PipeRun> with get, set
     member val internal Diff: Change = null with get, set
-    member internal _.NextCall = nextCall
-    member internal _.NextHold = nextHold
+    /// The next call id and hold id (written in place only by an owned run's pushes).
+    member val internal NextCall = nextCall with get, set
+    member val internal NextHold = nextHold with get, set
 
 [<RequireQualifiedAccess>]
 module PipeRun =
@@ -55,21 +63,46 @@ module PipeRun =
                 older.Newer <- Unchecked.defaultof<PipeRun>
                 v <- older
 
-    let startWith (mode: AsyncMode) (pipe: Pipe<'i, 'o>) =
+    let private create owned (mode: AsyncMode) (pipe: Pipe<'i, 'o>) =
         let top = RunState.top (Pipe.nodes pipe)
 
+        // Never for an owned run: push then goes through exclusive, which refuses it (a check here
+        // would make push too large to inline: pipe-core bench (b), +32 B per message).
         let passOnly =
-            top.Nodes
-            |> Array.forall (function
-                | StageNode s -> ValueOption.isSome s.Pass
-                | SinkNode _
-                | ExactlyOnceSinkNode _ -> true
-                | DemuxNode _
-                | AsyncMapNode _ -> false)
+            not owned
+            && (top.Nodes
+                |> Array.forall (function
+                    | StageNode s -> ValueOption.isSome s.Pass
+                    | SinkNode _
+                    | ExactlyOnceSinkNode _ -> true
+                    | DemuxNode _
+                    | AsyncMapNode _ -> false))
 
-        PipeRun(RunStore(mode, top, passOnly), 1, 1)
+        PipeRun(RunStore(mode, top, passOnly, owned), 1, 1)
+
+    let startWith mode pipe = create false mode pipe
 
     let start pipe = startWith RunInline pipe
+
+    let startOwnedWith mode pipe = create true mode pipe
+
+    let startOwned pipe = startOwnedWith RunInline pipe
+
+    // The refusals, apart from the inlined functions that raise them (exclusive, owning).
+    let private ownedRefused () =
+        invalidOp
+            "This PipeRun is owned (PipeRun.startOwnedWith): push it with PipeRun.pushOwned and resume it \
+             with PipeRun.resumeOwned."
+
+    let private valueRefused () =
+        invalidOp
+            "This PipeRun is a value (PipeRun.start / startWith): push it with PipeRun.push and resume it \
+             with PipeRun.resume."
+
+    let private brokenRefused () =
+        invalidOp
+            "This owned PipeRun is broken: a push or resume threw half-way through its store, which cannot \
+             be undone. Start a new run (and replay from the last commit point)."
 
     /// A `passed` nobody waits on (the root level, and the flush of a substream dropped as idle).
     let private unwatched (_: int) (_: Event<obj>) = ()
@@ -106,17 +139,30 @@ module PipeRun =
         with ex ->
             Error ex
 
-    /// Steps stage i with an event; returns what it emitted (nothing if it threw).
+    let private tryMessage (step: MessageStep) now env state =
+        try
+            Ok(step.Invoke(now, env, state))
+        with ex ->
+            Error ex
+
+    /// Steps stage i with an event (ValueNone: a Message of `input`, built only for a stage with no
+    /// message step of its own); returns what it emitted (nothing if it threw).
     let private stepStage now (acc: Collected) (stage: Stage<obj, obj>) (states: NodeState[]) i event input =
         match states[i] with
         | StageState cell ->
             let state = cell.State
 
-            match tryStep stage.Step now event state with
+            let stepped =
+                match event, input, stage.OnMessage with
+                | ValueNone, ValueSome env, ValueSome onMessage -> tryMessage onMessage now env state
+                | ValueNone, ValueSome env, ValueNone -> tryStep stage.Step now (Message env) state
+                | ValueSome event, _, _ -> tryStep stage.Step now event state
+                | ValueNone, ValueNone, _ -> Ok(struct (state, Output.none))
+
+            match stepped with
             | Ok(struct (state', output)) ->
                 if not (obj.ReferenceEquals(state, state')) then
-                    acc.Record(StateChange(cell, state))
-                    cell.State <- state'
+                    acc.SetState(cell, state')
 
                 for e in output.Effects do
                     acc.Ledger e
@@ -141,12 +187,6 @@ module PipeRun =
         }
 
         Started(id, env, None)
-
-    /// Sets a demux's held events, recording the write (none if they are the same list).
-    let private setHeld (acc: Collected) (d: Demuxed) held =
-        if not (obj.ReferenceEquals(d.Held, held)) then
-            acc.Record(HeldChange(d, d.Held))
-            d.Held <- held
 
     /// The index of a substream's demux in its parent level (a substream's path starts with it).
     let private demuxIndex (level: Level) =
@@ -176,7 +216,7 @@ module PipeRun =
                             acc.Ledger(Complete t)
                     | Error ex -> failed acc (Stage.name stage) (ValueSome env) ex
                 | ValueNone ->
-                    for e in stepStage now acc stage states i (Message env) (ValueSome env) do
+                    for e in stepStage now acc stage states i ValueNone (ValueSome env) do
                         pushAt now acc level (i + 1) e
             | SinkNode(name, write, pipelining) ->
                 acc.Sink {
@@ -217,18 +257,14 @@ module PipeRun =
                 | Ok key, DemuxState d ->
                     match d.Subs.TryGetValue key with
                     | true, sub ->
-                        if sub.LastActive <> now then
-                            acc.Record(ActiveChange(sub, sub.LastActive))
-                            sub.LastActive <- now
-
+                        acc.SetActive(sub, now)
                         pushAt now acc sub 0 env
                     | _ ->
                         // A new key's sub-pipe is built now; a routeDependent route that throws fails the message.
                         match attempt (fun () -> RunState.substream level i demux key now) with
                         | Error ex -> failed acc "routeDependent" (ValueSome env) ex
                         | Ok sub ->
-                            acc.Record(EntryChange(d.Subs, key, ValueNone))
-                            d.Subs[key] <- sub
+                            acc.AddSubstream(d, key, sub)
                             pushAt now acc sub 0 env
                 | Ok _, _ -> ()
 
@@ -255,7 +291,7 @@ module PipeRun =
             else
                 match nodes[i], states[i] with
                 | StageNode stage, _ ->
-                    for e in stepStage now acc stage states i event ValueNone do
+                    for e in stepStage now acc stage states i (ValueSome event) ValueNone do
                         pushAt now acc level (i + 1) e
 
                     go (i + 1)
@@ -283,9 +319,7 @@ module PipeRun =
             if not through.Value then
                 waiting <- waiting.Add key
 
-        let drop key sub =
-            acc.Record(EntryChange(d.Subs, key, ValueSome sub))
-            d.Subs.Remove key |> ignore
+        let drop key sub = acc.DropSubstream(d, key, sub)
 
         for key in keys do
             let sub = d.Subs[key]
@@ -302,7 +336,7 @@ module PipeRun =
                 | _ -> ()
 
         let passes, held = RunState.reachDemux hold event waiting d.Held
-        setHeld acc d held
+        acc.SetHeld(d, held)
         passes
 
     /// <summary>Runs a push or resume of `run` under its store's lock: reroots the store to `run`, lets
@@ -316,6 +350,9 @@ module PipeRun =
         try
             Threading.Monitor.Enter(store, &locked)
 
+            if store.Owned then
+                ownedRefused ()
+
             if store.Busy then
                 invalidOp "A PipeRun was pushed or resumed from inside one of its own steps."
 
@@ -323,7 +360,7 @@ module PipeRun =
 
             try
                 reroot run
-                let acc = Collected.Take(store.Mode, store.Calls, run.NextCall, run.NextHold)
+                let acc = Collected.Take(store.Mode, store.Calls, run.NextCall, run.NextHold, false)
 
                 try
                     try
@@ -367,7 +404,7 @@ module PipeRun =
         match event with
         | Message env when store.PassOnly ->
             // Only stateless stages and sinks at the top: a message changes no state.
-            let acc = Collected.Take(store.Mode, store.Calls, run.NextCall, run.NextHold)
+            let acc = Collected.Take(store.Mode, store.Calls, run.NextCall, run.NextHold, false)
 
             try
                 pushAt now acc store.Top 0 env
@@ -379,7 +416,7 @@ module PipeRun =
 
     /// Substream `sub` let a held event through: the events no substream of its demux holds any more
     /// go on after the demux, oldest first, as long as none older is still held.
-    let rec private released now acc (sub: Level) hold (_: Event<obj>) =
+    let rec private released now (acc: Collected) (sub: Level) hold (_: Event<obj>) =
         match sub.Parent, sub.Path with
         | null, _
         | _, [] -> ()
@@ -387,7 +424,7 @@ module PipeRun =
             match parent.States[i] with
             | DemuxState d ->
                 let ready, held = RunState.letThrough hold key d.Held
-                setHeld acc d held
+                acc.SetHeld(d, held)
 
                 for h in ready do
                     broadcastFrom now acc parent (i + 1) h.Hold h.Event (passedOn now acc parent)
@@ -459,9 +496,70 @@ module PipeRun =
                 let ended = acc.EndCall(callId, location)
                 settle now acc ended location.Level location.Node callId result)
 
+    /// Refuses a value run and a broken owned one.
+    let private usable (store: RunStore) =
+        if not store.Owned then
+            valueRefused ()
+
+        if store.Broken then
+            brokenRefused ()
+
+    /// <summary>Runs a push or resume of an owned run: `body` writes its store in place through the
+    /// collector, recording nothing; returns the effects.</summary>
+    /// <remarks>A body that throws (a bug: user code's throws are reported) cannot be undone: the run
+    /// is marked broken and refuses every later use.</remarks>
+    let inline private owning (run: PipeRun) ([<InlineIfLambda>] body: Collected -> unit) =
+        let store = run.Store
+        usable store
+
+        if store.Busy then
+            invalidOp "A PipeRun was pushed or resumed from inside one of its own steps."
+
+        store.Busy <- true
+        let acc = Collected.Take(store.Mode, store.Calls, run.NextCall, run.NextHold, true)
+
+        try
+            try
+                body acc
+            with _ ->
+                store.Broken <- true
+                reraise ()
+
+            run.NextCall <- acc.NextCall
+            run.NextHold <- acc.NextHold
+            acc.Effects
+        finally
+            acc.Release()
+            store.Busy <- false
+
+    let pushMessageOwned (now: DateTimeOffset) (env: Envelope<obj>) (run: PipeRun) =
+        owning run (fun acc -> pushAt now acc run.Store.Top 0 env)
+
+    let pushOwned (now: DateTimeOffset) (event: Event<obj>) (run: PipeRun) =
+        match event with
+        | Message env -> pushMessageOwned now env run
+        | _ -> owning run (fun acc -> broadcastFrom now acc run.Store.Top 0 (acc.TakeHold()) event unwatched)
+
+    let resumeOwned (now: DateTimeOffset) (callId: int) (result: Result<obj, exn>) (run: PipeRun) =
+        usable run.Store
+
+        // An unknown call is the caller's error, refused before anything is written (not a broken run).
+        let location: Location =
+            match run.Store.Calls.TryGetValue callId with
+            | true, location -> location
+            | false, _ ->
+                invalidArgWith "callId" (sprintf "No async call %d is in flight in this run." callId)
+
+        owning run (fun acc ->
+            let ended = acc.EndCall(callId, location)
+            settle now acc ended location.Level location.Node callId result)
+
     /// Reads the store as `run` holds it, under its lock.
     let private reading (run: PipeRun) (read: NodeState[] -> 'r) =
         lock run.Store (fun () ->
+            if run.Store.Broken then
+                brokenRefused ()
+
             if run.Store.Busy then
                 invalidOp "A PipeRun was read from inside one of its own steps."
 

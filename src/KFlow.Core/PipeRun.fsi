@@ -65,3 +65,28 @@ module PipeRun =
     /// partition's Revoked is still held: across demux substreams they could reach later stages
     /// before it.</remarks>
     val held: run: PipeRun -> Event<obj> list
+
+    /// <summary>The pipe in its initial state as an owned run, running async maps as given: one caller
+    /// owns it and pushes it in place with pushOwned / resumeOwned, one call at a time (the Kafka
+    /// runtime's partition loop, which never goes back to an older run).</summary>
+    /// <remarks>push and resume refuse it (InvalidOperationException); liveSubstreams and held read it.
+    /// Nothing is recorded per write, so a push or resume that throws half-way (a bug: user code's
+    /// throws are reported as StageFailures) cannot be undone: the run is then broken, and every
+    /// later use raises InvalidOperationException.</remarks>
+    val internal startOwnedWith: mode: AsyncMode -> pipe: Pipe<'i, 'o> -> PipeRun
+
+    /// An owned run (see startOwnedWith) running async maps inline.
+    val internal startOwned: pipe: Pipe<'i, 'o> -> PipeRun
+
+    /// <summary>Pushes one event into an owned run, in place, as push does into a value run: the same
+    /// effects, in the same order. InvalidOperationException for a value run or a broken one.</summary>
+    val internal pushOwned: now: DateTimeOffset -> event: Event<obj> -> run: PipeRun -> Effects
+
+    /// pushOwned of the message carrying `env`, without building the Message event.
+    val internal pushMessageOwned: now: DateTimeOffset -> env: Envelope<obj> -> run: PipeRun -> Effects
+
+    /// <summary>Hands back the result of a deferred call of an owned run, in place, as resume does for a
+    /// value run. ArgumentException if the call is not in flight (the run stays usable);
+    /// InvalidOperationException for a value run or a broken one.</summary>
+    val internal resumeOwned:
+        now: DateTimeOffset -> callId: int -> result: Result<obj, exn> -> run: PipeRun -> Effects

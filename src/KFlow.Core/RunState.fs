@@ -21,21 +21,22 @@ type internal NodeState =
     | DemuxState of Demuxed
     | AsyncState of AsyncQueue
 
-/// A stage's state in a level, written in place (each write recorded as a StateChange): a new state
-/// costs one change instead of a new NodeState and a slot change.
+/// A stage's state in a level, written in place (each write recorded as a StateChange but in an owned
+/// run): a new state costs one change instead of a new NodeState and a slot change.
 and [<Sealed>] internal StageCell(state: obj) =
     member val State = state with get, set
 
 /// A demux's live substreams by key, and the events it holds, oldest first. Mutable: it belongs to
-/// one PipeRun store, whose pushes record every write as a Change (so older runs stay valid).
+/// one PipeRun store, whose pushes record every write as a Change (so older runs stay valid), but for
+/// an owned run.
 and [<Sealed>] internal Demuxed(subs: Dictionary<string, Level>) =
     member _.Subs = subs
     member val Held: DemuxHold list = [] with get, set
 
 /// <summary>A level of a running pipe: the top level (no Parent) or a demux substream. Its nodes, their
-/// states (written in place, each write recorded), where what passes its end goes (node At + 1 of the
-/// Parent level) and when it last received a message. Built once per substream, so a push into it
-/// allocates no continuation or path.</summary>
+/// states (written in place, each write recorded but in an owned run), where what passes its end goes
+/// (node At + 1 of the Parent level) and when it last received a message. Built once per substream,
+/// so a push into it allocates no continuation or path.</summary>
 and [<Sealed; AllowNullLiteral>] internal Level
     (
         nodes: Node[],

@@ -71,12 +71,18 @@ type internal UntypedStep = delegate of DateTimeOffset * Event<obj> * obj -> str
 
 type internal PassStep = delegate of Envelope<obj> -> Envelope<obj> voption
 
+type internal MessageStep = delegate of DateTimeOffset * Envelope<obj> * obj -> struct (obj * Output<obj>)
+
 [<Sealed; NoEquality; NoComparison>]
-type Stage<'a, 'b> internal (name: string, init: obj, step: UntypedStep, pass: PassStep voption) =
+type Stage<'a, 'b>
+    internal
+    (name: string, init: obj, step: UntypedStep, pass: PassStep voption, onMessage: MessageStep voption) =
+    internal new(name, init, step, pass) = Stage<'a, 'b>(name, init, step, pass, ValueNone)
     member internal _.Name = name
     member internal _.Init = init
     member internal _.Step = step
     member internal _.Pass = pass
+    member internal _.OnMessage = onMessage
 
 [<Sealed; NoEquality; NoComparison>]
 type StageInstance<'a, 'b> internal (stage: Stage<'a, 'b>, state: obj) =
@@ -166,7 +172,7 @@ module Stage =
         StageInstance<'a, 'b>(instance.Stage, state'), Output.map unbox<'b> output
 
     let boxed (stage: Stage<'a, 'b>) =
-        Stage<obj, obj>(stage.Name, stage.Init, stage.Step, stage.Pass)
+        Stage<obj, obj>(stage.Name, stage.Init, stage.Step, stage.Pass, stage.OnMessage)
 
     let internal timed (enabled: unit -> bool) (record: string -> int64 -> unit) (stage: Stage<obj, obj>) =
         let name = stage.Name
@@ -194,4 +200,16 @@ module Stage =
                     else
                         inner.Invoke e))
 
-        Stage<obj, obj>(name, stage.Init, step, pass)
+        let onMessage =
+            stage.OnMessage
+            |> ValueOption.map (fun inner ->
+                MessageStep(fun now e state ->
+                    if enabled () then
+                        let started = Diagnostics.Stopwatch.GetTimestamp()
+                        let result = inner.Invoke(now, e, state)
+                        record name started
+                        result
+                    else
+                        inner.Invoke(now, e, state)))
+
+        Stage<obj, obj>(name, stage.Init, step, pass, onMessage)

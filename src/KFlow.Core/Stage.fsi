@@ -70,15 +70,27 @@ type internal UntypedStep = delegate of DateTimeOffset * Event<obj> * obj -> str
 /// PipeRun calls it on messages instead of the step: no Output, list or state is built.
 type internal PassStep = delegate of Envelope<obj> -> Envelope<obj> voption
 
+/// The message step of a stateful stage that has one apart (the aggregate): Step on a Message of the
+/// envelope, without building the Message event (bench --only pipe-core (c)).
+type internal MessageStep = delegate of DateTimeOffset * Envelope<obj> * obj -> struct (obj * Output<obj>)
+
 [<Sealed; NoEquality; NoComparison>]
 type Stage<'a, 'b> =
     internal new: name: string * init: obj * step: UntypedStep * pass: PassStep voption -> Stage<'a, 'b>
+
+    internal new:
+        name: string * init: obj * step: UntypedStep * pass: PassStep voption * onMessage: MessageStep voption ->
+            Stage<'a, 'b>
+
     member internal Name: string
     member internal Init: obj
     member internal Step: UntypedStep
     /// The message step of a stateless one-in, at-most-one-out stage; ValueNone for other stages. It
     /// agrees with Step on messages (Step emits its envelope, or drops its input).
     member internal Pass: PassStep voption
+    /// The message step of a stateful stage, when it has one apart; ValueNone for other stages. It
+    /// agrees with Step on messages.
+    member internal OnMessage: MessageStep voption
 
 /// A stage together with its current state, to step it by hand (e.g. to unit-test a user stage).
 [<Sealed; NoEquality; NoComparison>]

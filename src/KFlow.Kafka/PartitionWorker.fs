@@ -279,10 +279,9 @@ type internal PartitionWorker
         for c in effects.Calls do
             calls.Start(StageTiming.call counters.Name c)
 
-    let pushAt (now: DateTimeOffset) (event: Event<obj>) =
-        let run', effects = PipeRun.push now event run
-        run <- run'
-        apply effects
+    // The run is owned (newRun builds it with PipeRun.startOwnedWith): pushed in place, no new run
+    // and no recorded write per push (pipe-core bench).
+    let pushAt (now: DateTimeOffset) (event: Event<obj>) = apply (PipeRun.pushOwned now event run)
 
     let push (event: Event<obj>) = pushAt DateTimeOffset.UtcNow event
 
@@ -294,8 +293,7 @@ type internal PartitionWorker
 
             while calls.HasReady do
                 let struct (id, result) = calls.Take()
-                let run', effects = PipeRun.resume now id result run
-                run <- run'
+                let effects = PipeRun.resumeOwned now id result run
 
                 if draining.IsSome then
                     movedWhileDraining <- true
@@ -372,7 +370,7 @@ type internal PartitionWorker
                 Timestamp = DateTimeOffset(let ts = m.Timestamp in ts.UtcDateTime)
             }
 
-            pushAt now (Message envelope)
+            apply (PipeRun.pushMessageOwned now envelope run)
         | Error e ->
             // Kept in flight (never finished) so the commit point cannot pass it.
             report

@@ -130,7 +130,8 @@ module Workflow =
 
         let options = { options with Log = log }
         let timed = StageTiming.pipe options.Name pipe
-        let newRun () = PipeRun.startWith Defer timed
+        // Owned: each partition loop is its run's one caller and never goes back to an older version.
+        let newRun () = PipeRun.startOwnedWith Defer timed
         let exactlyOnce = ExactlyOnce.ofPipe options pipe
         let counters = Counters(options.Name)
         let stop = new CancellationTokenSource()

@@ -1,10 +1,13 @@
 // Tests for src/KFlow.Core/Aggregate.fs: the buffer's limits and the aggregate stage's commit points
-// through the test driver (sinking batches, revoke, shutdown, crash and replay).
+// through the test driver (sinking batches, revoke, shutdown, crash and replay), and the buffer's own
+// batching step against a model buffer written as a user aggregator.
 module KFlow.Core.Tests.AggregateTests
 
 open System
 open System.Threading.Tasks
 open Expecto
+open FsCheck
+open FsCheck.FSharp
 open KFlow
 
 let private tp = TopicPartition.create "t" 0
@@ -26,6 +29,119 @@ let private written d : int list list = TestDriver.written "db" d
 /// A pipe started with automatic sinks, tp assigned.
 let private startedOnTp pipe =
     pipe |> TestDriver.start |> TestDriver.assign tp
+
+/// One event for a buffer's stage: a message (its value, and 1 or 2 tokens), a tick some seconds
+/// later, a flush, a revoke or an assign.
+type private BufferEvent =
+    | Value of value: int * twoTokens: bool
+    | TickAfter of seconds: int
+    | FlushNow
+    | RevokeNow
+    | AssignNow
+
+let private genBufferCase =
+    gen {
+        let! count = Gen.elements [ None; Some 1; Some 2; Some 3; Some 5 ]
+        let! bytes = Gen.elements [ None; Some 1L; Some 4L; Some 9L ]
+        let! age = Gen.elements [ None; Some 1; Some 3 ]
+
+        let options = {
+            Buffer.options<int> with
+                MaxCount = count
+                MaxBytes = bytes
+                Size = (fun v -> int64 (v % 4))
+                MaxAge = age |> Option.map (fun s -> TimeSpan.FromSeconds(float s))
+        }
+
+        let event =
+            Gen.frequency [
+                8,
+                Gen.map2
+                    (fun v two -> Value(v, two))
+                    (Gen.choose (0, 20))
+                    (Gen.frequency [ 4, Gen.constant false; 1, Gen.constant true ])
+                3, Gen.map TickAfter (Gen.choose (0, 2))
+                1, Gen.constant FlushNow
+                1, Gen.constant RevokeNow
+                1, Gen.constant AssignNow
+            ]
+
+        let! events = Gen.listOf event
+        return options, events
+    }
+    |> Gen.filter (fun (o, _) -> o.MaxCount.IsSome || o.MaxBytes.IsSome || o.MaxAge.IsSome)
+
+/// A buffer as a user would write it with Aggregator.create: values newest first, their count and
+/// size, and when the first arrived; the batch goes out when a limit is reached (age: on a tick or an
+/// add), and on flush.
+let private modelBuffer (options: BufferOptions<int>) =
+    let old (now: DateTimeOffset) (values: int list, _: int64, since: DateTimeOffset) =
+        not values.IsEmpty
+        && (match options.MaxAge with
+            | Some age -> now - since >= age
+            | None -> false)
+
+    let full (values: int list, bytes: int64, _: DateTimeOffset) =
+        (match options.MaxCount with
+         | Some n -> values.Length >= n
+         | None -> false)
+        || (match options.MaxBytes with
+            | Some n -> bytes >= n
+            | None -> false)
+
+    let empty = [], 0L, DateTimeOffset.MinValue
+
+    Aggregator.create
+        empty
+        (fun now v ((values, bytes, since) as s) ->
+            let s' =
+                v :: values, bytes + options.Size v, (if values.IsEmpty then now else since)
+
+            let values', _, _ = s'
+
+            if full s' || old now s' then
+                empty, Some(List.rev values')
+            else
+                s', None)
+        (fun now ((values, _, _) as s) -> if old now s then empty, Some(List.rev values) else s, None)
+        (fun (values, _, _) -> if values.IsEmpty then None else Some(List.rev values))
+
+/// Each step's output of a stage fed `events` (offsets from 0; a second token is a part of the
+/// same offset), as text.
+let private stepped (stage: Stage<int, int list>) (events: BufferEvent list) =
+    let mutable instance = Stage.start stage
+    let mutable now = DateTimeOffset.UnixEpoch
+
+    [
+        for i, event in List.indexed events do
+            let position = Position.create tp (int64 i)
+            let token = { Position = position; Epoch = 1 }
+
+            let e =
+                match event with
+                | Value(v, two) ->
+                    Message {
+                        Value = v
+                        Tokens =
+                            (if two then
+                                 [ token; { token with Epoch = 2 } ]
+                             else
+                                 [ token ])
+                        Key = string i
+                        Position = position
+                        Timestamp = now.AddMilliseconds(float i)
+                    }
+                | TickAfter seconds ->
+                    now <- now.AddSeconds(float seconds)
+                    Tick
+                | FlushNow -> Flush
+                | RevokeNow -> Revoked tp
+                | AssignNow -> Assigned tp
+
+            let instance', output = Stage.step now e instance
+            instance <- instance'
+            sprintf "%A" (output.Emitted, output.Effects)
+    ]
 
 let tests =
     testList "Aggregate" [
@@ -158,4 +274,12 @@ let tests =
 
             Expect.throwsT<ArgumentException> (fun () -> Buffer.count<int> 0 |> ignore) "count 0"
         }
+        testPropertyWithConfig
+            Config.fsCheck
+            "a ready-made buffer's stage emits what a model buffer written with Aggregator.create emits"
+        <| Prop.forAll (Arb.fromGen genBufferCase) (fun (options, events) ->
+            Expect.equal
+                (stepped (Aggregator.stage (Buffer.create options)) events)
+                (stepped (Aggregator.stage (modelBuffer options)) events)
+                "the same outputs and effects at every step")
     ]

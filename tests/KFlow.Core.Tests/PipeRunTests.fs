@@ -1,10 +1,14 @@
 // Tests for src/KFlow.Core/PipeRun.fs: the interpreter is persistent (old runs stay valid, which the
-// driver and properties rely on) and delivers broadcast events in pipe order.
+// driver and properties rely on), delivers broadcast events in pipe order, and its owned mode (the
+// Kafka runtime's) gives what the value API gives.
 module KFlow.Core.Tests.PipeRunTests
 
 open System
 open Expecto
+open FsCheck
+open FsCheck.FSharp
 open KFlow
+open KFlow.Core.Tests
 
 let private tp = TopicPartition.create "t" 0
 let private at = DateTimeOffset.UnixEpoch
@@ -62,6 +66,172 @@ let private step event (run, _) = run |> PipeRun.push at event
 
 let private answer id (run, _) =
     run |> PipeRun.resume at id (Ok(1 :> obj))
+
+
+// ---- the owned mode: the same effects as the value API, pushed in place ----
+
+/// One step fed to an owned run and a value run alike.
+type private RunCommand =
+    /// Pushes the next generated input (nothing once they are all pushed).
+    | PushNext
+    /// Moves the clock on by this many seconds, then pushes a Tick.
+    | TickAfter of seconds: int
+    | PushFlush
+    | PushRevoked of partition: int
+    | PushAssigned of partition: int
+    /// Answers the deferred call in flight at this index (modulo their count) with its result.
+    | Answer of pick: int
+    /// Answers the deferred call in flight at this index with an error.
+    | FailCall of pick: int
+
+/// A generated pipe, its inputs, whether async maps are deferred, and the commands.
+type private OwnedCase = {
+    Pipe: PipeSpec.PipeSpec
+    Partitions: int
+    Inputs: PipeSpec.Input list
+    Deferred: bool
+    Commands: RunCommand list
+}
+
+let private genOwnedCase =
+    Gen.sized (fun size -> gen {
+        let! pipe = PipeGen.genPipe
+        let! partitions = Gen.choose (1, 3)
+        let! inputs = PipeGen.genInputs partitions
+        let! deferred = Gen.frequency [ 3, Gen.constant true; 1, Gen.constant false ]
+        let p = Gen.choose (0, partitions - 1)
+        let pick = Gen.choose (0, 5)
+
+        let command =
+            Gen.frequency [
+                10, Gen.constant PushNext
+                3, Gen.choose (0, 4) |> Gen.map TickAfter
+                1, Gen.constant PushFlush
+                1, Gen.map PushRevoked p
+                1, Gen.map PushAssigned p
+                6, Gen.map Answer pick
+                1, Gen.map FailCall pick
+            ]
+
+        let! length = Gen.choose (0, 3 * size)
+        let! commands = Gen.listOfLength length command
+
+        return {
+            Pipe = pipe
+            Partitions = partitions
+            Inputs = inputs
+            Deferred = deferred
+            Commands = commands
+        }
+    })
+
+let private shrinkOwnedCase (c: OwnedCase) = seq {
+    for commands in PipeGen.shrinkList c.Commands -> { c with Commands = commands }
+    for inputs in PipeGen.shrinkList c.Inputs -> { c with Inputs = inputs }
+}
+
+/// What a push or resume produced, as text: every field but the functions (sink writes, calls),
+/// exceptions by message.
+let private shown (effects: Effects) =
+    sprintf
+        "%A"
+        (effects.Outputs,
+         effects.Ledger,
+         effects.Sinks
+         |> List.map (fun s -> s.Sink, s.Envelope, s.Substream, s.Pipelining.InFlight),
+         effects.Calls |> List.map (fun c -> c.Id, c.Stage, c.Envelope),
+         effects.Failures
+         |> List.map (fun f -> f.Stage, f.Position, f.Tokens, f.Error.Message))
+
+/// Feeds a case to a value run and an owned run of the same pipe; the differences, step by step
+/// (effects, live substreams, held events), and the number of calls answered.
+let private ownedAgainstValue (c: OwnedCase) =
+    let mode = if c.Deferred then Defer else RunInline
+    let owned = PipeRun.startOwnedWith mode (PipeSpec.build c.Pipe)
+    let mutable value = PipeRun.startWith mode (PipeSpec.build c.Pipe)
+    let mutable now = at
+    let mutable inputs = c.Inputs
+    // The calls in flight, oldest first (the value run's; the owned run's must be the same).
+    let mutable inFlight: AsyncRequest list = []
+    let mutable answered = 0
+    let differences = ResizeArray<string>()
+
+    let both (toValue: PipeRun -> PipeRun * Effects) (toOwned: PipeRun -> Effects) =
+        let value', fromValue = toValue value
+        value <- value'
+        let fromOwned = toOwned owned
+        struct (fromValue, fromOwned)
+
+    let push event =
+        both (PipeRun.push now event) (PipeRun.pushOwned now event)
+
+    let answer pick (result: AsyncRequest -> Result<obj, exn>) =
+        match inFlight with
+        | [] -> ValueNone
+        | calls ->
+            let call = calls[pick % calls.Length]
+            inFlight <- calls |> List.filter (fun other -> other.Id <> call.Id)
+            answered <- answered + 1
+            let r = result call
+            ValueSome(both (PipeRun.resume now call.Id r) (PipeRun.resumeOwned now call.Id r))
+
+    for i, command in List.indexed c.Commands do
+        let step =
+            match command with
+            | PushNext ->
+                match inputs with
+                | [] -> ValueNone
+                | input :: rest ->
+                    inputs <- rest
+                    let m = PipeScenario.messageOf input
+                    let env = Envelope.box (Envelope.ofMessage { Position = m.Position; Epoch = 1 } m)
+
+                    // By envelope for the owned run, as the Kafka runtime pushes its messages.
+                    ValueSome(both (PipeRun.push now (Message env)) (PipeRun.pushMessageOwned now env))
+            | TickAfter seconds ->
+                now <- now.AddSeconds(float seconds)
+                ValueSome(push Tick)
+            | PushFlush -> ValueSome(push Flush)
+            | PushRevoked p -> ValueSome(push (Revoked(PipeSpec.tpOf p)))
+            | PushAssigned p -> ValueSome(push (Assigned(PipeSpec.tpOf p)))
+            | Answer pick -> answer pick (fun call -> Ok((call.Run call.Envelope.Value).Result))
+            | FailCall pick -> answer pick (fun call -> Error(exn $"call {call.Id} failed"))
+
+        match step with
+        | ValueNone -> ()
+        | ValueSome(struct (fromValue, fromOwned)) ->
+            inFlight <- inFlight @ fromValue.Calls
+
+            if shown fromOwned <> shown fromValue then
+                differences.Add(
+                    sprintf
+                        "step %d (%A): the owned run gave %s, the value run %s"
+                        i
+                        command
+                        (shown fromOwned)
+                        (shown fromValue)
+                )
+
+            if PipeRun.liveSubstreams owned <> PipeRun.liveSubstreams value then
+                differences.Add(sprintf "step %d (%A): live substreams differ" i command)
+
+            if sprintf "%A" (PipeRun.held owned) <> sprintf "%A" (PipeRun.held value) then
+                differences.Add(sprintf "step %d (%A): held events differ" i command)
+
+    List.ofSeq differences, answered
+
+/// A demux whose key function returns null for 13: the substreams' dictionary then throws inside
+/// the interpreter (not user code), as a bug would.
+let private nullKeyRun owned =
+    let pipe =
+        Pipe.source<int>
+        |> Pipe.demux (fun v -> if v = 13 then Unchecked.defaultof<string> else string v) (fun sub ->
+            sub |> Pipe.aggregate (Buffer.count 2))
+
+    if owned then
+        PipeRun.startOwned pipe
+    else
+        PipeRun.start pipe
 
 let tests =
     testList "PipeRun" [
@@ -390,5 +560,161 @@ let tests =
             let _, fromNew = run3 |> PipeRun.resume at second.Id (Ok(30 :> obj))
             Expect.equal (values fromOld) [ [ 20; 21 ] ] "the older run's answers"
             Expect.equal (values fromNew) [ [ 10; 30 ] ] "the newer run's answers"
+        }
+        testPropertyWithConfig
+            PipeScenario.config
+            "an owned run gives the same effects in the same order as a value run fed the same pushes and answers"
+        <| Prop.forAll (Arb.fromGenShrink (genOwnedCase, shrinkOwnedCase)) (fun c ->
+            let differences, answered = ownedAgainstValue c
+
+            PipeScenario.verdict differences
+            |> Prop.classify c.Deferred "deferred calls"
+            |> Prop.classify (answered > 0) "calls answered"
+            |> Prop.classify
+                (match c.Pipe.Tail with
+                 | PipeSpec.Plain _ -> false
+                 | _ -> true)
+                "demux")
+        test "an owned run refuses push and resume" {
+            let run =
+                Pipe.source<int>
+                |> Pipe.mapAsync 1 Threading.Tasks.Task.FromResult
+                |> PipeRun.startOwnedWith Defer
+
+            let started = run |> PipeRun.pushOwned at (message 0L 1)
+            let call = List.exactlyOne started.Calls
+
+            Expect.throwsT<InvalidOperationException>
+                (fun () -> run |> PipeRun.push at (message 1L 2) |> ignore)
+                "push refuses an owned run"
+
+            Expect.throwsT<InvalidOperationException>
+                (fun () -> run |> PipeRun.push at Tick |> ignore)
+                "push of a broadcast refuses an owned run"
+
+            Expect.throwsT<InvalidOperationException>
+                (fun () -> run |> PipeRun.resume at call.Id (Ok(1 :> obj)) |> ignore)
+                "resume refuses an owned run"
+
+            let resumed = run |> PipeRun.resumeOwned at call.Id (Ok(5 :> obj))
+
+            Expect.equal
+                (resumed.Outputs |> List.map (fun e -> unbox<int> e.Value))
+                [ 5 ]
+                "the owned run still works"
+
+            // A pipe of stateless stages only, which push runs without the store's lock.
+            let passing = Pipe.source<int> |> Pipe.map ((+) 1) |> PipeRun.startOwned
+
+            Expect.throwsT<InvalidOperationException>
+                (fun () -> passing |> PipeRun.push at (message 0L 1) |> ignore)
+                "push refuses an owned run of stateless stages"
+        }
+        test "a value run refuses the owned API" {
+            let run =
+                Pipe.source<int>
+                |> Pipe.mapAsync 1 Threading.Tasks.Task.FromResult
+                |> PipeRun.startWith Defer
+
+            let run, started = run |> PipeRun.push at (message 0L 1)
+            let call = List.exactlyOne started.Calls
+
+            Expect.throwsT<InvalidOperationException>
+                (fun () -> run |> PipeRun.pushOwned at (message 1L 2) |> ignore)
+                "pushOwned refuses a value run"
+
+            Expect.throwsT<InvalidOperationException>
+                (fun () ->
+                    let m = Message.create tp 1L "1" 2
+
+                    run
+                    |> PipeRun.pushMessageOwned
+                        at
+                        (Envelope.box (Envelope.ofMessage { Position = m.Position; Epoch = 1 } m))
+                    |> ignore)
+                "pushMessageOwned refuses a value run"
+
+            Expect.throwsT<InvalidOperationException>
+                (fun () -> run |> PipeRun.resumeOwned at call.Id (Ok(1 :> obj)) |> ignore)
+                "resumeOwned refuses a value run"
+
+            let _, resumed = run |> PipeRun.resume at call.Id (Ok(5 :> obj))
+
+            Expect.equal
+                (resumed.Outputs |> List.map (fun e -> unbox<int> e.Value))
+                [ 5 ]
+                "the value run still works"
+        }
+        test "an owned run whose push threw half-way is broken and refuses every later use" {
+            let run = nullKeyRun true
+            run |> PipeRun.pushOwned at (message 0L 1) |> ignore
+
+            Expect.throwsT<ArgumentNullException>
+                (fun () -> run |> PipeRun.pushOwned at (message 1L 13) |> ignore)
+                "the interpreter's own throw goes through"
+
+            let refused what (f: unit -> unit) =
+                let ex = Expect.throwsC f id
+                Expect.isTrue (ex :? InvalidOperationException) $"{what} raises InvalidOperationException"
+                Expect.stringContains ex.Message "broken" $"{what} says the run is broken"
+
+            refused "pushOwned" (fun () -> run |> PipeRun.pushOwned at (message 2L 2) |> ignore)
+            refused "pushOwned of a Tick" (fun () -> run |> PipeRun.pushOwned at Tick |> ignore)
+            refused "resumeOwned" (fun () -> run |> PipeRun.resumeOwned at 1 (Ok(1 :> obj)) |> ignore)
+            refused "liveSubstreams" (fun () -> PipeRun.liveSubstreams run |> ignore)
+            refused "held" (fun () -> PipeRun.held run |> ignore)
+        }
+        test "a value run whose push threw half-way is left as it was" {
+            let run, _ = nullKeyRun false |> PipeRun.push at (message 0L 1)
+
+            Expect.throwsT<ArgumentNullException>
+                (fun () -> run |> PipeRun.push at (message 1L 13) |> ignore)
+                "the interpreter's own throw goes through"
+
+            let _, effects = run |> PipeRun.push at (message 2L 1)
+            Expect.equal (values effects) [ [ 1; 1 ] ] "the run goes on from before the throw"
+        }
+        test "an owned run refuses an unknown call and stays usable" {
+            let run =
+                Pipe.source<int>
+                |> Pipe.mapAsync 1 Threading.Tasks.Task.FromResult
+                |> PipeRun.startOwnedWith Defer
+
+            let started = run |> PipeRun.pushOwned at (message 0L 1)
+            let call = List.exactlyOne started.Calls
+
+            Expect.throwsT<ArgumentException>
+                (fun () -> run |> PipeRun.resumeOwned at (call.Id + 1) (Ok(1 :> obj)) |> ignore)
+                "an unknown call is refused"
+
+            let resumed = run |> PipeRun.resumeOwned at call.Id (Ok(5 :> obj))
+
+            Expect.equal
+                (resumed.Outputs |> List.map (fun e -> unbox<int> e.Value))
+                [ 5 ]
+                "the known call still resumes"
+        }
+        test "a step pushing its own owned run is reported as a failure and the run stays usable" {
+            let mutable self = Unchecked.defaultof<PipeRun>
+
+            let nesting =
+                Stage.create "nesting" () (fun _ event () ->
+                    match event with
+                    | Message e when e.Value = 1 ->
+                        self |> PipeRun.pushOwned at (message 9L 9) |> ignore
+                        (), Output.emit e
+                    | Message e -> (), Output.emit e
+                    | _ -> (), Output.none)
+
+            self <- Pipe.source<int> |> Pipe.via nesting |> PipeRun.startOwned
+            let first = self |> PipeRun.pushOwned at (message 0L 1)
+
+            Expect.equal
+                (first.Failures |> List.map (fun f -> f.Stage))
+                [ "nesting" ]
+                "the nested push failed the step"
+
+            let second = self |> PipeRun.pushOwned at (message 1L 2)
+            Expect.equal (second.Outputs |> List.map (fun e -> unbox<int> e.Value)) [ 2 ] "the run goes on"
         }
     ]
