@@ -1,49 +1,89 @@
-// A diagnostic for finding what a benchmark allocates: with KFLOW_BENCH_GCTRACE=1 the process samples
-// the runtime's allocation events (one per ~100 KB allocated, naming the type) and prints, at exit,
-// the types with their share of the samples. Off by default: listening costs time.
+// Finding what a benchmark allocates: an allocation sampler (the runtime's allocation events, one per
+// ~100 KB allocated, naming the type) used by the pipe-core bench (KFLOW_BENCH_ALLOCS=1) and, with
+// KFLOW_BENCH_GCTRACE=1, over the whole process (printed at exit). Off by default: listening costs time.
 module KFlow.Bench.GcTrace
 
 open System
 open System.Collections.Concurrent
 open System.Diagnostics.Tracing
 
-/// Counts the runtime's GCAllocationTick events by the type they name.
+/// GC allocation samples by type. Each sample stands for the ~100 KB allocated since the last one;
+/// divided by the sampled object's size, it estimates how many objects of its type were allocated (a
+/// collection's cost grows with the number of objects, not only bytes).
 [<Sealed>]
 type AllocationSampler() =
     inherit EventListener()
-    let samples = ConcurrentDictionary<string, int64>()
+    let counts = ConcurrentDictionary<string, struct (int * float)>()
 
-    /// Samples per type name so far.
-    member _.Samples = samples
-
-    override this.OnEventSourceCreated(source) =
-        // Keyword 0x1 is GC; allocation ticks are written at Verbose level.
+    override _.OnEventSourceCreated(source) =
         if source.Name = "Microsoft-Windows-DotNETRuntime" then
-            this.EnableEvents(
+            // GC keyword (0x1), verbose: AllocationTick.
+            base.EnableEvents(
                 source,
                 EventLevel.Verbose,
                 LanguagePrimitives.EnumOfValue<int64, EventKeywords> 1L
             )
 
     override _.OnEventWritten(e) =
-        if string e.EventName = "GCAllocationTick_V4" then
+        if e.EventName = "GCAllocationTick_V4" || e.EventName = "GCAllocationTick_V3" then
             let names = nonNull e.PayloadNames
             let payload = nonNull e.Payload
-            let name = string payload[names.IndexOf "TypeName"]
-            samples.AddOrUpdate(name, 1L, fun _ n -> n + 1L) |> ignore
 
-/// The environment variable that turns the sampler on ("1").
+            let field name =
+                names |> Seq.tryFindIndex ((=) name) |> Option.map (fun i -> payload[i])
+
+            match field "TypeName" with
+            | Some name ->
+                let amount =
+                    field "AllocationAmount64"
+                    |> Option.map (fun a -> float (Convert.ToUInt64 a))
+                    |> Option.defaultValue 100_000.0
+
+                // V4 carries the sampled object's size; without it no estimate (0).
+                let objects =
+                    match field "ObjectSize" |> Option.map Convert.ToUInt64 with
+                    | Some size when size > 0UL -> amount / float size
+                    | _ -> 0.0
+
+                counts.AddOrUpdate(
+                    string name,
+                    struct (1, objects),
+                    fun _ (struct (n, o)) -> struct (n + 1, o + objects)
+                )
+                |> ignore
+            | None -> ()
+
+    /// The sampled types, most frequent first (at most `top`), and the estimated objects of all
+    /// types; forgets them.
+    member _.Take(top: int) =
+        let all = counts |> List.ofSeq
+
+        let most =
+            all
+            |> List.sortByDescending (fun kv -> let struct (n, _) = kv.Value in n)
+            |> List.truncate top
+
+        counts.Clear()
+        most, all |> List.sumBy (fun kv -> let struct (_, o) = kv.Value in o)
+
+/// The environment variable that samples the whole process ("1").
 [<Literal>]
 let Variable = "KFLOW_BENCH_GCTRACE"
 
-/// Starts sampling if KFLOW_BENCH_GCTRACE is 1; the 40 most sampled types are printed at exit.
+/// Starts sampling the whole process if KFLOW_BENCH_GCTRACE is 1; the 40 most sampled types are
+/// printed at exit with their share of the samples.
 let start () =
     if Environment.GetEnvironmentVariable Variable = "1" then
         let sampler = new AllocationSampler()
 
         AppDomain.CurrentDomain.ProcessExit.Add(fun _ ->
-            let total = max 1L (Seq.sum sampler.Samples.Values)
-            eprintfn "Allocation samples by type (%s=1; share of %d samples):" Variable total
+            let most, objects = sampler.Take 40
 
-            for KeyValue(name, n) in sampler.Samples |> Seq.sortByDescending _.Value |> Seq.truncate 40 do
-                eprintfn "%6.2f%% %s" (100.0 * float n / float total) name)
+            let total =
+                most |> List.sumBy (fun kv -> let struct (n, _) = kv.Value in n) |> max 1
+
+            eprintfn "Allocation samples by type (%s=1; %.0f objects estimated in all):" Variable objects
+
+            for kv in most do
+                let struct (n, _) = kv.Value
+                eprintfn "%6.2f%% %s" (100.0 * float n / float total) kv.Key)

@@ -228,67 +228,6 @@ let private once (pipe: Pipe<byte[], Sunk>, inFlight: int, owned: bool) (message
 
     struct (clock.Elapsed.TotalSeconds * 1e9 / float messages, float bytes / float messages)
 
-/// GC allocation samples (one per ~100 KB) by type, printed when KFLOW_BENCH_ALLOCS is set: where
-/// the bytes per message go. Each sample stands for the ~100 KB allocated since the last one; divided
-/// by the sampled object's size, it estimates how many objects of its type were allocated (the GC's
-/// collection cost grows with the number of objects, not only bytes).
-[<Sealed>]
-type private AllocationSampler() =
-    inherit Diagnostics.Tracing.EventListener()
-
-    let counts =
-        Collections.Concurrent.ConcurrentDictionary<string, struct (int * float)>()
-
-    override _.OnEventSourceCreated(source) =
-        if source.Name = "Microsoft-Windows-DotNETRuntime" then
-            // GC keyword (0x1), verbose: AllocationTick.
-            base.EnableEvents(
-                source,
-                Diagnostics.Tracing.EventLevel.Verbose,
-                LanguagePrimitives.EnumOfValue<int64, Diagnostics.Tracing.EventKeywords> 1L
-            )
-
-    override _.OnEventWritten(e) =
-        if e.EventName = "GCAllocationTick_V4" || e.EventName = "GCAllocationTick_V3" then
-            let names = nonNull e.PayloadNames
-            let payload = nonNull e.Payload
-
-            let field name =
-                names |> Seq.tryFindIndex ((=) name) |> Option.map (fun i -> payload[i])
-
-            match field "TypeName" with
-            | Some name ->
-                let amount =
-                    field "AllocationAmount64"
-                    |> Option.map (fun a -> float (Convert.ToUInt64 a))
-                    |> Option.defaultValue 100_000.0
-
-                // V4 carries the sampled object's size; without it no estimate (0).
-                let objects =
-                    match field "ObjectSize" |> Option.map Convert.ToUInt64 with
-                    | Some size when size > 0UL -> amount / float size
-                    | _ -> 0.0
-
-                counts.AddOrUpdate(
-                    string name,
-                    struct (1, objects),
-                    fun _ (struct (n, o)) -> struct (n + 1, o + objects)
-                )
-                |> ignore
-            | None -> ()
-
-    /// The sampled types, most frequent first, and the estimated objects of all types; forgets them.
-    member _.Take() =
-        let all = counts |> List.ofSeq
-
-        let top =
-            all
-            |> List.sortByDescending (fun kv -> let struct (n, _) = kv.Value in n)
-            |> List.truncate 18
-
-        counts.Clear()
-        top, all |> List.sumBy (fun kv -> let struct (_, o) = kv.Value in o)
-
 /// Rounds per pipe; the fastest counts (the machine is shared). 3.
 [<Literal>]
 let Rounds = 3
@@ -321,13 +260,13 @@ let run (messages: int) () =
                 if isNull (Environment.GetEnvironmentVariable "KFLOW_BENCH_ALLOCS") then
                     None
                 else
-                    Some(new AllocationSampler())
+                    Some(new GcTrace.AllocationSampler())
 
             let rounds = List.init Rounds (fun _ -> once pipe messages)
 
             match sampler with
             | Some s ->
-                let top, objects = s.Take()
+                let top, objects = s.Take 18
 
                 for kv in top do
                     let struct (n, o) = kv.Value
