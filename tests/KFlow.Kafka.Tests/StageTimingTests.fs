@@ -36,25 +36,8 @@ let private counting (workflow: string) =
 let tests =
     testList "StageTiming" [
         test "a timed pipe records one duration per message and pure stage, tagged with the stage's name" {
-            let seen = ConcurrentDictionary<string, int>()
-            use listener = new MeterListener()
-
-            listener.InstrumentPublished <-
-                fun instrument l ->
-                    if
-                        instrument.Meter.Name = StageTiming.MeterName
-                        && instrument.Name = StageTiming.InstrumentName
-                    then
-                        l.EnableMeasurementEvents instrument
-
-            listener.SetMeasurementEventCallback<float>(fun _ value tags _ ->
-                let tags =
-                    tags.ToArray() |> Array.map (fun kv -> kv.Key, string kv.Value) |> Map.ofArray
-
-                if tags["workflow"] = "timing-test" && value >= 0. then
-                    seen.AddOrUpdate(tags["stage"], 1, (fun _ n -> n + 1)) |> ignore)
-
-            listener.Start()
+            let seen, listener = counting "timing-test"
+            use _ = listener
 
             let pipe =
                 Pipe.source<int>
