@@ -173,6 +173,7 @@ type internal Intake
         if not queueClosed && queued >= maxQueued then
             queueClosed <- true
             queueClosedAt <- Stopwatch.GetTimestamp()
+            counters.QueueHeld()
 
     /// Where the consumer thread is in its life; intake is open only while Running.
     member _.Mode

@@ -55,6 +55,8 @@ type WorkflowStats = {
     Resumes: int64
     /// Times one partition paused on MaxOpenOffsetsPerPartition.
     PartitionPauses: int64
+    /// Times intake held because the partition loops' queues were full (MaxQueuedMessages).
+    QueueHolds: int64
     /// Times a stalled intake made the pipes flush their buffers (Backpressure.FlushWhenStalled).
     StallFlushes: int64
     /// Completions the ledger refused (they came from an assignment that was revoked meanwhile).
@@ -91,6 +93,7 @@ type internal Counters(name: string) =
     let mutable pauses = 0L
     let mutable resumes = 0L
     let mutable partitionPauses = 0L
+    let mutable queueHolds = 0L
     let mutable refused = 0L
     let mutable stallFlushes = 0L
     let mutable failures = 0L
@@ -167,6 +170,9 @@ type internal Counters(name: string) =
     member _.PartitionPaused() =
         Interlocked.Increment &partitionPauses |> ignore
 
+    member _.QueueHeld() =
+        Interlocked.Increment &queueHolds |> ignore
+
     member _.Refused() =
         Interlocked.Increment &refused |> ignore
 
@@ -196,6 +202,7 @@ type internal Counters(name: string) =
         Pauses = Volatile.Read &pauses
         Resumes = Volatile.Read &resumes
         PartitionPauses = Volatile.Read &partitionPauses
+        QueueHolds = Volatile.Read &queueHolds
         StallFlushes = Volatile.Read &stallFlushes
         Refused = Volatile.Read &refused
         Failures = Volatile.Read &failures

@@ -453,6 +453,7 @@ let private queueLimit =
         let routed = handle.Stats.InFlightMessages
         Expect.isLessThanOrEqual routed (int64 (limit + 512)) "at most the limit and one burst consumed"
         Expect.isEmpty sunk "nothing passed the blocked loop"
+        Expect.isGreaterThanOrEqual handle.Stats.QueueHolds 1L "the hold is counted"
         gate.Set()
         waitUntil log (seconds 60.) $"{n} values are sunk" (fun () -> sunk.Count >= n)
         stopped log handle
