@@ -180,7 +180,7 @@ type internal Intake
         with get () = mode
         and set value = mode <- value
 
-    /// Whether the workflow's in-flight gate is closed and every partition paused.
+    /// Whether every partition is paused for the workflow's in-flight gate or its queue gate.
     member _.GlobalPaused = globalPaused || queuePaused
 
     /// Whether intake holds: the in-flight or the queue gate is closed but the partitions are not
