@@ -317,10 +317,11 @@ type internal Incarnation
             store s
 
         // A commit refused during a rebalance (another member joining or leaving) is retried while
-        // polling lets the rebalance finish, until the stop's deadline.
+        // polling lets the rebalance finish, for at most DrainTimeout and not past the stop's deadline.
+        let retryUntil = min (clock.Elapsed + options.DrainTimeout) stopDeadline
         let mutable committed = commitSync slots.Values
 
-        while not committed && clock.Elapsed < stopDeadline do
+        while not committed && clock.Elapsed < retryUntil do
             match
                 (try
                     consumer.Consume 100

@@ -94,7 +94,7 @@ internal static class PostgresFlowExtensionsTests
 
             // Run 1: the Kafka commits are refused, as if the process died after each database commit.
             Produce(cluster, topic, 0, 500);
-            cluster.PushRequestErrors(KafkaApiKey.OffsetCommit, Enumerable.Repeat(ErrorCode.RequestTimedOut, 200).ToArray());
+            cluster.PushRequestErrors(KafkaApiKey.OffsetCommit, Enumerable.Repeat(ErrorCode.RequestTimedOut, 1000).ToArray());
             var first = await workflow.StartAsync(Options(cluster, TimeSpan.FromHours(1)));
             await WorkflowTests.Until(() => Scalar(server.ConnectionString, rows) >= 500, "run 1 wrote the first 500 messages");
             var written1 = clock.Elapsed;
