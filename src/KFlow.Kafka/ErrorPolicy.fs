@@ -139,6 +139,10 @@ module ErrorPolicies =
     let all (policies: ErrorPolicies) =
         policies.Default :: (policies.Stages |> Map.toList |> List.map snd)
 
+    /// Whether some policy in use (or its escalation) dead-letters.
+    let deadLetters (policies: ErrorPolicies) =
+        all policies |> List.exists ErrorPolicy.deadLetters
+
     /// The restart backoff of the workflow: its default policy's, or Backoff.defaults.
     let workflowBackoff (policies: ErrorPolicies) =
         ErrorPolicy.restartBackoff Backoff.defaults policies.Default

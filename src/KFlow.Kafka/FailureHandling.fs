@@ -38,7 +38,7 @@ module internal FailureHandling =
         {
             Policies = policies
             DeadLetters =
-                if ErrorPolicies.all policies |> List.exists ErrorPolicy.deadLetters then
+                if ErrorPolicies.deadLetters policies then
                     Some(new DeadLetterWriter(options))
                 else
                     None

@@ -160,18 +160,16 @@ module WorkflowOptions =
     [<Literal>]
     let ResultFields = "dotnet.consumer.consume.result.fields"
 
-    /// Whether some policy of the options dead-letters (a dead-letter copies the message's headers).
-    let private deadLetters (o: WorkflowOptions) =
-        ErrorPolicies.all {
-            Default = o.OnFailure
-            Stages = o.OnStageFailure
-        }
-        |> List.exists ErrorPolicy.deadLetters
+    /// The workflow's error policies: OnFailure and its overrides by stage.
+    let policies (o: WorkflowOptions) = {
+        Default = o.OnFailure
+        Stages = o.OnStageFailure
+    }
 
     /// The ConsumeResult fields the runtime reads: topic and timestamp always, headers only to
-    /// dead-letter a message with them.
+    /// dead-letter a message with them (a dead letter copies the message's headers).
     let private neededFields (o: WorkflowOptions) =
-        if deadLetters o then
+        if ErrorPolicies.deadLetters (policies o) then
             [ "topic"; "timestamp"; "headers" ]
         else
             [ "topic"; "timestamp" ]
@@ -306,12 +304,6 @@ module WorkflowOptions =
             invalidSetting "Log" "WorkflowOptions.Log must not be null; use ignore to drop the log lines."
 
         o
-
-    /// The workflow's error policies: OnFailure and its overrides by stage.
-    let policies (o: WorkflowOptions) = {
-        Default = o.OnFailure
-        Stages = o.OnStageFailure
-    }
 
     /// The Confluent consumer configuration: KFlow's consumer defaults (consumerDefaults, and the
     /// ConsumeResult fields the runtime reads: topic and timestamp, plus headers when a policy
