@@ -46,14 +46,14 @@ type internal Intake
     // When the in-flight gate closed (Stopwatch timestamp).
     let mutable closedAt = 0L
     let mutable globalStall = Stall.start 0L
-    // The queue gate: messages handed to the loops and not yet pushed into their pipes reached
-    // MaxQueuedMessages; intake holds until they fall to half of it.
+    // The queue gate (messages handed to the loops and not yet pushed into their pipes): it closes
+    // at MaxQueuedMessages and reopens at half of it.
+    let queueGate = Gate.create (int64 b.MaxQueuedMessages) Int64.MaxValue 0.5
+
     let mutable queueClosed = false
     // The queue gate is closed and every partition is paused in the consumer (after the hold).
     let mutable queuePaused = false
     let mutable queueClosedAt = 0L
-    let maxQueued = int64 b.MaxQueuedMessages
-    let resumeQueued = maxQueued / 2L
     let stallMs = int64 b.FlushWhenStalled.TotalMilliseconds
 
     /// <summary>How long intake holds (stops calling Consume) once the in-flight gate closes before
@@ -154,12 +154,20 @@ type internal Intake
         for s in stalled do
             s.Worker.Post Nudge
 
+    /// The messages the loops hold, handed to them and not yet pushed into their pipes.
+    let queuedInLoops () =
+        let mutable queued = 0L
+
+        for slot in slots.Values do
+            queued <- queued + slot.Worker.Queued
+
+        { Messages = queued; Bytes = 0L }
+
     /// Hands each slot's admitted messages to its loop as one Deliver. Called before every Consume
     /// call (and at the start of the rebalance handlers, which Consume runs), so that no admitted
     /// message waits behind a command posted later (Drain, Release, Clock).
     let flush () =
         lastSlot <- null
-        let mutable queued = 0L
 
         for slot in slots.Values do
             let pending = slot.Pending
@@ -168,9 +176,7 @@ type internal Intake
                 slot.Worker.Deliver pending
                 slot.Pending <- slot.Worker.TakeSpare pending.Count
 
-            queued <- queued + slot.Worker.Queued
-
-        if not queueClosed && queued >= maxQueued then
+        if not queueClosed && Gate.full (queuedInLoops ()) queueGate then
             queueClosed <- true
             queueClosedAt <- Stopwatch.GetTimestamp()
             counters.QueueHeld()
@@ -251,16 +257,16 @@ type internal Intake
                 $"{name}: in-flight still at {counters.InFlight} after {holdBeforePause}; pausing every partition"
 
         if queueClosed then
-            let queued = slots.Values |> Seq.sumBy (fun s -> s.Worker.Queued)
+            let queued = queuedInLoops ()
 
-            if queued <= resumeQueued then
+            if Gate.relieved queued queueGate then
                 queueClosed <- false
                 queuePaused <- false
             elif not queuePaused && Stopwatch.GetElapsedTime queueClosedAt >= holdBeforePause then
                 queuePaused <- true
 
                 log
-                    $"{name}: {queued} messages still wait for their partition loops after {holdBeforePause}; pausing every partition"
+                    $"{name}: {queued.Messages} messages still wait for their partition loops after {holdBeforePause}; pausing every partition"
 
         if globalClosed then
             let watch, stalled = Stall.watch now counters.InFlight.Messages stallMs globalStall
