@@ -73,14 +73,16 @@ type internal Incarnation
 
     /// Waits at most `within` (zero: no wait) for the tasks; logs when they did not all finish.
     let waitWithin (within: TimeSpan) (what: string) (tasks: Task[]) =
+        let within = max TimeSpan.Zero within
+
         let finished =
             try
-                Task.WaitAll(tasks, max TimeSpan.Zero within)
+                Task.WaitAll(tasks, within)
             with _ ->
                 false
 
         if not finished then
-            log $"{name}: {what} did not finish within {max TimeSpan.Zero within}; going on"
+            log $"{name}: {what} did not finish within {within}; going on"
 
     let waitAll (what: string) (tasks: Task[]) =
         waitWithin options.DrainTimeout what tasks
@@ -252,6 +254,7 @@ type internal Incarnation
     /// background (the handlers do nothing in Closing mode but drop slots). The loops are then ended,
     /// waited for within what is left of `within`.
     let close (within: TimeSpan) =
+        let within = max TimeSpan.Zero within
         let started = Stopwatch.StartNew()
         intake.Mode <- Closing
 
@@ -273,9 +276,8 @@ type internal Incarnation
 
         closing.Start()
 
-        if not (closing.Join(max TimeSpan.Zero within)) then
-            log
-                $"{name}: closing the consumer did not finish within {max TimeSpan.Zero within}; it goes on in the background"
+        if not (closing.Join within) then
+            log $"{name}: closing the consumer did not finish within {within}; it goes on in the background"
 
         abandonWorkers (within - started.Elapsed)
 
