@@ -39,25 +39,17 @@ type private Writer() =
     member _.Bytes(b: byte[]) = stream.Write(b, 0, b.Length)
     member _.Int8(v: sbyte) = stream.WriteByte(byte v)
 
-    member this.Int16(v: int16) =
-        let b = Array.zeroCreate 2
-        BinaryPrimitives.WriteInt16BigEndian(Span b, v)
-        this.Bytes b
+    /// A fixed-size integer's bytes (as BitConverter gives them), written big-endian.
+    member private this.BigEndian(bytes: byte[]) =
+        if BitConverter.IsLittleEndian then
+            Array.Reverse bytes
 
-    member this.Int32(v: int) =
-        let b = Array.zeroCreate 4
-        BinaryPrimitives.WriteInt32BigEndian(Span b, v)
-        this.Bytes b
+        this.Bytes bytes
 
-    member this.UInt32(v: uint32) =
-        let b = Array.zeroCreate 4
-        BinaryPrimitives.WriteUInt32BigEndian(Span b, v)
-        this.Bytes b
-
-    member this.Int64(v: int64) =
-        let b = Array.zeroCreate 8
-        BinaryPrimitives.WriteInt64BigEndian(Span b, v)
-        this.Bytes b
+    member this.Int16(v: int16) = this.BigEndian(BitConverter.GetBytes v)
+    member this.Int32(v: int) = this.BigEndian(BitConverter.GetBytes v)
+    member this.UInt32(v: uint32) = this.BigEndian(BitConverter.GetBytes v)
+    member this.Int64(v: int64) = this.BigEndian(BitConverter.GetBytes v)
 
     /// A zigzag varint (Kafka's varint and varlong).
     member _.VarLong(v: int64) =
