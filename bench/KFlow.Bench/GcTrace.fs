@@ -53,8 +53,8 @@ type AllocationSampler() =
                 |> ignore
             | None -> ()
 
-    /// The sampled types, most frequent first (at most `top`), and the estimated objects of all
-    /// types; forgets them.
+    /// The sampled types, most frequent first (at most `top`), the samples of all types and the
+    /// estimated objects of all types; forgets them.
     member _.Take(top: int) =
         let all = counts |> List.ofSeq
 
@@ -64,7 +64,10 @@ type AllocationSampler() =
             |> List.truncate top
 
         counts.Clear()
-        most, all |> List.sumBy (fun kv -> let struct (_, o) = kv.Value in o)
+
+        most,
+        all |> List.sumBy (fun kv -> let struct (n, _) = kv.Value in n),
+        all |> List.sumBy (fun kv -> let struct (_, o) = kv.Value in o)
 
 /// The environment variable that samples the whole process ("1").
 [<Literal>]
@@ -77,10 +80,8 @@ let start () =
         let sampler = new AllocationSampler()
 
         AppDomain.CurrentDomain.ProcessExit.Add(fun _ ->
-            let most, objects = sampler.Take 40
-
-            let total =
-                most |> List.sumBy (fun kv -> let struct (n, _) = kv.Value in n) |> max 1
+            let most, samples, objects = sampler.Take 40
+            let total = max 1 samples
 
             eprintfn "Allocation samples by type (%s=1; %.0f objects estimated in all):" Variable objects
 

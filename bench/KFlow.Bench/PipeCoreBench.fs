@@ -266,7 +266,7 @@ let run (messages: int) () =
 
             match sampler with
             | Some s ->
-                let top, objects = s.Take 18
+                let top, _, objects = s.Take 18
 
                 for kv in top do
                     let struct (n, o) = kv.Value
